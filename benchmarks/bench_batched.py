@@ -1,0 +1,100 @@
+"""Meta-training throughput: the vmap-batched shard function vs the per-task autograd loop.
+
+Both paths compute the same thing (summed query loss after adaptation and its second-order
+meta-gradient) for the same model and the same tasks; they are timed interleaved in one run so
+machine noise hits both alike. Usage:
+
+    python benchmarks/bench_batched.py [--reps 10] [--conv-batch 32] [--methods maml,mtnet]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from pipeline.learners import conv4, fast_keys, loss_and_metric, mlp
+from pipeline.meta_batch import InnerLoop, Learner, shard_meta_gradient
+from pipeline.rules import get_rule
+from tasks.regression import Sinusoid
+from tasks.sampling import sample_batch
+
+
+class RandomImageTasks:
+    """5-way 1-shot 28x28 tasks with 15 queries per class (timing only: pixel values don't matter)."""
+
+    def __init__(self, ways=5):
+        self.ways = ways
+
+    def sample(self, rng, shots, query):
+        return {"x_support": rng.random((self.ways * shots, 1, 28, 28)), "y_support": rng.permutation(self.ways * shots) % self.ways,
+                "x_query": rng.random((self.ways * query, 1, 28, 28)), "y_query": rng.permutation(self.ways * query) % self.ways}
+
+
+def per_task_loop(learner: Learner, inner: InnerLoop, params: dict, batch: dict) -> dict:
+    """The reference libraries' way: per task, autograd.grad(create_graph=True), then backward."""
+    params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    rule, net = learner.rule, learner.net
+    n = batch["x_support"].shape[0]
+    for i in range(n):
+        task = {k: ({kk: vv[i] for kk, vv in v.items()} if isinstance(v, dict) else v[i]) for k, v in batch.items()}
+        state = rule.task_state(params, task["noise"], inner.temperature, inner.mask_mode)
+        fast = {k: params[k] for k in fast_keys(params)}
+        for _ in range(inner.steps):
+            loss = loss_and_metric(net, {**params, **fast}, task["x_support"], task["y_support"])[0]
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not rule.first_order)
+            fast = {k: fast[k] - rule.step(k, g, params, state, inner.alpha) for k, g in zip(fast, grads)}
+        loss_and_metric(net, {**params, **fast}, task["x_query"], task["y_query"])[0].backward()
+    return {k: v.grad for k, v in params.items()}
+
+
+def bench(name, learner, inner, batch_fn, n_tasks, reps):
+    params = learner.init_params(0)
+    batch = batch_fn(learner, params)
+    paths = {"batched": lambda: shard_meta_gradient(learner, inner, params, batch),
+             "loop": lambda: per_task_loop(learner, inner, params, batch)}
+    times = {k: [] for k in paths}
+    for fn in paths.values():  # warm-up
+        fn()
+    for _ in range(reps):
+        for k, fn in paths.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{name:<34} {n_tasks:>5} {n_tasks / med['loop']:>12.1f} {n_tasks / med['batched']:>14.1f} "
+          f"{med['loop'] / med['batched']:>8.2f}x", flush=True)
+    return med["loop"] / med["batched"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--sine-batch", type=int, default=25)
+    ap.add_argument("--conv-batch", type=int, default=32)
+    ap.add_argument("--methods", default="maml,fomaml,tnet,mtnet,metasgd,mc2")
+    ap.add_argument("--conv-methods", default="maml,mtnet")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+          f"median of {args.reps} interleaved reps")
+    print(f"{'model / method':<34} {'tasks':>5} {'loop tasks/s':>12} {'batched tasks/s':>14} {'speed-up':>9}")
+    sine = Sinusoid()
+    for m in args.methods.split(","):
+        learner = Learner(mlp(1, [40, 40], 1), get_rule(m))
+        bench(f"sine MLP 1-40-40-1, {m}", learner, InnerLoop(0.01, 1),
+              lambda l, p: sample_batch(sine, seed=0, split="train", iteration=0, indices=range(args.sine_batch),
+                                        shots=10, query=10, noise_shapes=l.rule.noise_shapes(p)),
+              args.sine_batch, args.reps)
+    images = RandomImageTasks()
+    for m in args.conv_methods.split(","):
+        learner = Learner(conv4(1, 5, 28, filters=64), get_rule(m))
+        bench(f"conv4-64 28x28 5w1s q15, {m}", learner, InnerLoop(0.4, 1),
+              lambda l, p: sample_batch(images, seed=0, split="train", iteration=0, indices=range(args.conv_batch),
+                                        shots=1, query=15, noise_shapes=l.rule.noise_shapes(p)),
+              args.conv_batch, max(3, args.reps // 3))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""`metatrain` command line: train, eval, resume.
+
+Config errors are one line on stderr and exit code 2, raised before any directory is written."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from pipeline.config import ConfigError, load_config
+
+
+def _parse_shots(text: str) -> list[int]:
+    try:
+        shots = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--shots: expected comma-separated integers such as 5,10,20, got {text!r}") from None
+    if not shots or any(k < 1 for k in shots):
+        raise ConfigError(f"--shots: every K must be >= 1, got {text!r}")
+    return shots
+
+
+def _new_run_dir(cfg) -> Path:
+    root = Path(cfg.output_dir)
+    if cfg.run_name:
+        run_dir = root / cfg.run_name
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"run_name: {run_dir} already holds a run; use `metatrain resume {run_dir}` "
+                              "or choose another run_name")
+        return run_dir
+    stem = f"{cfg.method}-{cfg.task.name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, n = root / stem, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = root / f"{stem}-{n}"
+    return run_dir
+
+
+def _load_run(run_dir: str):
+    from pipeline.trainer import CONFIG
+
+    path = Path(run_dir)
+    if not (path / CONFIG).is_file():
+        raise ConfigError(f"RUN_DIR: {path} is not a run directory (no {CONFIG})")
+    return path, load_config(path / CONFIG)
+
+
+def cmd_train(args) -> int:
+    cfg = load_config(args.config, args.set)
+    run_dir = _new_run_dir(cfg)
+    from pipeline.trainer import Trainer
+
+    print(f"run directory: {run_dir}", flush=True)
+    results = Trainer(cfg, run_dir, log=_log).train()
+    return 0 if results["status"] == "completed" else 1
+
+
+def cmd_resume(args) -> int:
+    run_dir, cfg = _load_run(args.run_dir)
+    from pipeline.trainer import Trainer
+
+    results = Trainer(cfg, run_dir, log=_log).train(resume=True)
+    return 0 if results["status"] == "completed" else 1
+
+
+def cmd_eval(args) -> int:
+    run_dir, cfg = _load_run(args.run_dir)
+    shots = _parse_shots(args.shots) if args.shots else None
+    if args.tasks is not None and args.tasks < 1:
+        raise ConfigError(f"--tasks: must be >= 1, got {args.tasks}")
+    from pipeline import checkpoint
+    from pipeline.evaluation import format_table
+    from pipeline.trainer import Trainer, metric_name
+
+    trainer = Trainer(cfg, run_dir, log=_log)
+    trainer.load_state_dict(checkpoint.load(run_dir))
+    seed = cfg.eval.seed if args.seed is None else args.seed
+    table = trainer.evaluate(tasks=args.tasks, shots=shots, seed=seed)
+    tasks = args.tasks or cfg.eval.tasks
+    out = {"iteration": trainer.iteration, "metric": metric_name(trainer.experiment), "tasks": tasks,
+           "seed": seed, "inner_steps": cfg.eval.inner_steps, "mask": cfg.eval.mask, "results": table}
+    path = run_dir / f"eval-seed{seed}-tasks{tasks}.json"
+    path.write_text(json.dumps(out, indent=2))
+    print(format_table(table, out["metric"], header=f"{cfg.method} at iteration {trainer.iteration}: {tasks} test "
+                       f"tasks (seed {seed}), {cfg.eval.inner_steps} inner step(s)"))
+    print(f"written {path}")
+    return 0
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="metatrain", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="meta-train from a config (a path or a name in tune_configs/)")
+    t.add_argument("config")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted for nested keys, e.g. task.shots=5); repeatable")
+    t.set_defaults(fn=cmd_train)
+    e = sub.add_parser("eval", help="evaluate a run's latest checkpoint on fresh test tasks")
+    e.add_argument("run_dir")
+    e.add_argument("--tasks", type=int)
+    e.add_argument("--shots", help="comma-separated K values, e.g. 5,10,20")
+    e.add_argument("--seed", type=int, help="test-task seed (default: the config's eval.seed)")
+    e.set_defaults(fn=cmd_eval)
+    r = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    r.add_argument("run_dir")
+    r.set_defaults(fn=cmd_resume)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"metatrain: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The one experiment-config schema: typed dataclasses, loaded from YAML, overridden by --set.
+
+Every error is a `ConfigError` whose message is one line naming the key and what is allowed; the
+CLI turns it into exit code 2 before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
+
+
+class ConfigError(ValueError):
+    """A bad config value or key; str(error) is the one-line message shown to the user."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "sinusoid"  # sinusoid | polynomial
+    shots: int = 10  # K support points per task in meta-training
+    query: int = 10  # query points per task
+    order: int = 2  # polynomial order (polynomial only)
+
+
+@dataclass
+class ModelConfig:
+    hidden: list[int] = field(default_factory=lambda: [40, 40])
+    init_std: float = 0.01  # truncated-normal std of dense weights
+
+
+@dataclass
+class EvalConfig:
+    tasks: int = 600
+    shots: list[int] = field(default_factory=lambda: [5, 10, 20])
+    inner_steps: int = 1
+    mask: str = "sample"  # masked methods: "sample" a mask per task, or the most probable ("argmax")
+    seed: int = 0  # the fixed test-task set; independent of the training seed so runs compare paired
+    batch_size: int = 200  # tasks adapted per vectorised call
+
+
+@dataclass
+class TrainConfig:
+    checkpoint_every: int = 500
+    log_every: int = 100
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run ends as "diverged"
+
+
+@dataclass
+class Config:
+    method: str = "maml"
+    alpha: float = 0.01  # inner step size
+    beta: float = 0.001  # outer (Adam) step size
+    gumbel_temperature: float = 1.0
+    inner_steps: int = 1  # inner steps in meta-training (eval.inner_steps at test time)
+    meta_batch_size: int = 25
+    iterations: int = 1000
+    seed: int = 0
+    output_dir: str = "runs"
+    run_name: str = ""  # empty: <method>-<task>-s<seed>-<timestamp>
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"task": {"shots": 10}} -> {"task.shots": 10} (MLflow params, sweep keys)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resolve_path(name_or_path: str | Path) -> Path:
+    """A path, or the name of a shipped config in tune_configs/ (with or without .yaml)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for candidate in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = ", ".join(sorted(f.stem for f in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config: no such file {str(name_or_path)!r}; shipped configs: {shipped}")
+
+
+def load_config(source: str | Path | dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file (or dict) <- `key=value` overrides (dotted keys for nested sections)."""
+    if source is None:
+        raw = {}
+    elif isinstance(source, dict):
+        raw = source
+    else:
+        path = resolve_path(source)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config: {path} must hold a mapping of keys, got {type(raw).__name__}")
+    cfg = _build(Config, raw, "")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set: expected key=value, got {item!r}")
+        _set(cfg, key.strip(), yaml.safe_load(value) if value.strip() else "")
+    validate(cfg)
+    return cfg
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _allowed(cls, prefix: str) -> str:
+    return ", ".join(f"{prefix}{f.name}" for f in dataclasses.fields(cls))
+
+
+def _build(cls, raw: dict, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints, kwargs = _hints(cls), {}
+    for key, value in raw.items():
+        if key not in hints:
+            raise ConfigError(f"{prefix}{key}: unknown key; allowed: {_allowed(cls, prefix)}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _set(cfg, dotted: str, value) -> None:
+    obj, parts = cfg, dotted.split(".")
+    for i, part in enumerate(parts):
+        hints = _hints(type(obj))
+        prefix = ".".join(parts[:i])
+        if part not in hints:
+            raise ConfigError(f"{dotted}: unknown key; allowed: {_allowed(type(obj), prefix + '.' if prefix else '')}")
+        if i == len(parts) - 1:
+            setattr(obj, part, _coerce(hints[part], value, dotted))
+        else:
+            obj = getattr(obj, part)
+            if not dataclasses.is_dataclass(obj):
+                raise ConfigError(f"{dotted}: {'.'.join(parts[:i + 1])} is not a section")
+
+
+def _coerce(tp, value, key: str):
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{key}.")
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):  # "--set eval.shots=5,10" as well as "[5, 10]"
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(item_tp, v, key) for v in value]
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-3" as a string
+        except ValueError:
+            pass
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Reject values no run could use. Imported lazily: the registries import torch."""
+    from pipeline.rules import METHODS
+    from pipeline.rules.masked import MASK_MODES
+    from tasks import TASKS
+
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise ConfigError(msg)
+
+    need(cfg.method in METHODS, f"method: unknown method {cfg.method!r}; allowed: {', '.join(METHODS)}")
+    need(cfg.task.name in TASKS, f"task.name: unknown task {cfg.task.name!r}; allowed: {', '.join(TASKS)}")
+    need(cfg.alpha > 0, f"alpha: must be > 0, got {cfg.alpha}")
+    need(cfg.beta > 0, f"beta: must be > 0, got {cfg.beta}")
+    need(cfg.gumbel_temperature > 0, f"gumbel_temperature: must be > 0, got {cfg.gumbel_temperature}")
+    need(cfg.inner_steps >= 1, f"inner_steps: must be >= 1, got {cfg.inner_steps}")
+    need(cfg.meta_batch_size >= 1, f"meta_batch_size: must be >= 1, got {cfg.meta_batch_size}")
+    need(cfg.iterations >= 0, f"iterations: must be >= 0, got {cfg.iterations}")
+    need(cfg.seed >= 0, f"seed: must be >= 0, got {cfg.seed}")
+    need(cfg.task.shots >= 1, f"task.shots: K must be >= 1, got {cfg.task.shots}")
+    need(cfg.task.query >= 1, f"task.query: must be >= 1, got {cfg.task.query}")
+    need(cfg.task.order in (0, 1, 2), f"task.order: polynomial order must be one of 0, 1, 2, got {cfg.task.order}")
+    need(all(h >= 1 for h in cfg.model.hidden), f"model.hidden: layer widths must be >= 1, got {cfg.model.hidden}")
+    need(cfg.model.init_std > 0, f"model.init_std: must be > 0, got {cfg.model.init_std}")
+    need(cfg.eval.tasks >= 1, f"eval.tasks: must be >= 1, got {cfg.eval.tasks}")
+    need(len(cfg.eval.shots) > 0 and all(k >= 1 for k in cfg.eval.shots),
+         f"eval.shots: every K must be >= 1, got {cfg.eval.shots}")
+    need(cfg.eval.inner_steps >= 0, f"eval.inner_steps: must be >= 0, got {cfg.eval.inner_steps}")
+    need(cfg.eval.mask in MASK_MODES, f"eval.mask: unknown mode {cfg.eval.mask!r}; allowed: {', '.join(MASK_MODES)}")
+    need(cfg.eval.seed >= 0, f"eval.seed: must be >= 0, got {cfg.eval.seed}")
+    need(cfg.eval.batch_size >= 1, f"eval.batch_size: must be >= 1, got {cfg.eval.batch_size}")
+    need(cfg.train.checkpoint_every >= 1, f"train.checkpoint_every: must be >= 1, got {cfg.train.checkpoint_every}")
+    need(cfg.train.log_every >= 1, f"train.log_every: must be >= 1, got {cfg.train.log_every}")
+    need(cfg.train.max_bad_steps >= 1, f"train.max_bad_steps: must be >= 1, got {cfg.train.max_bad_steps}")
+    need("/" not in cfg.run_name and cfg.run_name not in (".", ".."),
+         f"run_name: must be a plain directory name, got {cfg.run_name!r}")
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,51 @@
+"""An experiment config turned into the objects that do the work: learner, task distribution,
+inner loops. `train_shard` / `eval_shard` sample a range of task indices and adapt them; they are
+what the in-process trainer and (later) every Ray worker call."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from pipeline.config import Config
+from pipeline.learners import mlp
+from pipeline.meta_batch import InnerLoop, Learner, ShardResult, shard_evaluate, shard_meta_gradient
+from pipeline.rules import get_rule
+from tasks import make_distribution
+from tasks.sampling import sample_batch
+
+
+class Experiment:
+    def __init__(self, cfg: Config, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+        self.cfg, self.dtype, self.device = cfg, dtype, device
+        self.distribution = make_distribution(cfg.task)
+        net = mlp(self.distribution.input_dim, cfg.model.hidden, self.distribution.output_dim, cfg.model.init_std)
+        self.learner = Learner(net, get_rule(cfg.method))
+        self.train_inner = InnerLoop(cfg.alpha, cfg.inner_steps, cfg.gumbel_temperature, "sample")
+        self._noise_shapes = None
+
+    def init_params(self) -> dict:
+        params = self.learner.init_params(self.cfg.seed, self.dtype)
+        self._noise_shapes = self.learner.rule.noise_shapes(params)
+        return {k: v.to(self.device) for k, v in params.items()}
+
+    def noise_shapes(self, params: dict) -> dict:
+        if self._noise_shapes is None:
+            self._noise_shapes = self.learner.rule.noise_shapes(params)
+        return self._noise_shapes
+
+    def sample(self, params, *, split, seed, iteration, indices, shots) -> dict:
+        return sample_batch(self.distribution, seed=seed, split=split, iteration=iteration, indices=indices,
+                            shots=shots, query=self.cfg.task.query, noise_shapes=self.noise_shapes(params),
+                            dtype=self.dtype, device=self.device)
+
+    def train_shard(self, params: dict, iteration: int, indices: Sequence[int]) -> ShardResult:
+        batch = self.sample(params, split="train", seed=self.cfg.seed, iteration=iteration, indices=indices,
+                            shots=self.cfg.task.shots)
+        return shard_meta_gradient(self.learner, self.train_inner, params, batch)
+
+    def eval_shard(self, params: dict, indices: Sequence[int], *, shots: int, seed: int,
+                   inner_steps: int, mask_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.sample(params, split="test", seed=seed, iteration=0, indices=indices, shots=shots)
+        inner = InnerLoop(self.cfg.alpha, inner_steps, self.cfg.gumbel_temperature, mask_mode)
+        return shard_evaluate(self.learner, inner, params, batch)

@@ -1,0 +1,111 @@
+"""The single place where tasks are adapted: a shard of tasks, batched over the task dimension.
+
+`shard_meta_gradient` returns the summed post-adaptation query loss of a shard and its gradient
+w.r.t. every meta-parameter. Tasks are vectorised with `torch.func.vmap`; the inner step is
+`torch.func.grad` nested inside the outer `torch.func.grad`, so second-order terms flow unless the
+rule is first-order. Both the in-process trainer and the Ray workers call these functions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.func import grad, vmap
+
+from pipeline.learners import Network, fast_keys, init_params, loss_and_metric
+from pipeline.rules import UpdateRule
+
+
+@dataclass(frozen=True)
+class Learner:
+    """A network structure and an update rule; holds no tensors."""
+
+    net: Network
+    rule: UpdateRule
+
+    def init_params(self, seed: int, dtype=torch.float32) -> dict:
+        gen = torch.Generator().manual_seed(seed)
+        params = init_params(self.net, self.rule.t_cells, gen, dtype)
+        params.update(self.rule.init_meta(self.net, params, gen))
+        return params
+
+
+@dataclass(frozen=True)
+class InnerLoop:
+    alpha: float
+    steps: int
+    temperature: float = 1.0
+    mask_mode: str = "sample"
+
+
+def inner_adapt(learner: Learner, inner: InnerLoop, params: dict, task: dict) -> tuple[dict, list]:
+    """Adapted fast weights of one task, and its query loss before each inner step (no grad)."""
+    net, rule = learner.net, learner.rule
+    state = rule.task_state(params, task.get("noise", {}), inner.temperature, inner.mask_mode)
+    fast = {k: params[k] for k in fast_keys(params)}
+
+    def support_loss(fast):
+        return loss_and_metric(net, {**params, **fast}, task["x_support"], task["y_support"])[0]
+
+    curve = []
+    for _ in range(inner.steps):
+        with torch.no_grad():
+            curve.append(loss_and_metric(net, {**params, **fast}, task["x_query"], task["y_query"])[0])
+        g = grad(support_loss)(fast)
+        if rule.first_order:  # the inner gradient is a constant for the outer gradient
+            g = {k: v.detach() for k, v in g.items()}
+        fast = {k: fast[k] - rule.step(k, g[k], params, state, inner.alpha) for k in fast}
+    return fast, curve
+
+
+def adapt(learner: Learner, inner: InnerLoop, params: dict, task: dict):
+    """Adapt one task on its support set; return (query loss after adaptation, aux).
+
+    aux = (query loss before each inner step and after the last, shape (steps + 1,);
+           query metric after adaptation)."""
+    fast, curve = inner_adapt(learner, inner, params, task)
+    loss, metric = loss_and_metric(learner.net, {**params, **fast}, task["x_query"], task["y_query"])
+    return loss, (torch.stack([*curve, loss.detach()]), metric.detach())
+
+
+@dataclass
+class ShardResult:
+    """Sums over a shard's tasks; shards merge by adding (in a fixed order)."""
+
+    grads: dict  # name -> summed gradient of the query loss
+    loss_sum: float
+    n_tasks: int
+    curve_sum: torch.Tensor  # summed query loss before each inner step and after the last
+    metric_sum: float
+    extra: dict = field(default_factory=dict)
+
+    @staticmethod
+    def merge(results: list["ShardResult"]) -> "ShardResult":
+        first, rest = results[0], results[1:]
+        grads = {k: v.clone() for k, v in first.grads.items()}
+        for r in rest:
+            for k in grads:
+                grads[k] += r.grads[k]
+        return ShardResult(grads, first.loss_sum + sum(r.loss_sum for r in rest),
+                           first.n_tasks + sum(r.n_tasks for r in rest),
+                           first.curve_sum + sum(r.curve_sum for r in rest) if rest else first.curve_sum.clone(),
+                           first.metric_sum + sum(r.metric_sum for r in rest))
+
+
+def shard_meta_gradient(learner: Learner, inner: InnerLoop, params: dict, batch: dict) -> ShardResult:
+    """Summed query loss of a batch of tasks after adaptation, and its meta-gradient."""
+    params = {k: v.detach() for k, v in params.items()}
+
+    def total(params):
+        losses, (curves, metrics) = vmap(adapt, in_dims=(None, None, None, 0))(learner, inner, params, batch)
+        return losses.sum(), (losses.detach(), curves, metrics)
+
+    grads, (losses, curves, metrics) = grad(total, has_aux=True)(params)
+    return ShardResult(grads, losses.sum().item(), losses.shape[0], curves.sum(0), metrics.sum().item())
+
+
+def shard_evaluate(learner: Learner, inner: InnerLoop, params: dict, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task query metric after adaptation (B,) and per-task query-loss curve (B, steps + 1)."""
+    params = {k: v.detach() for k, v in params.items()}
+    _, (curves, metrics) = vmap(adapt, in_dims=(None, None, None, 0))(learner, inner, params, batch)
+    return metrics, curves

@@ -1,0 +1,45 @@
+"""The update-rule interface and the registry that maps a method name to its rule."""
+from __future__ import annotations
+
+import torch
+
+from pipeline.learners import Network
+
+RULES: dict[str, "UpdateRule"] = {}
+
+
+def register(rule: "UpdateRule") -> "UpdateRule":
+    RULES[rule.name] = rule
+    return rule
+
+
+class UpdateRule:
+    """An inner-loop rule: p' = p - step(p, grad). Subclasses override only what differs.
+
+    t_cells: cells carry a meta-learned T (T-net, MT-net).
+    first_order: the inner gradient is treated as a constant in the outer gradient.
+    """
+
+    name = "maml"
+    t_cells = False
+    first_order = False
+    masked = False
+
+    def init_meta(self, net: Network, params: dict, generator: torch.Generator) -> dict:
+        """Meta-only parameters the rule adds (step sizes, mask logits, curvature matrices)."""
+        return {}
+
+    def noise_shapes(self, params: dict) -> dict[str, tuple[int, ...]]:
+        """Shapes of per-task logistic noise the rule needs (drawn in each task's own stream)."""
+        return {}
+
+    def task_state(self, params: dict, noise: dict, temperature: float, mask_mode: str) -> dict:
+        """Per-task quantities fixed for all inner steps of a task (sampled masks)."""
+        return {}
+
+    def step(self, key: str, grad: torch.Tensor, params: dict, state: dict, alpha: float) -> torch.Tensor:
+        return alpha * grad
+
+    def updated_fraction(self, params: dict) -> dict[str, float] | None:
+        """Expected fraction of weights updated per cell and overall (masked rules only)."""
+        return None

@@ -1,0 +1,162 @@
+"""In-process meta-trainer: Adam outer loop over the batched shard function, checkpoints, resume,
+a non-finite guard, progress output and the final evaluation."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline import checkpoint
+from pipeline.config import Config, save_config
+from pipeline.evaluation import evaluate, format_table
+from pipeline.experiment import Experiment
+
+METRICS, RESULTS, CONFIG = "metrics.jsonl", "results.json", "config.yaml"
+
+
+def metric_name(experiment: Experiment) -> str:
+    return "query MSE" if experiment.learner.net.loss == "mse" else "query accuracy"
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, log=print):
+        self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
+        self.experiment = Experiment(cfg)
+        self.params = {k: v.requires_grad_(True) for k, v in self.experiment.init_params().items()}
+        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.beta)
+        self.iteration, self.skipped, self.bad_streak, self.status = 0, 0, 0, "running"
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "params": {k: v.detach().clone() for k, v in self.params.items()},
+                "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                "skipped": self.skipped, "bad_streak": self.bad_streak, "status": self.status}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for k, v in self.params.items():
+                v.copy_(state["params"][k])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.iteration, self.skipped = state["iteration"], state["skipped"]
+        self.bad_streak, self.status = state["bad_streak"], state["status"]
+
+    def save(self) -> None:
+        checkpoint.save(self.run_dir, self.state_dict())
+
+    # -- training ----------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> dict:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load_state_dict(checkpoint.load(self.run_dir))
+            self._truncate_metrics()
+            self.log(f"resuming {self.run_dir} at iteration {self.iteration}/{cfg.iterations}")
+        else:
+            save_config(cfg, self.run_dir / CONFIG)
+            self.save()
+        if self.status == "running":
+            self._loop()
+        return self.finish()
+
+    def _loop(self) -> None:
+        cfg, exp = self.cfg, self.experiment
+        window, t_window, t_start, it_start = [], time.perf_counter(), time.perf_counter(), self.iteration
+        while self.iteration < cfg.iterations:
+            result = exp.train_shard(self.params, self.iteration, range(cfg.meta_batch_size))
+            n = result.n_tasks
+            loss = result.loss_sum / n
+            finite = math.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in result.grads.values())
+            if finite:
+                for k, p in self.params.items():
+                    p.grad = result.grads[k] / n
+                self.optimizer.step()
+                self.bad_streak = 0
+                window.append((loss, (result.curve_sum / n).tolist(), result.metric_sum / n))
+            else:  # never let a non-finite loss or gradient reach the parameters
+                self.skipped += 1
+                self.bad_streak += 1
+            self.iteration += 1
+            if self.bad_streak >= cfg.train.max_bad_steps:
+                self.status = "diverged"
+                self.log(f"diverged: {self.bad_streak} consecutive non-finite meta-losses/gradients "
+                         f"at iteration {self.iteration}; parameters kept from the last finite step")
+                break
+            if self.iteration % cfg.train.log_every == 0 or self.iteration == cfg.iterations:
+                now = time.perf_counter()
+                self._log_window(window, now - t_window, now - t_start, self.iteration - it_start)
+                window, t_window = [], now
+            if self.iteration % cfg.train.checkpoint_every == 0:
+                self.save()
+        if self.status == "running":
+            self.status = "completed"
+        self.save()
+
+    def _log_window(self, window, dt, elapsed, done) -> None:
+        cfg = self.cfg
+        tasks_per_s = len(window) * cfg.meta_batch_size / dt if dt > 0 else float("nan")
+        eta = (cfg.iterations - self.iteration) * elapsed / max(done, 1)
+        entry = {"iteration": self.iteration, "skipped": self.skipped, "tasks_per_s": tasks_per_s}
+        if window:
+            steps = len(window[0][1])
+            entry["meta_loss"] = sum(w[0] for w in window) / len(window)
+            entry["metric"] = sum(w[2] for w in window) / len(window)
+            entry["query_loss_per_step"] = [sum(w[1][s] for w in window) / len(window) for s in range(steps)]
+        fraction = self.experiment.learner.rule.updated_fraction(self.params)
+        if fraction is not None:
+            entry["updated_fraction"] = fraction
+        with open(self.run_dir / METRICS, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        loss_txt = (f"meta-loss {entry['meta_loss']:.4f} | before adaptation {entry['query_loss_per_step'][0]:.4f}"
+                    if window else "meta-loss n/a (all steps skipped)")
+        frac_txt = f" | updated {fraction['overall']:.2f}" if fraction else ""
+        self.log(f"[{cfg.method}] it {self.iteration:>{len(str(cfg.iterations))}}/{cfg.iterations} | {loss_txt}"
+                 f" | {tasks_per_s:,.0f} tasks/s | ETA {_hms(eta)} | skipped {self.skipped}{frac_txt}")
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
+        path = self.run_dir / METRICS
+        if path.is_file():
+            keep = [l for l in path.read_text().splitlines() if json.loads(l)["iteration"] <= self.iteration]
+            path.write_text("".join(l + "\n" for l in keep))
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self, *, tasks=None, shots=None, seed=None) -> dict:
+        e = self.cfg.eval
+        return evaluate(self.experiment, self.params, tasks=tasks or e.tasks, shots=shots or e.shots,
+                        seed=e.seed if seed is None else seed, inner_steps=e.inner_steps, mask_mode=e.mask,
+                        batch_size=e.batch_size)
+
+    def finish(self) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        table = self.evaluate()
+        results = {
+            "status": self.status, "method": cfg.method, "task": cfg.task.name, "seed": cfg.seed,
+            "iterations": self.iteration, "skipped_steps": self.skipped, "metric": metric_name(self.experiment),
+            "eval": {"tasks": cfg.eval.tasks, "inner_steps": cfg.eval.inner_steps, "mask": cfg.eval.mask,
+                     "seed": cfg.eval.seed, "seconds": time.perf_counter() - t0},
+            "results": table,
+            "updated_fraction": self.experiment.learner.rule.updated_fraction(self.params),
+        }
+        (self.run_dir / RESULTS).write_text(json.dumps(results, indent=2))
+        self.log(format_table(table, results["metric"], header=self.header(results)))
+        return results
+
+    def header(self, results: dict) -> str:
+        e = results["eval"]
+        masked = f", mask={e['mask']}" if self.experiment.learner.rule.masked else ""
+        frac = results["updated_fraction"]
+        frac_txt = f", fraction of weights updated {frac['overall']:.3f}" if frac else ""
+        return (f"{results['method']} on {results['task']} ({results['status']}, {results['iterations']} iterations"
+                f"{frac_txt}): {e['tasks']} test tasks, {e['inner_steps']} inner step(s){masked}")
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+

@@ -1,0 +1,13 @@
+"""Task distributions and the one sampling path (`tasks.sampling.sample_batch`)."""
+from tasks.regression import Polynomial, Sinusoid
+
+TASKS = ("sinusoid", "polynomial")
+
+
+def make_distribution(task_cfg):
+    """Build the task distribution named by the `task` section of an experiment config."""
+    if task_cfg.name == "sinusoid":
+        return Sinusoid()
+    if task_cfg.name == "polynomial":
+        return Polynomial(order=task_cfg.order)
+    raise ValueError(f"task.name: unknown task {task_cfg.name!r}; allowed: {', '.join(TASKS)}")

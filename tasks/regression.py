@@ -1,0 +1,58 @@
+"""Regression task distributions of the thesis (DESIGN section 3): sinusoids and polynomials."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sinusoid:
+    """y = A sin(w x + b), A ~ U[0.1, 5], w ~ U[0.8, 1.2], b ~ U[0, pi], x ~ U[-5, 5]."""
+
+    amplitude: tuple[float, float] = (0.1, 5.0)
+    frequency: tuple[float, float] = (0.8, 1.2)
+    phase: tuple[float, float] = (0.0, math.pi)
+    x_range: tuple[float, float] = (-5.0, 5.0)
+    input_dim: int = 1
+    output_dim: int = 1
+    loss: str = "mse"
+
+    def sample(self, rng: np.random.Generator, shots: int, query: int) -> dict:
+        # Order matters: task parameters, then query, then support. The task and its query set
+        # stay the same whatever K is, so one evaluation set serves every K in the list.
+        coeffs = np.array([rng.uniform(*self.amplitude), rng.uniform(*self.frequency), rng.uniform(*self.phase)])
+        xq = rng.uniform(*self.x_range, size=(query, 1))
+        xs = rng.uniform(*self.x_range, size=(shots, 1))
+        return {"x_support": xs, "y_support": self.target(coeffs, xs),
+                "x_query": xq, "y_query": self.target(coeffs, xq), "coeffs": coeffs}
+
+    @staticmethod
+    def target(coeffs: np.ndarray, x: np.ndarray) -> np.ndarray:
+        amplitude, frequency, phase = coeffs
+        return amplitude * np.sin(frequency * x + phase)
+
+
+@dataclass(frozen=True)
+class Polynomial:
+    """y = sum_{i<=n} c_i x^i with c_i ~ U[-1, 1] (DESIGN section 3), order n in {0, 1, 2}.
+
+    DESIGN does not fix the input range; x ~ U[-2, 2] follows the MT-net reference generator."""
+
+    order: int = 2
+    x_range: tuple[float, float] = (-2.0, 2.0)
+    input_dim: int = 1
+    output_dim: int = 1
+    loss: str = "mse"
+
+    def sample(self, rng: np.random.Generator, shots: int, query: int) -> dict:
+        coeffs = rng.uniform(-1.0, 1.0, size=self.order + 1)
+        xq = rng.uniform(*self.x_range, size=(query, 1))
+        xs = rng.uniform(*self.x_range, size=(shots, 1))
+        return {"x_support": xs, "y_support": self.target(coeffs, xs),
+                "x_query": xq, "y_query": self.target(coeffs, xq), "coeffs": coeffs}
+
+    @staticmethod
+    def target(coeffs: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return np.polynomial.polynomial.polyval(x, coeffs)

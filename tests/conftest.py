@@ -1,0 +1,65 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from pipeline.learners import conv4, mlp  # noqa: E402
+from pipeline.meta_batch import InnerLoop, Learner  # noqa: E402
+from pipeline.rules import get_rule  # noqa: E402
+from tasks.regression import Sinusoid  # noqa: E402
+from tasks.sampling import sample_batch  # noqa: E402
+
+ALL_METHODS = ("maml", "fomaml", "metasgd", "tnet", "mnet", "mnet_full", "mtnet", "mtnet_full", "mc1", "mc2")
+
+
+def make_learner(method, hidden=(40, 40), init_std=0.01):
+    return Learner(mlp(1, list(hidden), 1, init_std), get_rule(method))
+
+
+def sine_batch(learner, params, n=4, shots=10, seed=0, iteration=0, dtype=torch.float64):
+    return sample_batch(Sinusoid(), seed=seed, split="train", iteration=iteration, indices=range(n), shots=shots,
+                        query=10, noise_shapes=learner.rule.noise_shapes(params), dtype=dtype)
+
+
+class ImageTasks:
+    """Random N-way K-shot image tasks, only for checking algebra on conv cells."""
+
+    def __init__(self, ways=3, size=8):
+        self.ways, self.size = ways, size
+
+    def sample(self, rng, shots, query):
+        n_s, n_q = self.ways * shots, self.ways * query
+        return {"x_support": rng.normal(size=(n_s, 1, self.size, self.size)),
+                "y_support": rng.permutation(n_s) % self.ways,
+                "x_query": rng.normal(size=(n_q, 1, self.size, self.size)),
+                "y_query": rng.permutation(n_q) % self.ways}
+
+
+def conv_learner(method, filters=4, size=8, ways=3, strided=True):
+    return Learner(conv4(1, ways, size, filters=filters, strided=strided), get_rule(method))
+
+
+def conv_batch(learner, params, n=3, ways=3, size=8, dtype=torch.float64):
+    return sample_batch(ImageTasks(ways, size), seed=1, split="train", iteration=0, indices=range(n), shots=2,
+                        query=2, noise_shapes=learner.rule.noise_shapes(params), dtype=dtype)
+
+
+@pytest.fixture
+def inner1():
+    return InnerLoop(alpha=0.1, steps=1)
+
+
+def perturbed_params(learner, seed=0, dtype=torch.float64, scale=0.1):
+    """Initial params with every meta-only tensor moved off its identity/zero init, so algebra
+    tests exercise non-trivial T, zeta, step sizes and curvature matrices."""
+    params = learner.init_params(seed, dtype)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for k, v in params.items():
+        role = k.rsplit(".", 1)[1]
+        if role not in ("W", "b"):
+            noise = torch.randn(v.shape, generator=gen, dtype=dtype)
+            params[k] = v + (2.0 * noise if role.endswith("zeta") else scale * noise)
+    return params

@@ -1,0 +1,34 @@
+"""Plain per-task reference: the usual "loop over tasks, autograd.grad(create_graph=True)" meta-
+gradient of the reference libraries. Independent of torch.func; the batched path must match it."""
+import torch
+
+from pipeline.learners import fast_keys, loss_and_metric
+
+
+def task_slice(batch: dict, i: int) -> dict:
+    return {k: task_slice(v, i) if isinstance(v, dict) else v[i] for k, v in batch.items()}
+
+
+def loop_adapt(learner, inner, params, task, create_graph=True):
+    net, rule = learner.net, learner.rule
+    state = rule.task_state(params, task["noise"], inner.temperature, inner.mask_mode)
+    fast = {k: params[k] for k in fast_keys(params)}
+    for _ in range(inner.steps):
+        loss = loss_and_metric(net, {**params, **fast}, task["x_support"], task["y_support"])[0]
+        grads = torch.autograd.grad(loss, list(fast.values()), create_graph=create_graph and not rule.first_order)
+        fast = {k: fast[k] - rule.step(k, g, params, state, inner.alpha) for k, g in zip(fast, grads)}
+    return fast
+
+
+def loop_meta_gradient(learner, inner, params, batch):
+    """(per-task query losses, summed-loss gradient w.r.t. every meta-parameter)."""
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    losses = []
+    for i in range(batch["x_support"].shape[0]):
+        task = task_slice(batch, i)
+        fast = loop_adapt(learner, inner, params, task)
+        losses.append(loss_and_metric(learner.net, {**params, **fast}, task["x_query"], task["y_query"])[0])
+    total = torch.stack(losses).sum()
+    grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
+    return torch.stack(losses).detach(), {k: torch.zeros_like(p) if g is None else g
+                                          for (k, p), g in zip(params.items(), grads)}

@@ -1,0 +1,89 @@
+"""The command line: bad input exits 2 with one line and writes nothing; train/eval/resume work."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import main
+
+BAD = [
+    (["--set", "method=reptile"], "method: unknown method 'reptile'; allowed: fomaml, maml, mc1, mc2, metasgd, mnet"),
+    (["--set", "alpha=0"], "alpha: must be > 0"),
+    (["--set", "alpha=-0.5"], "alpha: must be > 0"),
+    (["--set", "beta=0"], "beta: must be > 0"),
+    (["--set", "task.shots=0"], "task.shots: K must be >= 1"),
+    (["--set", "gumbel_temperature=0"], "gumbel_temperature: must be > 0"),
+    (["--set", "gumbel_temperature=-1"], "gumbel_temperature: must be > 0"),
+    (["--set", "learning_rate=0.1"], "learning_rate: unknown key; allowed: method, alpha, beta"),
+    (["--set", "task.way=5"], "task.way: unknown key; allowed: task.name, task.shots, task.query, task.order"),
+    (["--set", "task.name=omniglot"], "task.name: unknown task 'omniglot'; allowed: sinusoid, polynomial"),
+    (["--set", "alpha=fast"], "alpha: expected float, got 'fast'"),
+    (["--set", "iterations=1.5"], "iterations: expected int, got 1.5"),
+    (["--set", "alpha"], "--set: expected key=value, got 'alpha'"),
+    (["--set", "eval.mask=mean"], "eval.mask: unknown mode 'mean'; allowed: sample, argmax"),
+    (["--set", "eval.shots=5,0"], "eval.shots: every K must be >= 1"),
+    (["--set", "task.order=3"], "task.order: polynomial order must be one of 0, 1, 2"),
+    (["--set", "inner_steps=0"], "inner_steps: must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[a[1] for a, _ in BAD])
+def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "runs"
+    code = main(["train", "sine_quick", "--set", f"output_dir={out}", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("metatrain: error: ")
+    assert message in err
+    assert not out.exists()
+
+
+def test_bad_yaml_key_and_missing_file(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("method: maml\ntask: {name: sinusoid, shotz: 5}\n")
+    assert main(["train", str(cfg)]) == 2
+    assert "task.shotz: unknown key" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "sine_quick" in err
+    assert list(tmp_path.iterdir()) == [cfg]
+
+
+def test_existing_run_is_never_overwritten(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"precious")
+    assert main(["train", "sine_quick", "--set", f"output_dir={tmp_path}", "--set", "run_name=r"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").read_bytes() == b"precious"
+
+
+def test_train_eval_resume_end_to_end(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "pipeline.cli"]
+    sets = ["--set", f"output_dir={tmp_path}", "--set", "run_name=e2e", "--set", "iterations=30",
+            "--set", "meta_batch_size=5", "--set", "eval.tasks=40", "--set", "train.log_every=10",
+            "--set", "train.checkpoint_every=10"]
+    proc = subprocess.run([*cmd, "train", "sine_quick", *sets], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "e2e"
+    assert "it 30/30" in proc.stdout and "tasks/s" in proc.stdout and "ETA" in proc.stdout
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "completed" and set(results["results"]) == {"5", "10", "20"}
+    assert results["results"]["10"]["n"] == 40
+    assert 0 < results["updated_fraction"]["overall"] < 1
+
+    proc = subprocess.run([*cmd, "eval", str(run), "--tasks", "20", "--shots", "5,10", "--seed", "3"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ev = json.loads((run / "eval-seed3-tasks20.json").read_text())
+    assert set(ev["results"]) == {"5", "10"} and ev["results"]["5"]["n"] == 20
+
+    proc = subprocess.run([*cmd, "eval", str(run), "--shots", "5,x"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "--shots" in proc.stderr
+
+    proc = subprocess.run([*cmd, "resume", str(run)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr  # already complete: re-evaluates, trains nothing more
+    assert "it " not in proc.stdout.replace("iterations", "")
