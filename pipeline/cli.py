@@ -38,35 +38,49 @@ def _new_run_dir(cfg) -> Path:
     return run_dir
 
 
-def _load_run(run_dir: str):
+def _load_run(run_dir: str, overrides: list[str] = ()):
     from pipeline.trainer import CONFIG
 
     path = Path(run_dir)
     if not (path / CONFIG).is_file():
         raise ConfigError(f"RUN_DIR: {path} is not a run directory (no {CONFIG})")
-    return path, load_config(path / CONFIG)
+    return path, load_config(path / CONFIG, overrides)
+
+
+def _placement(args) -> list[str]:
+    """--workers / --address / --local as config overrides (they are recorded in config.yaml)."""
+    sets = []
+    if getattr(args, "workers", None) is not None:
+        sets.append(f"ray.workers={args.workers}")
+    if getattr(args, "address", None):
+        sets.append(f"ray.address={args.address}")
+    if getattr(args, "local", False):
+        sets.append("backend=local")
+    return sets
 
 
 def cmd_train(args) -> int:
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, [*args.set, *_placement(args)])
     run_dir = _new_run_dir(cfg)
     from pipeline.trainer import Trainer
 
     print(f"run directory: {run_dir}", flush=True)
-    results = Trainer(cfg, run_dir, log=_log).train()
+    with Trainer(cfg, run_dir, log=_log) as trainer:
+        results = trainer.train()
     return 0 if results["status"] == "completed" else 1
 
 
 def cmd_resume(args) -> int:
-    run_dir, cfg = _load_run(args.run_dir)
+    run_dir, cfg = _load_run(args.run_dir, _placement(args))
     from pipeline.trainer import Trainer
 
-    results = Trainer(cfg, run_dir, log=_log).train(resume=True)
+    with Trainer(cfg, run_dir, log=_log) as trainer:
+        results = trainer.train(resume=True)
     return 0 if results["status"] == "completed" else 1
 
 
 def cmd_eval(args) -> int:
-    run_dir, cfg = _load_run(args.run_dir)
+    run_dir, cfg = _load_run(args.run_dir, _placement(args))
     shots = _parse_shots(args.shots) if args.shots else None
     if args.tasks is not None and args.tasks < 1:
         raise ConfigError(f"--tasks: must be >= 1, got {args.tasks}")
@@ -74,10 +88,10 @@ def cmd_eval(args) -> int:
     from pipeline.evaluation import format_table
     from pipeline.trainer import Trainer, metric_name
 
-    trainer = Trainer(cfg, run_dir, log=_log)
-    trainer.load_state_dict(checkpoint.load(run_dir))
     seed = cfg.eval.seed if args.seed is None else args.seed
-    table = trainer.evaluate(tasks=args.tasks, shots=shots, seed=seed)
+    with Trainer(cfg, run_dir, log=_log) as trainer:
+        trainer.load_state_dict(checkpoint.load(run_dir))
+        table = trainer.evaluate(tasks=args.tasks, shots=shots, seed=seed)
     tasks = args.tasks or cfg.eval.tasks
     out = {"iteration": trainer.iteration, "metric": metric_name(trainer.experiment), "tasks": tasks,
            "seed": seed, "inner_steps": cfg.eval.inner_steps, "mask": cfg.eval.mask, "results": table}
@@ -93,6 +107,13 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def _placement_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, help="Ray shard workers (default: ray.workers; 0 = sized to the cluster)")
+    p.add_argument("--address", help="join an existing Ray cluster (default: ray.address, then RAY_ADDRESS, "
+                   "else a local Ray started in process)")
+    p.add_argument("--local", action="store_true", help="no Ray: run the shard function in this process")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metatrain", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -100,15 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (dotted for nested keys, e.g. task.shots=5); repeatable")
+    _placement_args(t)
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", help="evaluate a run's latest checkpoint on fresh test tasks")
     e.add_argument("run_dir")
     e.add_argument("--tasks", type=int)
     e.add_argument("--shots", help="comma-separated K values, e.g. 5,10,20")
     e.add_argument("--seed", type=int, help="test-task seed (default: the config's eval.seed)")
+    _placement_args(e)
     e.set_defaults(fn=cmd_eval)
     r = sub.add_parser("resume", help="continue a run from its last checkpoint")
     r.add_argument("run_dir")
+    _placement_args(r)
     r.set_defaults(fn=cmd_resume)
     return p
 

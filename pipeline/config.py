@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+BACKENDS = ("ray", "local")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
 
 
@@ -21,16 +22,19 @@ class ConfigError(ValueError):
 
 @dataclass
 class TaskConfig:
-    name: str = "sinusoid"  # sinusoid | polynomial
-    shots: int = 10  # K support points per task in meta-training
-    query: int = 10  # query points per task
+    name: str = "sinusoid"  # sinusoid | polynomial | synthetic_images
+    shots: int = 10  # K support examples per task (per class for classification) in meta-training
+    query: int = 10  # query examples per task (per class for classification)
     order: int = 2  # polynomial order (polynomial only)
+    ways: int = 5  # classes per task (classification only)
 
 
 @dataclass
 class ModelConfig:
-    hidden: list[int] = field(default_factory=lambda: [40, 40])
+    hidden: list[int] = field(default_factory=lambda: [40, 40])  # MLP (regression tasks)
     init_std: float = 0.01  # truncated-normal std of dense weights
+    filters: int = 64  # conv4 (image tasks): filters per conv cell
+    strided: bool = True  # conv4: stride-2 convs (Omniglot) or stride 1 + 2x2 max-pool (miniImageNet)
 
 
 @dataclass
@@ -51,6 +55,16 @@ class TrainConfig:
 
 
 @dataclass
+class RayConfig:
+    workers: int = 0  # shard workers; 0 = sized to the cluster (free CPUs / cpus_per_worker, <= meta-batch)
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0  # fractional allowed; ignored (CPU) where the node has no GPU
+    address: str = ""  # "" = RAY_ADDRESS if set, else a local Ray started in process
+    object_store_mb: int = 0  # local Ray only; 0 = Ray's default
+    max_worker_restarts: int = 3  # per shard and iteration, before the run fails
+
+
+@dataclass
 class Config:
     method: str = "maml"
     alpha: float = 0.01  # inner step size
@@ -60,12 +74,14 @@ class Config:
     meta_batch_size: int = 25
     iterations: int = 1000
     seed: int = 0
+    backend: str = "ray"  # "ray": shard workers; "local": the same shard function in this process
     output_dir: str = "runs"
     run_name: str = ""  # empty: <method>-<task>-s<seed>-<timestamp>
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 def to_dict(cfg) -> dict:
@@ -199,6 +215,8 @@ def validate(cfg: Config) -> None:
     need(cfg.task.query >= 1, f"task.query: must be >= 1, got {cfg.task.query}")
     need(cfg.task.order in (0, 1, 2), f"task.order: polynomial order must be one of 0, 1, 2, got {cfg.task.order}")
     need(all(h >= 1 for h in cfg.model.hidden), f"model.hidden: layer widths must be >= 1, got {cfg.model.hidden}")
+    need(cfg.task.ways >= 2, f"task.ways: must be >= 2, got {cfg.task.ways}")
+    need(cfg.model.filters >= 1, f"model.filters: must be >= 1, got {cfg.model.filters}")
     need(cfg.model.init_std > 0, f"model.init_std: must be > 0, got {cfg.model.init_std}")
     need(cfg.eval.tasks >= 1, f"eval.tasks: must be >= 1, got {cfg.eval.tasks}")
     need(len(cfg.eval.shots) > 0 and all(k >= 1 for k in cfg.eval.shots),
@@ -210,6 +228,12 @@ def validate(cfg: Config) -> None:
     need(cfg.train.checkpoint_every >= 1, f"train.checkpoint_every: must be >= 1, got {cfg.train.checkpoint_every}")
     need(cfg.train.log_every >= 1, f"train.log_every: must be >= 1, got {cfg.train.log_every}")
     need(cfg.train.max_bad_steps >= 1, f"train.max_bad_steps: must be >= 1, got {cfg.train.max_bad_steps}")
+    need(cfg.backend in BACKENDS, f"backend: unknown backend {cfg.backend!r}; allowed: {', '.join(BACKENDS)}")
+    need(cfg.ray.workers >= 0, f"ray.workers: must be >= 0 (0 = sized to the cluster), got {cfg.ray.workers}")
+    need(cfg.ray.cpus_per_worker > 0, f"ray.cpus_per_worker: must be > 0, got {cfg.ray.cpus_per_worker}")
+    need(cfg.ray.gpus_per_worker >= 0, f"ray.gpus_per_worker: must be >= 0, got {cfg.ray.gpus_per_worker}")
+    need(cfg.ray.object_store_mb >= 0, f"ray.object_store_mb: must be >= 0, got {cfg.ray.object_store_mb}")
+    need(cfg.ray.max_worker_restarts >= 0, f"ray.max_worker_restarts: must be >= 0, got {cfg.ray.max_worker_restarts}")
     need("/" not in cfg.run_name and cfg.run_name not in (".", ".."),
          f"run_name: must be a plain directory name, got {cfg.run_name!r}")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 
 def mean_ci95(values: np.ndarray) -> tuple[float, float]:
@@ -16,22 +15,19 @@ def finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def evaluate(experiment, params: dict, *, tasks: int, shots: list[int], seed: int, inner_steps: int,
-             mask_mode: str, batch_size: int) -> dict:
-    """{K: {mean, ci95, n, before_mean, curve}} on test tasks 0..tasks-1 of split "test" with `seed`.
+def evaluate(backend, params: dict, *, tasks: int, shots: list[int], seed: int, inner_steps: int, mask_mode: str,
+             batch_size: int) -> dict:
+    """{K: {mean, ci95, n, before_adaptation, query_loss_per_step}} on test tasks 0..tasks-1.
 
     The same tasks and query sets are used for every K (the sampler draws the task and its query
-    before the support points), so the rows of the table differ only in K."""
+    before the support points), so the rows of the table differ only in K. Chunks are spread over
+    the backend's workers; per-task results do not depend on the chunking."""
+    chunks = split(tasks, max(math.ceil(tasks / batch_size), backend.workers))
     results = {}
     for k in shots:
-        metric_parts, curve_parts = [], []
-        for start in range(0, tasks, batch_size):
-            m, c = experiment.eval_shard(params, range(start, min(tasks, start + batch_size)), shots=k,
-                                         seed=seed, inner_steps=inner_steps, mask_mode=mask_mode)
-            metric_parts.append(m)
-            curve_parts.append(c)
-        metric = torch.cat(metric_parts).double().cpu().numpy()
-        curve = torch.cat(curve_parts).double().cpu().numpy()
+        parts = backend.eval_chunks(params, chunks, shots=k, seed=seed, inner_steps=inner_steps, mask_mode=mask_mode)
+        metric = np.concatenate([m for m, _ in parts]).astype(np.float64)
+        curve = np.concatenate([c for _, c in parts]).astype(np.float64)
         mean, ci = mean_ci95(metric)
         results[str(k)] = {"mean": finite_or_none(mean), "ci95": finite_or_none(ci), "n": int(len(metric)),
                            "before_adaptation": finite_or_none(float(curve[:, 0].mean())),
@@ -39,11 +35,18 @@ def evaluate(experiment, params: dict, *, tasks: int, shots: list[int], seed: in
     return results
 
 
+def split(total: int, parts: int) -> list[range]:
+    """Contiguous, near-equal, non-empty index ranges in order."""
+    parts = max(1, min(parts, total))
+    bounds = np.linspace(0, total, parts + 1).round().astype(int)
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def format_table(results: dict, metric_name: str, header: str = "") -> str:
     lines = [header] if header else []
-    lines.append(f"{'K':>4}  {metric_name + ' (95% CI)':<26}{'before adaptation':>18}")
+    lines.append(f"{'K':>4}  {metric_name + ' (95% CI)':<26}{'loss before adapt.':>19}")
     for k, r in results.items():
         cell = "diverged" if r["mean"] is None else f"{r['mean']:.4f} +- {r['ci95']:.4f}"
         before = "n/a" if r["before_adaptation"] is None else f"{r['before_adaptation']:.4f}"
-        lines.append(f"{k:>4}  {cell:<26}{before:>18}")
+        lines.append(f"{k:>4}  {cell:<26}{before:>19}")
     return "\n".join(lines)

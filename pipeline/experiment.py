@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from pipeline.config import Config
-from pipeline.learners import mlp
+from pipeline.learners import conv4, mlp
 from pipeline.meta_batch import InnerLoop, Learner, ShardResult, shard_evaluate, shard_meta_gradient
 from pipeline.rules import get_rule
 from tasks import make_distribution
@@ -19,7 +19,11 @@ class Experiment:
     def __init__(self, cfg: Config, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         self.cfg, self.dtype, self.device = cfg, dtype, device
         self.distribution = make_distribution(cfg.task)
-        net = mlp(self.distribution.input_dim, cfg.model.hidden, self.distribution.output_dim, cfg.model.init_std)
+        d = self.distribution
+        if d.loss == "mse":
+            net = mlp(d.input_dim, cfg.model.hidden, d.output_dim, cfg.model.init_std)
+        else:
+            net = conv4(d.channels, d.ways, d.image_size, cfg.model.filters, cfg.model.strided)
         self.learner = Learner(net, get_rule(cfg.method))
         self.train_inner = InnerLoop(cfg.alpha, cfg.inner_steps, cfg.gumbel_temperature, "sample")
         self._noise_shapes = None

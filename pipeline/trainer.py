@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from pipeline import checkpoint
+from pipeline.backends import make_backend
 from pipeline.config import Config, save_config
 from pipeline.evaluation import evaluate, format_table
 from pipeline.experiment import Experiment
@@ -23,12 +24,25 @@ def metric_name(experiment: Experiment) -> str:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, log=print):
+    """Owns the meta-parameters, the Adam state, checkpoints and evaluation; the backend (Ray
+    workers or this process) only computes shard sums. Use as a context manager to release it."""
+
+    def __init__(self, cfg: Config, run_dir: Path, log=print, backend=None):
         self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
         self.experiment = Experiment(cfg)
+        self.backend = backend or make_backend(cfg, self.experiment, log)
         self.params = {k: v.requires_grad_(True) for k, v in self.experiment.init_params().items()}
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.beta)
         self.iteration, self.skipped, self.bad_streak, self.status = 0, 0, 0, "running"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self.backend.close()
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -64,10 +78,10 @@ class Trainer:
         return self.finish()
 
     def _loop(self) -> None:
-        cfg, exp = self.cfg, self.experiment
+        cfg = self.cfg
         window, t_window, t_start, it_start = [], time.perf_counter(), time.perf_counter(), self.iteration
         while self.iteration < cfg.iterations:
-            result = exp.train_shard(self.params, self.iteration, range(cfg.meta_batch_size))
+            result = self.backend.meta_gradient(self.params, self.iteration)
             n = result.n_tasks
             loss = result.loss_sum / n
             finite = math.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in result.grads.values())
@@ -127,7 +141,7 @@ class Trainer:
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, *, tasks=None, shots=None, seed=None) -> dict:
         e = self.cfg.eval
-        return evaluate(self.experiment, self.params, tasks=tasks or e.tasks, shots=shots or e.shots,
+        return evaluate(self.backend, self.params, tasks=tasks or e.tasks, shots=shots or e.shots,
                         seed=e.seed if seed is None else seed, inner_steps=e.inner_steps, mask_mode=e.mask,
                         batch_size=e.batch_size)
 
@@ -138,6 +152,8 @@ class Trainer:
         results = {
             "status": self.status, "method": cfg.method, "task": cfg.task.name, "seed": cfg.seed,
             "iterations": self.iteration, "skipped_steps": self.skipped, "metric": metric_name(self.experiment),
+            "backend": self.backend.name, "workers": self.backend.workers,
+            "worker_restarts": getattr(self.backend, "restarts", 0),
             "eval": {"tasks": cfg.eval.tasks, "inner_steps": cfg.eval.inner_steps, "mask": cfg.eval.mask,
                      "seed": cfg.eval.seed, "seconds": time.perf_counter() - t0},
             "results": table,

@@ -1,7 +1,8 @@
 """Task distributions and the one sampling path (`tasks.sampling.sample_batch`)."""
 from tasks.regression import Polynomial, Sinusoid
+from tasks.synthetic import SyntheticImages
 
-TASKS = ("sinusoid", "polynomial")
+TASKS = ("sinusoid", "polynomial", "synthetic_images")
 
 
 def make_distribution(task_cfg):
@@ -10,4 +11,6 @@ def make_distribution(task_cfg):
         return Sinusoid()
     if task_cfg.name == "polynomial":
         return Polynomial(order=task_cfg.order)
+    if task_cfg.name == "synthetic_images":
+        return SyntheticImages(ways=task_cfg.ways)
     raise ValueError(f"task.name: unknown task {task_cfg.name!r}; allowed: {', '.join(TASKS)}")

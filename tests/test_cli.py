@@ -63,7 +63,7 @@ def test_existing_run_is_never_overwritten(tmp_path, capsys):
 def test_train_eval_resume_end_to_end(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "pipeline.cli"]
-    sets = ["--set", f"output_dir={tmp_path}", "--set", "run_name=e2e", "--set", "iterations=30",
+    sets = ["--local", "--set", f"output_dir={tmp_path}", "--set", "run_name=e2e", "--set", "iterations=30",
             "--set", "meta_batch_size=5", "--set", "eval.tasks=40", "--set", "train.log_every=10",
             "--set", "train.checkpoint_every=10"]
     proc = subprocess.run([*cmd, "train", "sine_quick", *sets], capture_output=True, text=True, env=env, timeout=300)
@@ -75,7 +75,7 @@ def test_train_eval_resume_end_to_end(tmp_path):
     assert results["results"]["10"]["n"] == 40
     assert 0 < results["updated_fraction"]["overall"] < 1
 
-    proc = subprocess.run([*cmd, "eval", str(run), "--tasks", "20", "--shots", "5,10", "--seed", "3"],
+    proc = subprocess.run([*cmd, "eval", str(run), "--local", "--tasks", "20", "--shots", "5,10", "--seed", "3"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     ev = json.loads((run / "eval-seed3-tasks20.json").read_text())

@@ -1,0 +1,72 @@
+"""Per-iteration cost of the Ray path against the in-process shard function, at equal cores.
+
+Same config, same tasks, same shard function; only where the shards run differs:
+  in-process     LocalBackend, torch on all cores
+  ray 1x{C}cpu   one worker holding all cores (pure Ray overhead: broadcast, call, gather)
+  ray Nx1cpu     N workers sharing the meta-batch (sharding)
+Usage:  python benchmarks/bench_ray.py [--reps 8] [--cpus 2]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import ray
+import torch
+
+from pipeline.backends import LocalBackend, RayBackend
+from pipeline.config import load_config
+from pipeline.experiment import Experiment
+
+
+def per_iteration(backend, params, reps, warmup=2) -> float:
+    for i in range(warmup):
+        backend.meta_gradient(params, i)
+    times = []
+    for i in range(reps):
+        t = time.perf_counter()
+        backend.meta_gradient(params, warmup + i)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def row(name, sets, reps, cpus):
+    cfg = load_config(None, sets)
+    exp = Experiment(cfg)
+    params = exp.init_params()
+    torch.set_num_threads(cpus)
+    base = per_iteration(LocalBackend(cfg, exp), params, reps)
+    cells = [f"{1e3 * base:9.1f}"]
+    variants = [(1, float(cpus))] + [(n, 1.0) for n in range(2, cpus + 1)]
+    for workers, cpw in variants:
+        cfg_r = load_config(None, [*sets, f"ray.workers={workers}", f"ray.cpus_per_worker={cpw}"])
+        backend = RayBackend(cfg_r, exp, log=lambda m: None)
+        t = per_iteration(backend, params, reps)
+        backend.close()
+        cells.append(f"{1e3 * t:9.1f} ({t / base:4.2f}x)")
+    print(f"{name:<30} " + "  ".join(cells), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=8)
+    ap.add_argument("--cpus", type=int, default=2, help="cores given to each side")
+    ap.add_argument("--conv-reps", type=int, default=3)
+    args = ap.parse_args()
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
+    heads = ["in-process ms", f"ray 1x{args.cpus}cpu ms (ratio)"] + [f"ray {n}x1cpu ms (ratio)" for n in range(2, args.cpus + 1)]
+    print(f"torch {torch.__version__}, ray {ray.__version__}, {args.cpus} cores each side; median per-iteration time; "
+          "ratio = time / in-process (lower is better)")
+    print(f"{'workload':<30} " + "  ".join(heads))
+    sine = ["method=maml", "task.name=sinusoid", "task.shots=10"]
+    for mb in (25, 100, 400):
+        row(f"sine MLP maml, meta-batch {mb}", [*sine, f"meta_batch_size={mb}"], args.reps, args.cpus)
+    conv = ["method=maml", "task.name=synthetic_images", "task.ways=5", "task.shots=1", "task.query=15",
+            "alpha=0.4", "model.filters=64", "meta_batch_size=32"]
+    row("conv4-64 5w1s q15, meta-batch 32", conv, args.conv_reps, args.cpus)
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

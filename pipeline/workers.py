@@ -1,0 +1,48 @@
+"""Ray shard workers: each holds the model structure and the task sampler (an `Experiment`) and
+adapts a range of task indices per call. Workers keep no state that the driver's broadcast cannot
+rebuild, so a lost worker is replaced and its shard re-run with an identical result."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import ray
+import torch
+
+from pipeline.config import load_config
+from pipeline.experiment import Experiment
+from pipeline.meta_batch import ShardResult
+
+
+def to_numpy(params: dict) -> dict:
+    return {k: v.detach().cpu().numpy() for k, v in params.items()}
+
+
+@ray.remote(max_restarts=0)  # the driver replaces lost workers itself and re-runs their shard
+class ShardWorker:
+    def __init__(self, cfg_dict: dict, num_cpus: float, use_gpu: bool):
+        torch.set_num_threads(max(1, int(num_cpus)))
+        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.experiment = Experiment(load_config(cfg_dict), device=self.device)
+
+    def _params(self, params_np: dict) -> dict:
+        # Arrays come zero-copy from the object store and are read-only; nothing writes to them.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return {k: torch.from_numpy(v).to(self.device) for k, v in params_np.items()}
+
+    def train_shard(self, params_np: dict, iteration: int, start: int, stop: int) -> ShardResult:
+        """ShardResult with numpy arrays (the driver turns them back into tensors)."""
+        r = self.experiment.train_shard(self._params(params_np), iteration, range(start, stop))
+        # numpy on the wire: Ray serialises arrays several times faster than torch tensors.
+        return ShardResult(to_numpy(r.grads), r.loss_sum, r.n_tasks, r.curve_sum.cpu().numpy(), r.metric_sum)
+
+    def eval_shard(self, params_np: dict, start: int, stop: int, shots: int, seed: int, inner_steps: int,
+                   mask_mode: str) -> tuple[np.ndarray, np.ndarray]:
+        m, c = self.experiment.eval_shard(self._params(params_np), range(start, stop), shots=shots, seed=seed,
+                                          inner_steps=inner_steps, mask_mode=mask_mode)
+        return m.cpu().numpy(), c.cpu().numpy()
+
+    def where(self) -> dict:
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "device": self.device}

@@ -1,0 +1,23 @@
+"""Synthetic N-way image tasks (random pixels, balanced labels): the shape of Omniglot 5-way tasks
+without the data, for throughput benchmarks and smoke tests of conv learners. Nothing to learn."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SyntheticImages:
+    ways: int = 5
+    image_size: int = 28
+    channels: int = 1
+    loss: str = "cross_entropy"
+
+    def sample(self, rng: np.random.Generator, shots: int, query: int) -> dict:
+        shape = (self.channels, self.image_size, self.image_size)
+        # query = examples per class, as in N-way K-shot classification.
+        return {"x_support": rng.random((self.ways * shots, *shape)),
+                "y_support": np.repeat(np.arange(self.ways), shots),
+                "x_query": rng.random((self.ways * query, *shape)),
+                "y_query": np.repeat(np.arange(self.ways), query)}
