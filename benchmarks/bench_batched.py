@@ -50,10 +50,10 @@ def per_task_loop(learner: Learner, inner: InnerLoop, params: dict, batch: dict)
     return {k: v.grad for k, v in params.items()}
 
 
-def bench(name, learner, inner, batch_fn, n_tasks, reps):
+def bench(name, learner, inner, batch_fn, n_tasks, reps, chunk=None):
     params = learner.init_params(0)
     batch = batch_fn(learner, params)
-    paths = {"batched": lambda: shard_meta_gradient(learner, inner, params, batch),
+    paths = {"batched": lambda: shard_meta_gradient(learner, inner, params, batch, chunk),
              "loop": lambda: per_task_loop(learner, inner, params, batch)}
     times = {k: [] for k in paths}
     for fn in paths.values():  # warm-up
@@ -89,11 +89,12 @@ def main():
               args.sine_batch, args.reps)
     images = RandomImageTasks()
     for m in args.conv_methods.split(","):
-        learner = Learner(conv4(1, 5, 28, filters=64), get_rule(m))
-        bench(f"conv4-64 28x28 5w1s q15, {m}", learner, InnerLoop(0.4, 1),
-              lambda l, p: sample_batch(images, seed=0, split="train", iteration=0, indices=range(args.conv_batch),
-                                        shots=1, query=15, noise_shapes=l.rule.noise_shapes(p)),
-              args.conv_batch, max(3, args.reps // 3))
+        for chunk in (None, 8):
+            learner = Learner(conv4(1, 5, 28, filters=64), get_rule(m))
+            bench(f"conv4-64 28x28 5w1s q15, {m}" + (f", chunk {chunk}" if chunk else ""), learner, InnerLoop(0.4, 1),
+                  lambda l, p: sample_batch(images, seed=0, split="train", iteration=0, indices=range(args.conv_batch),
+                                            shots=1, query=15, noise_shapes=l.rule.noise_shapes(p)),
+                  args.conv_batch, max(3, args.reps // 3), chunk)
 
 
 if __name__ == "__main__":

@@ -63,8 +63,8 @@ def main():
     for mb in (25, 100, 400):
         row(f"sine MLP maml, meta-batch {mb}", [*sine, f"meta_batch_size={mb}"], args.reps, args.cpus)
     conv = ["method=maml", "task.name=synthetic_images", "task.ways=5", "task.shots=1", "task.query=15",
-            "alpha=0.4", "model.filters=64", "meta_batch_size=32"]
-    row("conv4-64 5w1s q15, meta-batch 32", conv, args.conv_reps, args.cpus)
+            "alpha=0.4", "model.filters=64", "meta_batch_size=32", "train.tasks_per_vmap=8"]
+    row("conv4-64 5w1s q15, mb 32, chunk 8", conv, args.conv_reps, args.cpus)
     ray.shutdown()
 
 

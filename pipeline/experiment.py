@@ -27,6 +27,7 @@ class Experiment:
         self.learner = Learner(net, get_rule(cfg.method))
         self.train_inner = InnerLoop(cfg.alpha, cfg.inner_steps, cfg.gumbel_temperature, "sample")
         self._noise_shapes = None
+        self.chunk = cfg.train.tasks_per_vmap or None
 
     def init_params(self) -> dict:
         params = self.learner.init_params(self.cfg.seed, self.dtype)
@@ -46,10 +47,10 @@ class Experiment:
     def train_shard(self, params: dict, iteration: int, indices: Sequence[int]) -> ShardResult:
         batch = self.sample(params, split="train", seed=self.cfg.seed, iteration=iteration, indices=indices,
                             shots=self.cfg.task.shots)
-        return shard_meta_gradient(self.learner, self.train_inner, params, batch)
+        return shard_meta_gradient(self.learner, self.train_inner, params, batch, self.chunk)
 
     def eval_shard(self, params: dict, indices: Sequence[int], *, shots: int, seed: int,
                    inner_steps: int, mask_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.sample(params, split="test", seed=seed, iteration=0, indices=indices, shots=shots)
         inner = InnerLoop(self.cfg.alpha, inner_steps, self.cfg.gumbel_temperature, mask_mode)
-        return shard_evaluate(self.learner, inner, params, batch)
+        return shard_evaluate(self.learner, inner, params, batch, self.chunk)

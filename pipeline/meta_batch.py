@@ -2,8 +2,8 @@
 
 `shard_meta_gradient` returns the summed post-adaptation query loss of a shard and its gradient
 w.r.t. every meta-parameter. Tasks are vectorised with `torch.func.vmap`; the inner step is
-`torch.func.grad` nested inside the outer `torch.func.grad`, so second-order terms flow unless the
-rule is first-order. Both the in-process trainer and the Ray workers call these functions.
+`torch.func.grad`, differentiated by the outer autograd pass, so second-order terms flow unless
+the rule is first-order. Both the in-process trainer and the Ray workers call these functions.
 """
 from __future__ import annotations
 
@@ -92,20 +92,26 @@ class ShardResult:
                            first.metric_sum + sum(r.metric_sum for r in rest))
 
 
-def shard_meta_gradient(learner: Learner, inner: InnerLoop, params: dict, batch: dict) -> ShardResult:
-    """Summed query loss of a batch of tasks after adaptation, and its meta-gradient."""
-    params = {k: v.detach() for k, v in params.items()}
+def shard_meta_gradient(learner: Learner, inner: InnerLoop, params: dict, batch: dict,
+                        chunk_size: int | None = None) -> ShardResult:
+    """Summed query loss of a batch of tasks after adaptation, and its meta-gradient.
 
-    def total(params):
-        losses, (curves, metrics) = vmap(adapt, in_dims=(None, None, None, 0))(learner, inner, params, batch)
-        return losses.sum(), (losses.detach(), curves, metrics)
+    Tasks are vmapped and the inner step is torch.func.grad; the outer gradient is plain autograd
+    through that (the same numbers as an outer torch.func.grad, 1.4-2x faster on small models
+    because every op then carries one functorch level fewer). chunk_size bounds the tasks per
+    vectorised call: conv nets on CPU run faster in chunks that keep activations in cache."""
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    losses, (curves, metrics) = vmap(adapt, in_dims=(None, None, None, 0), chunk_size=chunk_size)(
+        learner, inner, leaves, batch)
+    grads = torch.autograd.grad(losses.sum(), list(leaves.values()), allow_unused=True)
+    grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
+    return ShardResult(grads, losses.detach().sum().item(), losses.shape[0], curves.sum(0), metrics.sum().item())
 
-    grads, (losses, curves, metrics) = grad(total, has_aux=True)(params)
-    return ShardResult(grads, losses.sum().item(), losses.shape[0], curves.sum(0), metrics.sum().item())
 
-
-def shard_evaluate(learner: Learner, inner: InnerLoop, params: dict, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def shard_evaluate(learner: Learner, inner: InnerLoop, params: dict, batch: dict,
+                   chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-task query metric after adaptation (B,) and per-task query-loss curve (B, steps + 1)."""
     params = {k: v.detach() for k, v in params.items()}
-    _, (curves, metrics) = vmap(adapt, in_dims=(None, None, None, 0))(learner, inner, params, batch)
+    _, (curves, metrics) = vmap(adapt, in_dims=(None, None, None, 0), chunk_size=chunk_size)(
+        learner, inner, params, batch)
     return metrics, curves

@@ -48,3 +48,15 @@ def test_evaluation_path_matches_training_path():
     assert curves.shape == (6, 3)
     assert metrics.sum().item() == pytest.approx(result.loss_sum, rel=1e-10)
     torch.testing.assert_close(curves.sum(0), result.curve_sum)
+
+
+def test_chunked_vmap_gives_the_same_result():
+    learner = conv_learner("mtnet")
+    params = perturbed_params(learner)
+    batch = conv_batch(learner, params, n=5)
+    inner = InnerLoop(alpha=0.1, steps=1)
+    whole = shard_meta_gradient(learner, inner, params, batch)
+    chunked = shard_meta_gradient(learner, inner, params, batch, chunk_size=2)
+    assert chunked.loss_sum == pytest.approx(whole.loss_sum, rel=1e-12)
+    for k in whole.grads:
+        torch.testing.assert_close(chunked.grads[k], whole.grads[k], rtol=1e-10, atol=1e-12)

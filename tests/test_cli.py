@@ -26,6 +26,10 @@ BAD = [
     (["--set", "eval.shots=5,0"], "eval.shots: every K must be >= 1"),
     (["--set", "task.order=3"], "task.order: polynomial order must be one of 0, 1, 2"),
     (["--set", "inner_steps=0"], "inner_steps: must be >= 1"),
+    (["--set", "backend=spark"], "backend: unknown backend 'spark'; allowed: ray, local"),
+    (["--workers", "-1"], "ray.workers: must be >= 0"),
+    (["--set", "ray.gpus_per_worker=-0.5"], "ray.gpus_per_worker: must be >= 0"),
+    (["--set", "ray.nodes=3"], "ray.nodes: unknown key; allowed: ray.workers, ray.cpus_per_worker"),
 ]
 
 
