@@ -56,13 +56,18 @@ def bench(name, learner, inner, batch_fn, n_tasks, reps, chunk=None):
     paths = {"batched": lambda: shard_meta_gradient(learner, inner, params, batch, chunk),
              "loop": lambda: per_task_loop(learner, inner, params, batch)}
     times = {k: [] for k in paths}
-    for fn in paths.values():  # warm-up
+    calls = {}
+    for k, fn in paths.items():  # warm-up, and enough calls per rep for >= 0.2 s (timer noise)
         fn()
+        t = time.perf_counter()
+        fn()
+        calls[k] = max(1, int(0.2 / (time.perf_counter() - t)))
     for _ in range(reps):
         for k, fn in paths.items():
             t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
+            for _ in range(calls[k]):
+                fn()
+            times[k].append((time.perf_counter() - t) / calls[k])
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"{name:<34} {n_tasks:>5} {n_tasks / med['loop']:>12.1f} {n_tasks / med['batched']:>14.1f} "
           f"{med['loop'] / med['batched']:>8.2f}x", flush=True)

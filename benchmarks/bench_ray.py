@@ -20,45 +20,44 @@ from pipeline.config import load_config
 from pipeline.experiment import Experiment
 
 
-def per_iteration(backend, params, reps, warmup=2) -> float:
-    for i in range(warmup):
-        backend.meta_gradient(params, i)
-    times = []
-    for i in range(reps):
-        t = time.perf_counter()
-        backend.meta_gradient(params, warmup + i)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def row(name, sets, reps, cpus):
+    """Time every placement on the same iterations, interleaved rep by rep so machine noise hits
+    all alike; report the median per-iteration time."""
     cfg = load_config(None, sets)
     exp = Experiment(cfg)
     params = exp.init_params()
     torch.set_num_threads(cpus)
-    base = per_iteration(LocalBackend(cfg, exp), params, reps)
-    cells = [f"{1e3 * base:9.1f}"]
-    variants = [(1, float(cpus))] + [(n, 1.0) for n in range(2, cpus + 1)]
-    for workers, cpw in variants:
+    backends = {"in-process": LocalBackend(cfg, exp)}
+    for workers, cpw in [(1, float(cpus))] + [(n, 1.0) for n in range(2, cpus + 1)]:
         cfg_r = load_config(None, [*sets, f"ray.workers={workers}", f"ray.cpus_per_worker={cpw}"])
-        backend = RayBackend(cfg_r, exp, log=lambda m: None)
-        t = per_iteration(backend, params, reps)
-        backend.close()
-        cells.append(f"{1e3 * t:9.1f} ({t / base:4.2f}x)")
-    print(f"{name:<30} " + "  ".join(cells), flush=True)
+        backends[f"{workers}x{cpw:g}"] = RayBackend(cfg_r, exp, log=lambda m: None)
+    times = {k: [] for k in backends}
+    for i in range(reps + 2):
+        for k, b in backends.items():
+            t = time.perf_counter()
+            b.meta_gradient(params, i)
+            if i >= 2:  # the first two are warm-up
+                times[k].append(time.perf_counter() - t)
+    for b in backends.values():
+        b.close()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med.pop("in-process")
+    cells = [f"{1e3 * base:13.1f}"] + [f"{1e3 * t:15.1f} ({t / base:4.2f}x)" for t in med.values()]
+    print(f"{name:<34} " + "  ".join(cells), flush=True)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--cpus", type=int, default=2, help="cores given to each side")
-    ap.add_argument("--conv-reps", type=int, default=3)
+    ap.add_argument("--conv-reps", type=int, default=5)
     args = ap.parse_args()
-    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
+    # Logical CPUs for every placement at once; they run one at a time, so each gets the cores.
+    ray.init(address="local", num_cpus=2 * args.cpus, include_dashboard=False, logging_level="ERROR")
     heads = ["in-process ms", f"ray 1x{args.cpus}cpu ms (ratio)"] + [f"ray {n}x1cpu ms (ratio)" for n in range(2, args.cpus + 1)]
     print(f"torch {torch.__version__}, ray {ray.__version__}, {args.cpus} cores each side; median per-iteration time; "
           "ratio = time / in-process (lower is better)")
-    print(f"{'workload':<30} " + "  ".join(heads))
+    print(f"{'workload':<34} " + "  ".join(heads))
     sine = ["method=maml", "task.name=sinusoid", "task.shots=10"]
     for mb in (25, 100, 400):
         row(f"sine MLP maml, meta-batch {mb}", [*sine, f"meta_batch_size={mb}"], args.reps, args.cpus)
