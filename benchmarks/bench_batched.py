@@ -11,15 +11,21 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from pipeline.learners import conv4, fast_keys, loss_and_metric, mlp
+from pipeline.learners import conv4, mlp
 from pipeline.meta_batch import InnerLoop, Learner, shard_meta_gradient
 from pipeline.rules import get_rule
 from tasks.regression import Sinusoid
 from tasks.sampling import sample_batch
+
+# The per-task baseline is the reference loop the tests check the batched path against.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from reference import loop_meta_gradient  # noqa: E402
 
 
 class RandomImageTasks:
@@ -33,28 +39,11 @@ class RandomImageTasks:
                 "x_query": rng.random((self.ways * query, 1, 28, 28)), "y_query": rng.permutation(self.ways * query) % self.ways}
 
 
-def per_task_loop(learner: Learner, inner: InnerLoop, params: dict, batch: dict) -> dict:
-    """The reference libraries' way: per task, autograd.grad(create_graph=True), then backward."""
-    params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-    rule, net = learner.rule, learner.net
-    n = batch["x_support"].shape[0]
-    for i in range(n):
-        task = {k: ({kk: vv[i] for kk, vv in v.items()} if isinstance(v, dict) else v[i]) for k, v in batch.items()}
-        state = rule.task_state(params, task["noise"], inner.temperature, inner.mask_mode)
-        fast = {k: params[k] for k in fast_keys(params)}
-        for _ in range(inner.steps):
-            loss = loss_and_metric(net, {**params, **fast}, task["x_support"], task["y_support"])[0]
-            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not rule.first_order)
-            fast = {k: fast[k] - rule.step(k, g, params, state, inner.alpha) for k, g in zip(fast, grads)}
-        loss_and_metric(net, {**params, **fast}, task["x_query"], task["y_query"])[0].backward()
-    return {k: v.grad for k, v in params.items()}
-
-
 def bench(name, learner, inner, batch_fn, n_tasks, reps, chunk=None):
     params = learner.init_params(0)
     batch = batch_fn(learner, params)
     paths = {"batched": lambda: shard_meta_gradient(learner, inner, params, batch, chunk),
-             "loop": lambda: per_task_loop(learner, inner, params, batch)}
+             "loop": lambda: loop_meta_gradient(learner, inner, params, batch)}
     times = {k: [] for k in paths}
     calls = {}
     for k, fn in paths.items():  # warm-up, and enough calls per rep for >= 0.2 s (timer noise)

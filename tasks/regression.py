@@ -7,8 +7,21 @@ from dataclasses import dataclass
 import numpy as np
 
 
+class _Regression:
+    """y = f(x; task coefficients), x ~ U[x_range]; subclasses draw coefficients and define f."""
+
+    def sample(self, rng: np.random.Generator, shots: int, query: int) -> dict:
+        # Order matters: task parameters, then query, then support. The task and its query set
+        # stay the same whatever K is, so one evaluation set serves every K in the list.
+        coeffs = self.draw(rng)
+        xq = rng.uniform(*self.x_range, size=(query, 1))
+        xs = rng.uniform(*self.x_range, size=(shots, 1))
+        return {"x_support": xs, "y_support": self.target(coeffs, xs),
+                "x_query": xq, "y_query": self.target(coeffs, xq), "coeffs": coeffs}
+
+
 @dataclass(frozen=True)
-class Sinusoid:
+class Sinusoid(_Regression):
     """y = A sin(w x + b), A ~ U[0.1, 5], w ~ U[0.8, 1.2], b ~ U[0, pi], x ~ U[-5, 5]."""
 
     amplitude: tuple[float, float] = (0.1, 5.0)
@@ -19,14 +32,8 @@ class Sinusoid:
     output_dim: int = 1
     loss: str = "mse"
 
-    def sample(self, rng: np.random.Generator, shots: int, query: int) -> dict:
-        # Order matters: task parameters, then query, then support. The task and its query set
-        # stay the same whatever K is, so one evaluation set serves every K in the list.
-        coeffs = np.array([rng.uniform(*self.amplitude), rng.uniform(*self.frequency), rng.uniform(*self.phase)])
-        xq = rng.uniform(*self.x_range, size=(query, 1))
-        xs = rng.uniform(*self.x_range, size=(shots, 1))
-        return {"x_support": xs, "y_support": self.target(coeffs, xs),
-                "x_query": xq, "y_query": self.target(coeffs, xq), "coeffs": coeffs}
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        return np.array([rng.uniform(*self.amplitude), rng.uniform(*self.frequency), rng.uniform(*self.phase)])
 
     @staticmethod
     def target(coeffs: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -35,7 +42,7 @@ class Sinusoid:
 
 
 @dataclass(frozen=True)
-class Polynomial:
+class Polynomial(_Regression):
     """y = sum_{i<=n} c_i x^i with c_i ~ U[-1, 1] (DESIGN section 3), order n in {0, 1, 2}.
 
     DESIGN does not fix the input range; x ~ U[-2, 2] follows the MT-net reference generator."""
@@ -46,12 +53,8 @@ class Polynomial:
     output_dim: int = 1
     loss: str = "mse"
 
-    def sample(self, rng: np.random.Generator, shots: int, query: int) -> dict:
-        coeffs = rng.uniform(-1.0, 1.0, size=self.order + 1)
-        xq = rng.uniform(*self.x_range, size=(query, 1))
-        xs = rng.uniform(*self.x_range, size=(shots, 1))
-        return {"x_support": xs, "y_support": self.target(coeffs, xs),
-                "x_query": xq, "y_query": self.target(coeffs, xq), "coeffs": coeffs}
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        return rng.uniform(-1.0, 1.0, size=self.order + 1)
 
     @staticmethod
     def target(coeffs: np.ndarray, x: np.ndarray) -> np.ndarray:
