@@ -20,7 +20,7 @@ class LocalBackend:
 
     def __init__(self, cfg: Config, experiment: Experiment, log=print):
         self.cfg, self.experiment = cfg, experiment
-        self.workers = 1
+        self.workers, self.restarts = 1, 0
 
     def meta_gradient(self, params: dict, iteration: int) -> ShardResult:
         return self.experiment.train_shard(params, iteration, range(self.cfg.meta_batch_size))
@@ -58,7 +58,7 @@ class RayBackend:
         self._cfg_dict = to_dict(cfg)
         self.actors = [self._spawn() for _ in range(self.workers)]
         self.restarts = 0
-        where = ray.get([a.where.remote() for a in self.actors])
+        where = self.worker_info()
         nodes = len({w["node_id"] for w in where})
         devices = ",".join(sorted({w["device"] for w in where}))
         log(f"ray: {self.workers} shard worker(s) on {nodes} node(s), {rc.cpus_per_worker:g} CPU"

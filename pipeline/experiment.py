@@ -31,7 +31,6 @@ class Experiment:
 
     def init_params(self) -> dict:
         params = self.learner.init_params(self.cfg.seed, self.dtype)
-        self._noise_shapes = self.learner.rule.noise_shapes(params)
         return {k: v.to(self.device) for k, v in params.items()}
 
     def noise_shapes(self, params: dict) -> dict:

@@ -153,7 +153,7 @@ class Trainer:
             "status": self.status, "method": cfg.method, "task": cfg.task.name, "seed": cfg.seed,
             "iterations": self.iteration, "skipped_steps": self.skipped, "metric": metric_name(self.experiment),
             "backend": self.backend.name, "workers": self.backend.workers,
-            "worker_restarts": getattr(self.backend, "restarts", 0),
+            "worker_restarts": self.backend.restarts,
             "eval": {"tasks": cfg.eval.tasks, "inner_steps": cfg.eval.inner_steps, "mask": cfg.eval.mask,
                      "seed": cfg.eval.seed, "seconds": time.perf_counter() - t0},
             "results": table,
