@@ -19,7 +19,8 @@ setup(
         # mlflow 3.18 does not resolve here (needs mlflow-skinny 3.18); 3.17.x works with Ray 2.60.
         "mlflow>=3.17,<3.18",
         "pyarrow>=15",
+        "optuna>=3.6",  # the optional Optuna search algorithm of `metatrain sweep`
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3"]},
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "psutil>=5.9"]},
     entry_points={"console_scripts": ["metatrain=pipeline.cli:main"]},
 )

@@ -1,4 +1,4 @@
-"""`metatrain` command line: train, eval, resume.
+"""`metatrain` command line: train, eval, resume, sweep, report.
 
 Config errors are one line on stderr and exit code 2, raised before any directory is written."""
 from __future__ import annotations
@@ -59,13 +59,28 @@ def _placement(args) -> list[str]:
     return sets
 
 
+def _tracking(cfg, run_dir: Path) -> tuple:
+    """The MLflow hook of a `train`/`resume` run (none when tracking.enabled is false)."""
+    if not cfg.tracking.enabled:
+        return ()
+    from pipeline.tracking import MlflowTracker
+
+    return (MlflowTracker(cfg, cfg.tracking.uri, run_name=run_dir.name, log=_log),)
+
+
 def cmd_train(args) -> int:
     cfg = load_config(args.config, [*args.set, *_placement(args)])
+    if cfg.tracking.enabled:
+        from pipeline.tracking import check_reachable, resolve_uri
+
+        # recorded in config.yaml, so `resume` finds the same store from any working directory
+        cfg.tracking.uri = resolve_uri(args.tracking_uri or cfg.tracking.uri, cfg.output_dir)
+        check_reachable(cfg.tracking.uri)
     run_dir = _new_run_dir(cfg)
     from pipeline.trainer import Trainer
 
     print(f"run directory: {run_dir}", flush=True)
-    with Trainer(cfg, run_dir, log=_log) as trainer:
+    with Trainer(cfg, run_dir, log=_log, hooks=_tracking(cfg, run_dir)) as trainer:
         results = trainer.train()
     return 0 if results["status"] == "completed" else 1
 
@@ -74,9 +89,24 @@ def cmd_resume(args) -> int:
     run_dir, cfg = _load_run(args.run_dir, _placement(args))
     from pipeline.trainer import Trainer
 
-    with Trainer(cfg, run_dir, log=_log) as trainer:
+    with Trainer(cfg, run_dir, log=_log, hooks=_tracking(cfg, run_dir)) as trainer:
         results = trainer.train(resume=True)
     return 0 if results["status"] == "completed" else 1
+
+
+def cmd_sweep(args) -> int:
+    from pipeline.sweep import run_sweep
+
+    return run_sweep(args.sweep, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri, log=_log)
+
+
+def cmd_report(args) -> int:
+    from pipeline.report import write_report
+
+    report = write_report(Path(args.sweep_dir), _parse_shots(args.shots) if args.shots else None)
+    print(report.text)
+    print("written " + ", ".join(str(p) for p in report.files))
+    return 0
 
 
 def cmd_eval(args) -> int:
@@ -122,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (dotted for nested keys, e.g. task.shots=5); repeatable")
     _placement_args(t)
+    t.add_argument("--tracking-uri", help="MLflow tracking URI (default: tracking.uri, else "
+                   "sqlite:///<output_dir>/mlflow.db)")
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", help="evaluate a run's latest checkpoint on fresh test tasks")
     e.add_argument("run_dir")
@@ -134,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     _placement_args(r)
     r.set_defaults(fn=cmd_resume)
+    s = sub.add_parser("sweep", help="run a Ray Tune sweep of meta-training trials (a path or a name in tune_configs/)")
+    s.add_argument("sweep")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
+    s.add_argument("--address", help="Ray cluster to run on (default: RAY_ADDRESS, else a local Ray)")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: the base config's tracking.uri, else "
+                   "sqlite:///<sweep output_dir>/mlflow.db)")
+    s.set_defaults(fn=cmd_sweep)
+    rp = sub.add_parser("report", help="the study table (Markdown, Parquet) and figure of a sweep directory")
+    rp.add_argument("sweep_dir")
+    rp.add_argument("--shots", help="comma-separated evaluation K to tabulate (default: all evaluated)")
+    rp.set_defaults(fn=cmd_report)
     return p
 
 

@@ -66,6 +66,14 @@ class RayConfig:
 
 
 @dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = ""  # "" = sqlite:///<absolute output_dir>/mlflow.db (no server needed)
+    experiment: str = "metatrain"  # MLflow experiment name (a sweep uses its own name)
+    log_model: bool = True  # log the meta-learned network with mlflow.pytorch.log_model
+
+
+@dataclass
 class Config:
     method: str = "maml"
     alpha: float = 0.01  # inner step size
@@ -83,6 +91,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def to_dict(cfg) -> dict:
@@ -112,21 +121,35 @@ def resolve_path(name_or_path: str | Path) -> Path:
     raise ConfigError(f"config: no such file {str(name_or_path)!r}; shipped configs: {shipped}")
 
 
-def load_config(source: str | Path | dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults <- YAML file (or dict) <- `key=value` overrides (dotted keys for nested sections)."""
+def load_yaml(path: Path, what: str = "config") -> dict:
+    """A YAML mapping read with yaml.safe_load; errors name the file in one line."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what}: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what}: {path} must hold a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(source: str | Path | dict | None = None,
+                overrides: list[str] | tuple[str, ...] | dict = ()) -> Config:
+    """Defaults <- YAML file (or dict) <- overrides: `key=value` strings (the value parsed as YAML)
+    or a {dotted key: value} mapping (values used as they are)."""
     if source is None:
         raw = {}
     elif isinstance(source, dict):
         raw = source
     else:
         path = resolve_path(source)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config: {path} must hold a mapping of keys, got {type(raw).__name__}")
-    cfg = _build(Config, raw, "")
+        raw = load_yaml(path)
+        if "space" in raw and "base" in raw:
+            raise ConfigError(f"config: {path} is a sweep file; run it with `metatrain sweep {source}`")
+    cfg = build(Config, raw, "")
+    if isinstance(overrides, dict):
+        for key, value in overrides.items():
+            _set(cfg, key, value)
+        overrides = ()
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -144,7 +167,8 @@ def _allowed(cls, prefix: str) -> str:
     return ", ".join(f"{prefix}{f.name}" for f in dataclasses.fields(cls))
 
 
-def _build(cls, raw: dict, prefix: str):
+def build(cls, raw: dict, prefix: str = ""):
+    """A dataclass instance from a mapping: unknown keys and wrong types are one-line errors."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
     hints, kwargs = _hints(cls), {}
@@ -172,8 +196,12 @@ def _set(cfg, dotted: str, value) -> None:
 
 def _coerce(tp, value, key: str):
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, f"{key}.")
+        return build(tp, value, f"{key}.")
     origin = typing.get_origin(tp)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):  # "--set eval.shots=5,10" as well as "[5, 10]"
@@ -236,6 +264,7 @@ def validate(cfg: Config) -> None:
     need(cfg.ray.gpus_per_worker >= 0, f"ray.gpus_per_worker: must be >= 0, got {cfg.ray.gpus_per_worker}")
     need(cfg.ray.object_store_mb >= 0, f"ray.object_store_mb: must be >= 0, got {cfg.ray.object_store_mb}")
     need(cfg.ray.max_worker_restarts >= 0, f"ray.max_worker_restarts: must be >= 0, got {cfg.ray.max_worker_restarts}")
+    need(bool(cfg.tracking.experiment.strip()), "tracking.experiment: must be a non-empty MLflow experiment name")
     need("/" not in cfg.run_name and cfg.run_name not in (".", ".."),
          f"run_name: must be a plain directory name, got {cfg.run_name!r}")
 

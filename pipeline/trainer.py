@@ -1,10 +1,10 @@
-"""In-process meta-trainer: Adam outer loop over the batched shard function, checkpoints, resume,
-a non-finite guard, progress output and the final evaluation."""
+"""The driver: Adam outer loop over the batched shard function, checkpoints, resume, a non-finite
+guard, progress output, the final evaluation and the run's plots. Tracking (MLflow) and Tune
+reporting attach as hooks, so this module knows neither."""
 from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -23,12 +23,42 @@ def metric_name(experiment: Experiment) -> str:
     return "query MSE" if experiment.learner.net.loss == "mse" else "query accuracy"
 
 
+def iteration_scalars(entry: dict) -> dict[str, float]:
+    """A metrics.jsonl entry as flat scalars: the names MLflow and Tune both see."""
+    out = {"skipped_steps": entry["skipped"], "tasks_per_s": entry["tasks_per_s"]}
+    if "meta_loss" in entry:
+        out["meta_loss"], out["query_metric"] = entry["meta_loss"], entry["metric"]
+        out.update({f"query_loss_step{s}": v for s, v in enumerate(entry["query_loss_per_step"])})
+    for cell, v in (entry.get("updated_fraction") or {}).items():
+        out["updated_fraction" if cell == "overall" else f"updated_fraction_{cell}"] = v
+    return out
+
+
+def eval_scalars(results: dict) -> dict[str, float]:
+    """The evaluation table as flat scalars (eval_K10_mean, eval_K10_ci95, eval_K10_before)."""
+    out = {}
+    for k, r in results["results"].items():
+        for name, key in (("mean", "mean"), ("ci95", "ci95"), ("before", "before_adaptation")):
+            out[f"eval_K{k}_{name}"] = math.nan if r[key] is None else r[key]
+    return out
+
+
+class TrainerHook:
+    """Observer of a Trainer; every method is optional."""
+
+    def on_start(self, trainer: "Trainer", resumed: bool) -> None: ...
+    def on_log(self, trainer: "Trainer", entry: dict) -> None: ...
+    def on_checkpoint(self, trainer: "Trainer") -> None: ...
+    def on_finish(self, trainer: "Trainer", results: dict) -> None: ...
+    def on_abort(self, trainer: "Trainer", error: BaseException) -> None: ...
+
+
 class Trainer:
     """Owns the meta-parameters, the Adam state, checkpoints and evaluation; the backend (Ray
     workers or this process) only computes shard sums. Use as a context manager to release it."""
 
-    def __init__(self, cfg: Config, run_dir: Path, log=print, backend=None):
-        self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
+    def __init__(self, cfg: Config, run_dir: Path, log=print, backend=None, hooks: tuple[TrainerHook, ...] = ()):
+        self.cfg, self.run_dir, self.log, self.hooks = cfg, Path(run_dir), log, tuple(hooks)
         self.experiment = Experiment(cfg)
         self.backend = backend or make_backend(cfg, self.experiment, log)
         self.params = {k: v.requires_grad_(True) for k, v in self.experiment.init_params().items()}
@@ -63,19 +93,32 @@ class Trainer:
         checkpoint.save(self.run_dir, self.state_dict())
 
     # -- training ----------------------------------------------------------------------------
-    def train(self, resume: bool = False) -> dict:
+    def train(self, resume: bool = False, state: dict | None = None) -> dict:
+        """Train to cfg.iterations and evaluate. resume=True continues from the run directory's
+        checkpoint; `state` continues from a given checkpoint state (a Tune trial's)."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self.load_state_dict(checkpoint.load(self.run_dir))
+        resumed = resume or state is not None
+        if resumed:
+            self.load_state_dict(state if state is not None else checkpoint.load(self.run_dir))
             self._truncate_metrics()
             self.log(f"resuming {self.run_dir} at iteration {self.iteration}/{cfg.iterations}")
         else:
             save_config(cfg, self.run_dir / CONFIG)
+            (self.run_dir / METRICS).unlink(missing_ok=True)  # a retried trial starts its log afresh
             self.save()
-        if self.status == "running":
-            self._loop()
-        return self.finish()
+        try:
+            self._emit("on_start", resumed)
+            if self.status == "running":
+                self._loop()
+            return self.finish()
+        except BaseException as e:
+            self._emit("on_abort", e)
+            raise
+
+    def _emit(self, event: str, *args) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self, *args)
 
     def _loop(self) -> None:
         cfg = self.cfg
@@ -97,6 +140,8 @@ class Trainer:
             self.iteration += 1
             if self.bad_streak >= cfg.train.max_bad_steps:
                 self.status = "diverged"
+                now = time.perf_counter()  # the metrics of the diverging stretch are part of the result
+                self._log_window(window, now - t_window, now - t_start, self.iteration - it_start)
                 self.log(f"diverged: {self.bad_streak} consecutive non-finite meta-losses/gradients "
                          f"at iteration {self.iteration}; parameters kept from the last finite step")
                 break
@@ -106,6 +151,7 @@ class Trainer:
                 window, t_window = [], now
             if self.iteration % cfg.train.checkpoint_every == 0:
                 self.save()
+                self._emit("on_checkpoint")
         if self.status == "running":
             self.status = "completed"
         self.save()
@@ -125,6 +171,7 @@ class Trainer:
             entry["updated_fraction"] = fraction
         with open(self.run_dir / METRICS, "a") as f:
             f.write(json.dumps(entry) + "\n")
+        self._emit("on_log", entry)
         loss_txt = (f"meta-loss {entry['meta_loss']:.4f} | before adaptation {entry['query_loss_per_step'][0]:.4f}"
                     if window else "meta-loss n/a (all steps skipped)")
         frac_txt = f" | updated {fraction['overall']:.2f}" if fraction else ""
@@ -159,8 +206,12 @@ class Trainer:
             "results": table,
             "updated_fraction": self.experiment.learner.rule.updated_fraction(self.params),
         }
+        from pipeline.plots import write_run_plots  # matplotlib: imported only when a run ends
+
+        results["plots"] = [str(p.relative_to(self.run_dir)) for p in write_run_plots(self)]
         (self.run_dir / RESULTS).write_text(json.dumps(results, indent=2))
         self.log(format_table(table, results["metric"], header=self.header(results)))
+        self._emit("on_finish", results)
         return results
 
     def header(self, results: dict) -> str:

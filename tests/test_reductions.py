@@ -20,17 +20,20 @@ def adapted(learner, inner, params, batch):
 
 
 def assert_reduces(reduced, reference, inner, batch, params_reduced, params_reference, keys_equal=WB, exact=False):
-    tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-12, atol=1e-14)
+    near = dict(rtol=1e-12, atol=1e-14)
     for fa, fb in zip(adapted(reduced, inner, params_reduced, batch), adapted(reference, inner, params_reference, batch)):
         assert fa.keys() == fb.keys()
         for k in fa:
-            torch.testing.assert_close(fa[k], fb[k], **tol)
+            torch.testing.assert_close(fa[k], fb[k], **(dict(rtol=0, atol=0) if exact else near))
     ga = shard_meta_gradient(reduced, inner, params_reduced, batch)
     gb = shard_meta_gradient(reference, inner, params_reference, batch)
     assert ga.loss_sum == pytest.approx(gb.loss_sum, rel=1e-12)
     for k in params_reference:
         if k.rsplit(".", 1)[1] in keys_equal:
-            torch.testing.assert_close(ga.grads[k], gb.grads[k], **tol)
+            # Meta-gradients of the two graphs go through differently shaped backward kernels,
+            # whose float64 summation order depends on the CPU (bit-equal on some, a few ulp apart
+            # on others, e.g. AMD EPYC): equal to 1e-12 relative.
+            torch.testing.assert_close(ga.grads[k], gb.grads[k], **near)
     return ga, gb
 
 

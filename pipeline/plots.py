@@ -1,0 +1,166 @@
+"""Figures (PNG, matplotlib without pyplot's global state): a run's learning curves, its adaptation
+on a few regression test tasks, the fraction of updated weights of masked methods, and a sweep's
+loss-against-hyperparameter figure. Each function writes one file and returns its path."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+PLOTS = "plots"
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def _read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines()] if path.is_file() else []
+
+
+def learning_curves(entries: list[dict], path: Path, title: str, classification: bool) -> Path:
+    """Query loss before adaptation and after each inner step against meta-iteration (and the
+    post-adaptation query accuracy for classification)."""
+    entries = [e for e in entries if "meta_loss" in e]
+    fig = Figure(figsize=(11 if classification else 6.5, 4))
+    axes = fig.subplots(1, 2 if classification else 1, squeeze=False)[0]
+    its = [e["iteration"] for e in entries]
+    steps = len(entries[0]["query_loss_per_step"]) if entries else 0
+    for s in range(steps):
+        label = "before adaptation" if s == 0 else f"after {s} inner step{'s' if s > 1 else ''}"
+        axes[0].plot(its, [e["query_loss_per_step"][s] for e in entries], label=label,
+                     lw=2 if s == steps - 1 else 1.2, ls="--" if s == 0 else "-")
+    axes[0].set(xlabel="meta-iteration", ylabel="query loss (training tasks)", title=title)
+    if not classification and entries and all(e["meta_loss"] > 0 for e in entries):
+        axes[0].set_yscale("log")
+    axes[0].legend()
+    axes[0].grid(alpha=0.3)
+    if classification:
+        axes[1].plot(its, [e["metric"] for e in entries], color="C2")
+        axes[1].set(xlabel="meta-iteration", ylabel="query accuracy after adaptation", ylim=(0, 1))
+        axes[1].grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def updated_fraction(entries: list[dict], final: dict, path: Path, title: str) -> Path:
+    """Masked methods: expected fraction of weights updated (mean sigmoid(zeta)) per layer, over
+    meta-training and at the end."""
+    fig = Figure(figsize=(11, 4))
+    ax_t, ax_b = fig.subplots(1, 2)
+    cells = [c for c in final if c != "overall"]
+    its = [e["iteration"] for e in entries if "updated_fraction" in e]
+    for c in [*cells, "overall"]:
+        ax_t.plot(its, [e["updated_fraction"][c] for e in entries if "updated_fraction" in e], label=c,
+                  lw=2.2 if c == "overall" else 1.2, color="k" if c == "overall" else None)
+    ax_t.set(xlabel="meta-iteration", ylabel="fraction of weights updated", ylim=(0, 1), title=title)
+    ax_t.legend()
+    ax_t.grid(alpha=0.3)
+    ax_b.bar(cells + ["overall"], [final[c] for c in cells] + [final["overall"]],
+             color=["C0"] * len(cells) + ["k"])
+    ax_b.set(ylabel="fraction of weights updated (final)", ylim=(0, 1))
+    for i, c in enumerate(cells + ["overall"]):
+        ax_b.text(i, final[c] + 0.02, f"{final[c]:.2f}", ha="center")
+    return _save(fig, path)
+
+
+def regression_adaptation(trainer, path: Path, n_tasks: int = 4) -> Path:
+    """A few test tasks: the target function, the K support points, and the model before and
+    after adaptation (the evaluation protocol's inner loop and mask mode)."""
+    from pipeline.learners import forward
+    from pipeline.meta_batch import InnerLoop, inner_adapt
+
+    cfg, exp = trainer.cfg, trainer.experiment
+    params = {k: v.detach() for k, v in trainer.params.items()}
+    shots = cfg.task.shots
+    batch = exp.sample(params, split="test", seed=cfg.eval.seed, iteration=0, indices=range(n_tasks), shots=shots)
+    inner = InnerLoop(cfg.alpha, cfg.eval.inner_steps, cfg.gumbel_temperature, cfg.eval.mask)
+    dist = exp.distribution
+    grid = np.linspace(*dist.x_range, 200)[:, None]
+    xg = torch.as_tensor(grid, dtype=exp.dtype)
+    fig = Figure(figsize=(4 * n_tasks, 3.6))
+    axes = fig.subplots(1, n_tasks, squeeze=False)[0]
+    for b, ax in enumerate(axes):
+        task = _index(batch, b)
+        fast, _ = inner_adapt(exp.learner, inner, params, task)
+        with torch.no_grad():
+            before = forward(exp.learner.net, params, xg)
+            after = forward(exp.learner.net, {**params, **fast}, xg)
+        ax.plot(grid, dist.target(task["coeffs"].numpy(), grid), color="k", lw=2, label="target")
+        ax.plot(grid, before.numpy(), ls="--", color="C1", label="before adaptation")
+        ax.plot(grid, after.numpy(), color="C0", label=f"after {inner.steps} step(s)")
+        ax.scatter(task["x_support"].numpy(), task["y_support"].numpy(), color="C3", zorder=3,
+                   label=f"support (K={shots})")
+        ax.set(title=f"test task {b}", xlabel="x")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{cfg.method} on {cfg.task.name}: adaptation on test tasks (alpha={cfg.alpha:g}, mask={cfg.eval.mask})",
+                 y=1.03)
+    return _save(fig, path)
+
+
+def _index(batch: dict, b: int) -> dict:
+    return {k: _index(v, b) if isinstance(v, dict) else v[b] for k, v in batch.items()}
+
+
+def write_run_plots(trainer) -> list[Path]:
+    """Every figure that applies to a finished run, into RUN_DIR/plots/."""
+    out, cfg, exp = trainer.run_dir / PLOTS, trainer.cfg, trainer.experiment
+    entries = _read_metrics(trainer.run_dir)
+    title = f"{cfg.method} on {cfg.task.name}"
+    classification = exp.learner.net.loss != "mse"
+    paths = []
+    if any("meta_loss" in e for e in entries):
+        paths.append(learning_curves(entries, out / "learning_curves.png", title, classification))
+    final = exp.learner.rule.updated_fraction(trainer.params)
+    if final is not None:
+        paths.append(updated_fraction(entries, final, out / "updated_fraction.png", title))
+    if not classification and hasattr(exp.distribution, "target"):
+        paths.append(regression_adaptation(trainer, out / "adaptation.png"))
+    return paths
+
+
+def sweep_figure(series: dict[str, list[tuple[float, float, float]]], path: Path, *, x_label: str, y_label: str,
+                 title: str, log_x: bool) -> Path:
+    """One line per series (method): (x, mean, ci95) points with 95% CI error bars; the y axis is
+    logarithmic when the values span more than a factor of 20 (as in the step-size study)."""
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    ys = [m for pts in series.values() for _, m, _ in pts if math.isfinite(m)]
+    for i, (name, pts) in enumerate(series.items()):
+        pts = sorted(p for p in pts if math.isfinite(p[1]))
+        if pts:
+            x, m, ci = map(np.asarray, zip(*pts))
+            ax.errorbar(x, m, yerr=ci, marker="o", capsize=4, label=name, color=f"C{i}")
+    if log_x:
+        ax.set_xscale("log")
+    if ys and min(ys) > 0 and max(ys) / min(ys) > 20:
+        ax.set_yscale("log")
+    ax.set(xlabel=x_label, ylabel=y_label, title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _save(fig, path)
+
+
+def bar_figure(groups: list[str], series: dict[str, list[tuple[float, float]]], path: Path, *, y_label: str,
+               title: str) -> Path:
+    """Grouped bars (one group per row of a table, one bar per series) with 95% CI error bars."""
+    fig = Figure(figsize=(max(6.5, 1.1 * len(groups) * max(1, len(series)) / 2), 4.5))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(series))
+    for i, (name, vals) in enumerate(series.items()):
+        x = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
+        m = np.array([v[0] for v in vals], dtype=float)
+        ci = np.array([v[1] for v in vals], dtype=float)
+        ax.bar(x, np.nan_to_num(m), width, yerr=np.nan_to_num(ci), capsize=3, label=name, color=f"C{i}")
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.set(ylabel=y_label, title=title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    return _save(fig, path)

@@ -1,0 +1,396 @@
+"""`metatrain sweep`: a Ray Tune sweep whose trials are meta-training runs.
+
+Each trial is a normal run directory (`<sweep>/trials/<trial>/`, readable by `metatrain eval`)
+trained by the same Trainer as `metatrain train`, with its own shard workers in the trial's
+placement group, checkpointed through `tune.report(..., checkpoint=...)` and retried from that
+checkpoint when it fails (`FailureConfig`). Every trial is a child MLflow run of the sweep's parent
+run. An interrupted sweep continues with `--resume` (`Tuner.restore`); finished trials are not run
+again. At the end the study report (tables, Parquet, figure) is written and logged.
+
+Sweep directory: sweep.yaml (the validated sweep, base config included), sweep.json (tracking URI,
+parent run), trials.json (the driver's record of every trial), trials/, tune/ (Tune's state).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+from ray import tune
+
+from pipeline import checkpoint
+from pipeline.config import ConfigError, flatten, load_config
+from pipeline.sweep_config import PER_ITERATION_METRICS, Resources, Sweep, load_sweep
+from pipeline.trainer import Trainer, TrainerHook, eval_scalars, iteration_scalars
+
+SPEC, STATE, MANIFEST, TUNE_DIR, TRIALS = "sweep.yaml", "sweep.json", "trials.json", "tune", "trials"
+FINISHED = ("completed", "diverged")  # trials that ran to the end and were evaluated
+TRIAL_STATUSES = (*FINISHED, "stopped", "error", "unfinished")
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs besides its sampled values (shipped once with tune.with_parameters)."""
+
+    base: dict
+    swept: tuple[str, ...]
+    sweep_dir: str
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    resources: dict
+
+
+def _short(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value).replace(" ", "")
+
+
+def trial_run_name(trial_id: str, config: dict, swept) -> str:
+    """'00003-method=maml,alpha=0.01': the trial's index and its swept values, as a directory name."""
+    desc = ",".join(f"{k.rsplit('.', 1)[-1]}={_short(config[k])}" for k in swept)
+    return f"{trial_id.rsplit('_', 1)[-1]}-{desc}".replace("/", "_")[:120]
+
+
+def trial_config(ctx: TrialContext, config: dict, run_name: str):
+    r = Resources(**ctx.resources)
+    overrides = {**{k: config[k] for k in ctx.swept}, "output_dir": str(Path(ctx.sweep_dir) / TRIALS),
+                 "run_name": run_name, "backend": "ray" if r.workers else "local", "ray.workers": r.workers,
+                 "ray.cpus_per_worker": r.cpus_per_worker, "ray.gpus_per_worker": r.gpus_per_worker,
+                 "tracking.uri": ctx.uri, "tracking.enabled": True}
+    return load_config(copy.deepcopy(ctx.base), overrides)
+
+
+class TuneReporter(TrainerHook):
+    """Reports a trial's progress to Tune; checkpoints travel with the reports."""
+
+    def __init__(self):
+        self.last = {}
+
+    def _metrics(self, trainer, extra: dict | None = None) -> dict:
+        # meta_loss/query_metric are present in every report (NaN when all steps were skipped),
+        # as schedulers and search algorithms require.
+        return {"meta_loss": math.nan, "query_metric": math.nan, **self.last, "iteration": trainer.iteration,
+                **(extra or {})}
+
+    def on_log(self, trainer, entry: dict) -> None:
+        self.last = {**iteration_scalars(entry), "logged_at": entry["iteration"]}
+        if entry["iteration"] % trainer.cfg.train.checkpoint_every:  # else on_checkpoint reports it
+            tune.report(self._metrics(trainer))
+
+    def on_checkpoint(self, trainer) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint.save(Path(d), trainer.state_dict())
+            tune.report(self._metrics(trainer), checkpoint=tune.Checkpoint.from_directory(d))
+
+    def on_finish(self, trainer, results: dict) -> None:
+        tune.report(self._metrics(trainer, {**eval_scalars(results), "status": results["status"], "final": True}))
+
+
+def run_trial(config: dict, ctx: TrialContext) -> None:
+    """The Tune function trainable: one meta-training run, resumed from the trial's checkpoint
+    when Tune restarts it."""
+    import torch
+
+    from pipeline.tracking import MlflowTracker
+
+    tc = tune.get_context()
+    trial_id = tc.get_trial_id()
+    run_name = trial_run_name(trial_id, config, ctx.swept)
+    cfg = trial_config(ctx, config, run_name)
+    state = None
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            state = checkpoint.load(Path(d))
+    if not cfg.ray.workers:
+        torch.set_num_threads(max(1, int(ctx.resources["cpus"])))
+    tracker = MlflowTracker(cfg, ctx.uri, run_name=run_name,
+                            experiment_id=ctx.experiment_id, parent_run_id=ctx.parent_run_id,
+                            tags={"trial_id": trial_id, "sweep_dir": ctx.sweep_dir})
+    run_dir = Path(cfg.output_dir) / run_name
+    with Trainer(cfg, run_dir, log=lambda m: print(m, flush=True), hooks=(tracker, TuneReporter())) as trainer:
+        trainer.train(state=state)
+
+
+# -- the driver's record of the trials ---------------------------------------------------------
+def read_manifest(sweep_dir: Path) -> dict:
+    path = sweep_dir / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_manifest(sweep_dir: Path, manifest: dict) -> None:
+    tmp = sweep_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, sweep_dir / MANIFEST)
+
+
+def _update_manifest(sweep_dir: Path, trial_id: str, **fields) -> dict:
+    manifest = read_manifest(sweep_dir)
+    manifest.setdefault(trial_id, {}).update(fields)
+    write_manifest(sweep_dir, manifest)
+    return manifest[trial_id]
+
+
+def _close_trial_run(sweep_dir: Path, name: str, uri: str, status: str, run_status: str, error: str = "") -> None:
+    from pipeline.tracking import close_recorded_run
+
+    close_recorded_run(sweep_dir / TRIALS / name, uri, status, run_status, error)
+
+
+class SweepProgress(tune.Callback):
+    """Driver-side progress lines and the trials.json record (picklable: Tune stores it with the
+    experiment and restores it on --resume)."""
+
+    def __init__(self, sweep_dir: str, swept: tuple[str, ...], iterations: int, total: int | None, uri: str):
+        self.sweep_dir, self.swept, self.iterations, self.total = Path(sweep_dir), swept, iterations, total
+        self.uri = uri
+
+    def _name(self, trial) -> str:
+        return trial_run_name(trial.trial_id, trial.config, self.swept)
+
+    def _done(self) -> str:
+        done = sum(1 for t in read_manifest(self.sweep_dir).values() if t.get("status") not in (None, "running"))
+        return f"{done}/{self.total}" if self.total else str(done)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        _update_manifest(self.sweep_dir, trial.trial_id, name=self._name(trial), status="running",
+                         config={k: trial.config[k] for k in self.swept})
+        print(f"[{self._name(trial)}] started", flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("final") or result.get("logged_at") != result["iteration"]:
+            return  # the final line comes from on_trial_complete; checkpoint-only reports repeat old numbers
+        its = trial.config.get("iterations", self.iterations)
+        print(f"[{self._name(trial)}] it {result['iteration']}/{its} | meta-loss {result['meta_loss']:.4f} | "
+              f"{result['tasks_per_s']:,.0f} tasks/s", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        if last.get("final"):
+            status = last["status"]
+            evals = [k for k in last if k.startswith("eval_K") and k.endswith("_mean")]
+            shown = " | ".join(f"K={k[6:-5]} {last[k]:.4f} +- {last[k[:-5] + '_ci95']:.4f}" for k in evals)
+        else:  # ended by the scheduler before its last iteration
+            status, shown = "stopped", f"stopped by the scheduler at iteration {last.get('iteration', 0)}"
+            _close_trial_run(self.sweep_dir, self._name(trial), self.uri, "stopped", "KILLED")
+        _update_manifest(self.sweep_dir, trial.trial_id, status=status)
+        print(f"[{self._name(trial)}] {status}: {shown} ({self._done()} trials done)", flush=True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        retries = read_manifest(self.sweep_dir).get(trial.trial_id, {}).get("retries", 0) + 1
+        _update_manifest(self.sweep_dir, trial.trial_id, retries=retries)
+        print(f"[{self._name(trial)}] failed; retrying from its last checkpoint", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = _error_line(trial)
+        _close_trial_run(self.sweep_dir, self._name(trial), self.uri, "error", "FAILED", error)
+        _update_manifest(self.sweep_dir, trial.trial_id, status="error", error=error)
+        print(f"[{self._name(trial)}] error after {trial.num_failures} attempt(s): {error} ({self._done()} trials done)",
+              flush=True)
+
+
+def _error_line(trial) -> str:
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        lines = [l for l in Path(path).read_text().splitlines() if l.strip()]
+        return lines[-1][:500] if lines else "unknown error"
+    except OSError:
+        return f"see {path}" if path else "unknown error"
+
+
+# -- the sweep ---------------------------------------------------------------------------------
+def _param_space(sweep: Sweep) -> dict:
+    make = {"grid": tune.grid_search, "choice": tune.choice, "uniform": lambda v: tune.uniform(*v),
+            "loguniform": lambda v: tune.loguniform(*v), "randint": lambda v: tune.randint(*v)}
+    return {k: make[kind](values) for k, e in sweep.space.items() for kind, values in e.items()}
+
+
+def _tune_config(sweep: Sweep):
+    spec, iterations = sweep.spec, sweep.base["iterations"]
+    kw = {"num_samples": spec.num_samples, "trial_dirname_creator": _trial_dirname}
+    if spec.scheduler.name == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        # max_t one past the end: ASHA stops a trial that reaches max_t, which would cut off the
+        # final evaluation that follows the last iteration.
+        kw["scheduler"] = ASHAScheduler(time_attr="iteration", max_t=iterations + 1,
+                                        grace_period=spec.scheduler.grace_period or max(1, iterations // 10),
+                                        reduction_factor=spec.scheduler.reduction_factor)
+    if spec.search.name == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        kw["search_alg"] = OptunaSearch(seed=spec.seed)
+        kw["max_concurrent_trials"] = spec.max_concurrent_trials or None
+    else:  # Tune's default generator, seeded; it applies the concurrency limit itself
+        from ray.tune.search import BasicVariantGenerator
+
+        kw["search_alg"] = BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent_trials)
+    if spec.scheduler.name != "none" or spec.search.name != "random":
+        kw.update(metric=spec.metric, mode=spec.mode)
+    return tune.TuneConfig(**kw)
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def _check_resources(sweep: Sweep, started_ray: bool, log) -> None:
+    import ray
+
+    need = {}
+    for bundle in sweep.spec.resources.bundles():
+        for k, v in bundle.items():
+            need[k] = need.get(k, 0) + v
+    have = ray.cluster_resources()
+    short = [f"{v:g} {k} (the cluster has {have.get(k, 0):g})" for k, v in need.items() if v > have.get(k, 0) + 1e-9]
+    if short:
+        msg = (f"resources: one trial needs {', '.join(short)}; lower resources.workers / cpus / cpus_per_worker / "
+               "gpus_per_worker")
+        if started_ray:
+            raise ConfigError(msg)
+        log(f"warning: {msg} (waiting for the cluster to scale up)")
+
+
+def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tracking_uri: str | None = None,
+              log=print) -> int:
+    """Run (or continue) a sweep; returns the exit code (0 done, 1 some trials failed, 130 interrupted)."""
+    from pipeline.tracking import check_reachable, resolve_uri
+
+    sweep = load_sweep(path)
+    spec = sweep.spec
+    sweep_dir = (Path(spec.output_dir) / spec.name).resolve()
+    if resume:
+        if not (sweep_dir / STATE).is_file():
+            raise ConfigError(f"--resume: {sweep_dir} holds no sweep to resume (no {STATE}); start it without --resume")
+        state = json.loads((sweep_dir / STATE).read_text())
+        _check_unchanged(yaml.safe_load((sweep_dir / SPEC).read_text()), sweep.to_dict())
+        uri = state["tracking_uri"]
+        if tracking_uri and resolve_uri(tracking_uri, spec.output_dir) != uri:
+            raise ConfigError(f"--tracking-uri: this sweep is tracked at {uri}; resume it there (omit --tracking-uri)")
+    else:
+        if sweep_dir.exists() and any(sweep_dir.iterdir()):
+            raise ConfigError(f"name: {sweep_dir} already holds a sweep; continue it with --resume, or give the sweep "
+                              "another name")
+        state = {}
+        uri = resolve_uri(tracking_uri or sweep.base["tracking"]["uri"], spec.output_dir)
+    check_reachable(uri)
+    if spec.metric not in PER_ITERATION_METRICS:
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # a final-only metric is absent mid-run
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines instead of Tune's tables
+    # Every trial checkpoint forces a snapshot of Tune's state (num_to_keep is set); with short
+    # trials Tune warns about that at each one. The cost is small next to a meta-iteration.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+    import ray
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 log_to_driver=False, logging_level="WARNING")
+    try:
+        _check_resources(sweep, started_ray, log)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (sweep_dir / SPEC).write_text(yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+        state = _start_parent_run(sweep, sweep_dir, uri, state)
+        (sweep_dir / STATE).write_text(json.dumps(state, indent=2))
+        ctx = TrialContext(sweep.base, tuple(sweep.swept_keys), str(sweep_dir), uri, state["experiment_id"],
+                           state["parent_run_id"], asdict(spec.resources))
+        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                        tune.PlacementGroupFactory(spec.resources.bundles()))
+        total = sweep.trial_count()
+        log(f"sweep {spec.name}: {total} trial(s) of {sweep.base['method']} on {sweep.base['task']['name']} "
+            f"over {', '.join(sweep.swept_keys)} | {sweep_dir} | MLflow {uri} (parent run {state['parent_run_id']})")
+        tune_path = sweep_dir / TUNE_DIR
+        if resume and tune.Tuner.can_restore(str(tune_path)):
+            log(f"resuming from {tune_path}")
+            tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            progress = SweepProgress(str(sweep_dir), ctx.swept, sweep.base["iterations"], total, uri)
+            tuner = tune.Tuner(trainable, param_space=_param_space(sweep), tune_config=_tune_config(sweep),
+                               run_config=tune.RunConfig(
+                                   name=TUNE_DIR, storage_path=str(sweep_dir), callbacks=[progress], verbose=0,
+                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+        grid = tuner.fit()
+        return _finish(sweep, sweep_dir, grid, uri, state["parent_run_id"], path, log)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _check_unchanged(stored: dict, now: dict) -> None:
+    a, b = flatten(stored), flatten(now)
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    if changed:
+        raise ConfigError(f"--resume: the sweep changed since it started ({', '.join(changed[:3])}); restore the "
+                          "sweep file, or start a new sweep under another name")
+
+
+def _start_parent_run(sweep: Sweep, sweep_dir: Path, uri: str, state: dict) -> dict:
+    """The sweep's parent run: created with a new sweep, reopened by --resume (sweep.json)."""
+    from pipeline.tracking import client_for, ensure_experiment, start_run
+
+    client = client_for(uri)
+    if state.get("parent_run_id"):
+        client.update_run(state["parent_run_id"], status="RUNNING")
+        client.set_tag(state["parent_run_id"], "status", "running")
+        return state
+    experiment_id = ensure_experiment(uri, sweep.spec.name)
+    params = {k: v for k, v in flatten(sweep.to_dict()).items() if not k.startswith(("base_config.", "space."))}
+    params.update({f"space.{k}": json.dumps(v) for k, v in sweep.space.items()})
+    run_id = start_run(client, experiment_id, run_name=sweep.spec.name, params=params,
+                       tags={"type": "sweep", "sweep_dir": str(sweep_dir), "status": "running",
+                             "method": str(sweep.base["method"]), "task": sweep.base["task"]["name"]})
+    return {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": run_id}
+
+
+def _finish(sweep: Sweep, sweep_dir: Path, grid, uri: str, parent_run_id: str, path, log) -> int:
+    """Settle every trial's status from Tune's results, then report (or say how to resume)."""
+    from pipeline.tracking import client_for, log_scalars
+
+    manifest = read_manifest(sweep_dir)
+    for result in grid:
+        if not result.config:  # never started
+            continue
+        trial_id = Path(result.path).name
+        entry = manifest.setdefault(trial_id, {"name": trial_run_name(trial_id, result.config, sweep.swept_keys),
+                                               "config": {k: result.config[k] for k in sweep.swept_keys}})
+        metrics = result.metrics or {}
+        if metrics.get("final"):
+            entry["status"] = metrics["status"]
+        elif result.error is not None:
+            entry["status"], entry["error"] = "error", entry.get("error") or str(result.error).splitlines()[0][:500]
+        elif entry.get("status") != "stopped":
+            entry["status"] = "unfinished"
+    write_manifest(sweep_dir, manifest)
+    counts = {k: sum(t["status"] == k for t in manifest.values()) for k in TRIAL_STATUSES}
+    # Tune creates trials lazily: an interrupted sweep may not even have created the last ones.
+    counts["unfinished"] = sweep.trial_count() - sum(v for k, v in counts.items() if k != "unfinished")
+    client = client_for(uri)
+    log_scalars(client, parent_run_id, {f"trials_{k}": v for k, v in counts.items()}, 0)
+    if counts["unfinished"]:
+        client.set_tag(parent_run_id, "status", "interrupted")
+        client.set_terminated(parent_run_id, "KILLED")
+        log(f"sweep interrupted: {counts['unfinished']} trial(s) unfinished; continue it with: "
+            f"metatrain sweep {path} --resume")
+        return 130
+    from pipeline.report import write_report
+
+    report = write_report(sweep_dir)
+    log(report.text)
+    for p in report.files:
+        client.log_artifact(parent_run_id, str(p), "report")
+    client.log_artifact(parent_run_id, str(sweep_dir / SPEC))
+    client.log_artifact(parent_run_id, str(sweep_dir / MANIFEST))
+    client.set_tag(parent_run_id, "status", "completed")
+    client.set_terminated(parent_run_id, "FINISHED")
+    log(f"trials: {', '.join(f'{v} {k}' for k, v in counts.items() if v)} | report: "
+        f"{', '.join(str(p) for p in report.files)}")
+    return 1 if counts["error"] else 0

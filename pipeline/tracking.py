@@ -1,0 +1,251 @@
+"""MLflow tracking for `train` runs and sweep trials: a Trainer hook.
+
+A run logs the flattened config as params; tags (method, task, seed, status, git commit); every
+logged iteration's scalars; the final evaluation (scalars and a table); artifacts (config.yaml,
+results.json, metrics.jsonl, checkpoint.pt, plots/) and the meta-learned network through
+`mlflow.pytorch.log_model`. A run directory remembers its MLflow run in `mlflow.json`, so a resumed run or a
+retried sweep trial continues the same MLflow run instead of leaving orphans behind.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from pipeline.config import Config, flatten, to_dict
+from pipeline.trainer import CONFIG, METRICS, RESULTS, TrainerHook, eval_scalars, iteration_scalars
+
+RUN_FILE = "mlflow.json"  # {tracking_uri, experiment_id, run_id} of the run directory's MLflow run
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_uri(output_dir: str | Path) -> str:
+    """MLflow's embedded store: an absolute SQLite path (a Tune trial runs in its own cwd)."""
+    return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+def resolve_uri(uri: str | None, output_dir: str | Path) -> str:
+    """The tracking URI to use: `uri` if given, else the default store in `output_dir`."""
+    uri = uri or default_uri(output_dir)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # a relative SQLite path would move with the working directory: pin it now
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    return uri
+
+
+def _artifact_location(uri: str) -> str | None:
+    """SQLite stores keep artifacts beside the database (MLflow's default, ./mlruns, is relative
+    to the cwd); a tracking server chooses its own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return None
+
+
+def client_for(uri: str):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(uri)  # the fluent API (log_model) reads the global URI
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The experiment's id, created if missing (on the driver, before trials race for it)."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(uri))
+    except MlflowException:  # created meanwhile by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def check_reachable(uri: str) -> None:
+    """Fail early, in one line, when a tracking server does not answer."""
+    from pipeline.config import ConfigError
+
+    if urlparse(uri).scheme not in ("http", "https"):
+        return
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).read()
+    except Exception as e:  # noqa: BLE001 - any failure means the same thing to the user
+        raise ConfigError(f"--tracking-uri: no MLflow server answers at {uri} ({type(e).__name__}: {e})") from None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def start_run(client, experiment_id: str, *, run_name: str, tags: dict, params: dict) -> str:
+    """A new run with its params and tags (and the git commit of this checkout, if any)."""
+    from mlflow.entities import Param, RunTag
+
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    items = [Param(k, _param_value(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=items[i:i + 100])
+    commit = git_commit()
+    if commit:
+        client.log_batch(run_id, tags=[RunTag("git_commit", commit), RunTag("mlflow.source.git.commit", commit)])
+    return run_id
+
+
+def recorded_run(run_dir: Path, uri: str) -> str | None:
+    """The MLflow run this run directory already logs to at `uri`, if any."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        return None
+    rec = json.loads(path.read_text())
+    return rec["run_id"] if rec.get("tracking_uri") == uri else None
+
+
+def close_recorded_run(run_dir: Path, uri: str, status: str, run_status: str, error: str = "") -> None:
+    """Driver-side: end a run whose own process could not (a trial stopped or failed for good)."""
+    run_id = recorded_run(run_dir, uri)
+    if run_id is None:
+        return
+    client = client_for(uri)
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_tag(run_id, "status", status)
+        if error:
+            client.set_tag(run_id, "error", error[:5000])
+        client.set_terminated(run_id, run_status)
+
+
+def _param_value(v) -> str:
+    return str(v)[:6000]
+
+
+def log_scalars(client, run_id: str, scalars: dict[str, float], step: int) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, step) for k, v in scalars.items() if v is not None]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+class MetaLearnedNetwork(torch.nn.Module):
+    """The meta-learned initialisation as a plain module for `mlflow.pytorch.log_model`:
+    forward(x) is the network before adaptation. Adapting it needs the update rule and its
+    meta-parameters, which `checkpoint.pt` and `metatrain eval` carry."""
+
+    def __init__(self, net, params: dict):
+        super().__init__()
+        self.net, self.names = net, list(params)
+        for k, v in params.items():
+            self.register_parameter(k.replace(".", "__"), torch.nn.Parameter(v.detach().clone(), requires_grad=False))
+
+    def forward(self, x):
+        from pipeline.learners import forward
+
+        return forward(self.net, {k: getattr(self, k.replace(".", "__")) for k in self.names}, x)
+
+
+def log_model(uri: str, run_id: str, trainer) -> str:
+    """Log the meta-learned network (MLflow's pt2 format: a torch.export graph, no pickled code)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    cfg, exp = trainer.cfg, trainer.experiment
+    params = {k: v.detach().cpu() for k, v in trainer.params.items()}
+    batch = exp.sample(params, split="test", seed=cfg.eval.seed, iteration=0, indices=range(1), shots=cfg.task.shots)
+    x = batch["x_support"][0]
+    model = MetaLearnedNetwork(exp.learner.net, params).eval()
+    with torch.no_grad():
+        y = model(x)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(model, name="model", input_example=x.numpy(),
+                                        signature=infer_signature(x.numpy(), y.numpy()),
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    return info.model_uri
+
+
+class MlflowTracker(TrainerHook):
+    """Logs one Trainer to MLflow; `parent_run_id` nests it under a sweep's parent run."""
+
+    def __init__(self, cfg: Config, uri: str, *, run_name: str, experiment_id: str | None = None,
+                 parent_run_id: str | None = None, tags: dict | None = None, log=print):
+        self.cfg, self.uri, self.run_name, self.log = cfg, uri, run_name, log
+        self.experiment_id, self.parent_run_id, self.extra_tags = experiment_id, parent_run_id, tags or {}
+        self.client = self.run_id = None
+        self.last_step = -1
+
+    def on_start(self, trainer, resumed: bool) -> None:
+        cfg, run_dir = self.cfg, trainer.run_dir
+        self.client = client_for(self.uri)
+        self.run_id = recorded_run(run_dir, self.uri)
+        if self.run_id is None:
+            if self.experiment_id is None:
+                self.experiment_id = ensure_experiment(self.uri, cfg.tracking.experiment)
+            tags = {"method": cfg.method, "task": cfg.task.name, "seed": str(cfg.seed),
+                    "run_dir": str(run_dir.resolve()), **self.extra_tags}
+            if self.parent_run_id:
+                tags["mlflow.parentRunId"] = self.parent_run_id
+            self.run_id = start_run(self.client, self.experiment_id, run_name=self.run_name, tags=tags,
+                                    params=flatten(to_dict(cfg)))
+            (run_dir / RUN_FILE).write_text(json.dumps(
+                {"tracking_uri": self.uri, "experiment_id": self.experiment_id, "run_id": self.run_id}, indent=2))
+            reopened = False
+        else:
+            # Metrics are a pure function of config and seed: steps logged before a crash are
+            # already there with the same values, so only later steps are logged again.
+            self.client.update_run(self.run_id, status="RUNNING")
+            history = self.client.get_metric_history(self.run_id, "tasks_per_s")
+            self.last_step = max((m.step for m in history), default=-1)
+            self.client.set_tag(self.run_id, "resumed_at_iteration", str(trainer.iteration))
+            reopened = True
+        self.client.set_tag(self.run_id, "status", "running")
+        self.log(f"mlflow: {'reopened' if reopened else 'new'} run {self.run_id} at {self.uri}")
+
+    def on_log(self, trainer, entry: dict) -> None:
+        if entry["iteration"] > self.last_step:
+            log_scalars(self.client, self.run_id, iteration_scalars(entry), entry["iteration"])
+
+    def on_finish(self, trainer, results: dict) -> None:
+        client, run_id, run_dir = self.client, self.run_id, trainer.run_dir
+        log_scalars(client, run_id, eval_scalars(results), trainer.iteration)
+        table = {"K": [], "mean": [], "ci95": [], "n": [], "before_adaptation": []}
+        for k, r in results["results"].items():
+            for col, v in (("K", int(k)), ("mean", r["mean"]), ("ci95", r["ci95"]), ("n", r["n"]),
+                           ("before_adaptation", r["before_adaptation"])):
+                table[col].append(math.nan if v is None else v)
+        client.log_table(run_id, data=table, artifact_file="eval_table.json")
+        for name in (CONFIG, RESULTS, METRICS, "checkpoint.pt"):
+            if (run_dir / name).is_file():
+                client.log_artifact(run_id, str(run_dir / name))
+        if (run_dir / "plots").is_dir():
+            client.log_artifacts(run_id, str(run_dir / "plots"), "plots")
+        if self.cfg.tracking.log_model:
+            client.set_tag(run_id, "model_uri", log_model(self.uri, run_id, trainer))
+        client.set_tag(run_id, "status", results["status"])
+        # A diverged run is a result, not a crash: it keeps its metrics and is flagged FAILED.
+        client.set_terminated(run_id, "FINISHED" if results["status"] == "completed" else "FAILED")
+
+    def on_abort(self, trainer, error: BaseException) -> None:
+        if self.run_id is None:
+            return
+        # Tune stops a trial (scheduler decision, sweep interrupted) by raising SystemExit(0) in it.
+        stopped = isinstance(error, KeyboardInterrupt) or (isinstance(error, SystemExit) and not error.code)
+        if stopped:
+            self.client.set_tag(self.run_id, "status", "stopped")
+        else:
+            self.client.set_tag(self.run_id, "status", "error")
+            self.client.set_tag(self.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+        self.client.set_terminated(self.run_id, "KILLED" if stopped else "FAILED")

@@ -1,0 +1,350 @@
+"""`metatrain sweep` and `metatrain report` on a real Ray runtime with real MLflow stores (SQLite,
+and a `mlflow server` started here): runs, params, metrics, artifacts, divergence, failure retry,
+interrupt + --resume, ASHA + Optuna, and the report against the runs it read."""
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+import yaml
+from mlflow import MlflowClient
+
+from pipeline import checkpoint
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.report import pool
+from pipeline.sweep import run_sweep
+from pipeline.trainer import Trainer
+
+TINY = {"iterations": 40, "meta_batch_size": 5, "model.hidden": [20, 20], "eval.tasks": 40, "eval.shots": [10],
+        "train.log_every": 10, "train.checkpoint_every": 20, "tracking.log_model": False}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             object_store_memory=150 * 2**20, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+BAD_SWEEPS = [
+    ({"space": {"alpha": {"grid": [0.01, 0]}}}, "space: alpha: must be > 0, got 0.0"),
+    ({"space": {"methd": {"grid": ["maml"]}}}, "space: methd is not a config key"),
+    ({"space": {"method": {"grid": ["maml", "reptile"]}}}, "space: method: unknown method 'reptile'; allowed:"),
+    ({"space": {"alpha": {"range": [1, 2]}}}, "space.alpha: expected one of {grid: ...}, {choice: ...}"),
+    ({"space": {"alpha": {"loguniform": [0, 1]}}}, "space.alpha.loguniform: low must be > 0"),
+    ({"space": {"alpha": {"uniform": [1, 0.5]}}}, "space.alpha.uniform: low must be < high"),
+    ({"space": {"inner_steps": {"randint": [0, 3]}}}, "space: inner_steps: must be >= 1, got 0"),
+    ({"space": {"ray.workers": {"grid": [1, 2]}}}, "space: ray.workers is set by the sweep itself"),
+    ({"space": {}}, "space: empty; a sweep needs at least one swept key"),
+    ({"scheduler": {"name": "hyperband"}}, "scheduler.name: unknown scheduler 'hyperband'; allowed: none, asha"),
+    ({"search": {"name": "optuna"}}, "space.alpha: optuna does not take grid entries; use choice"),
+    ({"metric": "accuracy"}, "metric: unknown metric 'accuracy'; allowed: meta_loss, query_metric, eval_K10_mean"),
+    ({"metric": "eval_K10_mean", "scheduler": {"name": "asha"}}, "metric: the asha scheduler compares trials"),
+    ({"resources": {"workers": -1}}, "resources.workers: must be >= 0"),
+    ({"resources": {"gpus": 1}}, "resources.gpus: unknown key; allowed: resources.cpus, resources.workers"),
+    ({"base": "nope"}, "base: no such file 'nope'; shipped configs:"),
+    ({"set": {"alpha": -1}}, "alpha: must be > 0, got -1.0"),
+    ({"set": {"output_dir": "x"}}, "set: output_dir is set by the sweep itself"),
+    ({"report": {"shots": [5]}}, "report.shots: K=5 is not evaluated; allowed: 10"),
+    ({"num_samples": 0}, "num_samples: must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD_SWEEPS, ids=[m for _, m in BAD_SWEEPS])
+def test_bad_sweep_files_are_one_line_errors_before_any_work(tmp_path, capsys, change, message):
+    spec = {"base": "sine_quick", "name": "bad", "output_dir": str(tmp_path / "sweeps"), "set": dict(TINY),
+            "space": {"alpha": {"grid": [0.01, 0.1]}}}
+    spec.update(change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("metatrain: error: ") and message in err, err
+    assert not (tmp_path / "sweeps").exists() and not ray.is_initialized()
+
+
+def test_an_existing_sweep_is_never_overwritten_and_resume_needs_one(tmp_path, capsys):
+    path, sweep_dir = write_sweep(tmp_path, "keep", {"alpha": {"grid": [0.01]}})
+    assert main(["sweep", str(path), "--resume"]) == 2
+    assert "--resume: " in capsys.readouterr().err and not sweep_dir.exists()
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "trials.json").write_text("precious")
+    assert main(["sweep", str(path)]) == 2
+    assert "already holds a sweep; continue it with --resume" in capsys.readouterr().err
+    assert (sweep_dir / "trials.json").read_text() == "precious"
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is not a sweep directory" in capsys.readouterr().err
+
+
+def write_sweep(tmp_path, name, space, set_=None, **fields):
+    path = tmp_path / f"{name}.yaml"
+    spec = {"base": "sine_quick", "name": name, "output_dir": str(tmp_path / "sweeps"), "set": {**TINY, **(set_ or {})},
+            "space": space, **fields}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path, tmp_path / "sweeps" / name
+
+
+def sweep_ok(path, sweep_dir, **kw):
+    code = run_sweep(str(path), **kw)
+    manifest = sweep_dir / "trials.json"
+    assert code == 0, manifest.read_text() if manifest.is_file() else "no trials.json"
+
+
+def mlflow_runs(uri, experiment):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert len(children) == len(runs) - 1, "every other run is a child of the sweep's run, none twice"
+    return client, parents[0], children
+
+
+def check_tiny_sweep(uri, sweep_dir, workers):
+    """2 methods x 2 alphas: parent and child runs, params, metrics, artifacts, report."""
+    client, parent, children = mlflow_runs(uri, "tiny")
+    assert parent.info.status == "FINISHED" and parent.data.tags["type"] == "sweep"
+    assert parent.data.metrics["trials_completed"] == 4
+    assert json.loads(parent.data.params["space.alpha"]) == {"grid": [0.01, 0.1]}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
+        "report/report.md", "report/report.parquet", "report/trials.parquet", "report/report.png"}
+    manifest = json.loads((sweep_dir / "trials.json").read_text())
+    assert sorted(t["name"] for t in manifest.values()) == sorted(children)
+    md = (sweep_dir / "report.md").read_text()
+    cells = {(r["alpha"], r["method"]): r for r in pq.read_table(sweep_dir / "report.parquet").to_pylist()}
+    for name, run in children.items():
+        assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
+        method, alpha = run.data.params["method"], float(run.data.params["alpha"])
+        assert name.endswith(f"method={method},alpha={alpha:g}")
+        assert run.data.params["task.shots"] == "10" and run.data.params["iterations"] == "40"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "meta_loss")]
+        assert steps == [10, 20, 30, 40]
+        assert {"config.yaml", "checkpoint.pt", "results.json", "plots"} <= {
+            a.path for a in client.list_artifacts(run.info.run_id)}
+        results = json.loads((sweep_dir / "trials" / name / "results.json").read_text())
+        assert (results["backend"], results["workers"]) == (("ray", workers) if workers else ("local", 1))
+        mean, ci = run.data.metrics["eval_K10_mean"], run.data.metrics["eval_K10_ci95"]
+        assert mean == pytest.approx(results["results"]["10"]["mean"])
+        # the report's cell is this run (one seed per cell): same numbers in Parquet and Markdown
+        cell = cells[(alpha, method)]
+        assert cell["mean"] == pytest.approx(mean) and cell["ci95"] == pytest.approx(ci) and cell["n"] == 40
+        assert f"{mean:.3f} ± {ci:.3f}" in md
+    return client, children
+
+
+def test_tiny_sweep_into_sqlite_with_trial_workers(local_ray, tmp_path, capsys):
+    path, sweep_dir = write_sweep(tmp_path, "tiny", {"method": {"grid": ["maml", "mtnet"]},
+                                                      "alpha": {"grid": [0.01, 0.1]}},
+                                  set_={"tracking.log_model": True}, resources={"cpus": 0.5, "workers": 1})
+    sweep_ok(path, sweep_dir)
+    uri = f"sqlite:///{(tmp_path / 'sweeps').resolve()}/mlflow.db"
+    client, children = check_tiny_sweep(uri, sweep_dir, workers=1)
+    exp = client.get_experiment_by_name("tiny")
+    models = client.search_logged_models([exp.experiment_id])
+    assert sorted(m.source_run_id for m in models) == sorted(r.info.run_id for r in children.values())
+    out = capsys.readouterr().out
+    assert "(4/4 trials done)" in out and "| alpha | maml | mtnet |" in out
+    # every trial is a normal run directory: `metatrain eval` works on it
+    trial = next(iter(children))
+    assert main(["eval", str(sweep_dir / "trials" / trial), "--local", "--tasks", "10", "--shots", "10"]) == 0
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen([str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                             "--artifacts-destination", str(tmp_path / "server-artifacts")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, "mlflow server exited"
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer within 60 s")
+        yield uri, tmp_path / "server-artifacts"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_tiny_sweep_against_a_real_mlflow_server(local_ray, tmp_path, mlflow_server):
+    uri, artifact_root = mlflow_server
+    path, sweep_dir = write_sweep(tmp_path, "tiny", {"method": {"grid": ["maml", "mtnet"]},
+                                                      "alpha": {"grid": [0.01, 0.1]}})
+    sweep_ok(path, sweep_dir, tracking_uri=uri)
+    assert not (tmp_path / "sweeps" / "mlflow.db").exists()  # nothing went to the default store
+    client, children = check_tiny_sweep(uri, sweep_dir, workers=0)
+    run = next(iter(children.values()))
+    local = client.download_artifacts(run.info.run_id, "config.yaml")
+    assert yaml.safe_load(Path(local).read_text())["tracking"]["uri"] == uri
+    assert any(artifact_root.rglob("checkpoint.pt"))  # stored by the server, not by the client
+
+
+def test_a_diverging_trial_is_reported_and_the_sweep_goes_on(local_ray, tmp_path):
+    # MAML with alpha = 10 and five inner steps overflows float32 within a few meta-iterations.
+    path, sweep_dir = write_sweep(tmp_path, "div", {"alpha": {"grid": [0.01, 10]}},
+                                  set_={"method": "maml", "inner_steps": 5, "eval.inner_steps": 5,
+                                        "train.max_bad_steps": 5})
+    sweep_ok(path, sweep_dir)
+    manifest = json.loads((sweep_dir / "trials.json").read_text())
+    status = {t["config"]["alpha"]: t["status"] for t in manifest.values()}
+    assert status == {0.01: "completed", 10: "diverged"}
+    _, parent, children = mlflow_runs(f"sqlite:///{(tmp_path / 'sweeps').resolve()}/mlflow.db", "div")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials_diverged"] == 1 and parent.data.metrics["trials_completed"] == 1
+    bad = next(r for n, r in children.items() if n.endswith("alpha=10"))
+    assert bad.info.status == "FAILED" and bad.data.tags["status"] == "diverged"
+    assert bad.data.metrics["skipped_steps"] >= 5
+    md = (sweep_dir / "report.md").read_text()
+    assert "| 10 | diverged † |" in md and "diverged in meta-training" in md
+    good = next(r for n, r in children.items() if n.endswith("alpha=0.01"))
+    assert f"| 0.01 | {good.data.metrics['eval_K10_mean']:.3f} ± " in md
+
+
+def test_a_failed_trial_is_retried_from_its_checkpoint(local_ray, tmp_path):
+    path, sweep_dir = write_sweep(tmp_path, "retry", {"seed": {"grid": [3]}},
+                                  set_={"iterations": 60, "train.checkpoint_every": 20}, max_concurrent_trials=1)
+    killed = []
+
+    def kill_after_first_checkpoint():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            if list(sweep_dir.glob("tune/*/checkpoint_000000")):
+                for p in psutil.process_iter(["cmdline"]):
+                    if (p.info["cmdline"] or [""])[0].startswith("ray::ImplicitFunc"):
+                        p.kill()
+                        killed.append(p.pid)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    watcher.start()
+    sweep_ok(path, sweep_dir)
+    watcher.join()
+    assert killed, "the trial was never killed"
+    manifest = json.loads((sweep_dir / "trials.json").read_text())
+    (trial,) = manifest.values()
+    assert trial["status"] == "completed" and trial["retries"] == 1
+    _, _, children = mlflow_runs(f"sqlite:///{(tmp_path / 'sweeps').resolve()}/mlflow.db", "retry")
+    (run,) = children.values()  # the retry reopened the trial's run
+    assert run.info.status == "FINISHED" and int(run.data.tags["resumed_at_iteration"]) in (20, 40)
+    # resumed from the checkpoint, the trial ends where an undisturbed run ends
+    run_dir = sweep_dir / "trials" / trial["name"]
+    cfg = load_config(run_dir / "config.yaml", {"output_dir": str(tmp_path / "ref"), "tracking.enabled": False})
+    with Trainer(cfg, tmp_path / "ref" / "r", log=lambda m: None) as ref:
+        ref.train()
+    final = checkpoint.load(run_dir)["params"]
+    for k, v in ref.params.items():
+        assert torch.allclose(final[k], v.detach(), rtol=1e-5, atol=1e-7), k
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    path, sweep_dir = write_sweep(tmp_path, "intr", {"method": {"grid": ["maml", "mtnet"]}, "seed": {"grid": [0, 1]}},
+                                  set_={"iterations": 100, "train.checkpoint_every": 25}, max_concurrent_trials=1)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "pipeline.cli", "sweep", str(path)]
+    log = tmp_path / "first.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while "(1/4 trials done)" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "no trial finished within 300 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and stops
+        assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "--resume" in log.read_text()
+    manifest = json.loads((sweep_dir / "trials.json").read_text())
+    done = {t["name"] for t in manifest.values() if t["status"] == "completed"}
+    assert 1 <= len(done) < 4
+    before = {n: ((sweep_dir / "trials" / n / "results.json").stat().st_mtime_ns,
+                  (sweep_dir / "trials" / n / "metrics.jsonl").read_text()) for n in done}
+
+    second = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    for n in done:  # finished trials were neither re-run nor touched
+        assert n not in second.stdout
+        assert ((sweep_dir / "trials" / n / "results.json").stat().st_mtime_ns,
+                (sweep_dir / "trials" / n / "metrics.jsonl").read_text()) == before[n]
+    manifest = json.loads((sweep_dir / "trials.json").read_text())
+    assert sorted(t["status"] for t in manifest.values()) == ["completed"] * 4
+    _, parent, children = mlflow_runs(f"sqlite:///{(tmp_path / 'sweeps').resolve()}/mlflow.db", "intr")
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children.values())
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_completed"] == 4
+
+
+def test_asha_and_optuna_over_random_entries(local_ray, tmp_path):
+    space = {"method": {"choice": ["maml", "mtnet"]}, "alpha": {"loguniform": [0.001, 0.1]},
+             "beta": {"uniform": [0.0005, 0.005]}, "inner_steps": {"randint": [1, 3]}}
+    path, sweep_dir = write_sweep(tmp_path, "opt", space, set_={"iterations": 60, "train.checkpoint_every": 20},
+                                  num_samples=4, max_concurrent_trials=2, search={"name": "optuna"},
+                                  scheduler={"name": "asha", "grace_period": 20, "reduction_factor": 2})
+    sweep_ok(path, sweep_dir)
+    manifest = json.loads((sweep_dir / "trials.json").read_text())
+    assert len(manifest) == 4 and {t["status"] for t in manifest.values()} <= {"completed", "stopped"}
+    assert any(t["status"] == "completed" for t in manifest.values())  # the best trial runs to the end
+    for t in manifest.values():
+        c = t["config"]
+        assert c["method"] in ("maml", "mtnet") and 0.001 <= c["alpha"] <= 0.1 and 0.0005 <= c["beta"] <= 0.005
+        assert c["inner_steps"] in (1, 2)
+    _, _, children = mlflow_runs(f"sqlite:///{(tmp_path / 'sweeps').resolve()}/mlflow.db", "opt")
+    for t in manifest.values():
+        run = children[t["name"]]
+        expect = ("FINISHED", "completed") if t["status"] == "completed" else ("KILLED", "stopped")
+        assert (run.info.status, run.data.tags["status"]) == expect
+        assert float(run.data.params["alpha"]) == pytest.approx(t["config"]["alpha"])
+
+
+def test_report_pools_seeds_as_the_per_task_values_would(tmp_path):
+    rng = torch.Generator().manual_seed(0)
+    groups = [torch.rand(n, generator=rng, dtype=torch.float64) * s for n, s in ((600, 1.0), (600, 3.0), (200, 0.5))]
+    parts = [(g.mean().item(), 1.96 * g.std(unbiased=False).item() / math.sqrt(len(g)), len(g)) for g in groups]
+    everything = torch.cat(groups)
+    mean, ci, n = pool(parts)
+    assert n == 1400 and mean == pytest.approx(everything.mean().item(), rel=1e-12)
+    assert ci == pytest.approx(1.96 * everything.std(unbiased=False).item() / math.sqrt(1400), rel=1e-10)
+
+
+
+
+def test_shipped_sweep_files_validate_and_are_not_experiment_configs(capsys):
+    from pipeline.sweep_config import load_sweep
+
+    counts = {"robustness_alpha": 18, "sine_models": 7, "polynomial_subspace": 3, "gumbel_temperature": 4, "beta": 10}
+    for name, n in counts.items():
+        sweep = load_sweep(name)
+        assert sweep.trial_count() == n and sweep.base["iterations"] == 60000 and sweep.base["meta_batch_size"] == 4
+    assert load_sweep("robustness_alpha").space["alpha"] == {"grid": [10.0, 1.0, 0.1, 0.01, 0.001, 0.0001]}
+    assert load_sweep("polynomial_subspace").base["task"]["name"] == "polynomial"
+    assert main(["train", "robustness_alpha"]) == 2
+    assert "is a sweep file; run it with `metatrain sweep robustness_alpha`" in capsys.readouterr().err
+    assert main(["sweep", "sine_maml"]) == 2
+    assert "is an experiment config; train it with" in capsys.readouterr().err
