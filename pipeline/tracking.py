@@ -237,6 +237,8 @@ class MlflowTracker(TrainerHook):
         client.set_tag(run_id, "status", results["status"])
         # A diverged run is a result, not a crash: it keeps its metrics and is flagged FAILED.
         client.set_terminated(run_id, "FINISHED" if results["status"] == "completed" else "FAILED")
+        browse = f" (browse: mlflow ui --backend-store-uri {self.uri})" if self.uri.startswith("sqlite:") else ""
+        self.log(f"mlflow: logged run {run_id} at {self.uri}{browse}; plots in {run_dir / 'plots'}")
 
     def on_abort(self, trainer, error: BaseException) -> None:
         if self.run_id is None:

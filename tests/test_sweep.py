@@ -338,7 +338,7 @@ def test_report_pools_seeds_as_the_per_task_values_would(tmp_path):
 def test_shipped_sweep_files_validate_and_are_not_experiment_configs(capsys):
     from pipeline.sweep_config import load_sweep
 
-    counts = {"robustness_alpha": 18, "sine_models": 7, "polynomial_subspace": 3, "gumbel_temperature": 4, "beta": 10}
+    counts = {"robustness_alpha": 18, "sine_models": 21, "polynomial_subspace": 3, "gumbel_temperature": 4, "beta": 10}
     for name, n in counts.items():
         sweep = load_sweep(name)
         assert sweep.trial_count() == n and sweep.base["iterations"] == 60000 and sweep.base["meta_batch_size"] == 4
