@@ -17,6 +17,7 @@ from pipeline.meta_batch import ShardResult
 
 class LocalBackend:
     name = "local"
+    placement = "in process"
 
     def __init__(self, cfg: Config, experiment: Experiment, log=print):
         self.cfg, self.experiment = cfg, experiment
@@ -51,9 +52,22 @@ class RayBackend:
             ray.init(address=address, **kwargs)
             self.started_ray = True
         rc = cfg.ray
+        self.gpus = rc.gpus_per_worker
+        if self.gpus and not ray.cluster_resources().get("GPU", 0):
+            log(f"ray: ray.gpus_per_worker={self.gpus:g} but the cluster has no GPU: workers run on CPU")
+            self.gpus = 0.0
         self.workers = rc.workers or self._auto_workers()
-        self._options = {"num_cpus": rc.cpus_per_worker, "num_gpus": rc.gpus_per_worker,
-                         "scheduling_strategy": "SPREAD"}
+        # Inside a Tune trial the workers take the bundles Tune reserved for them in the trial's
+        # placement group; otherwise they are spread over the cluster's nodes.
+        pg = ray.util.get_current_placement_group()
+        if pg is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            strategy = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
+        else:
+            strategy = "SPREAD"
+        self.placement = "the trial's placement group" if pg is not None else "spread"
+        self._options = {"num_cpus": rc.cpus_per_worker, "num_gpus": self.gpus, "scheduling_strategy": strategy}
         self._cls = ShardWorker
         self._cfg_dict = to_dict(cfg)
         self.actors = [self._spawn() for _ in range(self.workers)]
@@ -61,19 +75,19 @@ class RayBackend:
         where = self.worker_info()
         nodes = len({w["node_id"] for w in where})
         devices = ",".join(sorted({w["device"] for w in where}))
-        log(f"ray: {self.workers} shard worker(s) on {nodes} node(s), {rc.cpus_per_worker:g} CPU"
-            f"{f' + {rc.gpus_per_worker:g} GPU' if rc.gpus_per_worker else ''} each, device {devices}")
+        log(f"ray: {self.workers} shard worker(s) on {nodes} node(s) ({self.placement}), {rc.cpus_per_worker:g} CPU"
+            f"{f' + {self.gpus:g} GPU' if self.gpus else ''} each, device {devices}")
 
     def _auto_workers(self) -> int:
         cpus = self.ray.available_resources().get("CPU", 1)
         by_cpu = int(cpus // self.cfg.ray.cpus_per_worker)
-        if self.cfg.ray.gpus_per_worker:
-            by_cpu = min(by_cpu, int(self.ray.available_resources().get("GPU", 0) // self.cfg.ray.gpus_per_worker) or by_cpu)
+        if self.gpus:
+            by_cpu = min(by_cpu, int(self.ray.available_resources().get("GPU", 0) // self.gpus) or by_cpu)
         return max(1, min(by_cpu, self.cfg.meta_batch_size))
 
     def _spawn(self):
         return self._cls.options(**self._options).remote(
-            self._cfg_dict, self.cfg.ray.cpus_per_worker, self.cfg.ray.gpus_per_worker > 0)
+            self._cfg_dict, self.cfg.ray.cpus_per_worker, self.gpus > 0)
 
     def _run(self, jobs: list, submit) -> list:
         """Submit job i to worker i % n; gather in job order. A worker that dies is replaced and

@@ -100,6 +100,32 @@ def cmd_sweep(args) -> int:
     return run_sweep(args.sweep, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri, log=_log)
 
 
+def cmd_pack(args) -> int:
+    """Decode an image data set once into an Arrow file that every worker memory-maps."""
+    from tasks.images import pack, read_alphabets, read_class_folders
+
+    for src in args.src:
+        if not Path(src).exists():
+            raise ConfigError(f"--src: {src} does not exist")
+    out = Path(args.out)
+    if out.suffix != ".arrow":
+        raise ConfigError(f"--out: the packed file must end in .arrow, got {out}")
+    if out.exists() and not args.force:
+        raise ConfigError(f"--out: {out} exists; pass --force to replace it")
+    t0 = time.perf_counter()
+    if args.dataset == "omniglot":
+        images = read_alphabets(args.src, args.image_size or 28, invert=True)
+    else:
+        if len(args.src) != 1:
+            raise ConfigError(f"--src: miniimagenet takes one folder, got {len(args.src)}")
+        images = read_class_folders(args.src[0], args.split_dir, args.image_size or 84)
+    pack(images, out, args.dataset, log=_log)
+    h, w, c = images.shape
+    print(f"packed {len(images.images)} images ({h}x{w}x{c}) of {len(images.class_index())} classes into {out} "
+          f"({out.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t0:.1f} s; use it as task.data: [{out}]")
+    return 0
+
+
 def cmd_report(args) -> int:
     from pipeline.report import write_report
 
@@ -177,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("sweep_dir")
     rp.add_argument("--shots", help="comma-separated evaluation K to tabulate (default: all evaluated)")
     rp.set_defaults(fn=cmd_report)
+    d = sub.add_parser("data", help="prepare image data sets")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    pk = dsub.add_parser("pack", help="decode an image data set into an Arrow IPC file that workers memory-map")
+    pk.add_argument("dataset", choices=("omniglot", "miniimagenet"))
+    pk.add_argument("--src", nargs="+", required=True, help="omniglot: folders or zips of <Alphabet>/<character>/"
+                    "*.png; miniimagenet: the folder of class sub-folders")
+    pk.add_argument("--out", required=True, help="the .arrow file to write")
+    pk.add_argument("--image-size", type=int, default=0, help="side in pixels (default: 28 Omniglot, 84 miniImageNet)")
+    pk.add_argument("--split-dir", default="", help="miniimagenet: folder of train/val/test.csv (default: --src)")
+    pk.add_argument("--force", action="store_true", help="replace an existing --out file")
+    pk.set_defaults(fn=cmd_pack)
     return p
 
 

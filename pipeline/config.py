@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 
 BACKENDS = ("ray", "local")
+NORMS = ("batch", "none")
+OMNIGLOT_SPLITS = ("character", "alphabet")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
 
 
@@ -22,11 +24,21 @@ class ConfigError(ValueError):
 
 @dataclass
 class TaskConfig:
-    name: str = "sinusoid"  # sinusoid | polynomial | synthetic_images
+    name: str = "sinusoid"  # sinusoid | polynomial | omniglot | miniimagenet | synthetic_images
     shots: int = 10  # K support examples per task (per class for classification) in meta-training
     query: int = 10  # query examples per task (per class for classification)
     order: int = 2  # polynomial order (polynomial only)
     ways: int = 5  # classes per task (classification only)
+    # image data sets
+    data: list[str] = field(default_factory=list)  # folders / zips, or one packed .arrow file
+    image_size: int = 0  # 0 = the data set's standard size (Omniglot 28, miniImageNet 84)
+    rotations: bool = False  # 90-degree rotations of every class as extra classes (Omniglot protocol)
+    split: str = "character"  # Omniglot: "character" (train_characters / rest) or "alphabet"
+    train_characters: int = 1200  # Omniglot character split: characters for meta-training (MAML: 1200)
+    split_seed: int = 0  # Omniglot character split: which characters; fixed apart from the run's seed
+    train_alphabets: list[str] = field(default_factory=list)  # alphabet split; [] = every non-test alphabet
+    test_alphabets: list[str] = field(default_factory=list)  # alphabet split
+    split_dir: str = ""  # miniImageNet: folder of train.csv / val.csv / test.csv; "" = the data folder
 
 
 @dataclass
@@ -35,6 +47,8 @@ class ModelConfig:
     init_std: float = 0.01  # truncated-normal std of dense weights
     filters: int = 64  # conv4 (image tasks): filters per conv cell
     strided: bool = True  # conv4: stride-2 convs (Omniglot) or stride 1 + 2x2 max-pool (miniImageNet)
+    batch_norm: str = "batch"  # conv4: "batch" (batch statistics of the set being forwarded, never
+    #   carried across tasks; scale/shift are meta-parameters, not adapted: reference MAML) | "none"
 
 
 @dataclass
@@ -156,6 +170,11 @@ def load_config(source: str | Path | dict | None = None,
             raise ConfigError(f"--set: expected key=value, got {item!r}")
         _set(cfg, key.strip(), yaml.safe_load(value) if value.strip() else "")
     validate(cfg)
+    # Data paths are pinned to absolute paths where the config is loaded: Ray workers and Tune
+    # trials run in other working directories.
+    cfg.task.data = [str(Path(d).expanduser().resolve()) for d in cfg.task.data]
+    if cfg.task.split_dir:
+        cfg.task.split_dir = str(Path(cfg.task.split_dir).expanduser().resolve())
     return cfg
 
 
@@ -225,7 +244,7 @@ def validate(cfg: Config) -> None:
     """Reject values no run could use. Imported lazily: the registries import torch."""
     from pipeline.rules import METHODS
     from pipeline.rules.masked import MASK_MODES
-    from tasks import TASKS
+    from tasks import IMAGE_DATASETS, TASKS
 
     def need(ok: bool, msg: str):
         if not ok:
@@ -247,6 +266,19 @@ def validate(cfg: Config) -> None:
     need(cfg.task.ways >= 2, f"task.ways: must be >= 2, got {cfg.task.ways}")
     need(cfg.model.filters >= 1, f"model.filters: must be >= 1, got {cfg.model.filters}")
     need(cfg.model.init_std > 0, f"model.init_std: must be > 0, got {cfg.model.init_std}")
+    need(cfg.model.batch_norm in NORMS, f"model.batch_norm: unknown choice {cfg.model.batch_norm!r}; "
+         f"allowed: {', '.join(NORMS)}")
+    need(cfg.task.split in OMNIGLOT_SPLITS, f"task.split: unknown split {cfg.task.split!r}; allowed: "
+         f"{', '.join(OMNIGLOT_SPLITS)}")
+    need(cfg.task.train_characters >= 1, f"task.train_characters: must be >= 1, got {cfg.task.train_characters}")
+    need(cfg.task.image_size == 0 or cfg.task.image_size >= 16,
+         f"task.image_size: must be >= 16 (four conv cells) or 0 for the data set's size, got {cfg.task.image_size}")
+    if cfg.task.name in IMAGE_DATASETS:
+        need(bool(cfg.task.data), f"task.data: {cfg.task.name} needs the data's location: "
+             + ("folders or zips of <Alphabet>/<character>/*.png" if cfg.task.name == "omniglot" else
+                "a folder of class sub-folders with train/val/test.csv") + ", or a .arrow file from `metatrain data pack`")
+        for d in cfg.task.data:
+            need(Path(d).expanduser().exists(), f"task.data: {d} does not exist")
     need(cfg.eval.tasks >= 1, f"eval.tasks: must be >= 1, got {cfg.eval.tasks}")
     need(len(cfg.eval.shots) > 0 and all(k >= 1 for k in cfg.eval.shots),
          f"eval.shots: every K must be >= 1, got {cfg.eval.shots}")

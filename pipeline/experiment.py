@@ -23,7 +23,11 @@ class Experiment:
         if d.loss == "mse":
             net = mlp(d.input_dim, cfg.model.hidden, d.output_dim, cfg.model.init_std)
         else:
-            net = conv4(d.channels, d.ways, d.image_size, cfg.model.filters, cfg.model.strided)
+            net = conv4(d.channels, d.ways, d.image_size, cfg.model.filters, cfg.model.strided,
+                        batch_norm=cfg.model.batch_norm == "batch")
+        if hasattr(d, "check"):  # every K and query size the run will ask for exists in the data
+            d.check(split="train", shots=cfg.task.shots, query=cfg.task.query)
+            d.check(split="test", shots=max(cfg.eval.shots), query=cfg.task.query, key="eval.shots")
         self.learner = Learner(net, get_rule(cfg.method))
         self.train_inner = InnerLoop(cfg.alpha, cfg.inner_steps, cfg.gumbel_temperature, "sample")
         self._noise_shapes = None

@@ -53,13 +53,14 @@ def mlp(in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int, init_std
     return Network(cells, loss="mse", init_std=init_std)
 
 
-def conv4(in_channels: int, ways: int, image_size: int, filters: int = 64, strided: bool = True) -> Network:
+def conv4(in_channels: int, ways: int, image_size: int, filters: int = 64, strided: bool = True,
+          batch_norm: bool = True) -> Network:
     """Four 3x3 conv cells + linear head. Omniglot: stride 2, no pooling; miniImageNet: stride 1 +
     2x2 max-pool. Batch norm uses batch statistics (reference MAML), never running statistics."""
     cells, size, c = [], image_size, in_channels
     for i in range(4):
         cells.append(Cell(f"conv{i}", "conv", c, filters, stride=2 if strided else 1,
-                          batch_norm=True, max_pool=not strided))
+                          batch_norm=batch_norm, max_pool=not strided))
         size = (size + 1) // 2 if strided else size // 2
         c = filters
     cells.append(Cell("head", "dense", c * size * size, ways, relu=False, flatten=True))

@@ -199,7 +199,7 @@ class Trainer:
         results = {
             "status": self.status, "method": cfg.method, "task": cfg.task.name, "seed": cfg.seed,
             "iterations": self.iteration, "skipped_steps": self.skipped, "metric": metric_name(self.experiment),
-            "backend": self.backend.name, "workers": self.backend.workers,
+            "backend": self.backend.name, "workers": self.backend.workers, "placement": self.backend.placement,
             "worker_restarts": self.backend.restarts,
             "eval": {"tasks": cfg.eval.tasks, "inner_steps": cfg.eval.inner_steps, "mask": cfg.eval.mask,
                      "seed": cfg.eval.seed, "seconds": time.perf_counter() - t0},

@@ -2,7 +2,8 @@
 from tasks.regression import Polynomial, Sinusoid
 from tasks.synthetic import SyntheticImages
 
-TASKS = ("sinusoid", "polynomial", "synthetic_images")
+TASKS = ("sinusoid", "polynomial", "omniglot", "miniimagenet", "synthetic_images")
+IMAGE_DATASETS = ("omniglot", "miniimagenet")
 
 
 def make_distribution(task_cfg):
@@ -11,6 +12,14 @@ def make_distribution(task_cfg):
         return Sinusoid()
     if task_cfg.name == "polynomial":
         return Polynomial(order=task_cfg.order)
+    if task_cfg.name == "omniglot":
+        from tasks.omniglot import omniglot
+
+        return omniglot(task_cfg)
+    if task_cfg.name == "miniimagenet":
+        from tasks.miniimagenet import miniimagenet
+
+        return miniimagenet(task_cfg)
     if task_cfg.name == "synthetic_images":
         return SyntheticImages(ways=task_cfg.ways)
     raise ValueError(f"task.name: unknown task {task_cfg.name!r}; allowed: {', '.join(TASKS)}")

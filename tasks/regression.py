@@ -10,7 +10,7 @@ import numpy as np
 class _Regression:
     """y = f(x; task coefficients), x ~ U[x_range]; subclasses draw coefficients and define f."""
 
-    def sample(self, rng: np.random.Generator, shots: int, query: int) -> dict:
+    def sample(self, rng: np.random.Generator, shots: int, query: int, split: str = "train") -> dict:
         # Order matters: task parameters, then query, then support. The task and its query set
         # stay the same whatever K is, so one evaluation set serves every K in the list.
         coeffs = self.draw(rng)

@@ -42,7 +42,7 @@ def sample_batch(
     """Sample tasks `indices` and stack them: {"x_support": (B, K, ...), ..., "noise": {name: (B, ...)}}."""
     tasks = []
     for index in indices:
-        task = distribution.sample(task_rng(seed, split, iteration, index, DATA_STREAM), shots, query)
+        task = distribution.sample(task_rng(seed, split, iteration, index, DATA_STREAM), shots, query, split)
         noise_rng = task_rng(seed, split, iteration, index, NOISE_STREAM)
         task["noise"] = {k: logistic_noise(noise_rng, s) for k, s in sorted((noise_shapes or {}).items())}
         tasks.append(task)

@@ -14,7 +14,7 @@ class SyntheticImages:
     channels: int = 1
     loss: str = "cross_entropy"
 
-    def sample(self, rng: np.random.Generator, shots: int, query: int) -> dict:
+    def sample(self, rng: np.random.Generator, shots: int, query: int, split: str = "train") -> dict:
         shape = (self.channels, self.image_size, self.image_size)
         # query = examples per class, as in N-way K-shot classification.
         return {"x_support": rng.random((self.ways * shots, *shape)),

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,20 @@ from pipeline.meta_batch import InnerLoop, Learner  # noqa: E402
 from pipeline.rules import get_rule  # noqa: E402
 from tasks.regression import Sinusoid  # noqa: E402
 from tasks.sampling import sample_batch  # noqa: E402
+
+def _omniglot_root() -> Path | None:
+    """The real partial Omniglot (DESIGN section 3): $METATRAIN_OMNIGLOT, else ../shared/data/omniglot."""
+    repo = Path(__file__).resolve().parent.parent
+    for c in (os.environ.get("METATRAIN_OMNIGLOT"), repo.parent / "shared/data/omniglot", "/work/shared/data/omniglot"):
+        if c and (Path(c) / "images_background_small1.zip").is_file():
+            return Path(c)
+    return None
+
+
+OMNIGLOT = _omniglot_root()
+needs_omniglot = pytest.mark.skipif(OMNIGLOT is None, reason="real Omniglot data not found: set METATRAIN_OMNIGLOT")
+SMALL1_ALPHABETS = ["Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"]
+NEW_IN_SMALL2 = ["Japanese_(katakana)", "Sanskrit", "Tagalog"]
 
 ALL_METHODS = ("maml", "fomaml", "metasgd", "tnet", "mnet", "mnet_full", "mtnet", "mtnet_full", "mc1", "mc2")
 
@@ -30,7 +45,7 @@ class ImageTasks:
     def __init__(self, ways=3, size=8):
         self.ways, self.size = ways, size
 
-    def sample(self, rng, shots, query):
+    def sample(self, rng, shots, query, split="train"):
         n_s, n_q = self.ways * shots, self.ways * query
         return {"x_support": rng.normal(size=(n_s, 1, self.size, self.size)),
                 "y_support": rng.permutation(n_s) % self.ways,

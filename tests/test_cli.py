@@ -18,7 +18,11 @@ BAD = [
     (["--set", "gumbel_temperature=-1"], "gumbel_temperature: must be > 0"),
     (["--set", "learning_rate=0.1"], "learning_rate: unknown key; allowed: method, alpha, beta"),
     (["--set", "task.way=5"], "task.way: unknown key; allowed: task.name, task.shots, task.query, task.order"),
-    (["--set", "task.name=omniglot"], "task.name: unknown task 'omniglot'; allowed: sinusoid, polynomial"),
+    (["--set", "task.name=cifar"], "task.name: unknown task 'cifar'; allowed: sinusoid, polynomial, omniglot, "
+                                   "miniimagenet"),
+    (["--set", "task.name=omniglot"], "task.data: omniglot needs the data's location"),
+    (["--set", "task.name=omniglot", "--set", "task.data=[/no/such.zip]"], "task.data: /no/such.zip does not exist"),
+    (["--set", "model.batch_norm=running"], "model.batch_norm: unknown choice 'running'; allowed: batch, none"),
     (["--set", "alpha=fast"], "alpha: expected float, got 'fast'"),
     (["--set", "iterations=1.5"], "iterations: expected int, got 1.5"),
     (["--set", "alpha"], "--set: expected key=value, got 'alpha'"),

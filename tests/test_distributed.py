@@ -108,3 +108,12 @@ def test_driver_killed_after_checkpoint_resumes_to_the_same_parameters(local_ray
 
     reference, _, _ = train(load_config(run_dir / "config.yaml", [f"output_dir={tmp_path}"]), tmp_path / "reference")
     assert_params_close(resumed["params"], reference, 1e-6)
+
+
+def test_gpu_workers_fall_back_to_cpu_on_a_cluster_without_gpus(local_ray, tmp_path):
+    lines = []
+    params, res, _ = train(cfg_for(tmp_path, 2, **{"ray.gpus_per_worker": 0.5, "iterations": 4}), tmp_path / "g",
+                           log=lines.append)
+    assert res["status"] == "completed" and res["workers"] == 2 and res["placement"] == "spread"
+    assert any("the cluster has no GPU: workers run on CPU" in l for l in lines)
+    assert any("device cpu" in l for l in lines)

@@ -1,7 +1,7 @@
 """Meta-gradients against float64 finite differences; first-order MAML against its definition."""
 import pytest
 import torch
-from conftest import ALL_METHODS, make_learner, perturbed_params, sine_batch
+from conftest import ALL_METHODS, conv_batch, conv_learner, make_learner, perturbed_params, sine_batch
 from reference import loop_adapt, task_slice
 
 from pipeline.learners import loss_and_metric
@@ -59,6 +59,22 @@ def test_every_method_meta_gradient_matches_finite_differences(method):
         assert analytic != pytest.approx(fd, rel=1e-3)
     else:
         assert analytic == pytest.approx(fd, rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["maml", "metasgd", "tnet", "mtnet", "mc2"])
+def test_conv_meta_gradient_matches_finite_differences(method):
+    """conv4 cells with batch-statistics batch norm (its scale/shift meta-learned): the second-order
+    meta-gradient of every parameter, T, step sizes and curvature matrices included."""
+    learner = conv_learner(method)
+    params = perturbed_params(learner)
+    batch = conv_batch(learner, params)
+    inner = InnerLoop(alpha=0.3, steps=2)
+    grads = shard_meta_gradient(learner, inner, params, batch).grads
+    assert any(k.endswith("bn_scale") for k in grads)
+    for seed in (3, 4):
+        d = random_direction(params, seed)
+        analytic = sum((grads[k] * d[k]).sum() for k in params).item()
+        assert analytic == pytest.approx(directional_fd(learner, inner, params, batch, d), rel=1e-5)
 
 
 def test_first_order_maml_is_query_gradient_at_adapted_weights():

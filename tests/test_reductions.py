@@ -55,15 +55,18 @@ def test_tnet_with_identity_T_is_maml_on_conv_cells():
     assert_reduces(tnet, maml, InnerLoop(0.2, 2), batch, p_tnet, p_maml)
 
 
+@pytest.mark.parametrize("conv", [False, True], ids=["dense", "conv"])
 @pytest.mark.parametrize("full", [False, True])
-def test_mtnet_with_saturated_mask_is_tnet(full):
-    tnet, mtnet = make_learner("tnet", init_std=0.3), make_learner("mtnet_full" if full else "mtnet", init_std=0.3)
+def test_mtnet_with_saturated_mask_is_tnet(full, conv):
+    name = "mtnet_full" if full else "mtnet"
+    tnet = conv_learner("tnet") if conv else make_learner("tnet", init_std=0.3)
+    mtnet = conv_learner(name) if conv else make_learner(name, init_std=0.3)
     p_tnet = perturbed_params(tnet)  # non-identity T
     p_mtnet = {**p_tnet, **{k: torch.full_like(v, math.inf) for k, v in mtnet.init_params(0, torch.float64).items()
                             if k.endswith("zeta")}}
-    batch = sine_batch(mtnet, p_mtnet, n=5)
+    batch = conv_batch(mtnet, p_mtnet) if conv else sine_batch(mtnet, p_mtnet, n=5)
     assert_reduces(mtnet, tnet, InnerLoop(0.1, 2, temperature=0.5), batch, p_mtnet, p_tnet,
-                   keys_equal=("W", "b", "T"), exact=True)
+                   keys_equal=("W", "b", "T", "bn_scale", "bn_shift"), exact=True)
 
 
 @pytest.mark.parametrize("learner_fn", [lambda: make_learner("mtnet", init_std=0.3), lambda: conv_learner("mtnet")],
@@ -118,13 +121,16 @@ def test_mask_logits_receive_meta_gradient():
         assert result.grads[f"{cell.name}.zeta"].abs().sum() > 0
 
 
-def test_meta_sgd_with_uniform_step_is_maml():
-    maml, msgd = make_learner("maml", init_std=0.3), make_learner("metasgd", init_std=0.3)
+@pytest.mark.parametrize("conv", [False, True], ids=["dense", "conv"])
+def test_meta_sgd_with_uniform_step_is_maml(conv):
+    maml = conv_learner("maml") if conv else make_learner("maml", init_std=0.3)
+    msgd = conv_learner("metasgd") if conv else make_learner("metasgd", init_std=0.3)
     p_maml = maml.init_params(0, torch.float64)
     p_msgd = {**p_maml, **{k: torch.full_like(v, 0.07) for k, v in msgd.init_params(0, torch.float64).items()
                            if k.endswith("_lr")}}
-    batch = sine_batch(maml, p_maml, n=5)
-    assert_reduces(msgd, maml, InnerLoop(0.07, 2), batch, p_msgd, p_maml)
+    batch = conv_batch(maml, p_maml) if conv else sine_batch(maml, p_maml, n=5)
+    assert_reduces(msgd, maml, InnerLoop(0.07, 2), batch, p_msgd, p_maml,
+                   keys_equal=("W", "b", "bn_scale", "bn_shift") if conv else WB)
 
 
 @pytest.mark.parametrize("method", ["mc1", "mc2"])

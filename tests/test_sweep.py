@@ -137,6 +137,7 @@ def check_tiny_sweep(uri, sweep_dir, workers):
             a.path for a in client.list_artifacts(run.info.run_id)}
         results = json.loads((sweep_dir / "trials" / name / "results.json").read_text())
         assert (results["backend"], results["workers"]) == (("ray", workers) if workers else ("local", 1))
+        assert results["placement"] == ("the trial's placement group" if workers else "in process")
         mean, ci = run.data.metrics["eval_K10_mean"], run.data.metrics["eval_K10_ci95"]
         assert mean == pytest.approx(results["results"]["10"]["mean"])
         # the report's cell is this run (one seed per cell): same numbers in Parquet and Markdown

@@ -1,0 +1,249 @@
+"""Image data for few-shot classification: one in-memory form, `ImageSet`, read from image folders,
+zip archives or a packed Arrow IPC file, and the N-way K-shot sampler shared by every image task.
+
+An ImageSet is uint8 images (n, H, W, C) plus, per image, its class name and group (the Omniglot
+alphabet, or the miniImageNet split). Packed files hold exactly that: columns `image`
+(fixed_size_binary, H*W*C bytes, one record batch), `class` and `group`, and the image shape in the
+schema metadata. Workers memory-map them: the pixels are read straight from the page cache, so a
+node holds one copy however many workers sample from it.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import ConfigError
+
+PACK_FORMAT = "metatrain-images-v1"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class ArrayImages:
+    """Decoded images held in (or memory-mapped into) one uint8 array (n, H, W, C)."""
+
+    def __init__(self, array: np.ndarray, owner=None):
+        self.array, self._owner = array, owner  # owner keeps a memory map alive
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        return self.array[indices]
+
+
+class FileImages:
+    """Images decoded on first use from their files (a large folder data set), with a bounded
+    cache. `metatrain data pack` turns such a set into an Arrow file that needs no decoding."""
+
+    def __init__(self, paths: list[str], decode, cache_size: int = 20000):
+        self.paths, self._decode = paths, decode
+        self._load = functools.lru_cache(maxsize=cache_size)(self._read)
+
+    def _read(self, i: int) -> np.ndarray:
+        return self._decode(Path(self.paths[i]).read_bytes())
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        return np.stack([self._load(int(i)) for i in indices])
+
+
+@dataclass
+class ImageSet:
+    images: ArrayImages | FileImages
+    classes: np.ndarray  # (n,) str: class name of each image
+    groups: np.ndarray  # (n,) str: alphabet (Omniglot) or split (miniImageNet) of each image
+    shape: tuple[int, int, int]  # (H, W, C)
+    source: str = ""
+
+    def class_index(self) -> dict[str, np.ndarray]:
+        """class name -> indices of its images, classes in sorted order (deterministic)."""
+        order = np.argsort(self.classes, kind="stable")
+        names, starts = np.unique(self.classes[order], return_index=True)
+        return {str(n): idx for n, idx in zip(names, np.split(order, starts[1:]))}
+
+    def group_of(self) -> dict[str, str]:
+        return {str(c): str(g) for c, g in zip(self.classes, self.groups)}
+
+
+def decoder(size: int, channels: int, invert: bool):
+    """bytes -> uint8 (size, size, channels): PIL decode, grey or RGB, resize, optional inversion."""
+
+    def decode(data: bytes) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.LANCZOS)
+            a = np.asarray(im, dtype=np.uint8)
+        a = a.reshape(size, size, channels)
+        return 255 - a if invert else a
+
+    return decode
+
+
+def _entries(root: Path):
+    """(relative parts, bytes reader) of every image under a folder or inside a zip archive."""
+    if zipfile.is_zipfile(root):
+        zf = zipfile.ZipFile(root)
+        for name in sorted(zf.namelist()):
+            if name.lower().endswith(IMAGE_SUFFIXES):
+                yield tuple(name.split("/")), functools.partial(zf.read, name)
+    elif root.is_dir():
+        for p in sorted(root.rglob("*")):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                yield p.relative_to(root).parts, p.read_bytes
+    else:
+        raise ConfigError(f"task.data: {root} is neither a folder, a zip archive nor a packed .arrow file")
+
+
+def read_alphabets(roots: list[str], size: int, invert: bool = True) -> ImageSet:
+    """Omniglot layout `<root>/<Alphabet>/<characterNN>/<drawer>.png`, from folders or zips (a zip may
+    wrap it in one top folder). A character present in several roots is read once."""
+    decode, seen, images, classes, groups = decoder(size, 1, invert), set(), [], [], []
+    for root in roots:
+        for parts, read in _entries(Path(root)):
+            if len(parts) < 3:
+                continue
+            alphabet, character, filename = parts[-3:]
+            key = (alphabet, character, filename)
+            if key in seen:
+                continue
+            seen.add(key)
+            images.append(decode(read()))
+            classes.append(f"{alphabet}/{character}")
+            groups.append(alphabet)
+    if not images:
+        raise ConfigError(f"task.data: no <Alphabet>/<character>/*.png images found in {', '.join(map(str, roots))}")
+    order = np.lexsort((np.arange(len(classes)), np.array(classes)))  # by class, then reading order
+    return ImageSet(ArrayImages(np.stack(images)[order]), np.array(classes)[order], np.array(groups)[order],
+                    (size, size, 1), ", ".join(map(str, roots)))
+
+
+def read_class_folders(root: str, split_dir: str, size: int) -> ImageSet:
+    """miniImageNet layout: `<root>/<class>/<file>` (or `<root>/images/<file>`) and split CSVs
+    `<split_dir>/{train,val,test}.csv` with a header and rows `filename,label`. Decoded lazily."""
+    root_p, split_p = Path(root), Path(split_dir or root)
+    paths, classes, groups = [], [], []
+    for split in ("train", "val", "test"):
+        csv = split_p / f"{split}.csv"
+        if not csv.is_file():
+            raise ConfigError(f"task.split_dir: no {split}.csv in {split_p} (expected the standard split CSVs, "
+                              "rows filename,label)")
+        lines = [l.strip() for l in csv.read_text().splitlines() if l.strip()]
+        for line in lines[1:] if lines and lines[0].lower().startswith("filename") else lines:
+            filename, label = (s.strip() for s in line.split(",")[:2])
+            path = root_p / label / filename
+            if not path.is_file():
+                path = root_p / "images" / filename
+            if not path.is_file():
+                raise ConfigError(f"task.data: {filename} of class {label} ({csv.name}) is neither in "
+                                  f"{root_p / label} nor in {root_p / 'images'}")
+            paths.append(str(path))
+            classes.append(label)
+            groups.append(split)
+    order = np.lexsort((np.arange(len(classes)), np.array(classes)))
+    return ImageSet(FileImages([paths[i] for i in order], decoder(size, 3, invert=False)),
+                    np.array(classes)[order], np.array(groups)[order], (size, size, 3), str(root_p))
+
+
+def pack(images: ImageSet, out: Path, dataset: str, log=print) -> Path:
+    """Write an ImageSet as an Arrow IPC file (one record batch), atomically."""
+    import pyarrow as pa
+
+    h, w, c = images.shape
+    n = len(images.images)
+    data = np.empty((n, h, w, c), dtype=np.uint8)
+    for start in range(0, n, 2000):  # decode lazily-read sets in bounded steps, with progress
+        idx = np.arange(start, min(start + 2000, n))
+        data[idx] = images.images.take(idx)
+        log(f"packing {dataset}: {idx[-1] + 1}/{n} images")
+    column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(h * w * c), n, [None, pa.py_buffer(data.reshape(-1))])
+    table = pa.table({"image": column, "class": pa.array(images.classes.astype(str)),
+                      "group": pa.array(images.groups.astype(str))})
+    meta = {"format": PACK_FORMAT, "dataset": dataset, "height": str(h), "width": str(w), "channels": str(c),
+            "source": images.source}
+    table = table.replace_schema_metadata(meta)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(n, 1))
+    tmp.replace(out)
+    return out
+
+
+def read_packed(path: str, dataset: str, size: int) -> ImageSet:
+    """Memory-map a packed file: no pixel is copied until a task takes it."""
+    import pyarrow as pa
+
+    source = pa.memory_map(str(path), "r")
+    table = pa.ipc.open_file(source).read_all()
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    if meta.get("format") != PACK_FORMAT:
+        raise ConfigError(f"task.data: {path} is not a file written by `metatrain data pack`")
+    if meta["dataset"] != dataset:
+        raise ConfigError(f"task.data: {path} holds {meta['dataset']} images, not {dataset}")
+    h, w, c = int(meta["height"]), int(meta["width"]), int(meta["channels"])
+    if (h, w) != (size, size):
+        raise ConfigError(f"task.image_size: {path} was packed at {h}x{w}; set task.image_size: {h} or pack again")
+    column = table.column("image").combine_chunks() if table.column("image").num_chunks != 1 else \
+        table.column("image").chunk(0)
+    pixels = np.frombuffer(column.buffers()[1], dtype=np.uint8, count=len(column) * h * w * c,
+                           offset=column.offset * h * w * c).reshape(len(column), h, w, c)
+    return ImageSet(ArrayImages(pixels, owner=(source, table)),
+                    np.array(table.column("class").to_pylist()), np.array(table.column("group").to_pylist()),
+                    (h, w, c), meta.get("source", str(path)))
+
+
+class FewShotImages:
+    """N-way K-shot tasks over a split's classes. A class is (base class, k): the images of the
+    base class rotated by k * 90 degrees (k = 0 only, without rotations).
+
+    Per task: N distinct classes, labelled 0..N-1 in the order drawn; per class one permutation of
+    its images, the first `query` of which form the query set and the next `shots` the support
+    set, so a task and its query set stay the same whatever K is."""
+
+    loss = "cross_entropy"
+
+    def __init__(self, images: ImageSet, splits: dict[str, list[str]], ways: int, rotations: bool):
+        self.images, self.ways, self.rotations = images, ways, rotations
+        self.channels, self.image_size = images.shape[2], images.shape[0]
+        index = images.class_index()
+        self._index = index
+        self.splits = {s: [(c, k) for c in names for k in (range(4) if rotations else (0,))]
+                       for s, names in splits.items()}
+        self.min_images = {s: min((len(index[c]) for c in names), default=0) for s, names in splits.items()}
+
+    def check(self, *, split: str, shots: int, query: int, key: str = "task.shots") -> None:
+        """One-line errors for tasks this data cannot provide (before any Ray work starts)."""
+        classes = self.splits.get(split, [])
+        if len(classes) < self.ways:
+            raise ConfigError(f"task.ways: {self.ways}-way tasks need {self.ways} classes; the {split} split has "
+                              f"{len(classes)}")
+        if shots + query > self.min_images[split]:
+            raise ConfigError(f"{key}: K={shots} support + {query} query (task.query) images per class, but a {split} "
+                              f"class has only {self.min_images[split]} images")
+
+    def sample(self, rng: np.random.Generator, shots: int, query: int, split: str = "train") -> dict:
+        classes = self.splits[split]
+        chosen = rng.choice(len(classes), size=self.ways, replace=False)
+        xs, xq = [], []
+        for label in chosen:
+            name, k = classes[label]
+            idx = self._index[name]
+            perm = idx[rng.permutation(len(idx))]
+            q, s = perm[:query], perm[query:query + shots]
+            xq.append(np.rot90(self.images.images.take(q), k, axes=(1, 2)))
+            xs.append(np.rot90(self.images.images.take(s), k, axes=(1, 2)))
+        return {"x_support": self._to_float(np.concatenate(xs)), "y_support": np.repeat(np.arange(self.ways), shots),
+                "x_query": self._to_float(np.concatenate(xq)), "y_query": np.repeat(np.arange(self.ways), query)}
+
+    @staticmethod
+    def _to_float(x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0  # NCHW in [0, 1]

@@ -1,0 +1,27 @@
+"""miniImageNet N-way K-shot tasks (Vinyals et al. 2016, the Ravi & Larochelle split): 84x84 RGB,
+classes split 64/16/20 by the standard CSV files (filename,label)."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pipeline.config import ConfigError
+from tasks.images import FewShotImages, ImageSet, read_class_folders, read_packed
+
+DEFAULT_SIZE = 84
+
+
+@functools.lru_cache(maxsize=2)
+def load(root: str, split_dir: str, size: int) -> ImageSet:
+    if root.endswith(".arrow"):
+        return read_packed(root, "miniimagenet", size)
+    return read_class_folders(root, split_dir, size)
+
+
+def miniimagenet(task) -> FewShotImages:
+    if len(task.data) != 1:
+        raise ConfigError(f"task.data: miniImageNet takes one folder (or packed .arrow file), got {task.data}")
+    images = load(str(Path(task.data[0]).expanduser()), task.split_dir, task.image_size or DEFAULT_SIZE)
+    group = images.group_of()
+    splits = {s: sorted(c for c, g in group.items() if g == s) for s in ("train", "val", "test")}
+    return FewShotImages(images, splits, task.ways, task.rotations)
