@@ -67,6 +67,7 @@ class TrainConfig:
     log_every: int = 100
     max_bad_steps: int = 20  # consecutive non-finite steps before the run ends as "diverged"
     tasks_per_vmap: int = 0  # tasks per vectorised call; 0 = the whole shard (conv4 on CPU: ~8)
+    grad_clip: float = 0.0  # clip the meta-gradient's global norm to this before the Adam step; 0 = off
 
 
 @dataclass
@@ -289,6 +290,7 @@ def validate(cfg: Config) -> None:
     need(cfg.train.checkpoint_every >= 1, f"train.checkpoint_every: must be >= 1, got {cfg.train.checkpoint_every}")
     need(cfg.train.log_every >= 1, f"train.log_every: must be >= 1, got {cfg.train.log_every}")
     need(cfg.train.tasks_per_vmap >= 0, f"train.tasks_per_vmap: must be >= 0 (0 = whole shard), got {cfg.train.tasks_per_vmap}")
+    need(cfg.train.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 = off), got {cfg.train.grad_clip}")
     need(cfg.train.max_bad_steps >= 1, f"train.max_bad_steps: must be >= 1, got {cfg.train.max_bad_steps}")
     need(cfg.backend in BACKENDS, f"backend: unknown backend {cfg.backend!r}; allowed: {', '.join(BACKENDS)}")
     need(cfg.ray.workers >= 0, f"ray.workers: must be >= 0 (0 = sized to the cluster), got {cfg.ray.workers}")

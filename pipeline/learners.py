@@ -128,10 +128,6 @@ def broadcast_rows(m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return m.reshape(m.shape + (1,) * (like.dim() - m.dim()))
 
 
-def fast_keys(params: dict) -> list[str]:
-    return [k for k in params if k.rsplit(".", 1)[1] in FAST_ROLES]
-
-
 def cell_of(key: str) -> str:
     return key.rsplit(".", 1)[0]
 

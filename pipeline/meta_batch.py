@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch.func import grad, vmap
+from torch.func import grad_and_value, vmap
 
-from pipeline.learners import Network, fast_keys, init_params, loss_and_metric
+from pipeline.learners import Network, init_params, loss_and_metric
 from pipeline.rules import UpdateRule
 
 
@@ -38,11 +38,14 @@ class InnerLoop:
     mask_mode: str = "sample"
 
 
-def inner_adapt(learner: Learner, inner: InnerLoop, params: dict, task: dict) -> tuple[dict, list]:
-    """Adapted fast weights of one task, and its query loss before each inner step (no grad)."""
+def inner_adapt(learner: Learner, inner: InnerLoop, params: dict, task: dict,
+                trace: list | None = None) -> tuple[dict, list]:
+    """Adapted fast weights of one task, and its query loss before each inner step (no grad).
+    `trace`, if given, receives the rule's carry after every step (e.g. Meta-LSTM gate values)."""
     net, rule = learner.net, learner.rule
     state = rule.task_state(params, task.get("noise", {}), inner.temperature, inner.mask_mode)
-    fast = {k: params[k] for k in fast_keys(params)}
+    fast = {k: params[k] for k in rule.fast_keys(params)}
+    carry = rule.init_carry(params, fast)
 
     def support_loss(fast):
         return loss_and_metric(net, {**params, **fast}, task["x_support"], task["y_support"])[0]
@@ -51,10 +54,12 @@ def inner_adapt(learner: Learner, inner: InnerLoop, params: dict, task: dict) ->
     for _ in range(inner.steps):
         with torch.no_grad():
             curve.append(loss_and_metric(net, {**params, **fast}, task["x_query"], task["y_query"])[0])
-        g = grad(support_loss)(fast)
-        if rule.first_order:  # the inner gradient is a constant for the outer gradient
-            g = {k: v.detach() for k, v in g.items()}
-        fast = {k: fast[k] - rule.step(k, g[k], params, state, inner.alpha) for k in fast}
+        g, loss = grad_and_value(support_loss)(fast)
+        if rule.first_order:  # the inner gradient (and loss) are constants for the outer gradient
+            g, loss = {k: v.detach() for k, v in g.items()}, loss.detach()
+        fast, carry = rule.update(fast, g, loss, params, state, carry, inner.alpha)
+        if trace is not None:
+            trace.append(carry)
     return fast, curve
 
 

@@ -105,6 +105,48 @@ def regression_adaptation(trainer, path: Path, n_tasks: int = 4) -> Path:
     return _save(fig, path)
 
 
+def meta_lstm_gates(trainer, path: Path, n_tasks: int = 6, seed: int = 0) -> Path:
+    """Meta-Learner LSTM: input gate (learned step size) and forget gate (learned weight decay) over
+    the inner steps, for one random coordinate of each layer's weights, across test tasks (the
+    paper's gate figure)."""
+    from pipeline.meta_batch import InnerLoop, inner_adapt
+
+    cfg, exp = trainer.cfg, trainer.experiment
+    params = {k: v.detach() for k, v in trainer.params.items()}
+    rule = exp.learner.rule
+    keys = rule.fast_keys(params)
+    offsets, start = {}, 0
+    for k in keys:
+        offsets[k] = (start, params[k].numel())
+        start += params[k].numel()
+    rng = np.random.default_rng(seed)
+    coords = {k.rsplit(".", 1)[0]: offsets[k][0] + int(rng.integers(offsets[k][1])) for k in keys if k.endswith(".W")}
+    batch = exp.sample(params, split="test", seed=cfg.eval.seed, iteration=0, indices=range(n_tasks),
+                       shots=cfg.task.shots)
+    inner = InnerLoop(cfg.alpha, cfg.eval.inner_steps, cfg.gumbel_temperature, cfg.eval.mask)
+    traces = []
+    for b in range(n_tasks):
+        trace = []
+        with torch.no_grad():
+            inner_adapt(exp.learner, inner, params, _index(batch, b), trace=trace)
+        traces.append(trace)
+    fig = Figure(figsize=(3.6 * len(coords), 5.6), layout="constrained")
+    axes = fig.subplots(2, len(coords), squeeze=False)
+    steps = np.arange(1, inner.steps + 1)
+    for col, (layer, idx) in enumerate(coords.items()):
+        for row, gate in enumerate(("i", "f")):
+            ax = axes[row, col]
+            for b, trace in enumerate(traces):
+                ax.plot(steps, [float(c[gate][idx]) for c in trace], marker="o", ms=3, color=f"C{b}", lw=1)
+            ax.set(title=f"{layer}, coordinate {idx - offsets[layer + '.W'][0]}" if row == 0 else None,
+                   xlabel="inner step" if row == 1 else None,
+                   ylabel=("input gate i (step size)" if row == 0 else "forget gate f") if col == 0 else None)
+            ax.ticklabel_format(axis="y", useOffset=False)
+            ax.grid(alpha=0.3)
+    fig.suptitle(f"Meta-Learner LSTM gates on {n_tasks} test tasks ({cfg.task.name})")
+    return _save(fig, path)
+
+
 def _index(batch: dict, b: int) -> dict:
     return {k: _index(v, b) if isinstance(v, dict) else v[b] for k, v in batch.items()}
 
@@ -123,6 +165,8 @@ def write_run_plots(trainer) -> list[Path]:
         paths.append(updated_fraction(entries, final, out / "updated_fraction.png", title))
     if not classification and hasattr(exp.distribution, "target"):
         paths.append(regression_adaptation(trainer, out / "adaptation.png"))
+    if exp.learner.rule.name == "metalstm" and cfg.eval.inner_steps > 0:
+        paths.append(meta_lstm_gates(trainer, out / "gates.png"))
     return paths
 
 

@@ -131,6 +131,8 @@ class Trainer:
             if finite:
                 for k, p in self.params.items():
                     p.grad = result.grads[k] / n
+                if cfg.train.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.train.grad_clip)
                 self.optimizer.step()
                 self.bad_streak = 0
                 window.append((loss, (result.curve_sum / n).tolist(), result.metric_sum / n))

@@ -27,7 +27,8 @@ needs_omniglot = pytest.mark.skipif(OMNIGLOT is None, reason="real Omniglot data
 SMALL1_ALPHABETS = ["Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"]
 NEW_IN_SMALL2 = ["Japanese_(katakana)", "Sanskrit", "Tagalog"]
 
-ALL_METHODS = ("maml", "fomaml", "metasgd", "tnet", "mnet", "mnet_full", "mtnet", "mtnet_full", "mc1", "mc2")
+ALL_METHODS = ("maml", "fomaml", "metasgd", "tnet", "mnet", "mnet_full", "mtnet", "mtnet_full", "mc1", "mc2",
+               "metalstm")
 
 
 def make_learner(method, hidden=(40, 40), init_std=0.01):

@@ -2,7 +2,7 @@
 gradient of the reference libraries. Independent of torch.func; the batched path must match it."""
 import torch
 
-from pipeline.learners import fast_keys, loss_and_metric
+from pipeline.learners import loss_and_metric
 
 
 def task_slice(batch: dict, i: int) -> dict:
@@ -12,11 +12,14 @@ def task_slice(batch: dict, i: int) -> dict:
 def loop_adapt(learner, inner, params, task, create_graph=True):
     net, rule = learner.net, learner.rule
     state = rule.task_state(params, task["noise"], inner.temperature, inner.mask_mode)
-    fast = {k: params[k] for k in fast_keys(params)}
+    fast = {k: params[k] for k in rule.fast_keys(params)}
+    carry = rule.init_carry(params, fast)
     for _ in range(inner.steps):
         loss = loss_and_metric(net, {**params, **fast}, task["x_support"], task["y_support"])[0]
         grads = torch.autograd.grad(loss, list(fast.values()), create_graph=create_graph and not rule.first_order)
-        fast = {k: fast[k] - rule.step(k, g, params, state, inner.alpha) for k, g in zip(fast, grads)}
+        if rule.first_order:
+            loss = loss.detach()
+        fast, carry = rule.update(fast, dict(zip(fast, grads)), loss, params, state, carry, inner.alpha)
     return fast
 
 

@@ -81,3 +81,21 @@ def test_non_finite_steps_never_reach_the_parameters(tmp_path):
         assert torch.equal(v, init[k])  # every step was non-finite, so nothing was applied
     saved = json.loads((tmp_path / "div" / RESULTS).read_text())
     assert saved["status"] == "diverged"
+
+
+def test_gradient_clipping_bounds_the_meta_gradient_norm(tmp_path):
+    from pipeline.experiment import Experiment
+
+    cfg = small_cfg(tmp_path, **{"train.grad_clip": 0.05, "iterations": 1})
+    exp = Experiment(cfg)
+    result = exp.train_shard(exp.init_params(), 0, range(cfg.meta_batch_size))
+    norm = torch.sqrt(sum((g / result.n_tasks).pow(2).sum() for g in result.grads.values())).item()
+    assert norm > 0.05  # so the clip acts
+    clipped, _ = run(cfg, tmp_path / "c")
+    free, _ = run(small_cfg(tmp_path, iterations=1), tmp_path / "f")
+    init = exp.init_params()
+    # Adam's first step moves every coordinate by about beta whatever the scale, so compare the
+    # clipped gradient itself: it is the unclipped one times 0.05 / norm.
+    assert not torch.equal(clipped.params["l0.W"], init["l0.W"])
+    assert torch.allclose(clipped.optimizer.state_dict()["state"][0]["exp_avg"] * norm / 0.05,
+                          free.optimizer.state_dict()["state"][0]["exp_avg"], rtol=1e-4)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.learners import Network
+from pipeline.learners import FAST_ROLES, Network
 
 RULES: dict[str, "UpdateRule"] = {}
 
@@ -37,8 +37,22 @@ class UpdateRule:
         """Per-task quantities fixed for all inner steps of a task (sampled masks)."""
         return {}
 
+    fast_roles = FAST_ROLES  # parameter roles adapted in the inner loop
+
+    def fast_keys(self, params: dict) -> list[str]:
+        return [k for k in params if k.rsplit(".", 1)[1] in self.fast_roles]
+
     def step(self, key: str, grad: torch.Tensor, params: dict, state: dict, alpha: float) -> torch.Tensor:
         return alpha * grad
+
+    def init_carry(self, params: dict, fast: dict) -> dict:
+        """Recurrent state a rule carries from one inner step to the next (none for SGD-like rules)."""
+        return {}
+
+    def update(self, fast: dict, grads: dict, loss: torch.Tensor, params: dict, state: dict, carry: dict,
+               alpha: float) -> tuple[dict, dict]:
+        """One inner step: (new fast weights, new carry). SGD-like rules move each tensor by step()."""
+        return {k: fast[k] - self.step(k, grads[k], params, state, alpha) for k in fast}, carry
 
     def updated_fraction(self, params: dict) -> dict[str, float] | None:
         """Expected fraction of weights updated per cell and overall (masked rules only)."""

@@ -7,7 +7,7 @@ P(m = 1) = sigmoid(zeta). Row j of W and b_j share m_j in the per-unit variants.
 """
 import torch
 
-from pipeline.learners import broadcast_rows, cell_of, fast_keys
+from pipeline.learners import broadcast_rows, cell_of
 from pipeline.rules.base import UpdateRule, register
 
 MASK_MODES = ("sample", "argmax")
@@ -32,7 +32,7 @@ class Masked(UpdateRule):
         return f"{key}_zeta" if self.full else f"{cell_of(key)}.zeta"
 
     def init_meta(self, net, params, generator):
-        keys = fast_keys(params)
+        keys = self.fast_keys(params)
         if self.full:
             return {self._logit_key(k): torch.zeros_like(params[k]) for k in keys}
         return {self._logit_key(k): torch.zeros_like(params[k]) for k in keys if k.endswith(".b")}

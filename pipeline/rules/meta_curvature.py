@@ -6,7 +6,6 @@ MC1 keeps M_o = I fixed; MC2 learns all three. p' = p - alpha MC(grad).
 """
 import torch
 
-from pipeline.learners import fast_keys
 from pipeline.rules.base import UpdateRule, register
 
 
@@ -16,7 +15,7 @@ class MetaCurvature(UpdateRule):
 
     def init_meta(self, net, params, generator):
         meta = {}
-        for key in fast_keys(params):
+        for key in self.fast_keys(params):
             p = params[key]
             if key.endswith(".b"):
                 meta[f"{key}_mc"] = torch.ones_like(p)

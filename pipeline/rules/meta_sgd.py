@@ -1,7 +1,6 @@
 """Meta-SGD: a meta-learned step size per parameter element, p' = p - alpha_p * grad."""
 import torch
 
-from pipeline.learners import fast_keys
 from pipeline.rules.base import UpdateRule, register
 
 INIT_RANGE = (0.005, 0.1)
@@ -12,7 +11,7 @@ class MetaSGD(UpdateRule):
 
     def init_meta(self, net, params, generator):
         return {f"{k}_lr": torch.empty_like(params[k]).uniform_(*INIT_RANGE, generator=generator)
-                for k in fast_keys(params)}
+                for k in self.fast_keys(params)}
 
     def step(self, key, grad, params, state, alpha):
         return params[f"{key}_lr"] * grad

@@ -1,0 +1,133 @@
+"""Meta-Learner LSTM: reduction to SGD, the preprocessing, what is learned, per-episode batch norm,
+its gate figure, and a short meta-training run on real Omniglot."""
+import math
+
+import pytest
+import torch
+from conftest import NEW_IN_SMALL2, OMNIGLOT, SMALL1_ALPHABETS, conv_batch, conv_learner, make_learner, \
+    needs_omniglot, perturbed_params, sine_batch
+from reference import task_slice
+
+from pipeline.config import load_config
+from pipeline.learners import loss_and_metric
+from pipeline.meta_batch import InnerLoop, inner_adapt, shard_evaluate, shard_meta_gradient
+from pipeline.rules.meta_lstm import P, preprocess
+from pipeline.trainer import Trainer
+
+
+def forced_gates(params, alpha):
+    """f = 1 and i = alpha exactly: W_F = W_I = 0, b_F = +inf, b_I = logit(alpha)."""
+    p = dict(params)
+    p["lstm.W_f"], p["lstm.W_i"] = torch.zeros_like(p["lstm.W_f"]), torch.zeros_like(p["lstm.W_i"])
+    p["lstm.b_f"] = torch.full_like(p["lstm.b_f"], math.inf)
+    p["lstm.b_i"] = torch.full_like(p["lstm.b_i"], math.log(alpha / (1 - alpha)))
+    return p
+
+
+def sgd(learner, params, task, keys, alpha, steps):
+    fast = {k: params[k].clone().requires_grad_(True) for k in keys}
+    for _ in range(steps):
+        loss = loss_and_metric(learner.net, {**params, **fast}, task["x_support"], task["y_support"])[0]
+        grads = torch.autograd.grad(loss, list(fast.values()))
+        fast = {k: (v - alpha * g).detach().requires_grad_(True) for (k, v), g in zip(fast.items(), grads)}
+    return fast
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "conv"])
+def test_forced_gates_give_sgd_with_step_alpha(conv):
+    learner = conv_learner("metalstm") if conv else make_learner("metalstm", init_std=0.3)
+    alpha, steps = 0.05, 4
+    params = forced_gates(perturbed_params(learner), alpha)
+    batch = conv_batch(learner, params) if conv else sine_batch(learner, params, n=3)
+    keys = learner.rule.fast_keys(params)
+    if conv:  # the learner's batch-norm scale/shift are learner parameters (cell state) too
+        assert any(k.endswith("bn_scale") for k in keys) and any(k.endswith("bn_shift") for k in keys)
+    for i in range(3):
+        task = task_slice(batch, i)
+        fast, _ = inner_adapt(learner, InnerLoop(alpha=0.123, steps=steps), params, task)  # alpha unused
+        expected = sgd(learner, params, task, keys, alpha, steps)
+        for k in keys:
+            torch.testing.assert_close(fast[k], expected[k], rtol=1e-12, atol=1e-14)
+
+
+def test_preprocessing_matches_its_definition_at_and_around_the_threshold():
+    t = math.exp(-P)
+    x = torch.tensor([0.0, t / 2, -t / 2, t * (1 - 1e-9), t, -t, t * (1 + 1e-9), 1e-3, -2.5, 7e4], dtype=torch.float64)
+    out = preprocess(x)
+    for v, (a, b) in zip(x.tolist(), out.tolist()):
+        if abs(v) >= t:
+            assert a == pytest.approx(math.log(abs(v)) / P, rel=1e-12) and b == math.copysign(1.0, v)
+        else:
+            assert a == -1.0 and b == pytest.approx(math.exp(P) * v, rel=1e-12)
+    # continuous across |x| = e^-p: both parts meet (-1, sign x) from either side
+    below, above = preprocess(torch.tensor([t * (1 - 1e-9), t * (1 + 1e-9)], dtype=torch.float64))
+    assert torch.allclose(below, above, atol=1e-8) and torch.allclose(above, torch.tensor([-1.0, 1.0],
+                                                                                         dtype=torch.float64))
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "conv"])
+def test_c0_and_every_meta_learner_weight_receive_gradients(conv):
+    learner = conv_learner("metalstm") if conv else make_learner("metalstm", init_std=0.3)
+    params = learner.init_params(0, torch.float64)
+    batch = conv_batch(learner, params) if conv else sine_batch(learner, params, n=3)
+    grads = shard_meta_gradient(learner, InnerLoop(alpha=0.1, steps=3), params, batch).grads
+    for k in learner.rule.fast_keys(params):  # c0: the learned initialisation
+        assert grads[k].abs().sum() > 0, k
+    for k in ("lstm.W_ih", "lstm.W_hh", "lstm.bias", "lstm.W_f", "lstm.b_f", "lstm.W_i", "lstm.b_i"):
+        assert grads[k].abs().sum() > 0, k
+    # initialised as plain SGD with a small step: f close to 1, i small
+    trace = []
+    with torch.no_grad():
+        inner_adapt(learner, InnerLoop(alpha=0.1, steps=2), params, task_slice(batch, 0), trace=trace)
+    f, i = trace[0]["f"], trace[0]["i"]
+    assert 0.97 < f.min() and f.max() < 1 and 0.005 < i.min() and i.max() < 0.02
+
+
+def test_no_batch_norm_statistic_leaks_from_one_task_to_the_next():
+    learner = conv_learner("metalstm")
+    params = perturbed_params(learner)
+    batch = conv_batch(learner, params, n=3)
+    inner = InnerLoop(alpha=0.1, steps=3)
+    together = shard_evaluate(learner, inner, params, batch)
+    for i in range(3):  # alone, and after other tasks in reversed order: the same numbers
+        alone = shard_evaluate(learner, inner, params, {k: v[i:i + 1] for k, v in batch.items() if k != "noise"})
+        assert torch.allclose(alone[1][0], together[1][i], rtol=1e-12)
+    rev = shard_evaluate(learner, inner, params, {k: v.flip(0) for k, v in batch.items() if k != "noise"})
+    assert torch.allclose(rev[1].flip(0), together[1], rtol=1e-12)
+    assert not any("running" in k for k in params)  # no running statistics exist to carry anything
+
+
+def test_gate_figure_is_written_and_tracked(tmp_path):
+    cfg = load_config(None, {"method": "metalstm", "inner_steps": 3, "eval.inner_steps": 3, "iterations": 10,
+                             "meta_batch_size": 4, "model.hidden": [16, 16], "eval.tasks": 20, "eval.shots": [10],
+                             "train.log_every": 5, "backend": "local", "output_dir": str(tmp_path),
+                             "tracking.log_model": False})
+    from mlflow import MlflowClient
+
+    from pipeline.tracking import MlflowTracker, resolve_uri
+
+    uri = resolve_uri("", tmp_path)
+    cfg.tracking.uri = uri
+    with Trainer(cfg, tmp_path / "r", log=lambda m: None, hooks=(MlflowTracker(cfg, uri, run_name="r"),)) as t:
+        results = t.train()
+    assert "plots/gates.png" in results["plots"]
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("metatrain").experiment_id])
+    assert "plots/gates.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+
+
+@needs_omniglot
+def test_short_meta_training_on_real_omniglot_beats_the_untrained_learner(tmp_path):
+    data = [str(OMNIGLOT / "images_background_small1.zip"), str(OMNIGLOT / "images_background_small2.zip")]
+    cfg = load_config(None, {"method": "metalstm", "task.name": "omniglot", "task.data": data, "task.rotations": True,
+                             "task.shots": 1, "task.query": 1, "eval.shots": [1], "task.split": "alphabet",
+                             "task.train_alphabets": SMALL1_ALPHABETS, "task.test_alphabets": NEW_IN_SMALL2,
+                             "inner_steps": 5, "eval.inner_steps": 5, "meta_batch_size": 8, "iterations": 150,
+                             "beta": 0.003, "model.filters": 16, "eval.tasks": 200, "train.log_every": 50,
+                             "backend": "local", "output_dir": str(tmp_path), "tracking.enabled": False})
+    with Trainer(cfg, tmp_path / "r", log=lambda m: None) as t:
+        untrained = t.evaluate()["1"]
+        results = t.train()
+    acc = results["results"]["1"]
+    print(untrained, acc)
+    assert acc["mean"] - acc["ci95"] > untrained["mean"] + untrained["ci95"] and acc["mean"] > 0.4, (untrained, acc)
