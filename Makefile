@@ -9,7 +9,7 @@ ARGS ?=
 
 .PHONY: install run test bench clean
 
-$(STAMP): setup.py
+$(STAMP): setup.py requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing metatrain and its dependencies into $(VENV) (first time: a few minutes)"
 	@# pip on this kind of machine warns once per package about missing local index folders: hide that noise only.

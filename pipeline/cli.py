@@ -1,4 +1,4 @@
-"""`metatrain` command line: train, eval, resume, sweep, report.
+"""`metatrain` command line: train, eval, resume, sweep, report, data pack, submit, jobs.
 
 Config errors are one line on stderr and exit code 2, raised before any directory is written."""
 from __future__ import annotations
@@ -126,6 +126,21 @@ def cmd_pack(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from pipeline.jobs import submit
+
+    return submit(args.kind, args.config, args.set, address=args.address, tracking_uri=args.tracking_uri,
+                  follow=args.follow, wait=not args.no_wait, pip=not args.no_pip, log=_log)
+
+
+def cmd_jobs(args) -> int:
+    from pipeline.jobs import jobs_command
+
+    if args.action != "list" and not args.job_id:
+        raise ConfigError(f"jobs {args.action}: give the submission id (see `metatrain jobs list`)")
+    return jobs_command(args.action, args.job_id, address=args.address, follow=args.follow, log=_log)
+
+
 def cmd_report(args) -> int:
     from pipeline.report import write_report
 
@@ -214,6 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--split-dir", default="", help="miniimagenet: folder of train/val/test.csv (default: --src)")
     pk.add_argument("--force", action="store_true", help="replace an existing --out file")
     pk.set_defaults(fn=cmd_pack)
+    address_help = "the cluster's dashboard, e.g. http://127.0.0.1:8265 (default: RAY_API_SERVER_ADDRESS / RAY_ADDRESS)"
+    sb = sub.add_parser("submit", help="send a train or sweep run to a Ray cluster as a job (Ray Jobs API)")
+    sb.add_argument("kind", choices=("train", "sweep"))
+    sb.add_argument("config", help="a config / sweep file inside the project, or a name in tune_configs/")
+    sb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: override a config key")
+    sb.add_argument("--address", help=address_help)
+    sb.add_argument("--tracking-uri", help="MLflow tracking URI the job logs to (default: the config's)")
+    sb.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    sb.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+    sb.add_argument("--no-pip", action="store_true", help="the cluster has the requirements installed already "
+                    "(cluster.yaml installs them): skip the job's pip environment")
+    sb.set_defaults(fn=cmd_submit)
+    jb = sub.add_parser("jobs", help="list, watch, read and stop submitted jobs")
+    jb.add_argument("action", choices=("list", "status", "logs", "stop"))
+    jb.add_argument("job_id", nargs="?")
+    jb.add_argument("--address", help=address_help)
+    jb.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    jb.set_defaults(fn=cmd_jobs)
     return p
 
 

@@ -148,9 +148,10 @@ def load_yaml(path: Path, what: str = "config") -> dict:
 
 
 def load_config(source: str | Path | dict | None = None,
-                overrides: list[str] | tuple[str, ...] | dict = ()) -> Config:
+                overrides: list[str] | tuple[str, ...] | dict = (), *, local: bool = True) -> Config:
     """Defaults <- YAML file (or dict) <- overrides: `key=value` strings (the value parsed as YAML)
-    or a {dotted key: value} mapping (values used as they are)."""
+    or a {dotted key: value} mapping (values used as they are). local=False checks a config meant
+    for another machine (a job sent to a cluster): data paths are neither checked nor resolved here."""
     if source is None:
         raw = {}
     elif isinstance(source, dict):
@@ -170,7 +171,9 @@ def load_config(source: str | Path | dict | None = None,
         if not sep or not key:
             raise ConfigError(f"--set: expected key=value, got {item!r}")
         _set(cfg, key.strip(), yaml.safe_load(value) if value.strip() else "")
-    validate(cfg)
+    validate(cfg, check_paths=local)
+    if not local:
+        return cfg
     # Data paths are pinned to absolute paths where the config is loaded: Ray workers and Tune
     # trials run in other working directories.
     cfg.task.data = [str(Path(d).expanduser().resolve()) for d in cfg.task.data]
@@ -241,7 +244,7 @@ def _coerce(tp, value, key: str):
     raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, check_paths: bool = True) -> None:
     """Reject values no run could use. Imported lazily: the registries import torch."""
     from pipeline.rules import METHODS
     from pipeline.rules.masked import MASK_MODES
@@ -278,7 +281,7 @@ def validate(cfg: Config) -> None:
         need(bool(cfg.task.data), f"task.data: {cfg.task.name} needs the data's location: "
              + ("folders or zips of <Alphabet>/<character>/*.png" if cfg.task.name == "omniglot" else
                 "a folder of class sub-folders with train/val/test.csv") + ", or a .arrow file from `metatrain data pack`")
-        for d in cfg.task.data:
+        for d in cfg.task.data if check_paths else ():
             need(Path(d).expanduser().exists(), f"task.data: {d} does not exist")
     need(cfg.eval.tasks >= 1, f"eval.tasks: must be >= 1, got {cfg.eval.tasks}")
     need(len(cfg.eval.shots) > 0 and all(k >= 1 for k in cfg.eval.shots),

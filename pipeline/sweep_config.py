@@ -112,21 +112,19 @@ def _check_key(dotted: str, what: str = "space") -> None:
         raise ConfigError(f"{what}: {dotted} is a section, not a key")
 
 
-def _validated_value(base: dict, fixed: dict, key: str, value):
+def _validated_value(base: dict, key: str, value, local: bool):
     """`value` coerced to the type of `key`, or a one-line error naming the swept key."""
     try:
-        return _config_value(load_config(copy.deepcopy(base), {**fixed, key: value}), key)
+        return _config_value(load_config(copy.deepcopy(base), {key: value}, local=local), key)
     except ConfigError as e:
         raise ConfigError(f"space: {e}") from None
 
 
-def _check_entry(key: str, entry, base: dict, fixed: dict) -> dict:
+def _check_entry(key: str, entry, base: dict, local: bool) -> dict:
     if key in SWEEP_OWNED or key.split(".")[0] == "ray":
         raise ConfigError(f"space: {key} is set by the sweep itself (see its resources section); "
                           f"swept keys may not be one of {', '.join(SWEEP_OWNED)}")
     _check_key(key)
-    if key in fixed:
-        raise ConfigError(f"space: {key} is both fixed (set) and swept (space); keep one")
     if not isinstance(entry, dict) or len(entry) != 1 or next(iter(entry)) not in SPACE_KINDS:
         raise ConfigError(f"space.{key}: expected one of {', '.join(f'{{{k}: ...}}' for k in SPACE_KINDS)}, "
                           f"got {entry!r}")
@@ -134,7 +132,7 @@ def _check_entry(key: str, entry, base: dict, fixed: dict) -> dict:
     if kind in ("grid", "choice"):
         if not isinstance(values, list) or not values:
             raise ConfigError(f"space.{key}.{kind}: expected a non-empty list of values, got {values!r}")
-        return {kind: [_validated_value(base, fixed, key, v) for v in values]}
+        return {kind: [_validated_value(base, key, v, local) for v in values]}
     if not (isinstance(values, list) and len(values) == 2):
         raise ConfigError(f"space.{key}.{kind}: expected [low, high], got {values!r}")
     try:
@@ -149,7 +147,7 @@ def _check_entry(key: str, entry, base: dict, fixed: dict) -> dict:
         raise ConfigError(f"space.{key}.loguniform: low must be > 0, got {values!r}")
     # Every value the distribution can produce lies between these two, so checking them is enough.
     for v in (lo, hi - 1 if kind == "randint" else hi):
-        _validated_value(base, fixed, key, v)
+        _validated_value(base, key, v, local)
     return {kind: [lo, hi]}
 
 
@@ -169,7 +167,8 @@ def resolve_base(base: str, sweep_path: Path) -> Path:
         raise ConfigError(f"base: {str(e).split(': ', 1)[1]}") from None
 
 
-def load_sweep(path: str | Path) -> Sweep:
+def load_sweep(path: str | Path, *, local: bool = True) -> Sweep:
+    """The validated sweep; local=False for a sweep sent to a cluster (see config.load_config)."""
     from pipeline.config import resolve_path
 
     try:
@@ -187,11 +186,14 @@ def load_sweep(path: str | Path) -> Sweep:
     for key in fixed:
         if key in SWEEP_OWNED:
             raise ConfigError(f"set: {key} is set by the sweep itself; it may not be one of {', '.join(SWEEP_OWNED)}")
-    base_cfg = load_config(base_path, fixed)  # every fixed key checked here
+    base_cfg = load_config(base_path, fixed, local=local)  # every fixed key checked here
     base = to_dict(base_cfg)
     if not spec.space:
         raise ConfigError("space: empty; a sweep needs at least one swept key, e.g. alpha: {grid: [0.01, 0.1]}")
-    space = {key: _check_entry(key, entry, base, {}) for key, entry in spec.space.items()}
+    both = [k for k in spec.space if k in fixed]
+    if both:
+        raise ConfigError(f"space: {both[0]} is both fixed (set) and swept (space); keep one")
+    space = {key: _check_entry(key, entry, base, local) for key, entry in spec.space.items()}
     _check_spec(spec, space, base_cfg)
     return Sweep(spec, base, space, path)
 
