@@ -129,11 +129,10 @@ def write_manifest(sweep_dir: Path, manifest: dict) -> None:
     os.replace(tmp, sweep_dir / MANIFEST)
 
 
-def _update_manifest(sweep_dir: Path, trial_id: str, **fields) -> dict:
+def _update_manifest(sweep_dir: Path, trial_id: str, **fields) -> None:
     manifest = read_manifest(sweep_dir)
     manifest.setdefault(trial_id, {}).update(fields)
     write_manifest(sweep_dir, manifest)
-    return manifest[trial_id]
 
 
 def _close_trial_run(sweep_dir: Path, name: str, uri: str, status: str, run_status: str, error: str = "") -> None:
@@ -146,7 +145,7 @@ class SweepProgress(tune.Callback):
     """Driver-side progress lines and the trials.json record (picklable: Tune stores it with the
     experiment and restores it on --resume)."""
 
-    def __init__(self, sweep_dir: str, swept: tuple[str, ...], iterations: int, total: int | None, uri: str):
+    def __init__(self, sweep_dir: str, swept: tuple[str, ...], iterations: int, total: int, uri: str):
         self.sweep_dir, self.swept, self.iterations, self.total = Path(sweep_dir), swept, iterations, total
         self.uri = uri
 
@@ -155,7 +154,7 @@ class SweepProgress(tune.Callback):
 
     def _done(self) -> str:
         done = sum(1 for t in read_manifest(self.sweep_dir).values() if t.get("status") not in (None, "running"))
-        return f"{done}/{self.total}" if self.total else str(done)
+        return f"{done}/{self.total}"
 
     def on_trial_start(self, iteration, trials, trial, **info):
         _update_manifest(self.sweep_dir, trial.trial_id, name=self._name(trial), status="running",

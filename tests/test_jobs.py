@@ -1,6 +1,7 @@
 """Remote jobs against a real Ray head node that this module starts (`ray start --head` on 127.0.0.1,
 token authentication on, free ports, its own temporary directory) and stops; and the cluster
 definitions, validated offline."""
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -70,13 +72,31 @@ def head(tmp_path_factory):
                 time.sleep(2)
         yield address, temp_dir
     finally:
-        os.environ.pop("RAY_AUTH_TOKEN", None)
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_everything(address, proc, temp_dir)
+
+
+def stop_everything(address, proc, temp_dir):
+    """Stop jobs still running (a failed test may leave one), the head's process group, and any job
+    process that outlived it (job drivers run in sessions of their own, in the head's temp dir)."""
+    os.environ["RAY_AUTH_TOKEN"] = TOKEN
+    try:
+        jobs = Jobs(address)
+        for job in jobs.client.list_jobs():
+            if job.status.value not in ("SUCCEEDED", "FAILED", "STOPPED"):
+                jobs.client.stop_job(job.submission_id)
+    except Exception:  # noqa: BLE001 - the head may be gone already
+        pass
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    for p in psutil.process_iter(["cwd"]):
+        if (p.info["cwd"] or "").startswith(str(temp_dir)):
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -236,10 +236,13 @@ def test_a_failed_trial_is_retried_from_its_checkpoint(local_ray, tmp_path):
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
             if list(sweep_dir.glob("tune/*/checkpoint_000000")):
-                for p in psutil.process_iter(["cmdline"]):
-                    if (p.info["cmdline"] or [""])[0].startswith("ray::ImplicitFunc"):
-                        p.kill()
-                        killed.append(p.pid)
+                for p in psutil.Process().children(recursive=True):  # this test's Ray only
+                    try:
+                        if (p.cmdline() or [""])[0].startswith("ray::ImplicitFunc"):
+                            p.kill()
+                            killed.append(p.pid)
+                    except psutil.Error:  # gone meanwhile
+                        pass
             time.sleep(0.05)
 
     watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
