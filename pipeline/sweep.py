@@ -325,8 +325,15 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
 
 
 def _check_unchanged(stored: dict, now: dict) -> None:
+    """Refuse to resume a sweep whose definition changed. Keys this version added to the schema
+    since the sweep started are fine while they hold their defaults (the trials ran with those)."""
+    from pipeline.config import Config, to_dict
+    from pipeline.sweep_config import SweepConfig
+
     a, b = flatten(stored), flatten(now)
-    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    defaults = {**flatten(to_dict(SweepConfig())), **flatten({"base_config": to_dict(Config())})}
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)
+                     and not (k not in a and k in defaults and b.get(k) == defaults[k]))
     if changed:
         raise ConfigError(f"--resume: the sweep changed since it started ({', '.join(changed[:3])}); restore the "
                           "sweep file, or start a new sweep under another name")

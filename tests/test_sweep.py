@@ -352,3 +352,25 @@ def test_shipped_sweep_files_validate_and_are_not_experiment_configs(capsys):
     assert "is a sweep file; run it with `metatrain sweep robustness_alpha`" in capsys.readouterr().err
     assert main(["sweep", "sine_maml"]) == 2
     assert "is an experiment config; train it with" in capsys.readouterr().err
+
+
+def test_resume_accepts_schema_keys_added_with_their_defaults_and_refuses_real_changes():
+    from pipeline.config import ConfigError
+    from pipeline.sweep import _check_unchanged
+    from pipeline.sweep_config import load_sweep
+
+    now = load_sweep("robustness_alpha").to_dict()
+    older = json.loads(json.dumps(now))
+    del older["base_config"]["train"]["grad_clip"]  # a key a later version added, still at its default
+    del older["resources"]["gpus_per_worker"]
+    _check_unchanged(older, now)
+    changed = json.loads(json.dumps(now))
+    changed["base_config"]["beta"] = 0.01
+    with pytest.raises(ConfigError, match=r"--resume: the sweep changed since it started \(base_config.beta\)"):
+        _check_unchanged(changed, now)
+    added = json.loads(json.dumps(now))
+    now_modified = json.loads(json.dumps(now))
+    now_modified["base_config"]["train"]["grad_clip"] = 0.5  # new key, not at its default
+    del added["base_config"]["train"]["grad_clip"]
+    with pytest.raises(ConfigError, match="base_config.train.grad_clip"):
+        _check_unchanged(added, now_modified)
