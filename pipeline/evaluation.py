@@ -17,7 +17,8 @@ def finite_or_none(x: float) -> float | None:
 
 def evaluate(backend, params: dict, *, tasks: int, shots: list[int], seed: int, inner_steps: int, mask_mode: str,
              batch_size: int) -> dict:
-    """{K: {mean, ci95, n, before_adaptation, query_loss_per_step}} on test tasks 0..tasks-1.
+    """{K: {mean, ci95, n, before_adaptation, query_loss_per_step, per_task}} on test tasks 0..tasks-1
+    (per_task: each task's post-adaptation metric, for combining runs evaluated on the same tasks).
 
     The same tasks and query sets are used for every K (the sampler draws the task and its query
     before the support points), so the rows of the table differ only in K. Chunks are spread over
@@ -31,7 +32,8 @@ def evaluate(backend, params: dict, *, tasks: int, shots: list[int], seed: int, 
         mean, ci = mean_ci95(metric)
         results[str(k)] = {"mean": finite_or_none(mean), "ci95": finite_or_none(ci), "n": int(len(metric)),
                            "before_adaptation": finite_or_none(float(curve[:, 0].mean())),
-                           "query_loss_per_step": [finite_or_none(float(v)) for v in curve.mean(0)]}
+                           "query_loss_per_step": [finite_or_none(float(v)) for v in curve.mean(0)],
+                           "per_task": [finite_or_none(float(v)) for v in metric]}
     return results
 
 

@@ -67,6 +67,8 @@ def talking_to(address: str, token_source: str):
                           "RAY_AUTH_TOKEN or put the cluster's token in ~/.ray/auth_token") from None
     except (requests.exceptions.ConnectionError, ConnectionError) as e:  # the SDK re-raises the builtin one
         raise ConfigError(f"--address: no Ray dashboard answers at {address} ({type(e).__name__})") from None
+    except RuntimeError as e:  # the SDK's HTTP errors (an unknown job id, a refused submission)
+        raise ConfigError(f"{address}: {str(e).strip().splitlines()[0]}") from None
 
 
 class Jobs:

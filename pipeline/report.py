@@ -1,10 +1,12 @@
 """`metatrain report SWEEP_DIR`: the study table a paper prints, from a sweep's trial runs.
 
 Rows are the swept keys other than method and seed (or `report.rows`), columns are the methods
-(or, when only the method is swept, the evaluation K). A cell pools the per-task results of every
-seed of that row and column: mean +- 1.96 std / sqrt(n) over all n = tasks x seeds post-adaptation
-values, exactly the thesis protocol for one seed. Pooled from each trial's (mean, ci95, n), which
-determine its per-task mean and variance.
+(or, when only the method is swept, the evaluation K). A cell combines the trials (seeds) of its
+row and column. Trials evaluated on the same test tasks (the same eval.seed: the default) are
+combined task by task: each task's post-adaptation loss is averaged over the trials, then mean +-
+1.96 std / sqrt(n) over the n tasks, the thesis protocol; with one seed that is the thesis number
+itself. Trials evaluated on different tasks are pooled as independent samples (n = tasks x trials,
+from each trial's mean, ci95 and n).
 
 Writes report.md, report.parquet (one row per table cell), trials.parquet (one row per trial)
 and report.png (loss against the row key per method, 95% CI bars; bars for categorical rows).
@@ -16,9 +18,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from pipeline.config import ConfigError, flatten
+from pipeline.evaluation import mean_ci95
 
 FINISHED = ("completed", "diverged")
 
@@ -98,21 +102,24 @@ class Cell:
         return s
 
 
+def combine(evals: list[dict], eval_seeds: list) -> tuple[float, float, int]:
+    """(mean, ci95, n) of one K's evaluations (results.json entries) of several trials."""
+    per_task = [e.get("per_task") for e in evals]
+    if len(set(eval_seeds)) == 1 and all(p is not None for p in per_task) and len({len(p) for p in per_task}) == 1:
+        # the same test tasks: average each task over the trials, then the CI over the tasks
+        mean, ci = mean_ci95(np.mean(np.array(per_task, dtype=np.float64), axis=0))
+        return mean, ci, len(per_task[0])
+    return pool([(e["mean"], e["ci95"], e["n"]) for e in evals])
+
+
 def _cell(trials: list[Trial], k: str) -> Cell:
     cell = Cell(excluded=sum(t.results is None for t in trials))
-    done = [t for t in trials if t.results is not None]
+    done = [t for t in trials if t.results is not None and k in t.results["results"]]
     cell.trials, cell.diverged = len(done), sum(t.status == "diverged" for t in done)
-    parts = []
-    for t in done:
-        r = t.results["results"].get(k)
-        if r is None:
-            continue
-        if r["mean"] is None or r["ci95"] is None:
-            cell.nonfinite = True
-        else:
-            parts.append((r["mean"], r["ci95"], r["n"]))
-    if parts and not cell.nonfinite:
-        cell.mean, cell.ci95, cell.n = pool(parts)
+    evals = [t.results["results"][k] for t in done]
+    cell.nonfinite = any(e["mean"] is None or e["ci95"] is None for e in evals)
+    if evals and not cell.nonfinite:
+        cell.mean, cell.ci95, cell.n = combine(evals, [t.config.get("eval.seed") for t in done])
     fractions = [t.results["updated_fraction"] for t in done if t.results.get("updated_fraction")]
     if fractions:
         cell.fraction = sum(f["overall"] for f in fractions) / len(fractions)
@@ -131,6 +138,8 @@ def _ordered(values: list, space_entry: dict | None) -> list:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(map(_fmt, v)) + "]"
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
@@ -150,7 +159,10 @@ def build_report(sweep_dir: Path, shots: list[int] | None = None):
     col_key = "method" if "method" in swept and "method" not in row_keys else None
     if not row_keys and col_key:
         row_keys, col_key = ["method"], None
-    value = lambda t, k: t.values[k] if k in t.values else t.config.get(k)  # noqa: E731
+    def value(t: Trial, k: str):  # hashable: a swept list (eval.shots, model.hidden) becomes a tuple
+        v = t.values[k] if k in t.values else t.config.get(k)
+        return tuple(v) if isinstance(v, list) else v
+
     evaluated = sorted({int(k) for t in trials if t.results for k in t.results["results"]})
     shots = [str(k) for k in (shots or rep.get("shots") or evaluated)]
     if not evaluated:
@@ -172,7 +184,7 @@ def build_report(sweep_dir: Path, shots: list[int] | None = None):
 
     cells = {(row, col, k): _cell(members(row, col), k) for row in rows for col in cols for k in shots}
     base = sweep["base_config"]
-    seeds = sorted({value(t, "seed") for t in trials})
+    seeds = {value(t, "seed") for t in trials if t.results}
     n_tasks = base["eval"]["tasks"]
     counts = {}
     for t in trials:
@@ -185,7 +197,8 @@ def build_report(sweep_dir: Path, shots: list[int] | None = None):
           f"{', '.join(f'{k} ∈ {_space_text(space[k])}' for k in swept)}.",
           "", f"Trials: {len(trials)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}).", ""]
     cell_rows = []
-    pooled = f"mean ± 95% CI over {n_tasks} test tasks × {len(seeds)} seed(s), per-task values pooled"
+    pooled = (f"mean ± 95% CI over {n_tasks} test tasks" + (f", each task's loss averaged over {len(seeds)} seeds "
+              "(trained models)" if len(seeds) > 1 else ""))
     tables = [(k, [k]) for k in shots] if col_key else [(None, shots)]
     for k_title, ks in tables:
         if col_key:
@@ -201,7 +214,8 @@ def build_report(sweep_dir: Path, shots: list[int] | None = None):
         md += ["† includes trials that diverged in meta-training (non-finite meta-gradients for "
                "`train.max_bad_steps` steps in a row), evaluated at their last finite parameters.", ""]
     for (row, col, k), c in cells.items():
-        cell_rows.append({**{key: v for key, v in zip(row_keys, row)}, **({col_key: col} if col_key else {}),
+        cell_rows.append({**{key: list(v) if isinstance(v, tuple) else v for key, v in zip(row_keys, row)},
+                          **({col_key: col} if col_key else {}),
                           "K": int(k), "mean": c.mean, "ci95": c.ci95, "n": c.n, "trials": c.trials,
                           "diverged": c.diverged, "excluded": c.excluded, "nonfinite": c.nonfinite,
                           "updated_fraction": c.fraction})

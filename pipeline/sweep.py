@@ -25,7 +25,7 @@ from ray import tune
 
 from pipeline import checkpoint
 from pipeline.config import ConfigError, flatten, load_config
-from pipeline.sweep_config import PER_ITERATION_METRICS, Resources, Sweep, load_sweep
+from pipeline.sweep_config import Resources, Sweep, load_sweep
 from pipeline.trainer import Trainer, TrainerHook, eval_scalars, iteration_scalars
 
 SPEC, STATE, MANIFEST, TUNE_DIR, TRIALS = "sweep.yaml", "sweep.json", "trials.json", "tune", "trials"
@@ -44,6 +44,7 @@ class TrialContext:
     experiment_id: str
     parent_run_id: str
     resources: dict
+    metric: str = "meta_loss"  # the scheduler's / search algorithm's metric
 
 
 def _short(value) -> str:
@@ -68,21 +69,27 @@ def trial_config(ctx: TrialContext, config: dict, run_name: str):
 class TuneReporter(TrainerHook):
     """Reports a trial's progress to Tune; checkpoints travel with the reports."""
 
-    def __init__(self):
-        self.last = {}
+    def __init__(self, metric: str = "meta_loss"):
+        self.last, self.metric = {}, metric
 
     def _metrics(self, trainer, extra: dict | None = None) -> dict:
-        # meta_loss/query_metric are present in every report (NaN when all steps were skipped),
-        # as schedulers and search algorithms require.
-        return {"meta_loss": math.nan, "query_metric": math.nan, **self.last, "iteration": trainer.iteration,
-                **(extra or {})}
+        # The sweep's metric is in every report, NaN until it exists (an evaluation metric before
+        # the final report; meta_loss when all steps were skipped): schedulers and search
+        # algorithms read it from every result.
+        return {"meta_loss": math.nan, "query_metric": math.nan, self.metric: math.nan, **self.last,
+                "iteration": trainer.iteration, **(extra or {})}
 
+    # Nothing is reported at the last iteration before the final report: a scheduler (ASHA) acting on
+    # it could stop a trial that has trained to the end, before its evaluation.
     def on_log(self, trainer, entry: dict) -> None:
         self.last = {**iteration_scalars(entry), "logged_at": entry["iteration"]}
-        if entry["iteration"] % trainer.cfg.train.checkpoint_every:  # else on_checkpoint reports it
+        last = entry["iteration"] >= trainer.cfg.iterations
+        if entry["iteration"] % trainer.cfg.train.checkpoint_every and not last:  # else on_checkpoint reports it
             tune.report(self._metrics(trainer))
 
     def on_checkpoint(self, trainer) -> None:
+        if trainer.iteration >= trainer.cfg.iterations:
+            return
         with tempfile.TemporaryDirectory() as d:
             checkpoint.save(Path(d), trainer.state_dict())
             tune.report(self._metrics(trainer), checkpoint=tune.Checkpoint.from_directory(d))
@@ -113,7 +120,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
                             experiment_id=ctx.experiment_id, parent_run_id=ctx.parent_run_id,
                             tags={"trial_id": trial_id, "sweep_dir": ctx.sweep_dir})
     run_dir = Path(cfg.output_dir) / run_name
-    with Trainer(cfg, run_dir, log=lambda m: print(m, flush=True), hooks=(tracker, TuneReporter())) as trainer:
+    with Trainer(cfg, run_dir, log=lambda m: print(m, flush=True), hooks=(tracker, TuneReporter(ctx.metric))) as trainer:
         trainer.train(state=state)
 
 
@@ -136,9 +143,13 @@ def _update_manifest(sweep_dir: Path, trial_id: str, **fields) -> None:
 
 
 def _close_trial_run(sweep_dir: Path, name: str, uri: str, status: str, run_status: str, error: str = "") -> None:
+    """Bookkeeping only: a tracking hiccup here must not end the sweep (Tune callbacks that raise do)."""
     from pipeline.tracking import close_recorded_run
 
-    close_recorded_run(sweep_dir / TRIALS / name, uri, status, run_status, error)
+    try:
+        close_recorded_run(sweep_dir / TRIALS / name, uri, status, run_status, error)
+    except Exception as e:  # noqa: BLE001
+        print(f"[{name}] warning: could not mark its MLflow run {status}: {type(e).__name__}: {e}", flush=True)
 
 
 class SweepProgress(tune.Callback):
@@ -210,13 +221,14 @@ def _param_space(sweep: Sweep) -> dict:
 
 
 def _tune_config(sweep: Sweep):
-    spec, iterations = sweep.spec, sweep.base["iterations"]
+    spec = sweep.spec
+    swept_iterations = next(iter(sweep.space.get("iterations", {"grid": [0]}).values()))
+    iterations = max(sweep.base["iterations"], *swept_iterations)  # ASHA's horizon: the longest trial
     kw = {"num_samples": spec.num_samples, "trial_dirname_creator": _trial_dirname}
     if spec.scheduler.name == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        # max_t one past the end: ASHA stops a trial that reaches max_t, which would cut off the
-        # final evaluation that follows the last iteration.
+        # max_t one past the end: ASHA stops a trial that reaches max_t.
         kw["scheduler"] = ASHAScheduler(time_attr="iteration", max_t=iterations + 1,
                                         grace_period=spec.scheduler.grace_period or max(1, iterations // 10),
                                         reduction_factor=spec.scheduler.reduction_factor)
@@ -278,8 +290,6 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
         state = {}
         uri = resolve_uri(tracking_uri or sweep.base["tracking"]["uri"], spec.output_dir)
     check_reachable(uri)
-    if spec.metric not in PER_ITERATION_METRICS:
-        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # a final-only metric is absent mid-run
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines instead of Tune's tables
     # Every trial checkpoint forces a snapshot of Tune's state (num_to_keep is set); with short
     # trials Tune warns about that at each one. The cost is small next to a meta-iteration.
@@ -299,7 +309,7 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
         state = _start_parent_run(sweep, sweep_dir, uri, state)
         (sweep_dir / STATE).write_text(json.dumps(state, indent=2))
         ctx = TrialContext(sweep.base, tuple(sweep.swept_keys), str(sweep_dir), uri, state["experiment_id"],
-                           state["parent_run_id"], asdict(spec.resources))
+                           state["parent_run_id"], asdict(spec.resources), spec.metric)
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                         tune.PlacementGroupFactory(spec.resources.bundles()))
         total = sweep.trial_count()

@@ -233,7 +233,11 @@ class MlflowTracker(TrainerHook):
         if (run_dir / "plots").is_dir():
             client.log_artifacts(run_id, str(run_dir / "plots"), "plots")
         if self.cfg.tracking.log_model:
-            client.set_tag(run_id, "model_uri", log_model(self.uri, run_id, trainer))
+            try:
+                client.set_tag(run_id, "model_uri", log_model(self.uri, run_id, trainer))
+            except Exception as e:  # noqa: BLE001 - the run's results and checkpoint are logged already
+                client.set_tag(run_id, "model_error", f"{type(e).__name__}: {e}"[:5000])
+                self.log(f"mlflow: the model could not be logged ({type(e).__name__}: {e}); checkpoint.pt holds it")
         client.set_tag(run_id, "status", results["status"])
         # A diverged run is a result, not a crash: it keeps its metrics and is flagged FAILED.
         client.set_terminated(run_id, "FINISHED" if results["status"] == "completed" else "FAILED")

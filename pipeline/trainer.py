@@ -127,12 +127,18 @@ class Trainer:
             result = self.backend.meta_gradient(self.params, self.iteration)
             n = result.n_tasks
             loss = result.loss_sum / n
-            finite = math.isfinite(loss) and all(bool(torch.isfinite(g).all()) for g in result.grads.values())
+            # Finite, and small enough that Adam's squared-gradient average cannot overflow (a
+            # coordinate whose second moment overflows would freeze at zero steps for good).
+            limit = torch.finfo(next(iter(self.params.values())).dtype).max ** 0.5 * n
+            finite = math.isfinite(loss) and all(bool((g.abs() < limit).all()) for g in result.grads.values())
             if finite:
                 for k, p in self.params.items():
                     p.grad = result.grads[k] / n
-                if cfg.train.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.train.grad_clip)
+                if cfg.train.grad_clip:  # the global norm in float64: it cannot overflow
+                    norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in self.params.values()))
+                    if norm > cfg.train.grad_clip:
+                        for p in self.params.values():
+                            p.grad.mul_(cfg.train.grad_clip / norm)
                 self.optimizer.step()
                 self.bad_streak = 0
                 window.append((loss, (result.curve_sum / n).tolist(), result.metric_sum / n))
@@ -184,7 +190,13 @@ class Trainer:
         """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
         path = self.run_dir / METRICS
         if path.is_file():
-            keep = [l for l in path.read_text().splitlines() if json.loads(l)["iteration"] <= self.iteration]
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["iteration"] <= self.iteration:
+                        keep.append(line)
+                except (ValueError, KeyError):  # a line cut short by the crash
+                    pass
             path.write_text("".join(l + "\n" for l in keep))
 
     # -- evaluation --------------------------------------------------------------------------

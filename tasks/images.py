@@ -129,7 +129,7 @@ def read_class_folders(root: str, split_dir: str, size: int) -> ImageSet:
     """miniImageNet layout: `<root>/<class>/<file>` (or `<root>/images/<file>`) and split CSVs
     `<split_dir>/{train,val,test}.csv` with a header and rows `filename,label`. Decoded lazily."""
     root_p, split_p = Path(root), Path(split_dir or root)
-    paths, classes, groups = [], [], []
+    paths, classes, groups, split_of = [], [], [], {}
     for split in ("train", "val", "test"):
         csv = split_p / f"{split}.csv"
         if not csv.is_file():
@@ -144,6 +144,9 @@ def read_class_folders(root: str, split_dir: str, size: int) -> ImageSet:
             if not path.is_file():
                 raise ConfigError(f"task.data: {filename} of class {label} ({csv.name}) is neither in "
                                   f"{root_p / label} nor in {root_p / 'images'}")
+            if split_of.setdefault(label, split) != split:
+                raise ConfigError(f"task.split_dir: class {label} is in both {split_of[label]}.csv and {split}.csv; "
+                                  "the splits must not share a class")
             paths.append(str(path))
             classes.append(label)
             groups.append(split)

@@ -82,6 +82,25 @@ def test_rotations_are_extra_classes_and_rotate_every_image():
     assert seen == {0, 1, 2, 3}
 
 
+def test_tasks_draw_only_from_their_split():
+    # every image of class c is the constant 10 * c: a sampled pixel names its class
+    classes = np.repeat([f"A/c{i}" for i in range(10)], 3)
+    pixels = np.repeat(np.arange(10, dtype=np.uint8) * 10, 3)[:, None, None, None] * np.ones((1, 8, 8, 1), np.uint8)
+    images = ImageSet(ArrayImages(pixels), classes, np.repeat("A", 30), (8, 8, 1))
+    splits = {"train": [f"A/c{i}" for i in range(6)], "test": [f"A/c{i}" for i in range(6, 10)]}
+    dist = FewShotImages(images, splits, ways=3, rotations=False)
+    for split, allowed in (("train", set(range(6))), ("test", set(range(6, 10)))):
+        b = sample_batch(dist, seed=0, split=split, iteration=0, indices=range(50), shots=1, query=2)
+        seen = {round(v * 25.5) for v in torch.cat([b["x_support"], b["x_query"]], 1).flatten().unique().tolist()}
+        assert seen <= allowed and len(seen) == len(allowed), (split, seen)
+        # each label is one class throughout a task: support and query of a label share its value
+        for t in range(50):
+            for label in range(3):
+                vals = torch.cat([b["x_support"][t][b["y_support"][t] == label],
+                                  b["x_query"][t][b["y_query"][t] == label]]).unique()
+                assert len(vals) == 1
+
+
 @needs_omniglot
 def test_splits_share_no_class():
     images = read_alphabets(zips(), 28)
@@ -97,11 +116,10 @@ def test_splits_share_no_class():
     assert {group[c] for c, _ in dist.splits["train"]} == set(SMALL1_ALPHABETS)
     assert {group[c] for c, _ in dist.splits["test"]} == set(NEW_IN_SMALL2)
     assert len(dist.splits["train"]) == 4 * 136 and len(dist.splits["test"]) == 4 * 106
-    test_chars = {c for c, _ in dist.splits["test"]}
-    for split in ("train", "test"):  # sampled tasks draw only from their split
+    assert not {c for c, _ in dist.splits["test"]} & {c for c, _ in dist.splits["train"]}
+    for split in ("train", "test"):  # (which split a task draws from: test_tasks_draw_only_from_their_split)
         b = tasks_of(dist, split, indices=range(20))
         assert b["x_support"].shape == (20, 5, 1, 28, 28) and b["x_query"].shape == (20, 10, 1, 28, 28)
-    assert not test_chars & {c for c, _ in dist.splits["train"]}
 
 
 @needs_omniglot

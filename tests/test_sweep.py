@@ -2,7 +2,6 @@
 and a `mlflow server` started here): runs, params, metrics, artifacts, divergence, failure retry,
 interrupt + --resume, ASHA + Optuna, and the report against the runs it read."""
 import json
-import math
 import os
 import signal
 import socket
@@ -12,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pyarrow.parquet as pq
 import pytest
@@ -22,7 +22,8 @@ from mlflow import MlflowClient
 
 from pipeline import checkpoint
 from pipeline.cli import main
-from pipeline.config import load_config
+from pipeline.config import load_config, to_dict
+from pipeline.evaluation import mean_ci95
 from pipeline.report import pool
 from pipeline.sweep import run_sweep
 from pipeline.trainer import Trainer
@@ -305,36 +306,89 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_completed"] == 4
 
 
-def test_asha_and_optuna_over_random_entries(local_ray, tmp_path):
+def test_optuna_samples_every_kind_of_entry_within_its_bounds(local_ray, tmp_path):
     space = {"method": {"choice": ["maml", "mtnet"]}, "alpha": {"loguniform": [0.001, 0.1]},
              "beta": {"uniform": [0.0005, 0.005]}, "inner_steps": {"randint": [1, 3]}}
-    path, sweep_dir = write_sweep(tmp_path, "opt", space, set_={"iterations": 60, "train.checkpoint_every": 20},
-                                  num_samples=4, max_concurrent_trials=2, search={"name": "optuna"},
-                                  scheduler={"name": "asha", "grace_period": 20, "reduction_factor": 2})
+    path, sweep_dir = write_sweep(tmp_path, "opt", space, set_={"iterations": 20}, num_samples=3,
+                                  max_concurrent_trials=2, search={"name": "optuna"}, metric="eval_K10_mean")
     sweep_ok(path, sweep_dir)
     manifest = json.loads((sweep_dir / "trials.json").read_text())
-    assert len(manifest) == 4 and {t["status"] for t in manifest.values()} <= {"completed", "stopped"}
-    assert any(t["status"] == "completed" for t in manifest.values())  # the best trial runs to the end
-    for t in manifest.values():
-        c = t["config"]
+    assert len(manifest) == 3 and {t["status"] for t in manifest.values()} == {"completed"}
+    configs = [t["config"] for t in manifest.values()]
+    assert len({c["alpha"] for c in configs}) == 3  # sampled, not a grid
+    for c in configs:
         assert c["method"] in ("maml", "mtnet") and 0.001 <= c["alpha"] <= 0.1 and 0.0005 <= c["beta"] <= 0.005
         assert c["inner_steps"] in (1, 2)
     _, _, children = mlflow_runs(f"sqlite:///{(tmp_path / 'sweeps').resolve()}/mlflow.db", "opt")
     for t in manifest.values():
         run = children[t["name"]]
-        expect = ("FINISHED", "completed") if t["status"] == "completed" else ("KILLED", "stopped")
-        assert (run.info.status, run.data.tags["status"]) == expect
         assert float(run.data.params["alpha"]) == pytest.approx(t["config"]["alpha"])
+        assert int(run.data.params["inner_steps"]) == t["config"]["inner_steps"]
 
 
-def test_report_pools_seeds_as_the_per_task_values_would(tmp_path):
-    rng = torch.Generator().manual_seed(0)
-    groups = [torch.rand(n, generator=rng, dtype=torch.float64) * s for n, s in ((600, 1.0), (600, 3.0), (200, 0.5))]
-    parts = [(g.mean().item(), 1.96 * g.std(unbiased=False).item() / math.sqrt(len(g)), len(g)) for g in groups]
-    everything = torch.cat(groups)
-    mean, ci, n = pool(parts)
-    assert n == 1400 and mean == pytest.approx(everything.mean().item(), rel=1e-12)
-    assert ci == pytest.approx(1.96 * everything.std(unbiased=False).item() / math.sqrt(1400), rel=1e-10)
+def test_asha_stops_a_bad_trial_and_records_it(local_ray, tmp_path):
+    # Run one after the other, the good trial (alpha 0.01) sets the bar at every rung; MAML with
+    # alpha = 10 is far above it at the first rung (iteration 20) and is stopped there.
+    path, sweep_dir = write_sweep(tmp_path, "asha", {"alpha": {"grid": [0.01, 10.0]}},
+                                  set_={"method": "maml", "iterations": 40, "train.checkpoint_every": 20},
+                                  max_concurrent_trials=1,
+                                  scheduler={"name": "asha", "grace_period": 20, "reduction_factor": 2})
+    sweep_ok(path, sweep_dir)
+    status = {t["config"]["alpha"]: t["status"] for t in json.loads((sweep_dir / "trials.json").read_text()).values()}
+    assert status == {0.01: "completed", 10.0: "stopped"}
+    _, parent, children = mlflow_runs(f"sqlite:///{(tmp_path / 'sweeps').resolve()}/mlflow.db", "asha")
+    good, bad = (next(r for n, r in children.items() if n.endswith(f"alpha={a}")) for a in ("0.01", "10"))
+    assert (good.info.status, good.data.tags["status"]) == ("FINISHED", "completed")
+    assert (bad.info.status, bad.data.tags["status"]) == ("KILLED", "stopped")
+    assert parent.data.metrics["trials_stopped"] == 1
+    assert "alpha=10 (stopped)" in (sweep_dir / "report.md").read_text()
+
+
+def test_pooling_matches_the_evaluation_of_all_values_together():
+    from pipeline.evaluation import mean_ci95
+
+    rng = np.random.default_rng(0)
+    groups = [rng.random(n) * s for n, s in ((600, 1.0), (600, 3.0), (200, 0.5))]
+    mean, ci, n = pool([(*mean_ci95(g), len(g)) for g in groups])
+    assert n == 1400 and (mean, ci) == pytest.approx(mean_ci95(np.concatenate(groups)), rel=1e-10)
+
+
+def test_report_combines_seeds_task_by_task_and_survives_list_values_and_early_errors(tmp_path):
+    """A sweep directory written by hand: model.hidden (a list) x seed, and a trial that failed
+    before writing anything. Seeds evaluated on the same tasks are averaged task by task."""
+    from pipeline.config import load_config
+    from pipeline.report import write_report
+
+    rng = np.random.default_rng(1)
+    base = to_dict(load_config("sine_quick", {"eval.shots": [10]}))
+    space = {"model.hidden": {"grid": [[20, 20], [40, 40]]}, "seed": {"grid": [0, 1]}}
+    sweep_dir = tmp_path / "s"
+    (sweep_dir / "trials").mkdir(parents=True)
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump({"name": "s", "space": space, "base_config": base,
+                                                          "report": {"rows": [], "shots": []}}))
+    manifest, per_task = {}, {}
+    for i, (hidden, seed) in enumerate([(h, s) for h in ([20, 20], [40, 40]) for s in (0, 1)]):
+        name = f"0000{i}-hidden={hidden},seed={seed}"
+        manifest[f"x_0000{i}"] = {"name": name, "status": "completed", "config": {"model.hidden": hidden, "seed": seed}}
+        values = rng.random(600) * (1 + i)
+        per_task[(tuple(hidden), seed)] = values
+        m, c = mean_ci95(values)
+        run = sweep_dir / "trials" / name
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump({**base, "seed": seed, "model": {**base["model"], "hidden": hidden}}))
+        (run / "results.json").write_text(json.dumps({"status": "completed", "metric": "query MSE", "results": {
+            "10": {"mean": m, "ci95": c, "n": 600, "per_task": values.tolist()}}}))
+    manifest["x_00004"] = {"name": "00004-hidden=[80,80],seed=0", "status": "error", "error": "OOM",
+                           "config": {"model.hidden": [80, 80], "seed": 0}}
+    (sweep_dir / "trials.json").write_text(json.dumps(manifest))
+    report = write_report(sweep_dir)
+    cells = {tuple(r["model.hidden"]): r for r in pq.read_table(sweep_dir / "report.parquet").to_pylist()}
+    for hidden in ((20, 20), (40, 40)):
+        expected = mean_ci95((per_task[(hidden, 0)] + per_task[(hidden, 1)]) / 2)
+        assert (cells[hidden]["mean"], cells[hidden]["ci95"]) == pytest.approx(expected, rel=1e-10)
+        assert cells[hidden]["n"] == 600 and cells[hidden]["trials"] == 2
+        assert f"| [{hidden[0]}, {hidden[1]}] | {expected[0]:.3f} ± {expected[1]:.3f} |" in report.text
+    assert "00004-hidden=[80,80],seed=0 (error: OOM)" in report.text and "averaged over 2 seeds" in report.text
 
 
 

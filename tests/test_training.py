@@ -99,3 +99,38 @@ def test_gradient_clipping_bounds_the_meta_gradient_norm(tmp_path):
     assert not torch.equal(clipped.params["l0.W"], init["l0.W"])
     assert torch.allclose(clipped.optimizer.state_dict()["state"][0]["exp_avg"] * norm / 0.05,
                           free.optimizer.state_dict()["state"][0]["exp_avg"], rtol=1e-4)
+
+
+def test_a_gradient_that_would_overflow_adam_is_a_skipped_step(tmp_path):
+    """1e25 is finite in float32, but its square is not: Adam's second moment would become inf and
+    freeze that coordinate for good. Such a step is skipped and counted like a non-finite one."""
+    from pipeline.meta_batch import ShardResult
+
+    cfg = small_cfg(tmp_path, iterations=3, **{"train.max_bad_steps": 5})
+
+    class Huge:  # a backend whose shard sums are huge but finite
+        name, workers, restarts, placement = "local", 1, 0, "in process"
+
+        def __init__(self, real):
+            self.real = real
+
+        def meta_gradient(self, params, iteration):
+            r = self.real.meta_gradient(params, iteration)
+            if iteration == 1:
+                r.grads["l0.W"] = r.grads["l0.W"] * 0 + 1e25
+            return r
+
+        def eval_chunks(self, *a, **kw):
+            return self.real.eval_chunks(*a, **kw)
+
+        def close(self):
+            pass
+
+    from pipeline.backends import LocalBackend
+
+    t = Trainer(cfg, tmp_path / "h", log=lambda m: None)
+    t.backend = Huge(LocalBackend(cfg, t.experiment))
+    results = t.train()
+    assert results["skipped_steps"] == 1 and results["status"] == "completed"
+    state = t.optimizer.state_dict()["state"]
+    assert all(bool(torch.isfinite(s["exp_avg_sq"]).all()) for s in state.values())
