@@ -58,8 +58,8 @@ def talking_to(address: str, token_source: str):
 
     try:
         yield
-    except AuthenticationError as e:
-        if "Forbidden" in str(e) or "invalid" in str(e).lower():
+    except AuthenticationError as e:  # the SDK's message starts with its status: 401 "required", 403 "failed"
+        if str(e).startswith("Authentication failed"):
             raise ConfigError(f"--address: {address} refused the token from {token_source} (403 Forbidden): it is "
                               "not this cluster's token; set RAY_AUTH_TOKEN or ~/.ray/auth_token to the cluster's "
                               "token") from None
@@ -79,7 +79,9 @@ class Jobs:
 
         self.address = dashboard_address(address)
         token, self.token_source = read_token()
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # Without a token, an explicit None keeps the SDK from adding one from its own process-wide cache (it
+        # would send a token this command never read); requests drops None headers, so nothing is sent.
+        headers = {"Authorization": f"Bearer {token}" if token else None}
         with self.talking():
             self.client = JobSubmissionClient(self.address, headers=headers)
 
