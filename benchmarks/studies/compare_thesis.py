@@ -66,6 +66,21 @@ def robustness_table(path: Path) -> str:
     return "\n".join(out)
 
 
+def seeds_table(first: Path, followup: Path) -> str:
+    """The follow-up cells seed by seed: how far apart separate meta-training runs land."""
+    rows = pq.read_table(first).to_pylist() + pq.read_table(followup).to_pylist()
+    cells = sorted({(r["alpha"], r["method"]) for r in pq.read_table(followup).to_pylist()}, key=lambda c: (-c[0], c[1]))
+    seeds = sorted({r["seed"] for r in rows})
+    out = ["| alpha | method | " + " | ".join(f"seed {s}" for s in seeds) + " | thesis |",
+           "|---|---|" + "---|" * (len(seeds) + 1)]
+    for alpha, method in cells:
+        by_seed = {r["seed"]: r for r in rows if (r["alpha"], r["method"]) == (alpha, method)}
+        vals = [cell(by_seed[s]["eval_K10_mean"], by_seed[s]["eval_K10_ci95"])
+                if s in by_seed and by_seed[s]["eval_K10_mean"] is not None else "-" for s in seeds]
+        out.append(f"| {alpha:g} | {method} | " + " | ".join(vals) + f" | {cell(*ROBUSTNESS[alpha][method])} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=str(Path(__file__).parent))
@@ -74,6 +89,9 @@ def main() -> None:
         print("## Sine table\n\n" + sine_table(d / "sine_models" / "report.parquet") + "\n")
     if (d / "robustness_alpha" / "report.parquet").is_file():
         print("## Step-size robustness (K = 10)\n\n" + robustness_table(d / "robustness_alpha" / "report.parquet") + "\n")
+    if (d / "robustness_followup" / "trials.parquet").is_file():
+        print("## Robustness follow-up, seed by seed (K = 10)\n\n"
+              + seeds_table(d / "robustness_alpha" / "trials.parquet", d / "robustness_followup" / "trials.parquet") + "\n")
 
 
 if __name__ == "__main__":
