@@ -11,7 +11,7 @@ import torch
 
 from pipeline.config import Config, to_dict
 from pipeline.evaluation import split
-from pipeline.experiment import Experiment
+from pipeline.experiment import Experiment  # or an OptimizerExperiment: the same shard interface
 from pipeline.meta_batch import ShardResult
 
 
@@ -23,8 +23,8 @@ class LocalBackend:
         self.cfg, self.experiment = cfg, experiment
         self.workers, self.restarts = 1, 0
 
-    def meta_gradient(self, params: dict, iteration: int) -> ShardResult:
-        return self.experiment.train_shard(params, iteration, range(self.cfg.meta_batch_size))
+    def meta_gradient(self, params: dict, iteration: int, carry: dict | None = None) -> ShardResult:
+        return self.experiment.train_shard(params, iteration, range(self.cfg.meta_batch_size), carry)
 
     def eval_chunks(self, params: dict, chunks: list[range], **kw) -> list[tuple[np.ndarray, np.ndarray]]:
         return [tuple(t.cpu().numpy() for t in self.experiment.eval_shard(params, c, **kw)) for c in chunks]
@@ -112,23 +112,26 @@ class RayBackend:
                     future = submit(self.actors[w], job)
         return out
 
-    def meta_gradient(self, params: dict, iteration: int) -> ShardResult:
+    def meta_gradient(self, params: dict, iteration: int, carry: dict | None = None) -> ShardResult:
         from pipeline.workers import to_numpy
 
         ref = self.ray.put(to_numpy(params))  # one broadcast per iteration
         ranges = split(self.cfg.meta_batch_size, self.workers)
-        results = self._run(ranges, lambda a, r: a.train_shard.remote(ref, iteration, r.start, r.stop))
+        # a per-task carry (learned optimizers' optimizee state) travels with its task range
+        part = (lambda r: None) if carry is None else (lambda r: {k: v[r.start:r.stop] for k, v in to_numpy(carry).items()})
+        results = self._run(ranges, lambda a, r: a.train_shard.remote(ref, iteration, r.start, r.stop, part(r)))
         for r in results:
             r.grads = {k: torch.tensor(v) for k, v in r.grads.items()}  # copies: object-store arrays are read-only
             r.curve_sum = torch.tensor(r.curve_sum)
+            if "carry" in r.extra:
+                r.extra["carry"] = {k: torch.tensor(v) for k, v in r.extra["carry"].items()}
         return ShardResult.merge(results)
 
     def eval_chunks(self, params: dict, chunks: list[range], **kw) -> list[tuple[np.ndarray, np.ndarray]]:
         from pipeline.workers import to_numpy
 
         ref = self.ray.put(to_numpy(params))
-        return self._run(chunks, lambda a, c: a.eval_shard.remote(
-            ref, c.start, c.stop, kw["shots"], kw["seed"], kw["inner_steps"], kw["mask_mode"]))
+        return self._run(chunks, lambda a, c: a.eval_shard.remote(ref, c.start, c.stop, **kw))
 
     def worker_info(self) -> list[dict]:
         return self.ray.get([a.where.remote() for a in self.actors])

@@ -6,6 +6,7 @@ CLI turns it into exit code 2 before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 BACKENDS = ("ray", "local")
 NORMS = ("batch", "none")
 OMNIGLOT_SPLITS = ("character", "alphabet")
+EVAL_SPLITS = ("test", "train")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
 
 
@@ -25,6 +27,7 @@ class ConfigError(ValueError):
 @dataclass
 class TaskConfig:
     name: str = "sinusoid"  # sinusoid | polynomial | omniglot | miniimagenet | synthetic_images
+    #   | quadratic | mnist_mlp (optimizee distributions of learned optimizers: method l2l and baselines)
     shots: int = 10  # K support examples per task (per class for classification) in meta-training
     query: int = 10  # query examples per task (per class for classification)
     order: int = 2  # polynomial order (polynomial only)
@@ -39,11 +42,15 @@ class TaskConfig:
     train_alphabets: list[str] = field(default_factory=list)  # alphabet split; [] = every non-test alphabet
     test_alphabets: list[str] = field(default_factory=list)  # alphabet split
     split_dir: str = ""  # miniImageNet: folder of train.csv / val.csv / test.csv; "" = the data folder
+    # optimizee distributions (learned optimizers); mnist_mlp reads task.data: the MNIST CSV or a torchvision root
+    dim: int = 10  # quadratic: dimension of theta (W is dim x dim)
+    minibatch: int = 128  # mnist_mlp: images per optimizee step
 
 
 @dataclass
 class ModelConfig:
-    hidden: list[int] = field(default_factory=lambda: [40, 40])  # MLP (regression tasks)
+    hidden: list[int] = field(default_factory=lambda: [40, 40])  # MLP (regression tasks; the mnist_mlp optimizee)
+    optimizee_activation: str = "sigmoid"  # mnist_mlp optimizee: sigmoid (the paper) | relu
     init_std: float = 0.01  # truncated-normal std of dense weights
     filters: int = 64  # conv4 (image tasks): filters per conv cell
     strided: bool = True  # conv4: stride-2 convs (Omniglot) or stride 1 + 2x2 max-pool (miniImageNet)
@@ -59,6 +66,10 @@ class EvalConfig:
     mask: str = "sample"  # masked methods: "sample" a mask per task, or the most probable ("argmax")
     seed: int = 0  # the fixed test-task set; independent of the training seed so runs compare paired
     batch_size: int = 200  # tasks adapted per vectorised call
+    split: str = "test"  # the split test tasks are drawn from; "train" to tune hand-designed baselines on it
+    # learned optimizers: hand-designed optimizers (sgd, rmsprop, adam, nag) -> learning rate, evaluated
+    # on the same optimizees as the run's method (eval.inner_steps is the horizon of every trajectory)
+    baselines: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -68,6 +79,7 @@ class TrainConfig:
     max_bad_steps: int = 20  # consecutive non-finite steps before the run ends as "diverged"
     tasks_per_vmap: int = 0  # tasks per vectorised call; 0 = the whole shard (conv4 on CPU: ~8)
     grad_clip: float = 0.0  # clip the meta-gradient's global norm to this before the Adam step; 0 = off
+    unroll: int = 0  # learned optimizers: optimizee steps per truncated-BPTT unroll (paper 20); 0 = inner_steps
 
 
 @dataclass
@@ -256,6 +268,7 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
 
     need(cfg.method in METHODS, f"method: unknown method {cfg.method!r}; allowed: {', '.join(METHODS)}")
     need(cfg.task.name in TASKS, f"task.name: unknown task {cfg.task.name!r}; allowed: {', '.join(TASKS)}")
+    _validate_family(cfg, check_paths)
     need(cfg.alpha > 0, f"alpha: must be > 0, got {cfg.alpha}")
     need(cfg.beta > 0, f"beta: must be > 0, got {cfg.beta}")
     need(cfg.gumbel_temperature > 0, f"gumbel_temperature: must be > 0, got {cfg.gumbel_temperature}")
@@ -290,6 +303,7 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     need(cfg.eval.mask in MASK_MODES, f"eval.mask: unknown mode {cfg.eval.mask!r}; allowed: {', '.join(MASK_MODES)}")
     need(cfg.eval.seed >= 0, f"eval.seed: must be >= 0, got {cfg.eval.seed}")
     need(cfg.eval.batch_size >= 1, f"eval.batch_size: must be >= 1, got {cfg.eval.batch_size}")
+    need(cfg.eval.split in EVAL_SPLITS, f"eval.split: unknown split {cfg.eval.split!r}; allowed: {', '.join(EVAL_SPLITS)}")
     need(cfg.train.checkpoint_every >= 1, f"train.checkpoint_every: must be >= 1, got {cfg.train.checkpoint_every}")
     need(cfg.train.log_every >= 1, f"train.log_every: must be >= 1, got {cfg.train.log_every}")
     need(cfg.train.tasks_per_vmap >= 0, f"train.tasks_per_vmap: must be >= 0 (0 = whole shard), got {cfg.train.tasks_per_vmap}")
@@ -304,6 +318,52 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     need(bool(cfg.tracking.experiment.strip()), "tracking.experiment: must be a non-empty MLflow experiment name")
     need("/" not in cfg.run_name and cfg.run_name not in (".", ".."),
          f"run_name: must be a plain directory name, got {cfg.run_name!r}")
+
+
+def _validate_family(cfg: Config, check_paths: bool) -> None:
+    """Learned optimizers (method l2l and the baselines) train on optimizee tasks, and only they do."""
+    from pipeline.rules import RULES
+    from tasks.optimizees import ACTIVATIONS, OPTIMIZEES
+
+    optimizers = sorted(k for k, r in RULES.items() if getattr(r, "family", "") == "optimizer")
+    is_optimizer = cfg.method in optimizers
+    if is_optimizer != (cfg.task.name in OPTIMIZEES):
+        if is_optimizer:
+            raise ConfigError(f"task.name: method {cfg.method} optimizes optimizees; allowed: {', '.join(OPTIMIZEES)}, "
+                              f"got {cfg.task.name!r}")
+        raise ConfigError(f"method: task {cfg.task.name} is an optimizee distribution; allowed methods: "
+                          f"{', '.join(optimizers)}, got {cfg.method!r}")
+    if cfg.train.unroll < 0:
+        raise ConfigError(f"train.unroll: must be >= 0 (0 = the whole trajectory), got {cfg.train.unroll}")
+    if not is_optimizer:
+        if cfg.eval.baselines:
+            raise ConfigError(f"eval.baselines: only learned optimizers compare with baselines; method {cfg.method} "
+                              "takes none")
+        return
+    if cfg.train.unroll > cfg.inner_steps or (cfg.train.unroll and cfg.inner_steps % cfg.train.unroll):
+        raise ConfigError(f"train.unroll: must divide the horizon inner_steps={cfg.inner_steps} "
+                          f"(and so be at most it), got {cfg.train.unroll}")
+    if cfg.eval.inner_steps < 1:
+        raise ConfigError(f"eval.inner_steps: the evaluation horizon must be >= 1, got {cfg.eval.inner_steps}")
+    baselines = [m for m in optimizers if m != "l2l"]
+    for name, lr in cfg.eval.baselines.items():
+        if name not in baselines:
+            raise ConfigError(f"eval.baselines: unknown optimizer {name!r}; allowed: {', '.join(baselines)}")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise ConfigError(f"eval.baselines.{name}: the learning rate must be a finite number > 0, got {lr!r}")
+    if cfg.task.dim < 1:
+        raise ConfigError(f"task.dim: must be >= 1, got {cfg.task.dim}")
+    if cfg.task.minibatch < 1:
+        raise ConfigError(f"task.minibatch: must be >= 1, got {cfg.task.minibatch}")
+    if cfg.model.optimizee_activation not in ACTIVATIONS:
+        raise ConfigError(f"model.optimizee_activation: unknown choice {cfg.model.optimizee_activation!r}; "
+                          f"allowed: {', '.join(ACTIVATIONS)}")
+    if cfg.task.name == "mnist_mlp":
+        if len(cfg.task.data) != 1:
+            raise ConfigError("task.data: mnist_mlp needs one MNIST location: the CSV (784 pixels + label a row, "
+                              f"e.g. ../shared/data/mnist/mnist_5k.csv.gz) or a torchvision MNIST root; got {cfg.task.data}")
+        if check_paths and not Path(cfg.task.data[0]).expanduser().exists():
+            raise ConfigError(f"task.data: {cfg.task.data[0]} does not exist")
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -16,7 +16,7 @@ def finite_or_none(x: float) -> float | None:
 
 
 def evaluate(backend, params: dict, *, tasks: int, shots: list[int], seed: int, inner_steps: int, mask_mode: str,
-             batch_size: int) -> dict:
+             batch_size: int, eval_split: str = "test") -> dict:
     """{K: {mean, ci95, n, before_adaptation, query_loss_per_step, per_task}} on test tasks 0..tasks-1
     (per_task: each task's post-adaptation metric, for combining runs evaluated on the same tasks).
 
@@ -26,7 +26,8 @@ def evaluate(backend, params: dict, *, tasks: int, shots: list[int], seed: int, 
     chunks = split(tasks, max(math.ceil(tasks / batch_size), backend.workers))
     results = {}
     for k in shots:
-        parts = backend.eval_chunks(params, chunks, shots=k, seed=seed, inner_steps=inner_steps, mask_mode=mask_mode)
+        parts = backend.eval_chunks(params, chunks, shots=k, seed=seed, inner_steps=inner_steps, mask_mode=mask_mode,
+                                    split=eval_split)
         metric = np.concatenate([m for m, _ in parts]).astype(np.float64)
         curve = np.concatenate([c for _, c in parts]).astype(np.float64)
         mean, ci = mean_ci95(metric)
@@ -46,9 +47,16 @@ def split(total: int, parts: int) -> list[range]:
 
 def format_table(results: dict, metric_name: str, header: str = "") -> str:
     lines = [header] if header else []
-    lines.append(f"{'K':>4}  {metric_name + ' (95% CI)':<26}{'loss before adapt.':>19}")
+    # rows are K for few-shot methods, optimizers (with their step size) for learned optimizers
+    named = not all(k.isdigit() for k in results)
+    width = max([4, *(len(k) + 12 for k in results)]) if named else 4
+    first, before_name = ("optimizer", "initial loss") if named else ("K", "loss before adapt.")
+    col = 30 if named else 26
+    lines.append(f"{first:>{width}}  {metric_name + ' (95% CI)':<{col}}{before_name:>19}")
     for k, r in results.items():
-        cell = "diverged" if r["mean"] is None else f"{r['mean']:.4f} +- {r['ci95']:.4f}"
+        fmt = (lambda v: f"{v:.4g}") if named else (lambda v: f"{v:.4f}")
+        cell = "diverged" if r["mean"] is None else f"{fmt(r['mean'])} +- {fmt(r['ci95'])}"
         before = "n/a" if r["before_adaptation"] is None else f"{r['before_adaptation']:.4f}"
-        lines.append(f"{k:>4}  {cell:<26}{before:>19}")
+        label = f"{k} (lr {r['alpha']:g})" if named else k
+        lines.append(f"{label:>{width}}  {cell:<{col}}{before:>19}")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from pipeline.config import Config
+from pipeline.evaluation import evaluate
 from pipeline.learners import conv4, mlp
 from pipeline.meta_batch import InnerLoop, Learner, ShardResult, shard_evaluate, shard_meta_gradient
 from pipeline.rules import get_rule
@@ -15,7 +16,18 @@ from tasks import make_distribution
 from tasks.sampling import sample_batch
 
 
+def make_experiment(cfg: Config, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """The experiment of a config's method family: few-shot adaptation, or learned optimizers."""
+    if getattr(get_rule(cfg.method), "family", "few_shot") == "optimizer":
+        from pipeline.optimizer_experiment import OptimizerExperiment
+
+        return OptimizerExperiment(cfg, dtype, device)
+    return Experiment(cfg, dtype, device)
+
+
 class Experiment:
+    family = "few_shot"
+
     def __init__(self, cfg: Config, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         self.cfg, self.dtype, self.device = cfg, dtype, device
         self.distribution = make_distribution(cfg.task)
@@ -32,6 +44,14 @@ class Experiment:
         self.train_inner = InnerLoop(cfg.alpha, cfg.inner_steps, cfg.gumbel_temperature, "sample")
         self._noise_shapes = None
         self.chunk = cfg.train.tasks_per_vmap or None
+        self.metric_name = "query MSE" if d.loss == "mse" else "query accuracy"
+
+    @property
+    def rule(self):
+        return self.learner.rule
+
+    def updated_fraction(self, params: dict) -> dict | None:
+        return self.learner.rule.updated_fraction(params)
 
     def init_params(self) -> dict:
         params = self.learner.init_params(self.cfg.seed, self.dtype)
@@ -47,13 +67,18 @@ class Experiment:
                             shots=shots, query=self.cfg.task.query, noise_shapes=self.noise_shapes(params),
                             dtype=self.dtype, device=self.device)
 
-    def train_shard(self, params: dict, iteration: int, indices: Sequence[int]) -> ShardResult:
+    def train_shard(self, params: dict, iteration: int, indices: Sequence[int], carry=None) -> ShardResult:
         batch = self.sample(params, split="train", seed=self.cfg.seed, iteration=iteration, indices=indices,
                             shots=self.cfg.task.shots)
         return shard_meta_gradient(self.learner, self.train_inner, params, batch, self.chunk)
 
     def eval_shard(self, params: dict, indices: Sequence[int], *, shots: int, seed: int,
-                   inner_steps: int, mask_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.sample(params, split="test", seed=seed, iteration=0, indices=indices, shots=shots)
+                   inner_steps: int, mask_mode: str, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.sample(params, split=split, seed=seed, iteration=0, indices=indices, shots=shots)
         inner = InnerLoop(self.cfg.alpha, inner_steps, self.cfg.gumbel_temperature, mask_mode)
         return shard_evaluate(self.learner, inner, params, batch, self.chunk)
+
+    def evaluate(self, backend, params: dict, *, tasks: int, shots: list[int], seed: int, steps: int,
+                 mask_mode: str, batch_size: int, split_name: str = "test") -> dict:
+        return evaluate(backend, params, tasks=tasks, shots=shots, seed=seed, inner_steps=steps, mask_mode=mask_mode,
+                        batch_size=batch_size, eval_split=split_name)

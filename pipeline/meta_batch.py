@@ -86,15 +86,20 @@ class ShardResult:
 
     @staticmethod
     def merge(results: list["ShardResult"]) -> "ShardResult":
+        """Sums added in shard order; a per-task carry (learned optimizers) concatenated in task order."""
         first, rest = results[0], results[1:]
         grads = {k: v.clone() for k, v in first.grads.items()}
         for r in rest:
             for k in grads:
                 grads[k] += r.grads[k]
+        extra = {}
+        if "carry" in first.extra:
+            extra["carry"] = {k: torch.cat([torch.as_tensor(r.extra["carry"][k]) for r in results])
+                              for k in first.extra["carry"]}
         return ShardResult(grads, first.loss_sum + sum(r.loss_sum for r in rest),
                            first.n_tasks + sum(r.n_tasks for r in rest),
                            first.curve_sum + sum(r.curve_sum for r in rest) if rest else first.curve_sum.clone(),
-                           first.metric_sum + sum(r.metric_sum for r in rest))
+                           first.metric_sum + sum(r.metric_sum for r in rest), extra)
 
 
 def shard_meta_gradient(learner: Learner, inner: InnerLoop, params: dict, batch: dict,

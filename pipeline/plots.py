@@ -151,11 +151,57 @@ def _index(batch: dict, b: int) -> dict:
     return {k: _index(v, b) if isinstance(v, dict) else v[b] for k, v in batch.items()}
 
 
-def write_run_plots(trainer) -> list[Path]:
+def optimizer_training(entries: list[dict], path: Path, title: str) -> Path:
+    """Learned optimizers: the meta-loss (sum of the optimizee losses over an unroll) and the
+    optimizee loss at the end of each unroll, against meta-iteration."""
+    entries = [e for e in entries if "meta_loss" in e]
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    its = [e["iteration"] for e in entries]
+    ax.plot(its, [e["query_loss_per_step"][-1] for e in entries], label="optimizee loss at the end of an unroll")
+    ax.plot(its, [e["query_loss_per_step"][0] for e in entries], ls="--", label="optimizee loss at its start")
+    if entries and all(v > 0 for e in entries for v in e["query_loss_per_step"]):
+        ax.set_yscale("log")
+    ax.set(xlabel="meta-iteration (one unroll of a batch of training optimizees)", ylabel="optimizee loss", title=title)
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def optimizer_comparison(results: dict, path: Path, *, title: str, y_label: str) -> Path:
+    """Learned optimizers: mean optimizee loss (95% CI band) against optimizee step, per optimizer, log y."""
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    positive = True
+    for i, (name, r) in enumerate(results.items()):
+        m = np.array([np.nan if v is None else v for v in r["query_loss_per_step"]], dtype=float)
+        ci = np.array([np.nan if v is None else v for v in r["curve_ci95"]], dtype=float)
+        steps = np.arange(len(m))
+        ax.plot(steps, m, color=f"C{i}", lw=2.2 if i == 0 else 1.3, label=f"{name} (lr {r['alpha']:g})")
+        ax.fill_between(steps, m - ci, m + ci, color=f"C{i}", alpha=0.2)
+        positive &= bool(np.nanmin(m) > 0) if np.isfinite(m).any() else True
+    if positive:
+        ax.set_yscale("log")
+    n = next(iter(results.values()))["n"] if results else 0
+    ax.set(xlabel="optimizee step", ylabel=y_label, title=f"{title} ({n} test optimizees, mean and 95% CI)")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def write_run_plots(trainer, results: dict | None = None) -> list[Path]:
     """Every figure that applies to a finished run, into RUN_DIR/plots/."""
     out, cfg, exp = trainer.run_dir / PLOTS, trainer.cfg, trainer.experiment
     entries = _read_metrics(trainer.run_dir)
     title = f"{cfg.method} on {cfg.task.name}"
+    if exp.family == "optimizer":
+        paths = []
+        if any("meta_loss" in e for e in entries):
+            paths.append(optimizer_training(entries, out / "learning_curves.png", title))
+        if results:
+            paths.append(optimizer_comparison(results["results"], out / "optimizee_loss.png", title=title,
+                                              y_label=exp.distribution.loss_name))
+        return paths
     classification = exp.learner.net.loss != "mse"
     paths = []
     if any("meta_loss" in e for e in entries):

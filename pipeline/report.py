@@ -61,6 +61,11 @@ def load_trials(sweep_dir: Path) -> tuple[dict, list[Trial]]:
         results = None
         if t.get("status") in FINISHED and (run_dir / "results.json").is_file():
             results = json.loads((run_dir / "results.json").read_text())
+            if results.get("family") == "optimizer":
+                # a learned optimizer's (or baseline's) cell is its own final loss; its "K" column
+                # is the evaluation horizon (optimizee steps)
+                own = results["results"][results["method"]]
+                results = {**results, "results": {str(results["eval"]["inner_steps"]): own}}
         trials.append(Trial(trial_id, t["name"], t.get("status", "unfinished"), t.get("config", {}), config, results,
                             t.get("error", "")))
     return sweep, trials
@@ -168,6 +173,7 @@ def build_report(sweep_dir: Path, shots: list[int] | None = None):
     if not evaluated:
         shots = []
     metric = next((t.results["metric"] for t in trials if t.results), "query loss")
+    optimizer = any(t.results and t.results.get("family") == "optimizer" for t in trials)
     row_vals = [tuple(value(t, k) for k in row_keys) for t in trials]
     rows = []
     for combo in row_vals:
@@ -189,25 +195,34 @@ def build_report(sweep_dir: Path, shots: list[int] | None = None):
     counts = {}
     for t in trials:
         counts[t.status] = counts.get(t.status, 0) + 1
+    if optimizer:
+        split = base["eval"].get("split", "test")
+        setting = (f"Optimizees {base['task']['name']}, trajectories of {base['inner_steps']} steps unrolled "
+                   f"{base['train'].get('unroll') or base['inner_steps']} at a time (α = {_fmt(base['alpha'])}, "
+                   f"β = {_fmt(base['beta'])}, meta-batch {base['meta_batch_size']}, {base['iterations']} iterations, "
+                   f"unless swept); evaluated on {n_tasks} fresh optimizees of the {split} split, "
+                   f"{base['eval']['inner_steps']} steps each.")
+    else:
+        setting = (f"Task {base['task']['name']}, trained with K = {base['task']['shots']}, {base['inner_steps']} inner "
+                   f"step(s) (α = {_fmt(base['alpha'])}, β = {_fmt(base['beta'])}, meta-batch {base['meta_batch_size']}, "
+                   f"{base['iterations']} iterations, unless swept); evaluated on {n_tasks} test tasks with "
+                   f"{base['eval']['inner_steps']} inner step(s), mask mode {base['eval']['mask']}.")
     md = [f"# Sweep `{sweep['name']}`", "",
-          f"Task {base['task']['name']}, trained with K = {base['task']['shots']}, {base['inner_steps']} inner step(s) "
-          f"(α = {_fmt(base['alpha'])}, β = {_fmt(base['beta'])}, meta-batch {base['meta_batch_size']}, "
-          f"{base['iterations']} iterations, unless swept); evaluated on {n_tasks} test tasks with "
-          f"{base['eval']['inner_steps']} inner step(s), mask mode {base['eval']['mask']}. Swept: "
-          f"{', '.join(f'{k} ∈ {_space_text(space[k])}' for k in swept)}.",
+          f"{setting} Swept: {', '.join(f'{k} ∈ {_space_text(space[k])}' for k in swept)}.",
           "", f"Trials: {len(trials)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}).", ""]
     cell_rows = []
-    pooled = (f"mean ± 95% CI over {n_tasks} test tasks" + (f", each task's loss averaged over {len(seeds)} seeds "
+    pooled = (f"mean ± 95% CI over {n_tasks} {'optimizees' if optimizer else 'test tasks'}" + (f", each task's loss averaged over {len(seeds)} seeds "
               "(trained models)" if len(seeds) > 1 else ""))
     tables = [(k, [k]) for k in shots] if col_key else [(None, shots)]
     for k_title, ks in tables:
         if col_key:
-            md += [f"## Post-adaptation {metric}, K = {k_title}", "", pooled, ""]
+            title = f"{metric} after {k_title} optimizee steps" if optimizer else f"Post-adaptation {metric}, K = {k_title}"
+            md += [f"## {title}", "", pooled, ""]
             header = [*row_keys, *[_fmt(c) for c in cols]]
             body = [[*map(_fmt, row), *[cells[(row, c, k_title)].text() for c in cols]] for row in rows]
         else:
-            md += [f"## Post-adaptation {metric}", "", pooled, ""]
-            header = [*row_keys, *[f"K = {k}" for k in ks]]
+            md += [f"## {metric.capitalize() if optimizer else 'Post-adaptation ' + metric}", "", pooled, ""]
+            header = [*row_keys, *[f"{k} steps" if optimizer else f"K = {k}" for k in ks]]
             body = [[*map(_fmt, row), *[cells[(row, None, k)].text() for k in ks]] for row in rows]
         md += [_md_table(header, body), ""]
     if any(c.diverged for c in cells.values()):
@@ -228,7 +243,7 @@ def build_report(sweep_dir: Path, shots: list[int] | None = None):
                                                  for t in bad), ""]
     trial_rows = [_trial_row(t, swept) for t in trials]
     figure = dict(rows=rows, cols=cols, row_keys=row_keys, col_key=col_key, cells=cells, shots=shots,
-                  metric=metric, train_k=str(base["task"]["shots"]), name=sweep["name"])
+                  metric=metric, train_k=str(base["task"]["shots"]), name=sweep["name"], optimizer=optimizer)
     return "\n".join(md), cell_rows, trial_rows, figure
 
 
@@ -280,7 +295,7 @@ def _figure(fig: dict, out_dir: Path) -> list[Path]:
     if not shots:
         return []
     k = fig["train_k"] if fig["train_k"] in shots else shots[0]
-    y_label = f"post-adaptation {fig['metric']} (K = {k})"
+    y_label = f"{fig['metric']} after {k} steps" if fig.get("optimizer") else f"post-adaptation {fig['metric']} (K = {k})"
     numeric = len(row_keys) == 1 and all(isinstance(r[0], (int, float)) and not isinstance(r[0], bool) for r in rows)
     paths = []
     if numeric and len(rows) > 1:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import CONFIG_DIR, Config, ConfigError, build, load_config, load_yaml, to_dict
+from tasks import OPTIMIZEES
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("none", "asha")
@@ -211,6 +212,9 @@ def _check_spec(spec: SweepConfig, space: dict, base_cfg: Config) -> None:
     need(spec.mode in ("min", "max"), f"mode: unknown mode {spec.mode!r}; allowed: min, max")
     shots = sorted({k for k in base_cfg.eval.shots} | {k for e in space.get("eval.shots", {}).values() for v in e for k in v})
     final_metrics = [f"eval_K{k}_mean" for k in shots]
+    if base_cfg.task.name in OPTIMIZEES:  # learned optimizers: a final metric per evaluated optimizer
+        methods = [base_cfg.method, *(m for e in space.get("method", {}).values() for m in e), *base_cfg.eval.baselines]
+        final_metrics = [f"eval_{m}_mean" for m in dict.fromkeys(methods)]
     allowed = (*PER_ITERATION_METRICS, *final_metrics)
     need(spec.metric in allowed, f"metric: unknown metric {spec.metric!r}; allowed: {', '.join(allowed)}")
     r = spec.resources

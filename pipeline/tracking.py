@@ -223,7 +223,7 @@ class MlflowTracker(TrainerHook):
         log_scalars(client, run_id, eval_scalars(results), trainer.iteration)
         table = {"K": [], "mean": [], "ci95": [], "n": [], "before_adaptation": []}
         for k, r in results["results"].items():
-            for col, v in (("K", int(k)), ("mean", r["mean"]), ("ci95", r["ci95"]), ("n", r["n"]),
+            for col, v in (("K", int(k) if k.isdigit() else k), ("mean", r["mean"]), ("ci95", r["ci95"]), ("n", r["n"]),
                            ("before_adaptation", r["before_adaptation"])):
                 table[col].append(math.nan if v is None else v)
         client.log_table(run_id, data=table, artifact_file="eval_table.json")
@@ -232,7 +232,7 @@ class MlflowTracker(TrainerHook):
                 client.log_artifact(run_id, str(run_dir / name))
         if (run_dir / "plots").is_dir():
             client.log_artifacts(run_id, str(run_dir / "plots"), "plots")
-        if self.cfg.tracking.log_model:
+        if self.cfg.tracking.log_model and trainer.experiment.family == "few_shot":  # an optimizer is no network
             try:
                 client.set_tag(run_id, "model_uri", log_model(self.uri, run_id, trainer))
             except Exception as e:  # noqa: BLE001 - the run's results and checkpoint are logged already

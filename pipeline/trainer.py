@@ -13,14 +13,14 @@ import torch
 from pipeline import checkpoint
 from pipeline.backends import make_backend
 from pipeline.config import Config, save_config
-from pipeline.evaluation import evaluate, format_table
-from pipeline.experiment import Experiment
+from pipeline.evaluation import format_table
+from pipeline.experiment import Experiment, make_experiment
 
 METRICS, RESULTS, CONFIG = "metrics.jsonl", "results.json", "config.yaml"
 
 
 def metric_name(experiment: Experiment) -> str:
-    return "query MSE" if experiment.learner.net.loss == "mse" else "query accuracy"
+    return experiment.metric_name
 
 
 def iteration_scalars(entry: dict) -> dict[str, float]:
@@ -38,8 +38,9 @@ def eval_scalars(results: dict) -> dict[str, float]:
     """The evaluation table as flat scalars (eval_K10_mean, eval_K10_ci95, eval_K10_before)."""
     out = {}
     for k, r in results["results"].items():
+        row = f"K{k}" if k.isdigit() else k  # K for few-shot methods, the optimizer's name for learned optimizers
         for name, key in (("mean", "mean"), ("ci95", "ci95"), ("before", "before_adaptation")):
-            out[f"eval_K{k}_{name}"] = math.nan if r[key] is None else r[key]
+            out[f"eval_{row}_{name}"] = math.nan if r[key] is None else r[key]
     return out
 
 
@@ -59,11 +60,13 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path, log=print, backend=None, hooks: tuple[TrainerHook, ...] = ()):
         self.cfg, self.run_dir, self.log, self.hooks = cfg, Path(run_dir), log, tuple(hooks)
-        self.experiment = Experiment(cfg)
+        self.experiment = make_experiment(cfg)
         self.backend = backend or make_backend(cfg, self.experiment, log)
         self.params = {k: v.requires_grad_(True) for k, v in self.experiment.init_params().items()}
-        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.beta)
+        # a hand-designed optimizer (a learned optimizer's baseline) has no meta-parameters: nothing to train
+        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.beta) if self.params else None
         self.iteration, self.skipped, self.bad_streak, self.status = 0, 0, 0, "running"
+        self.carry = None  # per-task state an iteration hands to the next (learned optimizers' optimizees)
 
     def __enter__(self):
         return self
@@ -76,15 +79,20 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"iteration": self.iteration, "params": {k: v.detach().clone() for k, v in self.params.items()},
-                "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                "skipped": self.skipped, "bad_streak": self.bad_streak, "status": self.status}
+        state = {"iteration": self.iteration, "params": {k: v.detach().clone() for k, v in self.params.items()},
+                 "optimizer": self.optimizer.state_dict() if self.optimizer else {}, "torch_rng": torch.get_rng_state(),
+                 "skipped": self.skipped, "bad_streak": self.bad_streak, "status": self.status}
+        if self.carry is not None:
+            state["carry"] = {k: v.detach().clone() for k, v in self.carry.items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
             for k, v in self.params.items():
                 v.copy_(state["params"][k])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.carry = state.get("carry")
         torch.set_rng_state(state["torch_rng"])
         self.iteration, self.skipped = state["iteration"], state["skipped"]
         self.bad_streak, self.status = state["bad_streak"], state["status"]
@@ -109,6 +117,9 @@ class Trainer:
             self.save()
         try:
             self._emit("on_start", resumed)
+            if self.status == "running" and self.optimizer is None:
+                self.log(f"{cfg.method} has no meta-parameters: nothing to meta-train, evaluating it")
+                self.status = "completed"
             if self.status == "running":
                 self._loop()
             return self.finish()
@@ -124,7 +135,8 @@ class Trainer:
         cfg = self.cfg
         window, t_window, t_start, it_start = [], time.perf_counter(), time.perf_counter(), self.iteration
         while self.iteration < cfg.iterations:
-            result = self.backend.meta_gradient(self.params, self.iteration)
+            result = self.backend.meta_gradient(self.params, self.iteration, self.carry)
+            self.carry = result.extra.get("carry")
             n = result.n_tasks
             loss = result.loss_sum / n
             # Finite, and small enough that Adam's squared-gradient average cannot overflow (a
@@ -174,17 +186,18 @@ class Trainer:
             entry["meta_loss"] = sum(w[0] for w in window) / len(window)
             entry["metric"] = sum(w[2] for w in window) / len(window)
             entry["query_loss_per_step"] = [sum(w[1][s] for w in window) / len(window) for s in range(steps)]
-        fraction = self.experiment.learner.rule.updated_fraction(self.params)
+        fraction = self.experiment.updated_fraction(self.params)
         if fraction is not None:
             entry["updated_fraction"] = fraction
         with open(self.run_dir / METRICS, "a") as f:
             f.write(json.dumps(entry) + "\n")
         self._emit("on_log", entry)
-        loss_txt = (f"meta-loss {entry['meta_loss']:.4f} | before adaptation {entry['query_loss_per_step'][0]:.4f}"
+        second = ("optimizee loss at unroll end", -1) if self.experiment.family == "optimizer" else ("before adaptation", 0)
+        loss_txt = (f"meta-loss {entry['meta_loss']:.4f} | {second[0]} {entry['query_loss_per_step'][second[1]]:.4f}"
                     if window else "meta-loss n/a (all steps skipped)")
         frac_txt = f" | updated {fraction['overall']:.2f}" if fraction else ""
         self.log(f"[{cfg.method}] it {self.iteration:>{len(str(cfg.iterations))}}/{cfg.iterations} | {loss_txt}"
-                 f" | {tasks_per_s:,.0f} tasks/s | ETA {_hms(eta)} | skipped {self.skipped}{frac_txt}")
+                 f" | {tasks_per_s:,.{0 if tasks_per_s >= 10 else 2}f} tasks/s | ETA {_hms(eta)} | skipped {self.skipped}{frac_txt}")
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
@@ -202,27 +215,28 @@ class Trainer:
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, *, tasks=None, shots=None, seed=None) -> dict:
         e = self.cfg.eval
-        return evaluate(self.backend, self.params, tasks=tasks or e.tasks, shots=shots or e.shots,
-                        seed=e.seed if seed is None else seed, inner_steps=e.inner_steps, mask_mode=e.mask,
-                        batch_size=e.batch_size)
+        return self.experiment.evaluate(self.backend, self.params, tasks=tasks or e.tasks, shots=shots or e.shots,
+                                        seed=e.seed if seed is None else seed, steps=e.inner_steps,
+                                        mask_mode=e.mask, batch_size=e.batch_size, split_name=e.split)
 
     def finish(self) -> dict:
         cfg = self.cfg
         t0 = time.perf_counter()
         table = self.evaluate()
         results = {
-            "status": self.status, "method": cfg.method, "task": cfg.task.name, "seed": cfg.seed,
+            "status": self.status, "method": cfg.method, "family": self.experiment.family, "task": cfg.task.name,
+            "seed": cfg.seed,
             "iterations": self.iteration, "skipped_steps": self.skipped, "metric": metric_name(self.experiment),
             "backend": self.backend.name, "workers": self.backend.workers, "placement": self.backend.placement,
             "worker_restarts": self.backend.restarts,
             "eval": {"tasks": cfg.eval.tasks, "inner_steps": cfg.eval.inner_steps, "mask": cfg.eval.mask,
-                     "seed": cfg.eval.seed, "seconds": time.perf_counter() - t0},
+                     "seed": cfg.eval.seed, "split": cfg.eval.split, "seconds": time.perf_counter() - t0},
             "results": table,
-            "updated_fraction": self.experiment.learner.rule.updated_fraction(self.params),
+            "updated_fraction": self.experiment.updated_fraction(self.params),
         }
         from pipeline.plots import write_run_plots  # matplotlib: imported only when a run ends
 
-        results["plots"] = [str(p.relative_to(self.run_dir)) for p in write_run_plots(self)]
+        results["plots"] = [str(p.relative_to(self.run_dir)) for p in write_run_plots(self, results)]
         (self.run_dir / RESULTS).write_text(json.dumps(results, indent=2))
         self.log(format_table(table, results["metric"], header=self.header(results)))
         self._emit("on_finish", results)
@@ -230,11 +244,15 @@ class Trainer:
 
     def header(self, results: dict) -> str:
         e = results["eval"]
-        masked = f", mask={e['mask']}" if self.experiment.learner.rule.masked else ""
+        masked = f", mask={e['mask']}" if self.experiment.rule.masked else ""
         frac = results["updated_fraction"]
         frac_txt = f", fraction of weights updated {frac['overall']:.3f}" if frac else ""
+        split = "" if e.get("split", "test") == "test" else f" of the {e['split']} split"
+        if self.experiment.family == "optimizer":
+            return (f"{results['method']} on {results['task']} ({results['status']}, {results['iterations']} iterations):"
+                    f" {e['tasks']} fresh optimizees{split}, {e['inner_steps']} steps each")
         return (f"{results['method']} on {results['task']} ({results['status']}, {results['iterations']} iterations"
-                f"{frac_txt}): {e['tasks']} test tasks, {e['inner_steps']} inner step(s){masked}")
+                f"{frac_txt}): {e['tasks']} test tasks{split}, {e['inner_steps']} inner step(s){masked}")
 
 
 def _hms(seconds: float) -> str:

@@ -11,7 +11,7 @@ import ray
 import torch
 
 from pipeline.config import load_config
-from pipeline.experiment import Experiment
+from pipeline.experiment import make_experiment
 from pipeline.meta_batch import ShardResult
 
 
@@ -24,7 +24,7 @@ class ShardWorker:
     def __init__(self, cfg_dict: dict, num_cpus: float, use_gpu: bool):
         torch.set_num_threads(max(1, int(num_cpus)))
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.experiment = Experiment(load_config(cfg_dict), device=self.device)
+        self.experiment = make_experiment(load_config(cfg_dict), device=self.device)
 
     def _params(self, params_np: dict) -> dict:
         # Arrays come zero-copy from the object store and are read-only; nothing writes to them.
@@ -32,16 +32,18 @@ class ShardWorker:
             warnings.simplefilter("ignore", UserWarning)
             return {k: torch.from_numpy(v).to(self.device) for k, v in params_np.items()}
 
-    def train_shard(self, params_np: dict, iteration: int, start: int, stop: int) -> ShardResult:
+    def train_shard(self, params_np: dict, iteration: int, start: int, stop: int,
+                    carry_np: dict | None = None) -> ShardResult:
         """ShardResult with numpy arrays (the driver turns them back into tensors)."""
-        r = self.experiment.train_shard(self._params(params_np), iteration, range(start, stop))
+        carry = None if carry_np is None else self._params(carry_np)
+        r = self.experiment.train_shard(self._params(params_np), iteration, range(start, stop), carry)
         # numpy on the wire: Ray serialises arrays several times faster than torch tensors.
-        return ShardResult(to_numpy(r.grads), r.loss_sum, r.n_tasks, r.curve_sum.cpu().numpy(), r.metric_sum)
+        extra = {"carry": to_numpy(r.extra["carry"])} if "carry" in r.extra else {}
+        return ShardResult(to_numpy(r.grads), r.loss_sum, r.n_tasks, r.curve_sum.cpu().numpy(), r.metric_sum, extra)
 
-    def eval_shard(self, params_np: dict, start: int, stop: int, shots: int, seed: int, inner_steps: int,
-                   mask_mode: str) -> tuple[np.ndarray, np.ndarray]:
-        m, c = self.experiment.eval_shard(self._params(params_np), range(start, stop), shots=shots, seed=seed,
-                                          inner_steps=inner_steps, mask_mode=mask_mode)
+    def eval_shard(self, params_np: dict, start: int, stop: int, **kw) -> tuple[np.ndarray, np.ndarray]:
+        """The experiment's eval_shard on tasks start..stop-1; kw as the experiment takes them."""
+        m, c = self.experiment.eval_shard(self._params(params_np), range(start, stop), **kw)
         return m.cpu().numpy(), c.cpu().numpy()
 
     def where(self) -> dict:

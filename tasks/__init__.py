@@ -2,8 +2,9 @@
 from tasks.regression import Polynomial, Sinusoid
 from tasks.synthetic import SyntheticImages
 
-TASKS = ("sinusoid", "polynomial", "omniglot", "miniimagenet", "synthetic_images")
+TASKS = ("sinusoid", "polynomial", "omniglot", "miniimagenet", "synthetic_images", "quadratic", "mnist_mlp")
 IMAGE_DATASETS = ("omniglot", "miniimagenet")
+OPTIMIZEES = ("quadratic", "mnist_mlp")  # optimizee distributions of learned optimizers (tasks/optimizees.py)
 
 
 def make_distribution(task_cfg):

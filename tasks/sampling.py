@@ -60,3 +60,21 @@ def _stack(tasks: list[dict], dtype, device) -> dict:
             kind = torch.long if arr.dtype.kind in "iu" else dtype
             out[key] = torch.as_tensor(arr, dtype=kind, device=device)
     return out
+
+
+def sample_optimizees(
+    distribution,
+    *,
+    seed: int,
+    split: str,
+    iteration: int,
+    indices: Sequence[int],
+    steps: int,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Optimizee problems `indices` (tasks/optimizees.py), stacked: {"theta0": (B, n), ...}, each
+    from the same per-task data stream as any task, plus the split they sample data from."""
+    problems = [distribution.sample(task_rng(seed, split, iteration, index, DATA_STREAM), steps, split)
+                for index in indices]
+    return {**_stack(problems, dtype, device), "split": split}

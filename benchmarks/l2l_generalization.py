@@ -1,0 +1,102 @@
+"""A trained learned optimizer against its baselines, and the paper's generalization tests
+(Andrychowicz et al. 2016, section 3.2): the same optimizer, meta-trained on one optimizee, run on
+a longer horizon and on other optimizees. Every variant uses fresh test optimizees (the run's
+eval.seed and eval.split) and the baselines' learning rates of the run's config (tuned on the
+trained-on optimizee, as the paper's figures do).
+
+    python benchmarks/l2l_generalization.py RUN_DIR [--tasks 100] [--variants paper|none]
+
+Writes RUN_DIR/generalization/{table.md, results.json, <variant>.png}. "beats" means the learned
+optimizer's 95% CI of the mean final loss lies wholly below the best baseline's; "loses" wholly
+above; otherwise "overlaps".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline import checkpoint  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.plots import optimizer_comparison  # noqa: E402
+from pipeline.trainer import Trainer  # noqa: E402
+
+PAPER = {  # the paper's MNIST generalization tests (their outcome in the paper, in words)
+    "as trained": ({}, "the reference"),
+    "200 steps": ({"eval.inner_steps": 200}, "still beats the baselines"),
+    "40 hidden units": ({"model.hidden": [40]}, "still beats the baselines"),
+    "2 hidden layers": ({"model.hidden": [20, 20]}, "still beats the baselines"),
+    "ReLU": ({"model.optimizee_activation": "relu"}, "does not beat them"),
+}
+
+
+def outcome(own: dict, best: dict) -> str:
+    if own["mean"] is None:
+        return "diverged"
+    if own["mean"] + own["ci95"] < best["mean"] - best["ci95"]:
+        return "beats"
+    if own["mean"] - own["ci95"] > best["mean"] + best["ci95"]:
+        return "loses"
+    return "overlaps"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--tasks", type=int, help="test optimizees per variant (default: the run's eval.tasks)")
+    ap.add_argument("--variants", choices=("paper", "none"), default="paper",
+                    help="paper: the four generalization tests (MNIST optimizees); none: only the run as trained")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every variant, e.g. 'eval.baselines={sgd: 1.0, adam: 0.03}'")
+    args = ap.parse_args()
+    run_dir = Path(args.run_dir)
+    variants = PAPER if args.variants == "paper" else {"as trained": PAPER["as trained"]}
+    out_dir = run_dir / "generalization"
+    out_dir.mkdir(exist_ok=True)
+    rows, payload = [], {}
+    for name, (over, paper) in variants.items():
+        overrides = {"backend": "local", "tracking.enabled": False, **over}
+        if args.tasks:
+            overrides["eval.tasks"] = args.tasks
+        cfg = load_config(run_dir / "config.yaml", overrides)
+        if args.set:
+            cfg = load_config(run_dir / "config.yaml", [*(f"{k}={json.dumps(v)}" for k, v in overrides.items()), *args.set])
+        t0 = time.perf_counter()
+        with Trainer(cfg, run_dir, log=lambda m: None) as trainer:
+            trainer.load_state_dict(checkpoint.load(run_dir))
+            table = trainer.evaluate()
+        seconds = time.perf_counter() - t0
+        own = table[cfg.method]
+        baselines = {k: v for k, v in table.items() if k != cfg.method and v["mean"] is not None}
+        best_name = min(baselines, key=lambda k: baselines[k]["mean"])
+        best = baselines[best_name]
+        verdict = outcome(own, best)
+        payload[name] = {"overrides": over, "results": table, "best_baseline": best_name, "outcome": verdict,
+                         "seconds": seconds, "paper": paper}
+        optimizer_comparison(table, out_dir / f"{name.replace(' ', '_')}.png",
+                             title=f"{cfg.method} on {cfg.task.name}, {name}",
+                             y_label=trainer.experiment.distribution.loss_name)
+        rows.append(f"| {name} | {cfg.eval.inner_steps} | {own['mean']:.4g} ± {own['ci95']:.2g} | {best_name} "
+                    f"(lr {best['alpha']:g}) {best['mean']:.4g} ± {best['ci95']:.2g} | "
+                    + ", ".join(f"{k} {v['mean']:.4g}" for k, v in baselines.items() if k != best_name)
+                    + f" | **{verdict}** | {paper} |")
+        print(rows[-1], flush=True)
+    n = payload["as trained"]["results"][cfg.method]["n"]
+    md = [f"# {run_dir.name}: learned optimizer against tuned baselines", "",
+          f"Final optimizee loss (mean ± 95% CI over {n} fresh test optimizees per variant); "
+          f"command: `python benchmarks/l2l_generalization.py {run_dir}"
+          + (f" --tasks {args.tasks}" if args.tasks else "") + "".join(f" --set '{s}'" for s in args.set) + "`.", "",
+          "| variant | steps | learned optimizer | best baseline | other baselines | outcome | paper |",
+          "|---|---|---|---|---|---|---|", *rows, ""]
+    (out_dir / "table.md").write_text("\n".join(md))
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=2))
+    print(f"written {out_dir / 'table.md'}, {out_dir / 'results.json'} and figures")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

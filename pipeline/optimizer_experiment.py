@@ -1,0 +1,151 @@
+"""A learned-optimizer config turned into the objects that do the work (Andrychowicz et al. 2016):
+the optimizer's update rule, the optimizee distribution, and the shard functions that the trainer
+and every Ray worker call - the counterpart of `Experiment` for the "optimizer" family of methods.
+
+Meta-training: a trajectory of `inner_steps` optimizee steps (T, the paper's 100) is cut into
+unrolls of `train.unroll` steps (the paper's 20); meta-iteration i runs unroll i mod (T / unroll)
+of trajectory i div (T / unroll) and returns the gradient of
+
+    L(phi) = sum over the unroll's steps t of f_t(theta_t)       (w_t = 1)
+
+w.r.t. phi. The optimizee state (theta and the optimizer's carry) at the end of an unroll is the
+`carry` handed back to the driver and passed into the next unroll, detached: truncated BPTT. The
+gradient the optimizer reads is computed at a detached theta, so d grad_t / d phi = 0 (first order).
+At step t the optimizee sees minibatch t: f_t(theta_t) is both the meta-loss term and the source of
+grad_t, which produces theta_{t+1}.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from pipeline.config import Config
+from pipeline.evaluation import finite_or_none, mean_ci95, split
+from pipeline.meta_batch import ShardResult
+from pipeline.rules import get_rule
+from tasks.optimizees import make_optimizee
+from tasks.sampling import sample_optimizees
+
+
+def optimizee_gradient(distribution, theta: torch.Tensor, problem: dict, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f_t(theta), grad f_t(theta)) per optimizee, both constants: the optimizer's input."""
+    with torch.enable_grad():
+        th = theta.detach().requires_grad_(True)
+        loss = distribution.loss(th, problem, t)
+        (g,) = torch.autograd.grad(loss.sum(), th)
+    return loss.detach(), g
+
+
+def run_steps(rule, params: dict, distribution, problem: dict, theta: torch.Tensor, carry: dict, *,
+              start: int, steps: int, alpha: float) -> tuple[list[torch.Tensor], torch.Tensor, dict]:
+    """Steps start+1 .. start+steps from theta_start: ([f_t(theta_t) for each step], theta, carry).
+
+    The losses keep the graph to `params` (the meta-loss terms); the gradients fed to the optimizer
+    do not."""
+    _, g = optimizee_gradient(distribution, theta, problem, start)
+    losses = []
+    for t in range(start + 1, start + steps + 1):
+        fast, carry = rule.update({"theta": theta}, {"theta": g}, None, params, {}, carry, alpha)
+        theta = fast["theta"]
+        losses.append(distribution.loss(theta, problem, t))
+        if t < start + steps:
+            _, g = optimizee_gradient(distribution, theta, problem, t)
+    return losses, theta, carry
+
+
+class OptimizerExperiment:
+    family = "optimizer"
+
+    def __init__(self, cfg: Config, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+        self.cfg, self.dtype, self.device = cfg, dtype, device
+        self.distribution = make_optimizee(cfg.task, cfg.model)
+        self.rule = get_rule(cfg.method)
+        self.unroll = cfg.train.unroll or cfg.inner_steps
+        self.unrolls = cfg.inner_steps // self.unroll  # unrolls per trajectory
+        self.metric_name = f"final {self.distribution.loss_name}"
+
+    def init_params(self) -> dict:
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        meta = self.rule.init_meta(None, {"theta": torch.empty(0, dtype=self.dtype)}, gen)
+        return {k: v.to(self.device) for k, v in meta.items()}
+
+    def updated_fraction(self, params: dict) -> None:
+        return None
+
+    def sample(self, *, split: str, seed: int, iteration: int, indices: Sequence[int], steps: int) -> dict:
+        return sample_optimizees(self.distribution, seed=seed, split=split, iteration=iteration, indices=indices,
+                                 steps=steps, dtype=self.dtype, device=self.device)
+
+    def train_shard(self, params: dict, iteration: int, indices: Sequence[int], carry: dict | None = None) -> ShardResult:
+        """One unroll of the optimizees `indices`: summed meta-loss, its gradient w.r.t. phi, and the
+        optimizees' state at the end of the unroll (ShardResult.extra["carry"])."""
+        trajectory, u = divmod(iteration, self.unrolls)
+        problem = self.sample(split="train", seed=self.cfg.seed, iteration=trajectory, indices=indices,
+                              steps=self.cfg.inner_steps)
+        if u == 0:
+            theta = problem["theta0"]
+            state = self.rule.init_carry(params, {"theta": theta})
+        else:
+            if carry is None:
+                raise RuntimeError(f"iteration {iteration} continues a trajectory but no optimizee state was passed")
+            theta = carry["theta"].to(self.device, self.dtype)
+            state = {k: v.to(self.device, self.dtype) for k, v in carry.items() if k != "theta"}
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        start = u * self.unroll
+        before = self.distribution.loss(theta, problem, start).detach()
+        losses, theta, state = run_steps(self.rule, leaves, self.distribution, problem, theta, state,
+                                         start=start, steps=self.unroll, alpha=self.cfg.alpha)
+        meta = torch.stack(losses, 0).sum(0)  # (B,): sum_t f_t(theta_t), w_t = 1
+        if leaves and meta.requires_grad:
+            grads = torch.autograd.grad(meta.sum(), list(leaves.values()), allow_unused=True)
+            grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
+        else:
+            grads = {k: torch.zeros_like(v) for k, v in leaves.items()}
+        after = losses[-1].detach()
+        new_carry = {"theta": theta.detach(), **{k: v.detach() for k, v in state.items()}}
+        return ShardResult(grads, meta.detach().sum().item(), len(indices), torch.stack([before.sum(), after.sum()]),
+                           after.sum().item(), extra={"carry": new_carry})
+
+    @torch.no_grad()
+    def eval_shard(self, params: dict, indices: Sequence[int], *, optimizer: str, alpha: float, seed: int,
+                   split: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Optimizees `indices` of the evaluation set trained for `steps` steps by `optimizer` (this
+        run's learned rule or a baseline) with step size alpha: (final loss (B,), the loss f_t(theta_t)
+        at every step t = 0..steps (B, steps + 1))."""
+        rule = get_rule(optimizer)
+        problem = self.sample(split=split, seed=seed, iteration=0, indices=indices, steps=steps)
+        theta = problem["theta0"]
+        params = {k: v.detach() for k, v in params.items()}
+        first = self.distribution.loss(theta, problem, 0)
+        losses, theta, _ = run_steps(rule, params, self.distribution, problem, theta,
+                                     rule.init_carry(params, {"theta": theta}), start=0, steps=steps, alpha=alpha)
+        curve = torch.stack([first, *losses], 1)
+        return self.distribution.final_loss(theta, problem, steps), curve
+
+    def optimizers(self) -> dict[str, float]:
+        """Every optimizer the evaluation compares: this run's method, then the baselines."""
+        return {self.cfg.method: self.cfg.alpha,
+                **{k: v for k, v in self.cfg.eval.baselines.items() if k != self.cfg.method}}
+
+    def evaluate(self, backend, params: dict, *, tasks: int, seed: int, steps: int, split_name: str,
+                 batch_size: int, **_) -> dict:
+        """{optimizer: {mean, ci95, n, before_adaptation, query_loss_per_step, curve_ci95, per_task, alpha}}
+        on optimizees 0..tasks-1 of the evaluation set; every optimizer sees the same optimizees and
+        minibatches."""
+        chunks = split(tasks, max(-(-tasks // batch_size), backend.workers))
+        results = {}
+        for name, alpha in self.optimizers().items():
+            parts = backend.eval_chunks(params, chunks, optimizer=name, alpha=alpha, seed=seed, split=split_name,
+                                        steps=steps)
+            final = np.concatenate([m for m, _ in parts]).astype(np.float64)
+            curve = np.concatenate([c for _, c in parts]).astype(np.float64)
+            mean, ci = mean_ci95(final)
+            results[name] = {
+                "mean": finite_or_none(mean), "ci95": finite_or_none(ci), "n": int(len(final)), "alpha": alpha,
+                "before_adaptation": finite_or_none(float(curve[:, 0].mean())),
+                "query_loss_per_step": [finite_or_none(float(v)) for v in curve.mean(0)],
+                "curve_ci95": [finite_or_none(float(v)) for v in 1.96 * curve.std(0) / np.sqrt(len(curve))],
+                "per_task": [finite_or_none(float(v)) for v in final]}
+        return results

@@ -1,0 +1,142 @@
+"""Optimizee distributions for learned optimizers (Andrychowicz et al. 2016; DESIGN section 2).
+
+An optimizee is a problem f(theta) with a flat parameter vector theta of `dim` coordinates, drawn
+like every task here from its own generator (a pure function of seed, split, iteration, index: see
+tasks/sampling.py). `sample` returns numpy arrays: the initial theta and what defines f (W and y;
+or the MLP's minibatch indices, one row per optimizee step). `loss(theta, problem, t)` is the loss
+the optimizer sees at step t, batched over a leading optimizee dimension B; `final_loss` is the
+loss a result table reports after the last step.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tasks import OPTIMIZEES  # noqa: F401 - the names, kept beside TASKS
+ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
+INIT_STD = 0.01  # theta_0 ~ N(0, 0.01^2) for both problems, as the paper's reference code
+
+
+class Quadratic:
+    """f(theta) = ||W theta - y||^2, W (d x d) and y (d) with i.i.d. N(0, 1) entries."""
+
+    loss_name = "quadratic loss"
+
+    def __init__(self, dim: int = 10):
+        self.d = dim
+        self.dim = dim
+
+    def sample(self, rng: np.random.Generator, steps: int, split: str = "train") -> dict:
+        return {"W": rng.standard_normal((self.d, self.d)), "y": rng.standard_normal(self.d),
+                "theta0": rng.normal(0.0, INIT_STD, self.d)}
+
+    def loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
+        r = (problem["W"] @ theta.unsqueeze(-1)).squeeze(-1) - problem["y"]
+        return r.pow(2).sum(-1)
+
+    def final_loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
+        return self.loss(theta, problem, t)
+
+
+class MnistMLP:
+    """Cross-entropy of an MLP (784 - hidden - 10, `activation` after each hidden layer) on a fresh
+    minibatch of `minibatch` MNIST images at every step; theta_0 ~ N(0, 0.01^2) (weights and biases).
+
+    Splits: the training split's optimizees see the training images, the test split's the held-out
+    images (CSV subset: every fifth image is held out, 4,000 / 1,000; torchvision root: the 60,000 /
+    10,000 MNIST sets). `final_loss` is the loss on the first 1,000 images of the split."""
+
+    loss_name = "cross-entropy"
+    EVAL_IMAGES = 1000
+
+    def __init__(self, data: str, hidden: list[int], activation: str = "sigmoid", minibatch: int = 128,
+                 dtype=torch.float32):
+        self.data, self.minibatch, self.act = data, minibatch, ACTIVATIONS[activation]
+        self.sizes = [784, *hidden, 10]
+        self.shapes = [s for a, b in zip(self.sizes[:-1], self.sizes[1:]) for s in ((a, b), (b,))]
+        self.dim = sum(math.prod(s) for s in self.shapes)
+        self.images = {split: load_mnist(data, split) for split in ("train", "test")}
+        self._tensors = {}
+
+    def sample(self, rng: np.random.Generator, steps: int, split: str = "train") -> dict:
+        n = len(self.images[split][1])
+        return {"theta0": rng.normal(0.0, INIT_STD, self.dim),
+                "batches": rng.integers(0, n, size=(steps + 1, self.minibatch))}
+
+    def _data(self, split: str, dtype, device):
+        key = (split, dtype, str(device))
+        if key not in self._tensors:
+            x, y = self.images[split]
+            self._tensors[key] = (torch.as_tensor(x, device=device).to(dtype) / 255.0,
+                                  torch.as_tensor(y, dtype=torch.long, device=device))
+        return self._tensors[key]
+
+    def unflatten(self, theta: torch.Tensor) -> list[torch.Tensor]:
+        out, start = [], 0
+        for s in self.shapes:
+            n = math.prod(s)
+            out.append(theta[..., start:start + n].reshape(*theta.shape[:-1], *s))
+            start += n
+        return out
+
+    def _xent(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy per optimizee: theta (B, n), x (B or 1, m, 784), y (B or 1, m) -> (B,)."""
+        parts = self.unflatten(theta)
+        h = x
+        for i in range(0, len(parts), 2):
+            h = h @ parts[i] + parts[i + 1].unsqueeze(-2)
+            if i < len(parts) - 2:
+                h = self.act(h)
+        y = y.expand(h.shape[:-1])
+        return F.cross_entropy(h.flatten(0, -2), y.flatten(), reduction="none").view(y.shape).mean(-1)
+
+    def loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
+        x, y = self._data(problem["split"], theta.dtype, theta.device)
+        idx = problem["batches"][:, t]  # (B, minibatch)
+        return self._xent(theta, x[idx], y[idx])
+
+    def final_loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
+        x, y = self._data(problem["split"], theta.dtype, theta.device)
+        return self._xent(theta, x[None, :self.EVAL_IMAGES], y[None, :self.EVAL_IMAGES])
+
+
+@functools.lru_cache(maxsize=4)
+def load_mnist(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 784), labels int64 (N,)) of one split, from the 5,000-image CSV (784 pixel
+    columns then the label, no header; .csv or .csv.gz) or a torchvision MNIST root."""
+    from pipeline.config import ConfigError as DataError  # noqa: N814 - one-line data errors
+
+    p = Path(path)
+    if p.is_file():
+        try:
+            import pyarrow.csv as pcsv
+
+            table = pcsv.read_csv(p, read_options=pcsv.ReadOptions(autogenerate_column_names=True))
+            arr = np.stack([c.to_numpy() for c in table.columns], 1)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is one line naming it
+            raise DataError(f"task.data: {p} is not a readable MNIST CSV ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        if arr.ndim != 2 or arr.shape[1] != 785:
+            raise DataError(f"task.data: {p} must have 785 columns (784 pixels, then the label), got {arr.shape[1:]}")
+        held_out = np.arange(len(arr)) % 5 == 4
+        rows = arr[held_out] if split == "test" else arr[~held_out]
+        return rows[:, :784].astype(np.uint8), rows[:, 784].astype(np.int64)
+    try:
+        from torchvision.datasets import MNIST
+
+        ds = MNIST(str(p), train=split == "train", download=False)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"task.data: {p} is neither an MNIST CSV file nor a torchvision MNIST root "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    return ds.data.reshape(len(ds.data), 784).numpy(), ds.targets.numpy().astype(np.int64)
+
+
+def make_optimizee(task_cfg, model_cfg):
+    if task_cfg.name == "quadratic":
+        return Quadratic(task_cfg.dim)
+    return MnistMLP(task_cfg.data[0], model_cfg.hidden, model_cfg.optimizee_activation, task_cfg.minibatch)
