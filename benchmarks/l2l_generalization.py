@@ -20,7 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
+
 from pipeline import checkpoint  # noqa: E402
+from pipeline.evaluation import mean_ci95  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.plots import optimizer_comparison  # noqa: E402
 from pipeline.trainer import Trainer  # noqa: E402
@@ -75,23 +78,27 @@ def main() -> int:
         best_name = min(baselines, key=lambda k: baselines[k]["mean"])
         best = baselines[best_name]
         verdict = outcome(own, best)
+        # the optimizers saw the same optimizees: the paired difference is the sharper comparison
+        diff = np.array(own["per_task"], dtype=float) - np.array(best["per_task"], dtype=float)
+        d_mean, d_ci = mean_ci95(diff)
         payload[name] = {"overrides": over, "results": table, "best_baseline": best_name, "outcome": verdict,
-                         "seconds": seconds, "paper": paper}
+                         "paired_difference": {"mean": d_mean, "ci95": d_ci}, "seconds": seconds, "paper": paper}
         optimizer_comparison(table, out_dir / f"{name.replace(' ', '_')}.png",
                              title=f"{cfg.method} on {cfg.task.name}, {name}",
                              y_label=trainer.experiment.distribution.loss_name)
         rows.append(f"| {name} | {cfg.eval.inner_steps} | {own['mean']:.4g} ± {own['ci95']:.2g} | {best_name} "
                     f"(lr {best['alpha']:g}) {best['mean']:.4g} ± {best['ci95']:.2g} | "
                     + ", ".join(f"{k} {v['mean']:.4g}" for k, v in baselines.items() if k != best_name)
-                    + f" | **{verdict}** | {paper} |")
+                    + f" | {d_mean:+.3g} ± {d_ci:.2g} | **{verdict}** | {paper} |")
         print(rows[-1], flush=True)
     n = payload["as trained"]["results"][cfg.method]["n"]
     md = [f"# {run_dir.name}: learned optimizer against tuned baselines", "",
           f"Final optimizee loss (mean ± 95% CI over {n} fresh test optimizees per variant); "
           f"command: `python benchmarks/l2l_generalization.py {run_dir}"
-          + (f" --tasks {args.tasks}" if args.tasks else "") + "".join(f" --set '{s}'" for s in args.set) + "`.", "",
-          "| variant | steps | learned optimizer | best baseline | other baselines | outcome | paper |",
-          "|---|---|---|---|---|---|---|", *rows, ""]
+          + (f" --tasks {args.tasks}" if args.tasks else "") + (" --variants none" if args.variants == "none" else "") + "".join(f" --set '{s}'" for s in args.set) + "`.", "",
+          "| variant | steps | learned optimizer | best baseline | other baselines | paired difference "
+          "(learned − best) | outcome | paper |",
+          "|---|---|---|---|---|---|---|---|", *rows, ""]
     (out_dir / "table.md").write_text("\n".join(md))
     (out_dir / "results.json").write_text(json.dumps(payload, indent=2))
     print(f"written {out_dir / 'table.md'}, {out_dir / 'results.json'} and figures")

@@ -49,7 +49,7 @@ def format_table(results: dict, metric_name: str, header: str = "") -> str:
     lines = [header] if header else []
     # rows are K for few-shot methods, optimizers (with their step size) for learned optimizers
     named = not all(k.isdigit() for k in results)
-    width = max([4, *(len(k) + 12 for k in results)]) if named else 4
+    width = max([4, *(len(k) + 15 for k in results)]) if named else 4
     first, before_name = ("optimizer", "initial loss") if named else ("K", "loss before adapt.")
     col = 30 if named else 26
     lines.append(f"{first:>{width}}  {metric_name + ' (95% CI)':<{col}}{before_name:>19}")
@@ -57,6 +57,6 @@ def format_table(results: dict, metric_name: str, header: str = "") -> str:
         fmt = (lambda v: f"{v:.4g}") if named else (lambda v: f"{v:.4f}")
         cell = "diverged" if r["mean"] is None else f"{fmt(r['mean'])} +- {fmt(r['ci95'])}"
         before = "n/a" if r["before_adaptation"] is None else f"{r['before_adaptation']:.4f}"
-        label = f"{k} (lr {r['alpha']:g})" if named else k
+        label = (f"{k} (scale {r['alpha']:g})" if k == "l2l" else f"{k} (lr {r['alpha']:g})") if named else k
         lines.append(f"{label:>{width}}  {cell:<{col}}{before:>19}")
     return "\n".join(lines)

@@ -168,6 +168,11 @@ def optimizer_training(entries: list[dict], path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+def step_label(name: str, alpha: float) -> str:
+    """'adam (lr 0.3)'; the learned optimizer's alpha scales its output, it is no learning rate."""
+    return f"{name} (output scale {alpha:g})" if name == "l2l" else f"{name} (lr {alpha:g})"
+
+
 def optimizer_comparison(results: dict, path: Path, *, title: str, y_label: str) -> Path:
     """Learned optimizers: mean optimizee loss (95% CI band) against optimizee step, per optimizer, log y."""
     fig = Figure(figsize=(6.5, 4.5))
@@ -177,7 +182,7 @@ def optimizer_comparison(results: dict, path: Path, *, title: str, y_label: str)
         m = np.array([np.nan if v is None else v for v in r["query_loss_per_step"]], dtype=float)
         ci = np.array([np.nan if v is None else v for v in r["curve_ci95"]], dtype=float)
         steps = np.arange(len(m))
-        ax.plot(steps, m, color=f"C{i}", lw=2.2 if i == 0 else 1.3, label=f"{name} (lr {r['alpha']:g})")
+        ax.plot(steps, m, color=f"C{i}", lw=2.2 if i == 0 else 1.3, label=step_label(name, r["alpha"]))
         ax.fill_between(steps, m - ci, m + ci, color=f"C{i}", alpha=0.2)
         positive &= bool(np.nanmin(m) > 0) if np.isfinite(m).any() else True
     if positive:

@@ -363,3 +363,27 @@ def test_a_learned_optimizer_sweep_and_its_report(tmp_path):
         assert "| alpha | sgd | adam |" in (tmp_path / "sweeps" / "baselines_tiny" / "report.md").read_text()
     finally:
         ray.shutdown()
+
+
+def test_a_torchvision_mnist_root_is_read_as_the_full_set(tmp_path):
+    """A torchvision MNIST root (idx files under MNIST/raw, as torchvision's downloader leaves them)
+    written here from a few known images: training optimizees see its train set, test its t10k set."""
+    import struct
+
+    from tasks.optimizees import load_mnist
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    sets = {}
+    for prefix, n in (("train", 7), ("t10k", 3)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
+        sets[prefix] = (images.reshape(n, 784), labels)
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        x, y = load_mnist(str(tmp_path), split)
+        assert np.array_equal(x, sets[prefix][0]) and np.array_equal(y, sets[prefix][1].astype(np.int64))
+    with pytest.raises(Exception, match="neither an MNIST CSV file nor a torchvision MNIST root"):
+        load_mnist(str(tmp_path / "empty"), "train")
