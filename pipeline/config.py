@@ -6,6 +6,7 @@ CLI turns it into exit code 2 before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,6 +255,8 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
         if not ok:
             raise ConfigError(msg)
 
+    for key, value in _float_fields(cfg):  # inf and nan pass every "> 0" / ">= 0" check below
+        need(math.isfinite(value), f"{key}: must be a finite number, got {value}")
     need(cfg.method in METHODS, f"method: unknown method {cfg.method!r}; allowed: {', '.join(METHODS)}")
     need(cfg.task.name in TASKS, f"task.name: unknown task {cfg.task.name!r}; allowed: {', '.join(TASKS)}")
     need(cfg.alpha > 0, f"alpha: must be > 0, got {cfg.alpha}")
@@ -304,6 +307,17 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     need(bool(cfg.tracking.experiment.strip()), "tracking.experiment: must be a non-empty MLflow experiment name")
     need("/" not in cfg.run_name and cfg.run_name not in (".", ".."),
          f"run_name: must be a plain directory name, got {cfg.run_name!r}")
+
+
+def _float_fields(obj, prefix: str = ""):
+    """(dotted key, value) of every float-typed field, sections included: new keys are covered too."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _float_fields(value, f"{prefix}{f.name}.")
+        elif hints[f.name] is float or hints[f.name] == list[float]:
+            yield from ((f"{prefix}{f.name}", v) for v in (value if isinstance(value, list) else [value]))
 
 
 def save_config(cfg: Config, path: Path) -> None:

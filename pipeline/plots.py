@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-PLOTS = "plots"
+from pipeline.run_dir import METRICS, PLOTS
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -21,7 +21,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def _read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     return [json.loads(l) for l in path.read_text().splitlines()] if path.is_file() else []
 
 

@@ -26,11 +26,10 @@ from ray import tune
 from pipeline import checkpoint
 from pipeline.config import ConfigError, flatten, load_config
 from pipeline.sweep_config import Resources, Sweep, load_sweep
+from pipeline.sweep_dir import (FINISHED, MANIFEST, SPEC, STATE, TRIAL_STATUSES, TRIALS, TUNE_DIR,  # noqa: F401
+                                read_manifest, write_manifest)
 from pipeline.trainer import Trainer, TrainerHook, eval_scalars, iteration_scalars
 
-SPEC, STATE, MANIFEST, TUNE_DIR, TRIALS = "sweep.yaml", "sweep.json", "trials.json", "tune", "trials"
-FINISHED = ("completed", "diverged")  # trials that ran to the end and were evaluated
-TRIAL_STATUSES = (*FINISHED, "stopped", "error", "unfinished")
 
 
 @dataclass(frozen=True)
@@ -125,17 +124,6 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
 
 # -- the driver's record of the trials ---------------------------------------------------------
-def read_manifest(sweep_dir: Path) -> dict:
-    path = sweep_dir / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def write_manifest(sweep_dir: Path, manifest: dict) -> None:
-    tmp = sweep_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, sweep_dir / MANIFEST)
-
-
 def _update_manifest(sweep_dir: Path, trial_id: str, **fields) -> None:
     manifest = read_manifest(sweep_dir)
     manifest.setdefault(trial_id, {}).update(fields)
