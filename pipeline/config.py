@@ -13,14 +13,12 @@ from pathlib import Path
 
 import yaml
 
+from tasks.errors import ConfigError  # noqa: F401 (the error type's home is below both packages)
+
 BACKENDS = ("ray", "local")
 NORMS = ("batch", "none")
 OMNIGLOT_SPLITS = ("character", "alphabet")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
-
-
-class ConfigError(ValueError):
-    """A bad config value or key; str(error) is the one-line message shown to the user."""
 
 
 @dataclass
@@ -79,6 +77,7 @@ class RayConfig:
     address: str = ""  # "" = RAY_ADDRESS if set, else a local Ray started in process
     object_store_mb: int = 0  # local Ray only; 0 = Ray's default
     max_worker_restarts: int = 3  # per shard and iteration, before the run fails
+    start_timeout_s: float = 600.0  # how long to wait for workers Ray cannot place yet (an autoscaler adding nodes)
 
 
 @dataclass
@@ -303,6 +302,7 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     need(cfg.ray.cpus_per_worker > 0, f"ray.cpus_per_worker: must be > 0, got {cfg.ray.cpus_per_worker}")
     need(cfg.ray.gpus_per_worker >= 0, f"ray.gpus_per_worker: must be >= 0, got {cfg.ray.gpus_per_worker}")
     need(cfg.ray.object_store_mb >= 0, f"ray.object_store_mb: must be >= 0, got {cfg.ray.object_store_mb}")
+    need(cfg.ray.start_timeout_s > 0, f"ray.start_timeout_s: must be > 0, got {cfg.ray.start_timeout_s}")
     need(cfg.ray.max_worker_restarts >= 0, f"ray.max_worker_restarts: must be >= 0, got {cfg.ray.max_worker_restarts}")
     need(bool(cfg.tracking.experiment.strip()), "tracking.experiment: must be a non-empty MLflow experiment name")
     need("/" not in cfg.run_name and cfg.run_name not in (".", ".."),

@@ -117,3 +117,48 @@ def test_gpu_workers_fall_back_to_cpu_on_a_cluster_without_gpus(local_ray, tmp_p
     assert res["status"] == "completed" and res["workers"] == 2 and res["placement"] == "spread"
     assert any("the cluster has no GPU: workers run on CPU" in l for l in lines)
     assert any("device cpu" in l for l in lines)
+
+
+def test_workers_a_joined_cluster_cannot_place_report_progress_then_time_out(local_ray, tmp_path, monkeypatch):
+    """On a cluster we joined (an autoscaler might add nodes) unplaceable workers are waited for,
+    with progress lines, until ray.start_timeout_s; then one line, and every started actor is gone."""
+    import pipeline.backends
+    from pipeline.config import ConfigError
+
+    monkeypatch.setattr(pipeline.backends, "PROGRESS_S", 1.0)
+    lines = []
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as e:
+        Trainer(cfg_for(tmp_path, 6, **{"ray.start_timeout_s": 4}), tmp_path / "r", log=lines.append)
+    waited = time.monotonic() - t0
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("ray.start_timeout_s: 2 of 6 workers (1 CPU each) not started after"), msg
+    assert "of 4 cluster CPUs free" in msg and "raise ray.start_timeout_s (now 4)" in msg
+    assert lines[0].startswith("ray: ray.workers: 6 workers x 1 CPU (ray.cpus_per_worker) need 6 CPUs, but the "
+                               "Ray cluster has 4 now; waiting up to ray.start_timeout_s=4 s")
+    progress = [l for l in lines if l.startswith("ray: waiting for 2 of 6 workers")]
+    assert len(progress) >= 2, lines
+    assert 4 <= waited < 60
+    assert not (tmp_path / "r").exists()
+    deadline = time.monotonic() + 30  # the started actors were killed: their CPUs come back
+    while ray.available_resources().get("CPU", 0) < 4 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == 4
+
+
+def test_workers_that_never_fit_a_local_ray_exit_2_before_starting_it(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "sine_quick", "--workers", "10000",
+                           "--set", f"output_dir={tmp_path / 'runs'}"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 2, proc.stderr
+    from pipeline.backends import _local_cpus
+
+    cpus = _local_cpus()
+    assert proc.stderr == (f"metatrain: error: ray.workers: 10000 workers x 1 CPU (ray.cpus_per_worker) need 10000 "
+                           f"CPUs, but the local Ray on this machine has {cpus} and no autoscaler to add nodes; use "
+                           f"--workers {cpus} or fewer (0 sizes the workers to the cluster)\n")
+    assert "Traceback" not in proc.stdout and not (tmp_path / "runs").exists()
+    assert elapsed < 120  # no Ray was started: the time is Python's imports

@@ -295,3 +295,85 @@ def test_batch_norm_is_an_explicit_choice():
         assert any(k.endswith("bn_scale") for k in params) == has_bn
         r = exp.train_shard(params, 0, range(3))
         assert math.isfinite(r.loss_sum) and set(r.grads) == set(params)
+
+
+# -- every data-file failure is one line naming the file ---------------------------------------
+def write_alphabet_folder(root, alphabets=("A", "B"), characters=3, drawers=4):
+    """A tiny Omniglot-shaped folder: <root>/<alphabet>/<characterNN>/<drawer>.png."""
+    rng = np.random.default_rng(0)
+    for a in alphabets:
+        for c in range(characters):
+            (root / a / f"character{c:02d}").mkdir(parents=True)
+            for d in range(drawers):
+                pixels = (rng.random((20, 20)) > 0.5).astype(np.uint8) * 255
+                Image.fromarray(pixels).save(root / a / f"character{c:02d}" / f"{d:02d}.png")
+    return root
+
+
+def one_line_error(fn, *args):
+    with pytest.raises(ConfigError) as e:
+        fn(*args)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("task."), msg
+    return msg
+
+
+def test_truncated_and_corrupt_zips_are_one_line_naming_the_file(tmp_path):
+    folder = write_alphabet_folder(tmp_path / "omni")
+    archive = tmp_path / "omni.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(folder.rglob("*.png")):
+            zf.write(p, str(p.relative_to(tmp_path)))
+    assert len(read_alphabets([str(archive)], 16).images) == 2 * 3 * 4  # the intact archive reads
+    data = archive.read_bytes()
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(data[: len(data) // 2])
+    msg = one_line_error(read_alphabets, [str(truncated)], 16)
+    assert f"task.data: {truncated} is not a readable zip archive, truncated or corrupt" in msg
+    # intact directory, one member's compressed bytes overwritten: that member is named
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.infolist()[3]
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(data[:start] + bytes(b ^ 0xFF for b in data[start:start + 20]) + data[start + 20:])
+    msg = one_line_error(read_alphabets, [str(corrupt)], 16)
+    assert f"task.data: {corrupt}:{info.filename} " in msg, msg
+    # the CLI: one line, exit 2, nothing written
+    out = tmp_path / "o.arrow"
+    assert main(["data", "pack", "omniglot", "--src", str(truncated), "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_a_garbage_png_is_one_line_naming_the_file(tmp_path, capsys):
+    folder = write_alphabet_folder(tmp_path / "omni")
+    bad = folder / "B" / "character01" / "02.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    msg = one_line_error(read_alphabets, [str(folder)], 16)
+    assert msg.startswith(f"task.data: {bad} is not a readable image (")
+    # miniImageNet images are decoded on first use (in whichever process samples them)
+    write_mini_folder(tmp_path / "mini")
+    bad = sorted((tmp_path / "mini").rglob("*.jpg"))[0]
+    bad.write_bytes(b"not a jpeg")
+    msg = one_line_error(lambda: make_distribution(load_config(None, {
+        "task.name": "miniimagenet", "task.data": [str(tmp_path / "mini")], "task.ways": 2}).task).images.images.take(
+        np.arange(6)))
+    assert msg.startswith(f"task.data: {bad} is not a readable image (")
+    assert main(["data", "pack", "miniimagenet", "--src", str(tmp_path / "mini"), "--out", str(tmp_path / "m.arrow")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"metatrain: error: task.data: {bad} is not a readable image" in err
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_a_damaged_arrow_file_is_one_line_naming_the_file(tmp_path, capsys, how):
+    images = read_alphabets([str(write_alphabet_folder(tmp_path / "omni"))], 16)
+    good = pack(images, tmp_path / "o.arrow", "omniglot", log=lambda m: None)
+    bad = tmp_path / "bad.arrow"
+    data = good.read_bytes()
+    bad.write_bytes(b"ARROW1\x00\x00" + b"\x17garbage" * 200 if how == "garbage" else data[: len(data) // 2])
+    msg = one_line_error(read_packed, str(bad), "omniglot", 16)
+    assert msg.startswith(f"task.data: {bad} is not a readable Arrow file, truncated or corrupt (")
+    code = main(["train", "sine_quick", "--local", "--set", "task.name=omniglot", "--set", f"task.data=[{bad}]",
+                 "--set", "task.image_size=16", "--set", f"output_dir={tmp_path / 'runs'}", "--set", "tracking.enabled=false"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"task.data: {bad} is not a readable Arrow file" in err
+    assert not (tmp_path / "runs").exists()
