@@ -142,6 +142,8 @@ def load_yaml(path: Path, what: str = "config") -> dict:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{what}: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    except (UnicodeDecodeError, OSError) as e:  # a damaged or unreadable file
+        raise ConfigError(f"{what}: {path} cannot be read as text ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{what}: {path} must hold a mapping of keys, got {type(raw).__name__}")
     return raw

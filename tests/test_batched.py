@@ -15,7 +15,7 @@ def assert_same(batched, loop_losses, loop_grads, n):
         torch.testing.assert_close(batched.grads[k], g, rtol=1e-8, atol=1e-10, msg=lambda m: f"{k}: {m}")
 
 
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("steps", [1, pytest.param(3, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_batched_matches_per_task_loop_mlp(method, steps):
     learner = make_learner(method, hidden=(16, 16), init_std=0.3)
@@ -28,6 +28,7 @@ def test_batched_matches_per_task_loop_mlp(method, steps):
     assert sum(g.abs().sum() for g in grads.values()) > 0
 
 
+@pytest.mark.slow  # conv cells in float64: 10-40 s each on 2 busy cores
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_batched_matches_per_task_loop_conv(method):
     learner = conv_learner(method)
@@ -50,6 +51,7 @@ def test_evaluation_path_matches_training_path():
     torch.testing.assert_close(curves.sum(0), result.curve_sum)
 
 
+@pytest.mark.slow  # conv cells, several vmap chunk sizes
 def test_chunked_vmap_gives_the_same_result():
     learner = conv_learner("mtnet")
     params = perturbed_params(learner)

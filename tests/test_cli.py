@@ -76,6 +76,7 @@ def test_existing_run_is_never_overwritten(tmp_path, capsys):
     assert (run / "checkpoint.pt").read_bytes() == b"precious"
 
 
+@pytest.mark.slow
 def test_train_eval_resume_end_to_end(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "pipeline.cli"]
@@ -116,3 +117,13 @@ def test_every_float_key_is_checked_for_finiteness():
         for bad in (float("inf"), float("-inf"), float("nan")):
             with pytest.raises(ConfigError, match=rf"^{key}: must be a finite number, got"):
                 load_config(None, {key: bad})
+
+
+def test_a_damaged_run_config_is_one_line(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_bytes(b"\xff\xfe\x00garbage\x81")
+    for cmd in ("resume", "eval"):
+        assert main([cmd, str(run), "--local"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"config: {run / 'config.yaml'} cannot be read as text (UnicodeDecodeError" in err

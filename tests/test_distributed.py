@@ -14,6 +14,9 @@ from pipeline.config import load_config
 from pipeline.trainer import Trainer
 
 
+pytestmark = pytest.mark.slow  # starts Ray and trains
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=150 * 2**20,
@@ -162,3 +165,25 @@ def test_workers_that_never_fit_a_local_ray_exit_2_before_starting_it(tmp_path):
                            f"--workers {cpus} or fewer (0 sizes the workers to the cluster)\n")
     assert "Traceback" not in proc.stdout and not (tmp_path / "runs").exists()
     assert elapsed < 120  # no Ray was started: the time is Python's imports
+
+
+def test_an_unreadable_image_met_by_a_worker_is_one_line_naming_the_file(local_ray, tmp_path):
+    """miniImageNet images are decoded on first use, inside the Ray worker that samples them: the
+    worker's one-line data error reaches the driver as that line, not as Ray's remote traceback."""
+    from test_images import write_mini_folder
+
+    from pipeline.config import ConfigError
+
+    write_mini_folder(tmp_path / "mini")
+    bad_class = sorted(p for p in (tmp_path / "mini").iterdir() if p.is_dir())[0]  # a train class
+    for p in bad_class.iterdir():
+        p.write_bytes(b"not a jpeg")
+    cfg = load_config(None, {"task.name": "miniimagenet", "task.data": [str(tmp_path / "mini")], "task.ways": 2,
+                             "task.shots": 1, "task.query": 2, "eval.shots": [1], "eval.tasks": 4,
+                             "meta_batch_size": 4, "iterations": 3, "model.filters": 4, "model.strided": False,
+                             "task.image_size": 16, "backend": "ray", "ray.workers": 2, "output_dir": str(tmp_path),
+                             "tracking.enabled": False})
+    with Trainer(cfg, tmp_path / "r", log=lambda m: None) as t, pytest.raises(ConfigError) as e:
+        t.train()
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"task.data: {bad_class}/") and "is not a readable image" in msg, msg

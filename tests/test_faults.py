@@ -3,8 +3,13 @@ logged is one line saying what was saved and how to finish; results.json survive
 import errno
 import json
 
+import pytest
+
 from pipeline.cli import main
 from pipeline.run_dir import CHECKPOINT, RESULTS
+
+
+pytestmark = pytest.mark.slow  # trains, plots and resumes through the CLI
 
 
 def _disk_full(*args, **kwargs):

@@ -24,7 +24,7 @@ def random_direction(params, seed, skip=("zeta",)):
             for k, v in params.items()}
 
 
-@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("steps", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_maml_meta_gradient_matches_finite_differences(steps):
     learner = make_learner("maml", hidden=(20, 20), init_std=0.5)
     params = learner.init_params(0, torch.float64)
@@ -61,6 +61,7 @@ def test_every_method_meta_gradient_matches_finite_differences(method):
         assert analytic == pytest.approx(fd, rel=1e-5)
 
 
+@pytest.mark.slow  # finite differences through conv cells
 @pytest.mark.parametrize("method", ["maml", "metasgd", "tnet", "mtnet", "mc2"])
 def test_conv_meta_gradient_matches_finite_differences(method):
     """conv4 cells with batch-statistics batch norm (its scale/shift meta-learned): the second-order

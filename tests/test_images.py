@@ -41,6 +41,7 @@ def same_tasks(a, b):
     return all(torch.equal(a[k], b[k]) for k in a if k != "noise")
 
 
+@pytest.mark.slow  # decodes the real Omniglot archives (thousands of images)
 @needs_omniglot
 def test_omniglot_layout_size_range_and_inversion():
     images = read_alphabets(zips(), 28)
@@ -101,6 +102,7 @@ def test_tasks_draw_only_from_their_split():
                 assert len(vals) == 1
 
 
+@pytest.mark.slow  # decodes the real Omniglot archives (thousands of images)
 @needs_omniglot
 def test_splits_share_no_class():
     images = read_alphabets(zips(), 28)
@@ -122,6 +124,7 @@ def test_splits_share_no_class():
         assert b["x_support"].shape == (20, 5, 1, 28, 28) and b["x_query"].shape == (20, 10, 1, 28, 28)
 
 
+@pytest.mark.slow  # decodes the real Omniglot archives (thousands of images)
 @needs_omniglot
 def test_omniglot_data_errors_are_one_line_and_name_the_key(tmp_path):
     bad = [({"task.test_alphabets": ["Klingon"]}, "task.test_alphabets: unknown alphabet 'Klingon'; allowed: Balinese"),
@@ -145,6 +148,7 @@ def test_omniglot_data_errors_are_one_line_and_name_the_key(tmp_path):
         assert message in str(e.value)
 
 
+@pytest.mark.slow  # decodes the real Omniglot archives (thousands of images)
 @needs_omniglot
 def test_sampling_is_deterministic_from_zip_folder_and_arrow(tmp_path):
     folder = tmp_path / "extracted"
@@ -167,6 +171,7 @@ def test_sampling_is_deterministic_from_zip_folder_and_arrow(tmp_path):
     assert torch.equal(k1["x_query"], k5["x_query"]) and torch.equal(k1["x_support"][:, :1], k5["x_support"][:, :1])
 
 
+@pytest.mark.slow  # decodes the real Omniglot archives (thousands of images)
 @needs_omniglot
 def test_arrow_round_trip_is_exact_and_memory_mapped(tmp_path, capsys):
     images = read_alphabets(zips(), 28)
@@ -204,6 +209,7 @@ def write_mini_folder(root, classes_per_split=(("train", 3), ("val", 1), ("test"
         (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
 
 
+@pytest.mark.slow  # decodes 84x84 images and trains a conv4
 def test_miniimagenet_folder_with_split_csvs(tmp_path):
     write_mini_folder(tmp_path / "mini")
     cfg = load_config(None, {"task.name": "miniimagenet", "task.data": [str(tmp_path / "mini")], "task.ways": 2,
@@ -242,6 +248,7 @@ def test_miniimagenet_errors_name_the_key(tmp_path):
         read_class_folders(str(tmp_path / "mini"), "", 84)
 
 
+@pytest.mark.slow
 @needs_omniglot
 @pytest.mark.parametrize("method", ["maml", "mtnet"])
 def test_short_conv_meta_training_on_real_omniglot_beats_chance(tmp_path, method):
@@ -264,6 +271,7 @@ THESIS = {  # DESIGN section 4: meta-batch, alpha, inner steps in training and a
     "miniimagenet_5w1s": (4, 0.01, 5, 10, 5, 1), "miniimagenet_5w5s": (4, 0.01, 5, 10, 5, 5)}
 
 
+@pytest.mark.slow  # decodes the real Omniglot archives (thousands of images)
 @needs_omniglot
 @pytest.mark.parametrize("name", sorted(THESIS))
 def test_shipped_image_configs_hold_the_thesis_settings(tmp_path, name):

@@ -33,7 +33,7 @@ def sgd(learner, params, task, keys, alpha, steps):
     return fast
 
 
-@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "conv"])
+@pytest.mark.parametrize("conv", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["mlp", "conv"])
 def test_forced_gates_give_sgd_with_step_alpha(conv):
     learner = conv_learner("metalstm") if conv else make_learner("metalstm", init_std=0.3)
     alpha, steps = 0.05, 4
@@ -65,7 +65,7 @@ def test_preprocessing_matches_its_definition_at_and_around_the_threshold():
                                                                                          dtype=torch.float64))
 
 
-@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "conv"])
+@pytest.mark.parametrize("conv", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["mlp", "conv"])
 def test_c0_and_every_meta_learner_weight_receive_gradients(conv):
     learner = conv_learner("metalstm") if conv else make_learner("metalstm", init_std=0.3)
     params = learner.init_params(0, torch.float64)
@@ -83,6 +83,7 @@ def test_c0_and_every_meta_learner_weight_receive_gradients(conv):
     assert 0.97 < f.min() and f.max() < 1 and 0.005 < i.min() and i.max() < 0.02
 
 
+@pytest.mark.slow  # conv cells
 def test_no_batch_norm_statistic_leaks_from_one_task_to_the_next():
     """Guards the design (batch statistics of each forward pass, nothing stored): a learner with
     running statistics, or any state kept between calls, would fail these comparisons."""
@@ -106,6 +107,7 @@ def test_no_batch_norm_statistic_leaks_from_one_task_to_the_next():
     assert not torch.allclose(changed[1][1], together[1][1])
 
 
+@pytest.mark.slow
 def test_gate_figure_is_written_and_tracked(tmp_path):
     cfg = load_config(None, {"method": "metalstm", "inner_steps": 3, "eval.inner_steps": 3, "iterations": 10,
                              "meta_batch_size": 4, "model.hidden": [16, 16], "eval.tasks": 20, "eval.shots": [10],
@@ -125,6 +127,7 @@ def test_gate_figure_is_written_and_tracked(tmp_path):
     assert "plots/gates.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
 
 
+@pytest.mark.slow
 @needs_omniglot
 def test_short_meta_training_on_real_omniglot_beats_the_untrained_learner(tmp_path):
     data = [str(OMNIGLOT / "images_background_small1.zip"), str(OMNIGLOT / "images_background_small2.zip")]

@@ -37,7 +37,7 @@ def assert_reduces(reduced, reference, inner, batch, params_reduced, params_refe
     return ga, gb
 
 
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("steps", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_tnet_with_identity_T_is_maml(steps):
     maml, tnet = make_learner("maml", init_std=0.3), make_learner("tnet", init_std=0.3)
     p_maml = maml.init_params(0, torch.float64)
@@ -48,6 +48,7 @@ def test_tnet_with_identity_T_is_maml(steps):
     assert any(g_tnet.grads[f"{c.name}.T"].abs().sum() > 0 for c in tnet.net.cells), "T must be learnable"
 
 
+@pytest.mark.slow  # conv cells
 def test_tnet_with_identity_T_is_maml_on_conv_cells():
     maml, tnet = conv_learner("maml"), conv_learner("tnet")
     p_maml, p_tnet = maml.init_params(3, torch.float64), tnet.init_params(3, torch.float64)
@@ -55,8 +56,8 @@ def test_tnet_with_identity_T_is_maml_on_conv_cells():
     assert_reduces(tnet, maml, InnerLoop(0.2, 2), batch, p_tnet, p_maml)
 
 
-@pytest.mark.parametrize("conv", [False, True], ids=["dense", "conv"])
-@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("conv", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["dense", "conv"])
+@pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_mtnet_with_saturated_mask_is_tnet(full, conv):
     name = "mtnet_full" if full else "mtnet"
     tnet = conv_learner("tnet") if conv else make_learner("tnet", init_std=0.3)
@@ -69,7 +70,8 @@ def test_mtnet_with_saturated_mask_is_tnet(full, conv):
                    keys_equal=("W", "b", "T", "bn_scale", "bn_shift"), exact=True)
 
 
-@pytest.mark.parametrize("learner_fn", [lambda: make_learner("mtnet", init_std=0.3), lambda: conv_learner("mtnet")],
+@pytest.mark.parametrize("learner_fn", [lambda: make_learner("mtnet", init_std=0.3),
+                                        pytest.param(lambda: conv_learner("mtnet"), marks=pytest.mark.slow)],
                          ids=["dense", "conv"])
 def test_proposition_1_update_stays_in_span_of_first_d_columns_of_T(learner_fn):
     """Mask fixed to the first d rows, T invertible: after one inner step, the change of every
@@ -121,7 +123,7 @@ def test_mask_logits_receive_meta_gradient():
         assert result.grads[f"{cell.name}.zeta"].abs().sum() > 0
 
 
-@pytest.mark.parametrize("conv", [False, True], ids=["dense", "conv"])
+@pytest.mark.parametrize("conv", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["dense", "conv"])
 def test_meta_sgd_with_uniform_step_is_maml(conv):
     maml = conv_learner("maml") if conv else make_learner("maml", init_std=0.3)
     msgd = conv_learner("metasgd") if conv else make_learner("metasgd", init_std=0.3)
@@ -134,7 +136,7 @@ def test_meta_sgd_with_uniform_step_is_maml(conv):
 
 
 @pytest.mark.parametrize("method", ["mc1", "mc2"])
-@pytest.mark.parametrize("conv", [False, True])
+@pytest.mark.parametrize("conv", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_meta_curvature_with_identity_matrices_is_maml(method, conv):
     maml = conv_learner("maml") if conv else make_learner("maml", init_std=0.3)
     mc = conv_learner(method) if conv else make_learner(method, init_std=0.3)
