@@ -1,5 +1,6 @@
 """Ray shard workers: worker-count invariance, worker failure and driver restart (real Ray)."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,16 +133,18 @@ def test_workers_a_joined_cluster_cannot_place_report_progress_then_time_out(loc
     lines = []
     t0 = time.monotonic()
     with pytest.raises(ConfigError) as e:
-        Trainer(cfg_for(tmp_path, 6, **{"ray.start_timeout_s": 4}), tmp_path / "r", log=lines.append)
+        Trainer(cfg_for(tmp_path, 6, **{"ray.start_timeout_s": 6}), tmp_path / "r", log=lines.append)
     waited = time.monotonic() - t0
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith("ray.start_timeout_s: 2 of 6 workers (1 CPU each) not started after"), msg
-    assert "of 4 cluster CPUs free" in msg and "raise ray.start_timeout_s (now 4)" in msg
+    # at least the 2 workers that do not fit are missing (the 4 that fit may still be booting)
+    m = re.match(r"ray.start_timeout_s: ([2-6]) of 6 workers \(1 CPU each\) not started after \d+ s; "
+                 r"0 of 4 cluster CPUs free; .* raise ray.start_timeout_s \(now 6\)$", msg)
+    assert m and "\n" not in msg, msg
     assert lines[0].startswith("ray: ray.workers: 6 workers x 1 CPU (ray.cpus_per_worker) need 6 CPUs, but the "
-                               "Ray cluster has 4 now; waiting up to ray.start_timeout_s=4 s")
-    progress = [l for l in lines if l.startswith("ray: waiting for 2 of 6 workers")]
-    assert len(progress) >= 2, lines
-    assert 4 <= waited < 60
+                               "Ray cluster has 4 now; waiting up to ray.start_timeout_s=6 s")
+    progress = [l for l in lines if re.match(r"ray: waiting for [2-6] of 6 workers \(1 CPU each\) not started", l)]
+    assert len(progress) >= 3, lines  # one a second (PROGRESS_S patched to 1 s)
+    assert 6 <= waited < 60
     assert not (tmp_path / "r").exists()
     deadline = time.monotonic() + 30  # the started actors were killed: their CPUs come back
     while ray.available_resources().get("CPU", 0) < 4 and time.monotonic() < deadline:
