@@ -248,6 +248,7 @@ class FewShotImages:
     set, so a task and its query set stay the same whatever K is."""
 
     loss = "cross_entropy"
+    network = "conv4"
 
     def __init__(self, images: ImageSet, splits: dict[str, list[str]], ways: int, rotations: bool):
         self.images, self.ways, self.rotations = images, ways, rotations

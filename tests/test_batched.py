@@ -4,7 +4,7 @@ import torch
 from conftest import ALL_METHODS, conv_batch, conv_learner, make_learner, perturbed_params, sine_batch
 from reference import loop_meta_gradient
 
-from pipeline.meta_batch import InnerLoop, shard_evaluate, shard_meta_gradient
+from pipeline.meta_batch import InnerSettings, shard_evaluate, shard_meta_gradient
 
 
 def assert_same(batched, loop_losses, loop_grads, n):
@@ -21,7 +21,7 @@ def test_batched_matches_per_task_loop_mlp(method, steps):
     learner = make_learner(method, hidden=(16, 16), init_std=0.3)
     params = perturbed_params(learner)
     batch = sine_batch(learner, params, n=5)
-    inner = InnerLoop(alpha=0.05, steps=steps, temperature=0.7)
+    inner = InnerSettings(alpha=0.05, steps=steps, temperature=0.7)
     losses, grads = loop_meta_gradient(learner, inner, params, batch)
     assert_same(shard_meta_gradient(learner, inner, params, batch), losses, grads, 5)
     # Gradients are not all zero (the comparison is not vacuous).
@@ -34,7 +34,7 @@ def test_batched_matches_per_task_loop_conv(method):
     learner = conv_learner(method)
     params = perturbed_params(learner)
     batch = conv_batch(learner, params)
-    inner = InnerLoop(alpha=0.1, steps=2)
+    inner = InnerSettings(alpha=0.1, steps=2)
     losses, grads = loop_meta_gradient(learner, inner, params, batch)
     assert_same(shard_meta_gradient(learner, inner, params, batch), losses, grads, 3)
 
@@ -43,7 +43,7 @@ def test_evaluation_path_matches_training_path():
     learner = make_learner("mtnet", hidden=(16, 16), init_std=0.3)
     params = perturbed_params(learner)
     batch = sine_batch(learner, params, n=6)
-    inner = InnerLoop(alpha=0.05, steps=2)
+    inner = InnerSettings(alpha=0.05, steps=2)
     metrics, curves = shard_evaluate(learner, inner, params, batch)
     result = shard_meta_gradient(learner, inner, params, batch)
     assert curves.shape == (6, 3)
@@ -56,7 +56,7 @@ def test_chunked_vmap_gives_the_same_result():
     learner = conv_learner("mtnet")
     params = perturbed_params(learner)
     batch = conv_batch(learner, params, n=5)
-    inner = InnerLoop(alpha=0.1, steps=1)
+    inner = InnerSettings(alpha=0.1, steps=1)
     whole = shard_meta_gradient(learner, inner, params, batch)
     chunked = shard_meta_gradient(learner, inner, params, batch, chunk_size=2)
     assert chunked.loss_sum == pytest.approx(whole.loss_sum, rel=1e-12)
