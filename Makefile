@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-fast bench clean
 
 $(STAMP): setup.py requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ run: install  ## meta-train on the embedded defaults: MT-net, 10-shot sine (abou
 
 test: install  ## the test suite (the same command CI runs)
 	$(PY) -m pytest -q tests $(ARGS)
+
+test-fast: install  ## the quick subset: no Ray, Tune or MLflow servers, no training runs (about a minute on 2 cores)
+	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
 
 bench: install  ## batched vs per-task meta-gradient throughput
 	$(PY) benchmarks/bench_batched.py $(ARGS)

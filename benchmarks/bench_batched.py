@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from pipeline.learners import conv4, mlp
-from pipeline.meta_batch import InnerLoop, Learner, shard_meta_gradient
+from pipeline.meta_batch import InnerSettings, Learner, shard_meta_gradient
 from pipeline.rules import get_rule
 from tasks.regression import Sinusoid
 from tasks.sampling import sample_batch
@@ -77,7 +77,7 @@ def main():
     sine = Sinusoid()
     for m in args.methods.split(","):
         learner = Learner(mlp(1, [40, 40], 1), get_rule(m))
-        bench(f"sine MLP 1-40-40-1, {m}", learner, InnerLoop(0.01, 1),
+        bench(f"sine MLP 1-40-40-1, {m}", learner, InnerSettings(0.01, 1),
               lambda l, p: sample_batch(sine, seed=0, split="train", iteration=0, indices=range(args.sine_batch),
                                         shots=10, query=10, noise_shapes=l.rule.noise_shapes(p)),
               args.sine_batch, args.reps)
@@ -85,7 +85,7 @@ def main():
     for m in args.conv_methods.split(","):
         for chunk in (None, 8):
             learner = Learner(conv4(1, 5, 28, filters=64), get_rule(m))
-            bench(f"conv4-64 28x28 5w1s q15, {m}" + (f", chunk {chunk}" if chunk else ""), learner, InnerLoop(0.4, 1),
+            bench(f"conv4-64 28x28 5w1s q15, {m}" + (f", chunk {chunk}" if chunk else ""), learner, InnerSettings(0.4, 1),
                   lambda l, p: sample_batch(images, seed=0, split="train", iteration=0, indices=range(args.conv_batch),
                                             shots=1, query=15, noise_shapes=l.rule.noise_shapes(p)),
                   args.conv_batch, max(3, args.reps // 3), chunk)

@@ -5,11 +5,12 @@ their sums in a fixed order, so results match the in-process backend up to float
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import torch
 
-from pipeline.config import Config, to_dict
+from pipeline.config import Config, ConfigError, to_dict
 from pipeline.evaluation import split
 from pipeline.experiment import Experiment  # or an OptimizerExperiment: the same shard interface
 from pipeline.meta_batch import ShardResult
@@ -33,6 +34,19 @@ class LocalBackend:
         pass
 
 
+def _local_cpus() -> int:
+    """The CPUs Ray gives a local instance (cgroup limits included)."""
+    try:
+        from ray._private.utils import get_num_cpus  # private, hence the fallback
+
+        return get_num_cpus()
+    except Exception:  # noqa: BLE001
+        return os.cpu_count() or 1
+
+
+PROGRESS_S = 10.0  # seconds between "waiting for workers" lines
+
+
 class RayBackend:
     name = "ray"
 
@@ -42,21 +56,34 @@ class RayBackend:
         from pipeline.workers import ShardWorker
 
         self.ray, self.cfg, self.log = ray, cfg, log
-        self.started_ray = False
+        self.started_ray = self.own_cluster = False
+        self._cls = ShardWorker
         if not ray.is_initialized():
             # "local" starts a fresh in-process Ray instead of attaching to whatever runs here.
             address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
             kwargs = {"include_dashboard": False, "logging_level": "WARNING"}
             if address == "local" and cfg.ray.object_store_mb:
                 kwargs["object_store_memory"] = cfg.ray.object_store_mb * 2**20
+            if address == "local" and cfg.ray.workers:
+                # the CPUs a local Ray would have, known before spending seconds starting it
+                self._check_fits(cfg.ray.workers, 0.0, {"CPU": float(_local_cpus())}, own_cluster=True)
             ray.init(address=address, **kwargs)
-            self.started_ray = True
+            self.started_ray, self.own_cluster = True, address == "local"
         rc = cfg.ray
         self.gpus = rc.gpus_per_worker
         if self.gpus and not ray.cluster_resources().get("GPU", 0):
             log(f"ray: ray.gpus_per_worker={self.gpus:g} but the cluster has no GPU: workers run on CPU")
             self.gpus = 0.0
         self.workers = rc.workers or self._auto_workers()
+        self.actors, self.restarts = [], 0
+        try:
+            self._start_workers(log)
+        except BaseException:
+            self.close()  # no actor or in-process Ray outlives a failed start
+            raise
+
+    def _start_workers(self, log) -> None:
+        ray, rc = self.ray, self.cfg.ray
         # Inside a Tune trial the workers take the bundles Tune reserved for them in the trial's
         # placement group; otherwise they are spread over the cluster's nodes.
         pg = ray.util.get_current_placement_group()
@@ -66,17 +93,57 @@ class RayBackend:
             strategy = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
         else:
             strategy = "SPREAD"
+            self._check_fits(self.workers, self.gpus, self.ray.cluster_resources(), self.own_cluster)
         self.placement = "the trial's placement group" if pg is not None else "spread"
         self._options = {"num_cpus": rc.cpus_per_worker, "num_gpus": self.gpus, "scheduling_strategy": strategy}
-        self._cls = ShardWorker
-        self._cfg_dict = to_dict(cfg)
+        self._cfg_dict = to_dict(self.cfg)
         self.actors = [self._spawn() for _ in range(self.workers)]
-        self.restarts = 0
-        where = self.worker_info()
+        where = self._wait_started()
         nodes = len({w["node_id"] for w in where})
         devices = ",".join(sorted({w["device"] for w in where}))
         log(f"ray: {self.workers} shard worker(s) on {nodes} node(s) ({self.placement}), {rc.cpus_per_worker:g} CPU"
             f"{f' + {self.gpus:g} GPU' if self.gpus else ''} each, device {devices}")
+
+    def _check_fits(self, workers: int, gpus: float, total: dict, own_cluster: bool) -> None:
+        """Workers that can never be placed fail here, in one line, instead of waiting forever. That
+        is certain only for a Ray this process started (no autoscaler can add nodes to it); on a
+        cluster we joined (ray.address, RAY_ADDRESS, an initialised Ray) an autoscaler may add nodes,
+        so there we wait (`_wait_started`)."""
+        rc = self.cfg.ray
+        for unit, each, key in (("CPU", rc.cpus_per_worker, "ray.cpus_per_worker"), ("GPU", gpus, "ray.gpus_per_worker")):
+            need, have = workers * each, total.get(unit, 0.0)
+            if each and need > have + 1e-9:
+                fit = int(have // each)
+                msg = f"ray.workers: {workers} workers x {each:g} {unit} ({key}) need {need:g} {unit}s, but "
+                if own_cluster:
+                    raise ConfigError(f"{msg}the local Ray on this machine has {have:g} and no autoscaler to add "
+                                      f"nodes; use --workers {fit} or fewer (0 sizes the workers to the cluster)")
+                msg += f"the Ray cluster has {have:g}"
+                self.log(f"ray: {msg} now; waiting up to ray.start_timeout_s={rc.start_timeout_s:g} s for an "
+                         "autoscaler to add nodes")
+
+    def _wait_started(self) -> list[dict]:
+        """Each worker's placement once all have started, with a progress line every
+        `PROGRESS_S` seconds; a one-line error after ray.start_timeout_s."""
+        rc, n = self.cfg.ray, len(self.actors)
+        pending = {a.where.remote(): i for i, a in enumerate(self.actors)}
+        where, t0 = [None] * n, time.monotonic()
+        while pending:
+            left = rc.start_timeout_s - (time.monotonic() - t0)
+            done, _ = self.ray.wait(list(pending), num_returns=len(pending), timeout=max(0.0, min(PROGRESS_S, left)))
+            for ref in done:
+                where[pending.pop(ref)] = self.ray.get(ref)
+            if not pending:
+                break
+            waited, free = time.monotonic() - t0, self.ray.available_resources().get("CPU", 0.0)
+            state = (f"{len(pending)} of {n} workers ({rc.cpus_per_worker:g} CPU"
+                     f"{f' + {self.gpus:g} GPU' if self.gpus else ''} each) not started after {waited:.0f} s; "
+                     f"{free:g} of {self.ray.cluster_resources().get('CPU', 0.0):g} cluster CPUs free")
+            if waited >= rc.start_timeout_s:
+                raise ConfigError(f"ray.start_timeout_s: {state}; lower ray.workers / ray.cpus_per_worker, add "
+                                  f"nodes, or raise ray.start_timeout_s (now {rc.start_timeout_s:g})")
+            self.log(f"ray: waiting for {state}")
+        return where
 
     def _auto_workers(self) -> int:
         cpus = self.ray.available_resources().get("CPU", 1)
@@ -92,7 +159,7 @@ class RayBackend:
     def _run(self, jobs: list, submit) -> list:
         """Submit job i to worker i % n; gather in job order. A worker that dies is replaced and
         its job re-run (the result is a pure function of the job, so it is the same)."""
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
         futures = [submit(self.actors[i % self.workers], job) for i, job in enumerate(jobs)]
         out = []
@@ -101,6 +168,12 @@ class RayBackend:
                 try:
                     out.append(self.ray.get(future))
                     break
+                except RayTaskError as e:
+                    # Bad data found by a worker (an image decoded on first use): the worker's one
+                    # line, not Ray's remote traceback.
+                    if isinstance(e.cause, ConfigError):
+                        raise ConfigError(str(e.cause)) from None
+                    raise
                 except (RayActorError, ActorDiedError, ActorUnavailableError) as e:
                     if attempt == self.cfg.ray.max_worker_restarts:
                         raise RuntimeError(f"shard {job} failed {attempt + 1} times; last error: {e}") from e
@@ -142,6 +215,7 @@ class RayBackend:
         self.actors = []
         if self.started_ray:
             self.ray.shutdown()
+            self.started_ray = False
 
 
 def make_backend(cfg: Config, experiment: Experiment, log=print):

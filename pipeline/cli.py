@@ -39,7 +39,7 @@ def _new_run_dir(cfg) -> Path:
 
 
 def _load_run(run_dir: str, overrides: list[str] = ()):
-    from pipeline.trainer import CONFIG
+    from pipeline.run_dir import CONFIG
 
     path = Path(run_dir)
     if not (path / CONFIG).is_file():
@@ -161,7 +161,7 @@ def cmd_eval(args) -> int:
 
     seed = cfg.eval.seed if args.seed is None else args.seed
     with Trainer(cfg, run_dir, log=_log) as trainer:
-        trainer.load_state_dict(checkpoint.load(run_dir))
+        trainer.load_state_dict(checkpoint.load(run_dir, _log))
         table = trainer.evaluate(tasks=args.tasks, shots=shots, seed=seed)
     tasks = args.tasks or cfg.eval.tasks
     out = {"iteration": trainer.iteration, "metric": metric_name(trainer.experiment), "tasks": tasks,

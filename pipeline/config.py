@@ -13,15 +13,13 @@ from pathlib import Path
 
 import yaml
 
+from tasks.errors import ConfigError  # noqa: F401 (the error type's home is below both packages)
+
 BACKENDS = ("ray", "local")
 NORMS = ("batch", "none")
 OMNIGLOT_SPLITS = ("character", "alphabet")
 EVAL_SPLITS = ("test", "train")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
-
-
-class ConfigError(ValueError):
-    """A bad config value or key; str(error) is the one-line message shown to the user."""
 
 
 @dataclass
@@ -90,6 +88,7 @@ class RayConfig:
     address: str = ""  # "" = RAY_ADDRESS if set, else a local Ray started in process
     object_store_mb: int = 0  # local Ray only; 0 = Ray's default
     max_worker_restarts: int = 3  # per shard and iteration, before the run fails
+    start_timeout_s: float = 600.0  # how long to wait for workers Ray cannot place yet (an autoscaler adding nodes)
 
 
 @dataclass
@@ -154,6 +153,8 @@ def load_yaml(path: Path, what: str = "config") -> dict:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{what}: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    except (UnicodeDecodeError, OSError) as e:  # a damaged or unreadable file
+        raise ConfigError(f"{what}: {path} cannot be read as text ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{what}: {path} must hold a mapping of keys, got {type(raw).__name__}")
     return raw
@@ -266,6 +267,8 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
         if not ok:
             raise ConfigError(msg)
 
+    for key, value in _float_fields(cfg):  # inf and nan pass every "> 0" / ">= 0" check below
+        need(math.isfinite(value), f"{key}: must be a finite number, got {value}")
     need(cfg.method in METHODS, f"method: unknown method {cfg.method!r}; allowed: {', '.join(METHODS)}")
     need(cfg.task.name in TASKS, f"task.name: unknown task {cfg.task.name!r}; allowed: {', '.join(TASKS)}")
     _validate_family(cfg, check_paths)
@@ -314,6 +317,7 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     need(cfg.ray.cpus_per_worker > 0, f"ray.cpus_per_worker: must be > 0, got {cfg.ray.cpus_per_worker}")
     need(cfg.ray.gpus_per_worker >= 0, f"ray.gpus_per_worker: must be >= 0, got {cfg.ray.gpus_per_worker}")
     need(cfg.ray.object_store_mb >= 0, f"ray.object_store_mb: must be >= 0, got {cfg.ray.object_store_mb}")
+    need(cfg.ray.start_timeout_s > 0, f"ray.start_timeout_s: must be > 0, got {cfg.ray.start_timeout_s}")
     need(cfg.ray.max_worker_restarts >= 0, f"ray.max_worker_restarts: must be >= 0, got {cfg.ray.max_worker_restarts}")
     need(bool(cfg.tracking.experiment.strip()), "tracking.experiment: must be a non-empty MLflow experiment name")
     need("/" not in cfg.run_name and cfg.run_name not in (".", ".."),
@@ -325,7 +329,7 @@ def _validate_family(cfg: Config, check_paths: bool) -> None:
     from pipeline.rules import RULES
     from tasks.optimizees import ACTIVATIONS, OPTIMIZEES
 
-    optimizers = sorted(k for k, r in RULES.items() if getattr(r, "family", "") == "optimizer")
+    optimizers = sorted(k for k, r in RULES.items() if r.family == "optimizer")
     is_optimizer = cfg.method in optimizers
     if is_optimizer != (cfg.task.name in OPTIMIZEES):
         if is_optimizer:
@@ -364,6 +368,17 @@ def _validate_family(cfg: Config, check_paths: bool) -> None:
                               f"e.g. ../shared/data/mnist/mnist_5k.csv.gz) or a torchvision MNIST root; got {cfg.task.data}")
         if check_paths and not Path(cfg.task.data[0]).expanduser().exists():
             raise ConfigError(f"task.data: {cfg.task.data[0]} does not exist")
+
+
+def _float_fields(obj, prefix: str = ""):
+    """(dotted key, value) of every float-typed field, sections included: new keys are covered too."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _float_fields(value, f"{prefix}{f.name}.")
+        elif hints[f.name] is float or hints[f.name] == list[float]:
+            yield from ((f"{prefix}{f.name}", v) for v in (value if isinstance(value, list) else [value]))
 
 
 def save_config(cfg: Config, path: Path) -> None:

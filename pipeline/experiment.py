@@ -10,7 +10,7 @@ import torch
 from pipeline.config import Config
 from pipeline.evaluation import evaluate
 from pipeline.learners import conv4, mlp
-from pipeline.meta_batch import InnerLoop, Learner, ShardResult, shard_evaluate, shard_meta_gradient
+from pipeline.meta_batch import InnerSettings, Learner, ShardResult, shard_evaluate, shard_meta_gradient
 from pipeline.rules import get_rule
 from tasks import make_distribution
 from tasks.sampling import sample_batch
@@ -18,7 +18,7 @@ from tasks.sampling import sample_batch
 
 def make_experiment(cfg: Config, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """The experiment of a config's method family: few-shot adaptation, or learned optimizers."""
-    if getattr(get_rule(cfg.method), "family", "few_shot") == "optimizer":
+    if get_rule(cfg.method).family == "optimizer":
         from pipeline.optimizer_experiment import OptimizerExperiment
 
         return OptimizerExperiment(cfg, dtype, device)
@@ -32,16 +32,18 @@ class Experiment:
         self.cfg, self.dtype, self.device = cfg, dtype, device
         self.distribution = make_distribution(cfg.task)
         d = self.distribution
-        if d.loss == "mse":
+        if d.network == "mlp":  # the distribution says which network its inputs need
             net = mlp(d.input_dim, cfg.model.hidden, d.output_dim, cfg.model.init_std)
-        else:
+        elif d.network == "conv4":
             net = conv4(d.channels, d.ways, d.image_size, cfg.model.filters, cfg.model.strided,
                         batch_norm=cfg.model.batch_norm == "batch")
+        else:
+            raise ValueError(f"task.name: {cfg.task.name} asks for an unknown network kind {d.network!r}")
         if hasattr(d, "check"):  # every K and query size the run will ask for exists in the data
             d.check(split="train", shots=cfg.task.shots, query=cfg.task.query)
             d.check(split="test", shots=max(cfg.eval.shots), query=cfg.task.query, key="eval.shots")
         self.learner = Learner(net, get_rule(cfg.method))
-        self.train_inner = InnerLoop(cfg.alpha, cfg.inner_steps, cfg.gumbel_temperature, "sample")
+        self.train_inner = InnerSettings(cfg.alpha, cfg.inner_steps, cfg.gumbel_temperature, "sample")
         self._noise_shapes = None
         self.chunk = cfg.train.tasks_per_vmap or None
         self.metric_name = "query MSE" if d.loss == "mse" else "query accuracy"
@@ -75,7 +77,7 @@ class Experiment:
     def eval_shard(self, params: dict, indices: Sequence[int], *, shots: int, seed: int,
                    inner_steps: int, mask_mode: str, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.sample(params, split=split, seed=seed, iteration=0, indices=indices, shots=shots)
-        inner = InnerLoop(self.cfg.alpha, inner_steps, self.cfg.gumbel_temperature, mask_mode)
+        inner = InnerSettings(self.cfg.alpha, inner_steps, self.cfg.gumbel_temperature, mask_mode)
         return shard_evaluate(self.learner, inner, params, batch, self.chunk)
 
     def evaluate(self, backend, params: dict, *, tasks: int, shots: list[int], seed: int, steps: int,

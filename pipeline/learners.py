@@ -134,3 +134,17 @@ def cell_of(key: str) -> str:
 
 def n_elements(params: dict) -> int:
     return sum(math.prod(v.shape) for v in params.values())
+
+
+@dataclass(frozen=True)
+class Learner:
+    """A network structure and an update rule; holds no tensors."""
+
+    net: Network
+    rule: "UpdateRule"  # noqa: F821 - pipeline.rules.UpdateRule, not imported: the rules import this module
+
+    def init_params(self, seed: int, dtype=torch.float32) -> dict:
+        gen = torch.Generator().manual_seed(seed)
+        params = init_params(self.net, self.rule.t_cells, gen, dtype)
+        params.update(self.rule.init_meta(self.net, params, gen))
+        return params

@@ -12,33 +12,24 @@ from dataclasses import dataclass, field
 import torch
 from torch.func import grad_and_value, vmap
 
-from pipeline.learners import Network, init_params, loss_and_metric
-from pipeline.rules import UpdateRule
+from pipeline.learners import Learner, loss_and_metric  # noqa: F401 (Learner re-exported)
 
 
 @dataclass(frozen=True)
-class Learner:
-    """A network structure and an update rule; holds no tensors."""
+class InnerSettings:
+    """The inner loop's settings (a record, not a loop): step size, steps, Gumbel temperature,
+    how masks are drawn."""
 
-    net: Network
-    rule: UpdateRule
-
-    def init_params(self, seed: int, dtype=torch.float32) -> dict:
-        gen = torch.Generator().manual_seed(seed)
-        params = init_params(self.net, self.rule.t_cells, gen, dtype)
-        params.update(self.rule.init_meta(self.net, params, gen))
-        return params
-
-
-@dataclass(frozen=True)
-class InnerLoop:
     alpha: float
     steps: int
     temperature: float = 1.0
     mask_mode: str = "sample"
 
 
-def inner_adapt(learner: Learner, inner: InnerLoop, params: dict, task: dict,
+InnerLoop = InnerSettings  # the old name, for code written against it
+
+
+def inner_adapt(learner: Learner, inner: InnerSettings, params: dict, task: dict,
                 trace: list | None = None) -> tuple[dict, list]:
     """Adapted fast weights of one task, and its query loss before each inner step (no grad).
     `trace`, if given, receives the rule's carry after every step (e.g. Meta-LSTM gate values)."""
@@ -63,7 +54,7 @@ def inner_adapt(learner: Learner, inner: InnerLoop, params: dict, task: dict,
     return fast, curve
 
 
-def adapt(learner: Learner, inner: InnerLoop, params: dict, task: dict):
+def adapt(learner: Learner, inner: InnerSettings, params: dict, task: dict):
     """Adapt one task on its support set; return (query loss after adaptation, aux).
 
     aux = (query loss before each inner step and after the last, shape (steps + 1,);
@@ -102,7 +93,7 @@ class ShardResult:
                            first.metric_sum + sum(r.metric_sum for r in rest), extra)
 
 
-def shard_meta_gradient(learner: Learner, inner: InnerLoop, params: dict, batch: dict,
+def shard_meta_gradient(learner: Learner, inner: InnerSettings, params: dict, batch: dict,
                         chunk_size: int | None = None) -> ShardResult:
     """Summed query loss of a batch of tasks after adaptation, and its meta-gradient.
 
@@ -118,7 +109,7 @@ def shard_meta_gradient(learner: Learner, inner: InnerLoop, params: dict, batch:
     return ShardResult(grads, losses.detach().sum().item(), losses.shape[0], curves.sum(0), metrics.sum().item())
 
 
-def shard_evaluate(learner: Learner, inner: InnerLoop, params: dict, batch: dict,
+def shard_evaluate(learner: Learner, inner: InnerSettings, params: dict, batch: dict,
                    chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-task query metric after adaptation (B,) and per-task query-loss curve (B, steps + 1)."""
     params = {k: v.detach() for k, v in params.items()}

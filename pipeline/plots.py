@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-PLOTS = "plots"
+from pipeline.run_dir import METRICS, PLOTS
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -21,7 +21,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def _read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     return [json.loads(l) for l in path.read_text().splitlines()] if path.is_file() else []
 
 
@@ -74,13 +74,13 @@ def regression_adaptation(trainer, path: Path, n_tasks: int = 4) -> Path:
     """A few test tasks: the target function, the K support points, and the model before and
     after adaptation (the evaluation protocol's inner loop and mask mode)."""
     from pipeline.learners import forward
-    from pipeline.meta_batch import InnerLoop, inner_adapt
+    from pipeline.meta_batch import InnerSettings, inner_adapt
 
     cfg, exp = trainer.cfg, trainer.experiment
     params = {k: v.detach() for k, v in trainer.params.items()}
     shots = cfg.task.shots
     batch = exp.sample(params, split="test", seed=cfg.eval.seed, iteration=0, indices=range(n_tasks), shots=shots)
-    inner = InnerLoop(cfg.alpha, cfg.eval.inner_steps, cfg.gumbel_temperature, cfg.eval.mask)
+    inner = InnerSettings(cfg.alpha, cfg.eval.inner_steps, cfg.gumbel_temperature, cfg.eval.mask)
     dist = exp.distribution
     grid = np.linspace(*dist.x_range, 200)[:, None]
     xg = torch.as_tensor(grid, dtype=exp.dtype)
@@ -109,7 +109,7 @@ def meta_lstm_gates(trainer, path: Path, n_tasks: int = 6, seed: int = 0) -> Pat
     """Meta-Learner LSTM: input gate (learned step size) and forget gate (learned weight decay) over
     the inner steps, for one random coordinate of each layer's weights, across test tasks (the
     paper's gate figure)."""
-    from pipeline.meta_batch import InnerLoop, inner_adapt
+    from pipeline.meta_batch import InnerSettings, inner_adapt
 
     cfg, exp = trainer.cfg, trainer.experiment
     params = {k: v.detach() for k, v in trainer.params.items()}
@@ -123,7 +123,7 @@ def meta_lstm_gates(trainer, path: Path, n_tasks: int = 6, seed: int = 0) -> Pat
     coords = {k.rsplit(".", 1)[0]: offsets[k][0] + int(rng.integers(offsets[k][1])) for k in keys if k.endswith(".W")}
     batch = exp.sample(params, split="test", seed=cfg.eval.seed, iteration=0, indices=range(n_tasks),
                        shots=cfg.task.shots)
-    inner = InnerLoop(cfg.alpha, cfg.eval.inner_steps, cfg.gumbel_temperature, cfg.eval.mask)
+    inner = InnerSettings(cfg.alpha, cfg.eval.inner_steps, cfg.gumbel_temperature, cfg.eval.mask)
     traces = []
     for b in range(n_tasks):
         trace = []

@@ -23,8 +23,8 @@ import yaml
 
 from pipeline.config import ConfigError, flatten
 from pipeline.evaluation import mean_ci95
-
-FINISHED = ("completed", "diverged")
+from pipeline.run_dir import CONFIG, RESULTS
+from pipeline.sweep_dir import FINISHED, MANIFEST, SPEC, TRIALS, read_manifest
 
 
 @dataclass
@@ -45,8 +45,6 @@ class Report:
 
 
 def load_trials(sweep_dir: Path) -> tuple[dict, list[Trial]]:
-    from pipeline.sweep import MANIFEST, SPEC, TRIALS, read_manifest
-
     sweep_dir = Path(sweep_dir)
     if not (sweep_dir / SPEC).is_file():
         raise ConfigError(f"SWEEP_DIR: {sweep_dir} is not a sweep directory (no {SPEC})")
@@ -57,10 +55,10 @@ def load_trials(sweep_dir: Path) -> tuple[dict, list[Trial]]:
     trials = []
     for trial_id, t in sorted(manifest.items()):
         run_dir = sweep_dir / TRIALS / t["name"]
-        config = flatten(yaml.safe_load((run_dir / "config.yaml").read_text())) if (run_dir / "config.yaml").is_file() else {}
+        config = flatten(yaml.safe_load((run_dir / CONFIG).read_text())) if (run_dir / CONFIG).is_file() else {}
         results = None
-        if t.get("status") in FINISHED and (run_dir / "results.json").is_file():
-            results = json.loads((run_dir / "results.json").read_text())
+        if t.get("status") in FINISHED and (run_dir / RESULTS).is_file():
+            results = json.loads((run_dir / RESULTS).read_text())
             if results.get("family") == "optimizer":
                 # a learned optimizer's (or baseline's) cell is its own final loss; its "K" column
                 # is the evaluation horizon (optimizee steps)

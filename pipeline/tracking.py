@@ -18,9 +18,10 @@ from urllib.parse import urlparse
 import torch
 
 from pipeline.config import Config, flatten, to_dict
-from pipeline.trainer import CONFIG, METRICS, RESULTS, TrainerHook, eval_scalars, iteration_scalars
+from pipeline.run_dir import CHECKPOINT, CONFIG, METRICS, MLFLOW_RUN, PLOTS, RESULTS
+from pipeline.trainer import TrainerHook, eval_scalars, iteration_scalars
 
-RUN_FILE = "mlflow.json"  # {tracking_uri, experiment_id, run_id} of the run directory's MLflow run
+RUN_FILE = MLFLOW_RUN
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -140,6 +141,11 @@ def log_scalars(client, run_id: str, scalars: dict[str, float], step: int) -> No
         client.log_batch(run_id, metrics=metrics[i:i + 1000])
 
 
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 class MetaLearnedNetwork(torch.nn.Module):
     """The meta-learned initialisation as a plain module for `mlflow.pytorch.log_model`:
     forward(x) is the network before adaptation. Adapting it needs the update rule and its
@@ -226,23 +232,27 @@ class MlflowTracker(TrainerHook):
             for col, v in (("K", int(k) if k.isdigit() else k), ("mean", r["mean"]), ("ci95", r["ci95"]), ("n", r["n"]),
                            ("before_adaptation", r["before_adaptation"])):
                 table[col].append(math.nan if v is None else v)
-        client.log_table(run_id, data=table, artifact_file="eval_table.json")
-        for name in (CONFIG, RESULTS, METRICS, "checkpoint.pt"):
-            if (run_dir / name).is_file():
-                client.log_artifact(run_id, str(run_dir / name))
-        if (run_dir / "plots").is_dir():
-            client.log_artifacts(run_id, str(run_dir / "plots"), "plots")
+        finish = f"{RESULTS} and {CHECKPOINT} are saved in {run_dir}; `metatrain resume {run_dir}` re-evaluates and logs them"
+        try:  # decorations: the results are on disk already, so a failure here is one line, not a crash
+            client.log_table(run_id, data=table, artifact_file="eval_table.json")
+            for name in (CONFIG, RESULTS, METRICS, CHECKPOINT):
+                if (run_dir / name).is_file():
+                    client.log_artifact(run_id, str(run_dir / name))
+            if (run_dir / PLOTS).is_dir():
+                client.log_artifacts(run_id, str(run_dir / PLOTS), PLOTS)
+        except Exception as e:  # noqa: BLE001
+            self.log(f"mlflow: artifacts not logged ({type(e).__name__}: {_first_line(e)}); {finish}")
         if self.cfg.tracking.log_model and trainer.experiment.family == "few_shot":  # an optimizer is no network
             try:
                 client.set_tag(run_id, "model_uri", log_model(self.uri, run_id, trainer))
             except Exception as e:  # noqa: BLE001 - the run's results and checkpoint are logged already
                 client.set_tag(run_id, "model_error", f"{type(e).__name__}: {e}"[:5000])
-                self.log(f"mlflow: the model could not be logged ({type(e).__name__}: {e}); checkpoint.pt holds it")
+                self.log(f"mlflow: the model could not be logged ({type(e).__name__}: {_first_line(e)}); {finish}")
         client.set_tag(run_id, "status", results["status"])
         # A diverged run is a result, not a crash: it keeps its metrics and is flagged FAILED.
         client.set_terminated(run_id, "FINISHED" if results["status"] == "completed" else "FAILED")
         browse = f" (browse: mlflow ui --backend-store-uri {self.uri})" if self.uri.startswith("sqlite:") else ""
-        self.log(f"mlflow: logged run {run_id} at {self.uri}{browse}; plots in {run_dir / 'plots'}")
+        self.log(f"mlflow: logged run {run_id} at {self.uri}{browse}; plots in {run_dir / PLOTS}")
 
     def on_abort(self, trainer, error: BaseException) -> None:
         if self.run_id is None:

@@ -15,8 +15,7 @@ from pipeline.backends import make_backend
 from pipeline.config import Config, save_config
 from pipeline.evaluation import format_table
 from pipeline.experiment import Experiment, make_experiment
-
-METRICS, RESULTS, CONFIG = "metrics.jsonl", "results.json", "config.yaml"
+from pipeline.run_dir import CHECKPOINT, CONFIG, METRICS, PLOTS, RESULTS  # noqa: F401 (re-exported)
 
 
 def metric_name(experiment: Experiment) -> str:
@@ -108,7 +107,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed = resume or state is not None
         if resumed:
-            self.load_state_dict(state if state is not None else checkpoint.load(self.run_dir))
+            self.load_state_dict(state if state is not None else checkpoint.load(self.run_dir, self.log))
             self._truncate_metrics()
             self.log(f"resuming {self.run_dir} at iteration {self.iteration}/{cfg.iterations}")
         else:
@@ -169,7 +168,9 @@ class Trainer:
                 now = time.perf_counter()
                 self._log_window(window, now - t_window, now - t_start, self.iteration - it_start)
                 window, t_window = [], now
-            if self.iteration % cfg.train.checkpoint_every == 0:
+            # The last iteration is saved once, below, with its final status: the previous
+            # checkpoint then stays the last periodic one (the fallback if the newest is damaged).
+            if self.iteration % cfg.train.checkpoint_every == 0 and self.iteration < cfg.iterations:
                 self.save()
                 self._emit("on_checkpoint")
         if self.status == "running":
@@ -234,13 +235,27 @@ class Trainer:
             "results": table,
             "updated_fraction": self.experiment.updated_fraction(self.params),
         }
-        from pipeline.plots import write_run_plots  # matplotlib: imported only when a run ends
-
-        results["plots"] = [str(p.relative_to(self.run_dir)) for p in write_run_plots(self, results)]
-        (self.run_dir / RESULTS).write_text(json.dumps(results, indent=2))
+        # Results before decorations: results.json is on disk before any plot is drawn or model
+        # logged, so a failing plot or a full disk loses nothing that was computed.
+        results["plots"] = []
+        self._write_results(results)
         self.log(format_table(table, results["metric"], header=self.header(results)))
+        try:
+            from pipeline.plots import write_run_plots  # matplotlib: imported only when a run ends
+
+            results["plots"] = [str(p.relative_to(self.run_dir)) for p in write_run_plots(self, results)]
+            self._write_results(results)
+        except Exception as e:  # noqa: BLE001 - a figure is a decoration; the results are saved
+            self.log(f"plots: not written ({_one_line(e)}); {RESULTS} and {CHECKPOINT} are saved in "
+                     f"{self.run_dir}; free space and run `metatrain resume {self.run_dir}` to re-evaluate and plot")
         self._emit("on_finish", results)
         return results
+
+    def _write_results(self, results: dict) -> None:
+        path = self.run_dir / RESULTS
+        tmp = path.with_name(RESULTS + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(path)  # never a half-written results.json
 
     def header(self, results: dict) -> str:
         e = results["eval"]
@@ -253,6 +268,11 @@ class Trainer:
                     f" {e['tasks']} fresh optimizees{split}, {e['inner_steps']} steps each")
         return (f"{results['method']} on {results['task']} ({results['status']}, {results['iterations']} iterations"
                 f"{frac_txt}): {e['tasks']} test tasks{split}, {e['inner_steps']} inner step(s){masked}")
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def _hms(seconds: float) -> str:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import functools
 import io
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import ConfigError
+from tasks.errors import ConfigError
 
 PACK_FORMAT = "metatrain-images-v1"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -45,7 +46,7 @@ class FileImages:
         self._load = functools.lru_cache(maxsize=cache_size)(self._read)
 
     def _read(self, i: int) -> np.ndarray:
-        return self._decode(Path(self.paths[i]).read_bytes())
+        return read_image(Path(self.paths[i]).read_bytes, self._decode, self.paths[i])
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -87,17 +88,40 @@ def decoder(size: int, channels: int, invert: bool):
     return decode
 
 
+def _brief(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def read_image(read, decode, where: str) -> np.ndarray:
+    """One image file read and decoded; any failure is a one-line ConfigError naming the file."""
+    try:
+        data = read()
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as e:  # unreadable file, corrupt zip member
+        raise ConfigError(f"task.data: {where} cannot be read ({_brief(e)})") from None
+    try:
+        return decode(data)
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a broken image; all mean "bad file"
+        raise ConfigError(f"task.data: {where} is not a readable image ({_brief(e)})") from None
+
+
 def _entries(root: Path):
-    """(relative parts, bytes reader) of every image under a folder or inside a zip archive."""
-    if zipfile.is_zipfile(root):
-        zf = zipfile.ZipFile(root)
-        for name in sorted(zf.namelist()):
+    """(name for messages, relative parts, bytes reader) of every image under a folder or inside a
+    zip archive."""
+    if (root.is_file() and root.suffix.lower() == ".zip") or zipfile.is_zipfile(root):
+        try:
+            zf = zipfile.ZipFile(root)
+            names = zf.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:  # truncated: no central directory
+            raise ConfigError(f"task.data: {root} is not a readable zip archive, truncated or corrupt "
+                              f"({_brief(e)})") from None
+        for name in sorted(names):
             if name.lower().endswith(IMAGE_SUFFIXES):
-                yield tuple(name.split("/")), functools.partial(zf.read, name)
+                yield f"{root}:{name}", tuple(name.split("/")), functools.partial(zf.read, name)
     elif root.is_dir():
         for p in sorted(root.rglob("*")):
             if p.suffix.lower() in IMAGE_SUFFIXES:
-                yield p.relative_to(root).parts, p.read_bytes
+                yield str(p), p.relative_to(root).parts, p.read_bytes
     else:
         raise ConfigError(f"task.data: {root} is neither a folder, a zip archive nor a packed .arrow file")
 
@@ -107,7 +131,7 @@ def read_alphabets(roots: list[str], size: int, invert: bool = True) -> ImageSet
     wrap it in one top folder). A character present in several roots is read once."""
     decode, seen, images, classes, groups = decoder(size, 1, invert), set(), [], [], []
     for root in roots:
-        for parts, read in _entries(Path(root)):
+        for where, parts, read in _entries(Path(root)):
             if len(parts) < 3:
                 continue
             alphabet, character, filename = parts[-3:]
@@ -115,7 +139,7 @@ def read_alphabets(roots: list[str], size: int, invert: bool = True) -> ImageSet
             if key in seen:
                 continue
             seen.add(key)
-            images.append(decode(read()))
+            images.append(read_image(read, decode, where))
             classes.append(f"{alphabet}/{character}")
             groups.append(alphabet)
     if not images:
@@ -135,8 +159,13 @@ def read_class_folders(root: str, split_dir: str, size: int) -> ImageSet:
         if not csv.is_file():
             raise ConfigError(f"task.split_dir: no {split}.csv in {split_p} (expected the standard split CSVs, "
                               "rows filename,label)")
-        lines = [l.strip() for l in csv.read_text().splitlines() if l.strip()]
+        try:
+            lines = [l.strip() for l in csv.read_text().splitlines() if l.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"task.split_dir: {csv} is not a readable text CSV ({_brief(e)})") from None
         for line in lines[1:] if lines and lines[0].lower().startswith("filename") else lines:
+            if line.count(",") < 1:
+                raise ConfigError(f"task.split_dir: {csv}: expected rows filename,label, got {line[:80]!r}")
             filename, label = (s.strip() for s in line.split(",")[:2])
             path = root_p / label / filename
             if not path.is_file():
@@ -185,10 +214,16 @@ def read_packed(path: str, dataset: str, size: int) -> ImageSet:
     """Memory-map a packed file: no pixel is copied until a task takes it."""
     import pyarrow as pa
 
-    source = pa.memory_map(str(path), "r")
-    table = pa.ipc.open_file(source).read_all()
+    try:
+        source = pa.memory_map(str(path), "r")
+        table = pa.ipc.open_file(source).read_all()
+    except (pa.ArrowException, OSError) as e:  # truncated (no footer) or not Arrow at all
+        raise ConfigError(f"task.data: {path} is not a readable Arrow file, truncated or corrupt ({_brief(e)}); "
+                          "pack it again with `metatrain data pack`") from None
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-    if meta.get("format") != PACK_FORMAT:
+    missing = [c for c in ("image", "class", "group") if c not in table.column_names]
+    missing += [k for k in ("dataset", "height", "width", "channels") if k not in meta]
+    if meta.get("format") != PACK_FORMAT or missing:
         raise ConfigError(f"task.data: {path} is not a file written by `metatrain data pack`")
     if meta["dataset"] != dataset:
         raise ConfigError(f"task.data: {path} holds {meta['dataset']} images, not {dataset}")
@@ -213,6 +248,7 @@ class FewShotImages:
     set, so a task and its query set stay the same whatever K is."""
 
     loss = "cross_entropy"
+    network = "conv4"
 
     def __init__(self, images: ImageSet, splits: dict[str, list[str]], ways: int, rotations: bool):
         self.images, self.ways, self.rotations = images, ways, rotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from pipeline.config import ConfigError
+from tasks.errors import ConfigError
 from tasks.images import FewShotImages, ImageSet, read_class_folders, read_packed
 
 DEFAULT_SIZE = 84

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import ConfigError
+from tasks.errors import ConfigError
 from tasks.images import FewShotImages, ImageSet, read_alphabets, read_packed
 
 DEFAULT_SIZE = 28

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks import OPTIMIZEES  # noqa: F401 - the names, kept beside TASKS
+from tasks.errors import ConfigError
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
 INIT_STD = 0.01  # theta_0 ~ N(0, 0.01^2) for both problems, as the paper's reference code
 
@@ -109,8 +110,6 @@ class MnistMLP:
 def load_mnist(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (N, 784), labels int64 (N,)) of one split, from the 5,000-image CSV (784 pixel
     columns then the label, no header; .csv or .csv.gz) or a torchvision MNIST root."""
-    from pipeline.config import ConfigError as DataError  # noqa: N814 - one-line data errors
-
     p = Path(path)
     if p.is_file():
         try:
@@ -119,10 +118,10 @@ def load_mnist(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
             table = pcsv.read_csv(p, read_options=pcsv.ReadOptions(autogenerate_column_names=True))
             arr = np.stack([c.to_numpy() for c in table.columns], 1)
         except Exception as e:  # noqa: BLE001 - any unreadable file is one line naming it
-            raise DataError(f"task.data: {p} is not a readable MNIST CSV ({type(e).__name__}: "
+            raise ConfigError(f"task.data: {p} is not a readable MNIST CSV ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
         if arr.ndim != 2 or arr.shape[1] != 785:
-            raise DataError(f"task.data: {p} must have 785 columns (784 pixels, then the label), got {arr.shape[1:]}")
+            raise ConfigError(f"task.data: {p} must have 785 columns (784 pixels, then the label), got {arr.shape[1:]}")
         held_out = np.arange(len(arr)) % 5 == 4
         rows = arr[held_out] if split == "test" else arr[~held_out]
         return rows[:, :784].astype(np.uint8), rows[:, 784].astype(np.int64)
@@ -131,7 +130,7 @@ def load_mnist(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 
         ds = MNIST(str(p), train=split == "train", download=False)
     except Exception as e:  # noqa: BLE001
-        raise DataError(f"task.data: {p} is neither an MNIST CSV file nor a torchvision MNIST root "
+        raise ConfigError(f"task.data: {p} is neither an MNIST CSV file nor a torchvision MNIST root "
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     return ds.data.reshape(len(ds.data), 784).numpy(), ds.targets.numpy().astype(np.int64)
 

@@ -8,7 +8,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from pipeline.learners import conv4, mlp  # noqa: E402
-from pipeline.meta_batch import InnerLoop, Learner  # noqa: E402
+from pipeline.meta_batch import InnerSettings, Learner  # noqa: E402
 from pipeline.rules import get_rule  # noqa: E402
 from tasks.regression import Sinusoid  # noqa: E402
 from tasks.sampling import sample_batch  # noqa: E402
@@ -65,7 +65,7 @@ def conv_batch(learner, params, n=3, ways=3, size=8, dtype=torch.float64):
 
 @pytest.fixture
 def inner1():
-    return InnerLoop(alpha=0.1, steps=1)
+    return InnerSettings(alpha=0.1, steps=1)
 
 
 def perturbed_params(learner, seed=0, dtype=torch.float64, scale=0.1):

@@ -4,7 +4,7 @@ import torch
 from conftest import ALL_METHODS, conv_batch, conv_learner, make_learner, perturbed_params, sine_batch
 from reference import loop_meta_gradient
 
-from pipeline.meta_batch import InnerLoop, shard_evaluate, shard_meta_gradient
+from pipeline.meta_batch import InnerSettings, shard_evaluate, shard_meta_gradient
 
 
 def assert_same(batched, loop_losses, loop_grads, n):
@@ -15,25 +15,26 @@ def assert_same(batched, loop_losses, loop_grads, n):
         torch.testing.assert_close(batched.grads[k], g, rtol=1e-8, atol=1e-10, msg=lambda m: f"{k}: {m}")
 
 
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("steps", [1, pytest.param(3, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_batched_matches_per_task_loop_mlp(method, steps):
     learner = make_learner(method, hidden=(16, 16), init_std=0.3)
     params = perturbed_params(learner)
     batch = sine_batch(learner, params, n=5)
-    inner = InnerLoop(alpha=0.05, steps=steps, temperature=0.7)
+    inner = InnerSettings(alpha=0.05, steps=steps, temperature=0.7)
     losses, grads = loop_meta_gradient(learner, inner, params, batch)
     assert_same(shard_meta_gradient(learner, inner, params, batch), losses, grads, 5)
     # Gradients are not all zero (the comparison is not vacuous).
     assert sum(g.abs().sum() for g in grads.values()) > 0
 
 
+@pytest.mark.slow  # conv cells in float64: 10-40 s each on 2 busy cores
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_batched_matches_per_task_loop_conv(method):
     learner = conv_learner(method)
     params = perturbed_params(learner)
     batch = conv_batch(learner, params)
-    inner = InnerLoop(alpha=0.1, steps=2)
+    inner = InnerSettings(alpha=0.1, steps=2)
     losses, grads = loop_meta_gradient(learner, inner, params, batch)
     assert_same(shard_meta_gradient(learner, inner, params, batch), losses, grads, 3)
 
@@ -42,7 +43,7 @@ def test_evaluation_path_matches_training_path():
     learner = make_learner("mtnet", hidden=(16, 16), init_std=0.3)
     params = perturbed_params(learner)
     batch = sine_batch(learner, params, n=6)
-    inner = InnerLoop(alpha=0.05, steps=2)
+    inner = InnerSettings(alpha=0.05, steps=2)
     metrics, curves = shard_evaluate(learner, inner, params, batch)
     result = shard_meta_gradient(learner, inner, params, batch)
     assert curves.shape == (6, 3)
@@ -50,11 +51,12 @@ def test_evaluation_path_matches_training_path():
     torch.testing.assert_close(curves.sum(0), result.curve_sum)
 
 
+@pytest.mark.slow  # conv cells, several vmap chunk sizes
 def test_chunked_vmap_gives_the_same_result():
     learner = conv_learner("mtnet")
     params = perturbed_params(learner)
     batch = conv_batch(learner, params, n=5)
-    inner = InnerLoop(alpha=0.1, steps=1)
+    inner = InnerSettings(alpha=0.1, steps=1)
     whole = shard_meta_gradient(learner, inner, params, batch)
     chunked = shard_meta_gradient(learner, inner, params, batch, chunk_size=2)
     assert chunked.loss_sum == pytest.approx(whole.loss_sum, rel=1e-12)

@@ -33,6 +33,14 @@ BAD = [
     (["--set", "backend=spark"], "backend: unknown backend 'spark'; allowed: ray, local"),
     (["--workers", "-1"], "ray.workers: must be >= 0"),
     (["--set", "ray.gpus_per_worker=-0.5"], "ray.gpus_per_worker: must be >= 0"),
+    (["--set", "alpha=inf"], "alpha: must be a finite number, got inf"),
+    (["--set", "alpha=.nan"], "alpha: must be a finite number, got nan"),
+    (["--set", "beta=-.inf"], "beta: must be a finite number, got -inf"),
+    (["--set", "gumbel_temperature=nan"], "gumbel_temperature: must be a finite number, got nan"),
+    (["--set", "train.grad_clip=inf"], "train.grad_clip: must be a finite number, got inf"),
+    (["--set", "model.init_std=NaN"], "model.init_std: must be a finite number, got nan"),
+    (["--set", "ray.cpus_per_worker=1e400"], "ray.cpus_per_worker: must be a finite number, got inf"),
+    (["--set", "ray.gpus_per_worker=.inf"], "ray.gpus_per_worker: must be a finite number, got inf"),
     (["--set", "ray.nodes=3"], "ray.nodes: unknown key; allowed: ray.workers, ray.cpus_per_worker"),
 ]
 
@@ -68,6 +76,7 @@ def test_existing_run_is_never_overwritten(tmp_path, capsys):
     assert (run / "checkpoint.pt").read_bytes() == b"precious"
 
 
+@pytest.mark.slow
 def test_train_eval_resume_end_to_end(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "pipeline.cli"]
@@ -95,3 +104,26 @@ def test_train_eval_resume_end_to_end(tmp_path):
     proc = subprocess.run([*cmd, "resume", str(run)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr  # already complete: re-evaluates, trains nothing more
     assert "it " not in proc.stdout.replace("iterations", "")
+
+
+def test_every_float_key_is_checked_for_finiteness():
+    """The finiteness check is generic: every float field of every section is refused as inf / nan."""
+    from pipeline.config import Config, ConfigError, _float_fields, load_config
+
+    keys = [k for k, _ in _float_fields(Config())]
+    assert {"alpha", "beta", "gumbel_temperature", "model.init_std", "train.grad_clip",
+            "ray.cpus_per_worker", "ray.gpus_per_worker"} <= set(keys)
+    for key in keys:
+        for bad in (float("inf"), float("-inf"), float("nan")):
+            with pytest.raises(ConfigError, match=rf"^{key}: must be a finite number, got"):
+                load_config(None, {key: bad})
+
+
+def test_a_damaged_run_config_is_one_line(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_bytes(b"\xff\xfe\x00garbage\x81")
+    for cmd in ("resume", "eval"):
+        assert main([cmd, str(run), "--local"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"config: {run / 'config.yaml'} cannot be read as text (UnicodeDecodeError" in err

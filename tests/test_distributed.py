@@ -1,5 +1,6 @@
 """Ray shard workers: worker-count invariance, worker failure and driver restart (real Ray)."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,9 @@ import torch
 from pipeline import checkpoint
 from pipeline.config import load_config
 from pipeline.trainer import Trainer
+
+
+pytestmark = pytest.mark.slow  # starts Ray and trains
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +121,72 @@ def test_gpu_workers_fall_back_to_cpu_on_a_cluster_without_gpus(local_ray, tmp_p
     assert res["status"] == "completed" and res["workers"] == 2 and res["placement"] == "spread"
     assert any("the cluster has no GPU: workers run on CPU" in l for l in lines)
     assert any("device cpu" in l for l in lines)
+
+
+def test_workers_a_joined_cluster_cannot_place_report_progress_then_time_out(local_ray, tmp_path, monkeypatch):
+    """On a cluster we joined (an autoscaler might add nodes) unplaceable workers are waited for,
+    with progress lines, until ray.start_timeout_s; then one line, and every started actor is gone."""
+    import pipeline.backends
+    from pipeline.config import ConfigError
+
+    monkeypatch.setattr(pipeline.backends, "PROGRESS_S", 1.0)
+    lines = []
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as e:
+        Trainer(cfg_for(tmp_path, 6, **{"ray.start_timeout_s": 6}), tmp_path / "r", log=lines.append)
+    waited = time.monotonic() - t0
+    msg = str(e.value)
+    # at least the 2 workers that do not fit are missing (the 4 that fit may still be booting)
+    m = re.match(r"ray.start_timeout_s: ([2-6]) of 6 workers \(1 CPU each\) not started after \d+ s; "
+                 r"0 of 4 cluster CPUs free; .* raise ray.start_timeout_s \(now 6\)$", msg)
+    assert m and "\n" not in msg, msg
+    assert lines[0].startswith("ray: ray.workers: 6 workers x 1 CPU (ray.cpus_per_worker) need 6 CPUs, but the "
+                               "Ray cluster has 4 now; waiting up to ray.start_timeout_s=6 s")
+    progress = [l for l in lines if re.match(r"ray: waiting for [2-6] of 6 workers \(1 CPU each\) not started", l)]
+    assert len(progress) >= 3, lines  # one a second (PROGRESS_S patched to 1 s)
+    assert 6 <= waited < 60
+    assert not (tmp_path / "r").exists()
+    deadline = time.monotonic() + 30  # the started actors were killed: their CPUs come back
+    while ray.available_resources().get("CPU", 0) < 4 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == 4
+
+
+def test_workers_that_never_fit_a_local_ray_exit_2_before_starting_it(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "sine_quick", "--workers", "10000",
+                           "--set", f"output_dir={tmp_path / 'runs'}"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 2, proc.stderr
+    from pipeline.backends import _local_cpus
+
+    cpus = _local_cpus()
+    assert proc.stderr == (f"metatrain: error: ray.workers: 10000 workers x 1 CPU (ray.cpus_per_worker) need 10000 "
+                           f"CPUs, but the local Ray on this machine has {cpus} and no autoscaler to add nodes; use "
+                           f"--workers {cpus} or fewer (0 sizes the workers to the cluster)\n")
+    assert "Traceback" not in proc.stdout and not (tmp_path / "runs").exists()
+    assert elapsed < 120  # no Ray was started: the time is Python's imports
+
+
+def test_an_unreadable_image_met_by_a_worker_is_one_line_naming_the_file(local_ray, tmp_path):
+    """miniImageNet images are decoded on first use, inside the Ray worker that samples them: the
+    worker's one-line data error reaches the driver as that line, not as Ray's remote traceback."""
+    from test_images import write_mini_folder
+
+    from pipeline.config import ConfigError
+
+    write_mini_folder(tmp_path / "mini")
+    bad_class = sorted(p for p in (tmp_path / "mini").iterdir() if p.is_dir())[0]  # a train class
+    for p in bad_class.iterdir():
+        p.write_bytes(b"not a jpeg")
+    cfg = load_config(None, {"task.name": "miniimagenet", "task.data": [str(tmp_path / "mini")], "task.ways": 2,
+                             "task.shots": 1, "task.query": 2, "eval.shots": [1], "eval.tasks": 4,
+                             "meta_batch_size": 4, "iterations": 3, "model.filters": 4, "model.strided": False,
+                             "task.image_size": 16, "backend": "ray", "ray.workers": 2, "output_dir": str(tmp_path),
+                             "tracking.enabled": False})
+    with Trainer(cfg, tmp_path / "r", log=lambda m: None) as t, pytest.raises(ConfigError) as e:
+        t.train()
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"task.data: {bad_class}/") and "is not a readable image" in msg, msg

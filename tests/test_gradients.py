@@ -5,7 +5,7 @@ from conftest import ALL_METHODS, conv_batch, conv_learner, make_learner, pertur
 from reference import loop_adapt, task_slice
 
 from pipeline.learners import loss_and_metric
-from pipeline.meta_batch import InnerLoop, shard_meta_gradient
+from pipeline.meta_batch import InnerSettings, shard_meta_gradient
 
 
 def summed_query_loss(learner, inner, params, batch) -> float:
@@ -24,12 +24,12 @@ def random_direction(params, seed, skip=("zeta",)):
             for k, v in params.items()}
 
 
-@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("steps", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_maml_meta_gradient_matches_finite_differences(steps):
     learner = make_learner("maml", hidden=(20, 20), init_std=0.5)
     params = learner.init_params(0, torch.float64)
     batch = sine_batch(learner, params, n=4)
-    inner = InnerLoop(alpha=0.1, steps=steps)
+    inner = InnerSettings(alpha=0.1, steps=steps)
     grads = shard_meta_gradient(learner, inner, params, batch).grads
     for seed in range(4):
         d = random_direction(params, seed)
@@ -50,7 +50,7 @@ def test_every_method_meta_gradient_matches_finite_differences(method):
     learner = make_learner(method, hidden=(12, 12), init_std=0.5)
     params = perturbed_params(learner)
     batch = sine_batch(learner, params, n=3)
-    inner = InnerLoop(alpha=0.1, steps=2)
+    inner = InnerSettings(alpha=0.1, steps=2)
     grads = shard_meta_gradient(learner, inner, params, batch).grads
     d = random_direction(params, 7)
     analytic = sum((grads[k] * d[k]).sum() for k in params).item()
@@ -61,6 +61,7 @@ def test_every_method_meta_gradient_matches_finite_differences(method):
         assert analytic == pytest.approx(fd, rel=1e-5)
 
 
+@pytest.mark.slow  # finite differences through conv cells
 @pytest.mark.parametrize("method", ["maml", "metasgd", "tnet", "mtnet", "mc2"])
 def test_conv_meta_gradient_matches_finite_differences(method):
     """conv4 cells with batch-statistics batch norm (its scale/shift meta-learned): the second-order
@@ -68,7 +69,7 @@ def test_conv_meta_gradient_matches_finite_differences(method):
     learner = conv_learner(method)
     params = perturbed_params(learner)
     batch = conv_batch(learner, params)
-    inner = InnerLoop(alpha=0.3, steps=2)
+    inner = InnerSettings(alpha=0.3, steps=2)
     grads = shard_meta_gradient(learner, inner, params, batch).grads
     assert any(k.endswith("bn_scale") for k in grads)
     for seed in (3, 4):
@@ -83,7 +84,7 @@ def test_first_order_maml_is_query_gradient_at_adapted_weights():
     maml, fomaml = make_learner("maml", (20, 20), 0.5), make_learner("fomaml", (20, 20), 0.5)
     params = maml.init_params(0, torch.float64)
     batch = sine_batch(maml, params, n=4)
-    inner = InnerLoop(alpha=0.3, steps=1)
+    inner = InnerSettings(alpha=0.3, steps=1)
     exact = shard_meta_gradient(maml, inner, params, batch).grads
     first = shard_meta_gradient(fomaml, inner, params, batch).grads
 

@@ -41,6 +41,7 @@ def same_tasks(a, b):
     return all(torch.equal(a[k], b[k]) for k in a if k != "noise")
 
 
+@pytest.mark.slow  # decodes the real Omniglot archives (thousands of images)
 @needs_omniglot
 def test_omniglot_layout_size_range_and_inversion():
     images = read_alphabets(zips(), 28)
@@ -101,6 +102,7 @@ def test_tasks_draw_only_from_their_split():
                 assert len(vals) == 1
 
 
+@pytest.mark.slow  # decodes the real Omniglot archives (thousands of images)
 @needs_omniglot
 def test_splits_share_no_class():
     images = read_alphabets(zips(), 28)
@@ -122,6 +124,7 @@ def test_splits_share_no_class():
         assert b["x_support"].shape == (20, 5, 1, 28, 28) and b["x_query"].shape == (20, 10, 1, 28, 28)
 
 
+@pytest.mark.slow  # decodes the real Omniglot archives (thousands of images)
 @needs_omniglot
 def test_omniglot_data_errors_are_one_line_and_name_the_key(tmp_path):
     bad = [({"task.test_alphabets": ["Klingon"]}, "task.test_alphabets: unknown alphabet 'Klingon'; allowed: Balinese"),
@@ -145,6 +148,7 @@ def test_omniglot_data_errors_are_one_line_and_name_the_key(tmp_path):
         assert message in str(e.value)
 
 
+@pytest.mark.slow  # decodes the real Omniglot archives (thousands of images)
 @needs_omniglot
 def test_sampling_is_deterministic_from_zip_folder_and_arrow(tmp_path):
     folder = tmp_path / "extracted"
@@ -167,6 +171,7 @@ def test_sampling_is_deterministic_from_zip_folder_and_arrow(tmp_path):
     assert torch.equal(k1["x_query"], k5["x_query"]) and torch.equal(k1["x_support"][:, :1], k5["x_support"][:, :1])
 
 
+@pytest.mark.slow  # decodes the real Omniglot archives (thousands of images)
 @needs_omniglot
 def test_arrow_round_trip_is_exact_and_memory_mapped(tmp_path, capsys):
     images = read_alphabets(zips(), 28)
@@ -204,6 +209,7 @@ def write_mini_folder(root, classes_per_split=(("train", 3), ("val", 1), ("test"
         (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
 
 
+@pytest.mark.slow  # decodes 84x84 images and trains a conv4
 def test_miniimagenet_folder_with_split_csvs(tmp_path):
     write_mini_folder(tmp_path / "mini")
     cfg = load_config(None, {"task.name": "miniimagenet", "task.data": [str(tmp_path / "mini")], "task.ways": 2,
@@ -242,6 +248,7 @@ def test_miniimagenet_errors_name_the_key(tmp_path):
         read_class_folders(str(tmp_path / "mini"), "", 84)
 
 
+@pytest.mark.slow
 @needs_omniglot
 @pytest.mark.parametrize("method", ["maml", "mtnet"])
 def test_short_conv_meta_training_on_real_omniglot_beats_chance(tmp_path, method):
@@ -264,6 +271,7 @@ THESIS = {  # DESIGN section 4: meta-batch, alpha, inner steps in training and a
     "miniimagenet_5w1s": (4, 0.01, 5, 10, 5, 1), "miniimagenet_5w5s": (4, 0.01, 5, 10, 5, 5)}
 
 
+@pytest.mark.slow  # decodes the real Omniglot archives (thousands of images)
 @needs_omniglot
 @pytest.mark.parametrize("name", sorted(THESIS))
 def test_shipped_image_configs_hold_the_thesis_settings(tmp_path, name):
@@ -295,3 +303,85 @@ def test_batch_norm_is_an_explicit_choice():
         assert any(k.endswith("bn_scale") for k in params) == has_bn
         r = exp.train_shard(params, 0, range(3))
         assert math.isfinite(r.loss_sum) and set(r.grads) == set(params)
+
+
+# -- every data-file failure is one line naming the file ---------------------------------------
+def write_alphabet_folder(root, alphabets=("A", "B"), characters=3, drawers=4):
+    """A tiny Omniglot-shaped folder: <root>/<alphabet>/<characterNN>/<drawer>.png."""
+    rng = np.random.default_rng(0)
+    for a in alphabets:
+        for c in range(characters):
+            (root / a / f"character{c:02d}").mkdir(parents=True)
+            for d in range(drawers):
+                pixels = (rng.random((20, 20)) > 0.5).astype(np.uint8) * 255
+                Image.fromarray(pixels).save(root / a / f"character{c:02d}" / f"{d:02d}.png")
+    return root
+
+
+def one_line_error(fn, *args):
+    with pytest.raises(ConfigError) as e:
+        fn(*args)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("task."), msg
+    return msg
+
+
+def test_truncated_and_corrupt_zips_are_one_line_naming_the_file(tmp_path):
+    folder = write_alphabet_folder(tmp_path / "omni")
+    archive = tmp_path / "omni.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(folder.rglob("*.png")):
+            zf.write(p, str(p.relative_to(tmp_path)))
+    assert len(read_alphabets([str(archive)], 16).images) == 2 * 3 * 4  # the intact archive reads
+    data = archive.read_bytes()
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(data[: len(data) // 2])
+    msg = one_line_error(read_alphabets, [str(truncated)], 16)
+    assert f"task.data: {truncated} is not a readable zip archive, truncated or corrupt" in msg
+    # intact directory, one member's compressed bytes overwritten: that member is named
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.infolist()[3]
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(data[:start] + bytes(b ^ 0xFF for b in data[start:start + 20]) + data[start + 20:])
+    msg = one_line_error(read_alphabets, [str(corrupt)], 16)
+    assert f"task.data: {corrupt}:{info.filename} " in msg, msg
+    # the CLI: one line, exit 2, nothing written
+    out = tmp_path / "o.arrow"
+    assert main(["data", "pack", "omniglot", "--src", str(truncated), "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_a_garbage_png_is_one_line_naming_the_file(tmp_path, capsys):
+    folder = write_alphabet_folder(tmp_path / "omni")
+    bad = folder / "B" / "character01" / "02.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    msg = one_line_error(read_alphabets, [str(folder)], 16)
+    assert msg.startswith(f"task.data: {bad} is not a readable image (")
+    # miniImageNet images are decoded on first use (in whichever process samples them)
+    write_mini_folder(tmp_path / "mini")
+    bad = sorted((tmp_path / "mini").rglob("*.jpg"))[0]
+    bad.write_bytes(b"not a jpeg")
+    msg = one_line_error(lambda: make_distribution(load_config(None, {
+        "task.name": "miniimagenet", "task.data": [str(tmp_path / "mini")], "task.ways": 2}).task).images.images.take(
+        np.arange(6)))
+    assert msg.startswith(f"task.data: {bad} is not a readable image (")
+    assert main(["data", "pack", "miniimagenet", "--src", str(tmp_path / "mini"), "--out", str(tmp_path / "m.arrow")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"metatrain: error: task.data: {bad} is not a readable image" in err
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_a_damaged_arrow_file_is_one_line_naming_the_file(tmp_path, capsys, how):
+    images = read_alphabets([str(write_alphabet_folder(tmp_path / "omni"))], 16)
+    good = pack(images, tmp_path / "o.arrow", "omniglot", log=lambda m: None)
+    bad = tmp_path / "bad.arrow"
+    data = good.read_bytes()
+    bad.write_bytes(b"ARROW1\x00\x00" + b"\x17garbage" * 200 if how == "garbage" else data[: len(data) // 2])
+    msg = one_line_error(read_packed, str(bad), "omniglot", 16)
+    assert msg.startswith(f"task.data: {bad} is not a readable Arrow file, truncated or corrupt (")
+    code = main(["train", "sine_quick", "--local", "--set", "task.name=omniglot", "--set", f"task.data=[{bad}]",
+                 "--set", "task.image_size=16", "--set", f"output_dir={tmp_path / 'runs'}", "--set", "tracking.enabled=false"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"task.data: {bad} is not a readable Arrow file" in err
+    assert not (tmp_path / "runs").exists()

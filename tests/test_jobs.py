@@ -104,6 +104,7 @@ def token(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
 
 
+@pytest.mark.slow
 def test_a_training_job_succeeds_and_leaves_an_mlflow_run(head, token, tmp_path, capsys):
     address, _ = head
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -127,6 +128,7 @@ def test_a_training_job_succeeds_and_leaves_an_mlflow_run(head, token, tmp_path,
     assert "query MSE" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_bad_config_fails_on_the_cluster_with_its_one_line_error(head, token, capsys):
     address, _ = head
     # valid here (data paths are the cluster's), missing on the cluster: the job fails there
@@ -143,6 +145,7 @@ def test_a_bad_config_fails_on_the_cluster_with_its_one_line_error(head, token, 
     assert "alpha: must be > 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_stop_ends_a_running_job(head, token, tmp_path, capsys):
     address, _ = head
     code = main(["submit", "train", "sine_quick", "--set", "backend=local", "--set", "iterations=1000000",
@@ -160,6 +163,7 @@ def test_stop_ends_a_running_job(head, token, tmp_path, capsys):
     assert f"{job_id}: STOPPED" in capsys.readouterr().out and jobs.status(job_id) == "STOPPED"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("token_value,message", [
     (None, "requires a token and none was sent (401 Unauthorized); set RAY_AUTH_TOKEN"),
     ("wrong-token", "refused the token from RAY_AUTH_TOKEN (403 Forbidden): it is not this cluster's token")])
@@ -177,6 +181,7 @@ def test_a_missing_or_wrong_token_is_refused_clearly(head, monkeypatch, tmp_path
     assert main(["jobs", "list", "--address", address]) == 2
 
 
+@pytest.mark.slow
 def test_the_token_file_is_used_when_the_variable_is_unset(head, monkeypatch, tmp_path, capsys):
     address, _ = head
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
@@ -203,6 +208,7 @@ def enough_disk_for_a_pip_environment() -> bool:
     return shutil.disk_usage("/tmp").free > 25 * 2**30
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not enough_disk_for_a_pip_environment(), reason="less than 25 GiB free in /tmp for the job's "
                     "pip environment (a clone of this virtualenv)")
 def test_a_job_with_its_pip_environment(head, token, tmp_path, capsys):

@@ -181,6 +181,7 @@ def test_baselines_follow_torch_optim(name, make):
     assert losses[-1].mean() < exp.distribution.loss(theta0, problem, 0).mean()
 
 
+@pytest.mark.slow
 def test_short_meta_training_lowers_the_final_loss_of_fresh_quadratics(tmp_path):
     cfg = quad_cfg(tmp_path, iterations=150, meta_batch_size=16, inner_steps=20, alpha=0.1, beta=0.01,
                    **{"train.unroll": 5, "eval.inner_steps": 20, "eval.tasks": 100, "train.checkpoint_every": 50,
@@ -195,6 +196,7 @@ def test_short_meta_training_lowers_the_final_loss_of_fresh_quadratics(tmp_path)
     assert (tmp_path / "trained" / "plots" / "optimizee_loss.png").is_file()
 
 
+@pytest.mark.slow
 def test_resume_mid_trajectory_matches_an_uninterrupted_run(tmp_path):
     cfg = quad_cfg(tmp_path)  # 12 iterations = 4 trajectories of 3 unrolls; checkpoints every 3 iterations
 
@@ -302,6 +304,7 @@ def test_baseline_without_meta_parameters_evaluates_on_the_requested_split(tmp_p
     assert not torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_one_and_two_ray_workers_give_the_same_optimizer(tmp_path):
     """The optimizee batch sharded over Ray workers, the optimizees' state travelling with its shard."""
     import ray
@@ -323,6 +326,7 @@ def test_one_and_two_ray_workers_give_the_same_optimizer(tmp_path):
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_a_learned_optimizer_sweep_and_its_report(tmp_path):
     """`metatrain sweep` of the learned optimizer's beta and unroll length, plus a baseline-tuning
     sweep, through real Ray Tune and MLflow (SQLite); the report's cells are the trials' results."""

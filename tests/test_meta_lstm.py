@@ -10,7 +10,7 @@ from reference import task_slice
 
 from pipeline.config import load_config
 from pipeline.learners import loss_and_metric
-from pipeline.meta_batch import InnerLoop, inner_adapt, shard_evaluate, shard_meta_gradient
+from pipeline.meta_batch import InnerSettings, inner_adapt, shard_evaluate, shard_meta_gradient
 from pipeline.rules.meta_lstm import P, preprocess
 from pipeline.trainer import Trainer
 
@@ -33,7 +33,7 @@ def sgd(learner, params, task, keys, alpha, steps):
     return fast
 
 
-@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "conv"])
+@pytest.mark.parametrize("conv", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["mlp", "conv"])
 def test_forced_gates_give_sgd_with_step_alpha(conv):
     learner = conv_learner("metalstm") if conv else make_learner("metalstm", init_std=0.3)
     alpha, steps = 0.05, 4
@@ -44,7 +44,7 @@ def test_forced_gates_give_sgd_with_step_alpha(conv):
         assert any(k.endswith("bn_scale") for k in keys) and any(k.endswith("bn_shift") for k in keys)
     for i in range(3):
         task = task_slice(batch, i)
-        fast, _ = inner_adapt(learner, InnerLoop(alpha=0.123, steps=steps), params, task)  # alpha unused
+        fast, _ = inner_adapt(learner, InnerSettings(alpha=0.123, steps=steps), params, task)  # alpha unused
         expected = sgd(learner, params, task, keys, alpha, steps)
         for k in keys:
             torch.testing.assert_close(fast[k], expected[k], rtol=1e-12, atol=1e-14)
@@ -65,12 +65,12 @@ def test_preprocessing_matches_its_definition_at_and_around_the_threshold():
                                                                                          dtype=torch.float64))
 
 
-@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "conv"])
+@pytest.mark.parametrize("conv", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["mlp", "conv"])
 def test_c0_and_every_meta_learner_weight_receive_gradients(conv):
     learner = conv_learner("metalstm") if conv else make_learner("metalstm", init_std=0.3)
     params = learner.init_params(0, torch.float64)
     batch = conv_batch(learner, params) if conv else sine_batch(learner, params, n=3)
-    grads = shard_meta_gradient(learner, InnerLoop(alpha=0.1, steps=3), params, batch).grads
+    grads = shard_meta_gradient(learner, InnerSettings(alpha=0.1, steps=3), params, batch).grads
     for k in learner.rule.fast_keys(params):  # c0: the learned initialisation
         assert grads[k].abs().sum() > 0, k
     for k in ("lstm.W_ih", "lstm.W_hh", "lstm.bias", "lstm.W_f", "lstm.b_f", "lstm.W_i", "lstm.b_i"):
@@ -78,18 +78,19 @@ def test_c0_and_every_meta_learner_weight_receive_gradients(conv):
     # initialised as plain SGD with a small step: f close to 1, i small
     trace = []
     with torch.no_grad():
-        inner_adapt(learner, InnerLoop(alpha=0.1, steps=2), params, task_slice(batch, 0), trace=trace)
+        inner_adapt(learner, InnerSettings(alpha=0.1, steps=2), params, task_slice(batch, 0), trace=trace)
     f, i = trace[0]["f"], trace[0]["i"]
     assert 0.97 < f.min() and f.max() < 1 and 0.005 < i.min() and i.max() < 0.02
 
 
+@pytest.mark.slow  # conv cells
 def test_no_batch_norm_statistic_leaks_from_one_task_to_the_next():
     """Guards the design (batch statistics of each forward pass, nothing stored): a learner with
     running statistics, or any state kept between calls, would fail these comparisons."""
     learner = conv_learner("metalstm")
     params = perturbed_params(learner)
     batch = conv_batch(learner, params, n=3)
-    inner = InnerLoop(alpha=0.1, steps=3)
+    inner = InnerSettings(alpha=0.1, steps=3)
     together = shard_evaluate(learner, inner, params, batch)
     one = lambda i: {k: v[i:i + 1] for k, v in batch.items() if k != "noise"}  # noqa: E731
     for order in ([0, 1, 2], [2, 1, 0], [1, 0, 1, 2]):  # one task at a time, in sequences
@@ -106,6 +107,7 @@ def test_no_batch_norm_statistic_leaks_from_one_task_to_the_next():
     assert not torch.allclose(changed[1][1], together[1][1])
 
 
+@pytest.mark.slow
 def test_gate_figure_is_written_and_tracked(tmp_path):
     cfg = load_config(None, {"method": "metalstm", "inner_steps": 3, "eval.inner_steps": 3, "iterations": 10,
                              "meta_batch_size": 4, "model.hidden": [16, 16], "eval.tasks": 20, "eval.shots": [10],
@@ -125,6 +127,7 @@ def test_gate_figure_is_written_and_tracked(tmp_path):
     assert "plots/gates.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
 
 
+@pytest.mark.slow
 @needs_omniglot
 def test_short_meta_training_on_real_omniglot_beats_the_untrained_learner(tmp_path):
     data = [str(OMNIGLOT / "images_background_small1.zip"), str(OMNIGLOT / "images_background_small2.zip")]

@@ -8,6 +8,9 @@ from ray.cluster_utils import Cluster
 from pipeline.config import load_config
 from pipeline.trainer import Trainer
 
+pytestmark = pytest.mark.slow  # starts a multi-node Ray cluster
+
+
 SMALL = 80 * 2**20
 
 

@@ -8,7 +8,7 @@ from conftest import conv_batch, conv_learner, make_learner, perturbed_params, s
 from reference import task_slice
 
 from pipeline.learners import pre_activation
-from pipeline.meta_batch import InnerLoop, inner_adapt, shard_meta_gradient
+from pipeline.meta_batch import InnerSettings, inner_adapt, shard_meta_gradient
 from pipeline.rules.masked import straight_through_mask
 from tasks.sampling import NOISE_STREAM, logistic_noise, task_rng
 
@@ -37,26 +37,27 @@ def assert_reduces(reduced, reference, inner, batch, params_reduced, params_refe
     return ga, gb
 
 
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("steps", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_tnet_with_identity_T_is_maml(steps):
     maml, tnet = make_learner("maml", init_std=0.3), make_learner("tnet", init_std=0.3)
     p_maml = maml.init_params(0, torch.float64)
     p_tnet = tnet.init_params(0, torch.float64)  # same seed: same W, b; T = I
     assert all(torch.equal(p_tnet[f"{c.name}.T"], torch.eye(c.fan_out, dtype=torch.float64)) for c in tnet.net.cells)
     batch = sine_batch(maml, p_maml, n=5)
-    g_tnet, _ = assert_reduces(tnet, maml, InnerLoop(0.1, steps), batch, p_tnet, p_maml, exact=True)
+    g_tnet, _ = assert_reduces(tnet, maml, InnerSettings(0.1, steps), batch, p_tnet, p_maml, exact=True)
     assert any(g_tnet.grads[f"{c.name}.T"].abs().sum() > 0 for c in tnet.net.cells), "T must be learnable"
 
 
+@pytest.mark.slow  # conv cells
 def test_tnet_with_identity_T_is_maml_on_conv_cells():
     maml, tnet = conv_learner("maml"), conv_learner("tnet")
     p_maml, p_tnet = maml.init_params(3, torch.float64), tnet.init_params(3, torch.float64)
     batch = conv_batch(maml, p_maml)
-    assert_reduces(tnet, maml, InnerLoop(0.2, 2), batch, p_tnet, p_maml)
+    assert_reduces(tnet, maml, InnerSettings(0.2, 2), batch, p_tnet, p_maml)
 
 
-@pytest.mark.parametrize("conv", [False, True], ids=["dense", "conv"])
-@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("conv", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["dense", "conv"])
+@pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_mtnet_with_saturated_mask_is_tnet(full, conv):
     name = "mtnet_full" if full else "mtnet"
     tnet = conv_learner("tnet") if conv else make_learner("tnet", init_std=0.3)
@@ -65,11 +66,12 @@ def test_mtnet_with_saturated_mask_is_tnet(full, conv):
     p_mtnet = {**p_tnet, **{k: torch.full_like(v, math.inf) for k, v in mtnet.init_params(0, torch.float64).items()
                             if k.endswith("zeta")}}
     batch = conv_batch(mtnet, p_mtnet) if conv else sine_batch(mtnet, p_mtnet, n=5)
-    assert_reduces(mtnet, tnet, InnerLoop(0.1, 2, temperature=0.5), batch, p_mtnet, p_tnet,
+    assert_reduces(mtnet, tnet, InnerSettings(0.1, 2, temperature=0.5), batch, p_mtnet, p_tnet,
                    keys_equal=("W", "b", "T", "bn_scale", "bn_shift"), exact=True)
 
 
-@pytest.mark.parametrize("learner_fn", [lambda: make_learner("mtnet", init_std=0.3), lambda: conv_learner("mtnet")],
+@pytest.mark.parametrize("learner_fn", [lambda: make_learner("mtnet", init_std=0.3),
+                                        pytest.param(lambda: conv_learner("mtnet"), marks=pytest.mark.slow)],
                          ids=["dense", "conv"])
 def test_proposition_1_update_stays_in_span_of_first_d_columns_of_T(learner_fn):
     """Mask fixed to the first d rows, T invertible: after one inner step, the change of every
@@ -83,7 +85,7 @@ def test_proposition_1_update_stays_in_span_of_first_d_columns_of_T(learner_fn):
         zeta[:d] = math.inf
         params[f"{cell.name}.zeta"] = zeta
     task = task_slice(batch, 0)
-    fast, _ = inner_adapt(learner, InnerLoop(0.5, 1, mask_mode="argmax"), params, task)
+    fast, _ = inner_adapt(learner, InnerSettings(0.5, 1, mask_mode="argmax"), params, task)
     for cell in learner.net.cells:
         T = params[f"{cell.name}.T"]
         assert torch.linalg.matrix_rank(T) == cell.fan_out
@@ -116,12 +118,12 @@ def test_sampled_masks_have_mean_sigmoid_zeta_and_straight_through_gradient():
 def test_mask_logits_receive_meta_gradient():
     learner = make_learner("mtnet", init_std=0.3)
     params = perturbed_params(learner)
-    result = shard_meta_gradient(learner, InnerLoop(0.1, 1), params, sine_batch(learner, params, n=4))
+    result = shard_meta_gradient(learner, InnerSettings(0.1, 1), params, sine_batch(learner, params, n=4))
     for cell in learner.net.cells:
         assert result.grads[f"{cell.name}.zeta"].abs().sum() > 0
 
 
-@pytest.mark.parametrize("conv", [False, True], ids=["dense", "conv"])
+@pytest.mark.parametrize("conv", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["dense", "conv"])
 def test_meta_sgd_with_uniform_step_is_maml(conv):
     maml = conv_learner("maml") if conv else make_learner("maml", init_std=0.3)
     msgd = conv_learner("metasgd") if conv else make_learner("metasgd", init_std=0.3)
@@ -129,17 +131,17 @@ def test_meta_sgd_with_uniform_step_is_maml(conv):
     p_msgd = {**p_maml, **{k: torch.full_like(v, 0.07) for k, v in msgd.init_params(0, torch.float64).items()
                            if k.endswith("_lr")}}
     batch = conv_batch(maml, p_maml) if conv else sine_batch(maml, p_maml, n=5)
-    assert_reduces(msgd, maml, InnerLoop(0.07, 2), batch, p_msgd, p_maml,
+    assert_reduces(msgd, maml, InnerSettings(0.07, 2), batch, p_msgd, p_maml,
                    keys_equal=("W", "b", "bn_scale", "bn_shift") if conv else WB)
 
 
 @pytest.mark.parametrize("method", ["mc1", "mc2"])
-@pytest.mark.parametrize("conv", [False, True])
+@pytest.mark.parametrize("conv", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_meta_curvature_with_identity_matrices_is_maml(method, conv):
     maml = conv_learner("maml") if conv else make_learner("maml", init_std=0.3)
     mc = conv_learner(method) if conv else make_learner(method, init_std=0.3)
     p_maml, p_mc = maml.init_params(0, torch.float64), mc.init_params(0, torch.float64)
     batch = conv_batch(maml, p_maml) if conv else sine_batch(maml, p_maml, n=5)
-    g_mc, _ = assert_reduces(mc, maml, InnerLoop(0.1, 2), batch, p_mc, p_maml)
+    g_mc, _ = assert_reduces(mc, maml, InnerSettings(0.1, 2), batch, p_mc, p_maml)
     assert ("l0.W_mc_out" in p_mc or "conv0.W_mc_out" in p_mc) == (method == "mc2")
     assert any(g.abs().sum() > 0 for k, g in g_mc.grads.items() if "_mc" in k)

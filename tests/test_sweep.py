@@ -28,6 +28,9 @@ from pipeline.report import pool
 from pipeline.sweep import run_sweep
 from pipeline.trainer import Trainer
 
+pytestmark = pytest.mark.slow  # starts Ray Tune sweeps and MLflow
+
+
 TINY = {"iterations": 40, "meta_batch_size": 5, "model.hidden": [20, 20], "eval.tasks": 40, "eval.shots": [10],
         "train.log_every": 10, "train.checkpoint_every": 20, "tracking.log_model": False}
 

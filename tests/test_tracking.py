@@ -16,6 +16,9 @@ from pipeline.learners import forward
 from pipeline.trainer import Trainer
 from pipeline.tracking import MlflowTracker, resolve_uri
 
+pytestmark = pytest.mark.slow  # trains with MLflow tracking and serves a model
+
+
 SMALL = ["--local", "--set", "iterations=30", "--set", "meta_batch_size=5", "--set", "model.hidden=[20,20]",
          "--set", "eval.tasks=40", "--set", "eval.shots=[5,10]", "--set", "train.log_every=10",
          "--set", "train.checkpoint_every=10"]
@@ -141,3 +144,28 @@ def test_tracking_can_be_switched_off_and_a_dead_server_is_one_line(tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no MLflow server answers at http://127.0.0.1:9" in err
     assert not (tmp_path / "other").exists()
+
+
+def test_a_full_disk_while_logging_artifacts_and_the_model_is_one_line_each(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import pipeline.tracking
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(MlflowClient, "log_artifact", disk_full)
+    monkeypatch.setattr(pipeline.tracking, "log_model", disk_full)
+    out = tmp_path / "runs"
+    assert main(["train", "sine_quick", *SMALL, "--set", f"output_dir={out}", "--set", "run_name=r"]) == 0
+    stdout, stderr = capsys.readouterr()
+    assert "Traceback" not in stdout + stderr
+    notes = [l for l in stdout.splitlines() if "No space left on device" in l]
+    assert len(notes) == 2, stdout
+    assert notes[0].startswith("mlflow: artifacts not logged (OSError: [Errno 28] No space left on device); "
+                               f"results.json and checkpoint.pt are saved in {out / 'r'}; `metatrain resume")
+    assert notes[1].startswith("mlflow: the model could not be logged (OSError: [Errno 28]")
+    results = json.loads((out / "r" / "results.json").read_text())
+    assert results["status"] == "completed" and results["results"]["10"]["n"] == 40
+    client, run = only_run(f"sqlite:///{out.resolve()}/mlflow.db")
+    assert run.info.status == "FINISHED" and "eval_K10_mean" in run.data.metrics

@@ -9,6 +9,9 @@ from pipeline.config import load_config
 from pipeline.trainer import RESULTS, Trainer
 
 
+pytestmark = pytest.mark.slow  # trains for several seconds per test
+
+
 def small_cfg(tmp_path, **over):
     sets = {"method": "maml", "iterations": 40, "meta_batch_size": 8, "model.hidden": "[20,20]",
             "eval.tasks": 50, "eval.shots": "[5,10]", "train.checkpoint_every": 10, "train.log_every": 5,

@@ -9,6 +9,20 @@ RULES: dict[str, "UpdateRule"] = {}
 
 
 def register(rule: "UpdateRule") -> "UpdateRule":
+    """Add a rule under its name. The name must be the rule's own (set by its class or its
+    instance, not inherited from a base class) and not taken: a subclass that forgets `name`
+    would otherwise silently replace the rule it derives from."""
+    cls = type(rule)
+    own = "name" in vars(rule) or "name" in vars(cls)
+    if not own or not isinstance(rule.name, str) or not rule.name:
+        inherited = next((c.__name__ for c in cls.__mro__[1:] if "name" in vars(c)), None)
+        raise TypeError(f"register: rule class {cls.__module__}.{cls.__qualname__} has no `name` of its own"
+                        + (f" (it would inherit {rule.name!r} from {inherited})" if inherited and rule.name else "")
+                        + "; set name = '<method>' on the class")
+    if rule.name in RULES:
+        other = type(RULES[rule.name])
+        raise ValueError(f"register: method name {rule.name!r} of {cls.__module__}.{cls.__qualname__} is already "
+                         f"registered by {other.__module__}.{other.__qualname__}; choose another name")
     RULES[rule.name] = rule
     return rule
 
@@ -20,7 +34,8 @@ class UpdateRule:
     first_order: the inner gradient is treated as a constant in the outer gradient.
     """
 
-    name = "maml"
+    name = ""  # every registered rule sets its own (checked by register)
+    family = "few_shot"  # or "optimizer": rules that train optimizees (pipeline/optimizer_experiment.py)
     t_cells = False
     first_order = False
     masked = False
