@@ -12,7 +12,7 @@ import torch
 
 from pipeline import checkpoint
 from pipeline.backends import make_backend
-from pipeline.config import Config, save_config
+from pipeline.config import Config, ConfigError, save_config
 from pipeline.evaluation import evaluate, format_table
 from pipeline.experiment import Experiment
 
@@ -97,6 +97,9 @@ class Trainer:
         """Train to cfg.iterations and evaluate. resume=True continues from the run directory's
         checkpoint; `state` continues from a given checkpoint state (a Tune trial's)."""
         cfg = self.cfg
+        if cfg.task.split == "all":
+            raise ConfigError("task.split: 'all' makes every class a test class: it is for `metatrain eval --data`, "
+                              "not for training")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed = resume or state is not None
         if resumed:
