@@ -14,13 +14,14 @@ from pipeline.config import ConfigError
 from pipeline.run_dir import CHECKPOINT, PREVIOUS_CHECKPOINT
 
 KEYS = ("iteration", "params", "optimizer", "torch_rng", "skipped", "bad_streak", "status")
+PARAMS_KEYS = ("iteration", "params")  # enough to use a model (adapt, serve), not to resume training
 
 
 class CheckpointError(ConfigError):
     """No usable checkpoint: the CLI prints it as one line and exits 2."""
 
 
-def read(path: Path) -> dict:
+def read(path: Path, keys: tuple[str, ...] = KEYS) -> dict:
     """One checkpoint file, or ValueError saying in a few words what is wrong with it."""
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
@@ -28,7 +29,7 @@ def read(path: Path) -> dict:
         raise ValueError(f"unreadable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "))
     if not isinstance(state, dict):
         raise ValueError(f"holds a {type(state).__name__}, not a checkpoint")
-    missing = [k for k in KEYS if k not in state]
+    missing = [k for k in keys if k not in state]
     if missing:
         raise ValueError(f"missing key(s) {', '.join(missing)}")
     if not isinstance(state["params"], dict) or not all(isinstance(v, torch.Tensor) for v in state["params"].values()):
@@ -57,7 +58,7 @@ def save(run_dir: Path, state: dict) -> Path:
     return path
 
 
-def load(run_dir: Path, log=print) -> dict:
+def load(run_dir: Path, log=print, keys: tuple[str, ...] = KEYS) -> dict:
     """The newest usable checkpoint. A damaged newest file is reported in one line (through log)
     and the previous checkpoint used; CheckpointError when neither is usable."""
     run_dir = Path(run_dir)
@@ -70,7 +71,7 @@ def load(run_dir: Path, log=print) -> dict:
             problems.append(f"{candidate.name} is missing")
             continue
         try:
-            state = read(candidate)
+            state = read(candidate, keys)
         except ValueError as e:
             problems.append(f"{candidate.name} is damaged ({e})")
             continue

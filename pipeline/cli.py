@@ -1,4 +1,4 @@
-"""`metatrain` command line: train, eval, resume, sweep, report, data pack, submit, jobs.
+"""`metatrain` command line: train, eval, adapt, export, resume, sweep, report, data pack, submit, jobs.
 
 Config errors are one line on stderr and exit code 2, raised before any directory is written."""
 from __future__ import annotations
@@ -155,22 +155,99 @@ def cmd_eval(args) -> int:
     shots = _parse_shots(args.shots) if args.shots else None
     if args.tasks is not None and args.tasks < 1:
         raise ConfigError(f"--tasks: must be >= 1, got {args.tasks}")
+    if args.seed is not None and args.seed < 0:
+        raise ConfigError(f"--seed: must be >= 0, got {args.seed}")
     from pipeline import checkpoint
+    from pipeline.eval_elsewhere import retarget
     from pipeline.evaluation import format_table
     from pipeline.trainer import Trainer, metric_name
 
+    target = retarget(cfg, data=args.data, ways=args.ways, query=args.query, within_group=args.within_group)
+    cfg = target.cfg
+    if shots:
+        cfg.eval.shots = shots  # checked against the data before any work
     seed = cfg.eval.seed if args.seed is None else args.seed
     with Trainer(cfg, run_dir, log=_log) as trainer:
         trainer.load_state_dict(checkpoint.load(run_dir, _log))
         table = trainer.evaluate(tasks=args.tasks, shots=shots, seed=seed)
     tasks = args.tasks or cfg.eval.tasks
     out = {"iteration": trainer.iteration, "metric": metric_name(trainer.experiment), "tasks": tasks,
-           "seed": seed, "inner_steps": cfg.eval.inner_steps, "mask": cfg.eval.mask, "results": table}
-    path = run_dir / f"eval-seed{seed}-tasks{tasks}.json"
+           "seed": seed, "inner_steps": cfg.eval.inner_steps, "mask": cfg.eval.mask, "data": target.data,
+           "protocol": target.protocol, "task": {k: getattr(cfg.task, k) for k in
+                                                 ("name", "data", "split", "ways", "query", "within_group", "order")},
+           "results": table}
+    path = run_dir / f"eval-{target.tag + '-' if target.tag else ''}seed{seed}-tasks{tasks}.json"
     path.write_text(json.dumps(out, indent=2))
+    print(f"data: {target.data}\nprotocol: {target.protocol}; seed {seed}")
     print(format_table(table, out["metric"], header=f"{cfg.method} at iteration {trainer.iteration}: {tasks} test "
                        f"tasks (seed {seed}), {cfg.eval.inner_steps} inner step(s)"))
     print(f"written {path}")
+    return 0
+
+
+def cmd_adapt(args) -> int:
+    """Adapt a finished run to the user's own few-shot task and predict its query examples."""
+    import pandas as pd
+
+    from pipeline.adaptation import load_run
+    from pipeline.episode_files import ImageReader, read_csv_columns, read_query_images, read_support_folder
+
+    run = load_run(args.run_dir)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.force:
+        raise ConfigError(f"--out: {out} exists; pass --force to replace it")
+    if out is not None and not out.parent.is_dir():
+        raise ConfigError(f"--out: no folder {out.parent}")
+    if args.steps is not None and args.steps < 0:
+        raise ConfigError(f"--steps: must be >= 0, got {args.steps}")
+    if run.classification:
+        reader = ImageReader(run.image_size, run.channels, run.invert)
+        xs, ys = read_support_folder(args.support, reader, run.ways)
+        xq, names = read_query_images(args.query, reader)
+        for line in reader.note_lines():
+            print(line, file=sys.stderr)
+        table = run.adapt(xs, ys, args.steps).predict(xq)
+        table.insert(0, "query", names)
+        what = f"{len(ys)} support image(s) of {len(set(ys))} class(es)"
+    else:
+        if len(args.query) != 1:
+            raise ConfigError(f"--query: a regression run takes one CSV with column x, got {len(args.query)} paths")
+        support = read_csv_columns(args.support, ("x", "y"), "--support")
+        query = read_csv_columns(args.query[0], ("x",), "--query")
+        table = run.adapt(support["x"], support["y"], args.steps).predict(query["x"])
+        table.insert(0, "x", query["x"].to_numpy())
+        what = f"{len(support)} support point(s)"
+    steps = run.cfg.eval.inner_steps if args.steps is None else args.steps
+    print(f"{run.cfg.method} at iteration {run.iteration}, adapted to {what} with {steps} inner step(s) "
+          f"(alpha {run.cfg.alpha:g}{', mask=' + run.cfg.eval.mask if run.learner.rule.masked else ''}):")
+    with pd.option_context("display.max_rows", None, "display.width", 200):
+        print(table.to_string(index=False))
+    if out is not None:
+        tmp = out.with_name(out.name + ".tmp")
+        table.to_csv(tmp, index=False)
+        tmp.replace(out)
+        print(f"written {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Write a finished run as an MLflow pyfunc model that adapts to the episode it is sent."""
+    from pipeline.adaptation import load_run
+    from pipeline.trainer import RESULTS
+
+    run = load_run(args.run_dir)
+    if not (Path(args.run_dir) / RESULTS).is_file():
+        raise ConfigError(f"RUN_DIR: {args.run_dir} has not finished (no {RESULTS}); `metatrain resume` it first")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "adapt_model"
+    if out.exists():
+        raise ConfigError(f"--out: {out} exists; choose another --out or remove it")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out: no folder {out.parent}")
+    from pipeline import serving
+
+    serving.save(run, out)
+    print(f"exported {run.kind} model ({run.cfg.method}, iteration {run.iteration}) to {out}\n"
+          f"serve it: mlflow models serve -m {out} --env-manager local --host 127.0.0.1 --port 5001")
     return 0
 
 
@@ -201,8 +278,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tasks", type=int)
     e.add_argument("--shots", help="comma-separated K values, e.g. 5,10,20")
     e.add_argument("--seed", type=int, help="test-task seed (default: the config's eval.seed)")
+    e.add_argument("--data", nargs="+", help="evaluate on other data of the same kind: Omniglot folders/zips/.arrow, "
+                   "a miniImageNet folder of class sub-folders; regression: a task, sinusoid or polynomial[:ORDER] "
+                   "(default: the run's own test split)")
+    e.add_argument("--ways", type=int, help="N-way test tasks, at most the run's ways (default: the run's)")
+    e.add_argument("--query", type=int, help="query examples per class (regression: per task) (default: the run's)")
+    e.add_argument("--within-group", action="store_true", help="every class of a task from one group (Omniglot "
+                   "alphabet): Lake et al.'s within-alphabet protocol")
     _placement_args(e)
     e.set_defaults(fn=cmd_eval)
+    a = sub.add_parser("adapt", help="adapt a finished run to your own few-shot task and predict its query examples")
+    a.add_argument("run_dir")
+    a.add_argument("--support", required=True, help="images: a folder of class sub-folders (one to a few images "
+                   "each); regression: a CSV with columns x,y")
+    a.add_argument("--query", required=True, nargs="+", help="images: image files and/or folders of them; "
+                   "regression: a CSV with column x")
+    a.add_argument("--steps", type=int, help="inner steps (default: the run's eval.inner_steps)")
+    a.add_argument("--out", help="also write the predictions to this CSV file")
+    a.add_argument("--force", action="store_true", help="replace an existing --out file")
+    a.set_defaults(fn=cmd_adapt)
+    x = sub.add_parser("export", help="write a finished run as an MLflow pyfunc model that adapts to a posted "
+                       "few-shot episode (serve it with `mlflow models serve`)")
+    x.add_argument("run_dir")
+    x.add_argument("--out", help="the model folder to create (default: RUN_DIR/adapt_model)")
+    x.set_defaults(fn=cmd_export)
     r = sub.add_parser("resume", help="continue a run from its last checkpoint")
     r.add_argument("run_dir")
     _placement_args(r)

@@ -17,7 +17,7 @@ from tasks.errors import ConfigError  # noqa: F401 (the error type's home is bel
 
 BACKENDS = ("ray", "local")
 NORMS = ("batch", "none")
-OMNIGLOT_SPLITS = ("character", "alphabet")
+OMNIGLOT_SPLITS = ("character", "alphabet", "all")
 EVAL_SPLITS = ("test", "train")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
 
@@ -34,7 +34,10 @@ class TaskConfig:
     data: list[str] = field(default_factory=list)  # folders / zips, or one packed .arrow file
     image_size: int = 0  # 0 = the data set's standard size (Omniglot 28, miniImageNet 84)
     rotations: bool = False  # 90-degree rotations of every class as extra classes (Omniglot protocol)
-    split: str = "character"  # Omniglot: "character" (train_characters / rest) or "alphabet"
+    split: str = "character"  # Omniglot: "character" (train_characters / rest) or "alphabet"; "all": every
+    #   class is a test class (Omniglot and miniImageNet; `metatrain eval --data` on another data set)
+    within_group: bool = False  # image tasks: every class of a task from one group (Omniglot alphabet):
+    #   Lake et al.'s within-alphabet protocol; in training and evaluation alike
     train_characters: int = 1200  # Omniglot character split: characters for meta-training (MAML: 1200)
     split_seed: int = 0  # Omniglot character split: which characters; fixed apart from the run's seed
     train_alphabets: list[str] = field(default_factory=list)  # alphabet split; [] = every non-test alphabet
@@ -51,6 +54,7 @@ class ModelConfig:
     optimizee_activation: str = "sigmoid"  # mnist_mlp optimizee: sigmoid (the paper) | relu
     init_std: float = 0.01  # truncated-normal std of dense weights
     filters: int = 64  # conv4 (image tasks): filters per conv cell
+    ways: int = 0  # outputs of the classification head; 0 = task.ways (`eval --ways` tests fewer ways)
     strided: bool = True  # conv4: stride-2 convs (Omniglot) or stride 1 + 2x2 max-pool (miniImageNet)
     batch_norm: str = "batch"  # conv4: "batch" (batch statistics of the set being forwarded, never
     #   carried across tasks; scale/shift are meta-parameters, not adapted: reference MAML) | "none"
@@ -284,6 +288,8 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     need(cfg.task.order in (0, 1, 2), f"task.order: polynomial order must be one of 0, 1, 2, got {cfg.task.order}")
     need(all(h >= 1 for h in cfg.model.hidden), f"model.hidden: layer widths must be >= 1, got {cfg.model.hidden}")
     need(cfg.task.ways >= 2, f"task.ways: must be >= 2, got {cfg.task.ways}")
+    need(cfg.model.ways == 0 or cfg.model.ways >= cfg.task.ways,
+         f"model.ways: the head's {cfg.model.ways} outputs cannot hold {cfg.task.ways}-way tasks (task.ways)")
     need(cfg.model.filters >= 1, f"model.filters: must be >= 1, got {cfg.model.filters}")
     need(cfg.model.init_std > 0, f"model.init_std: must be > 0, got {cfg.model.init_std}")
     need(cfg.model.batch_norm in NORMS, f"model.batch_norm: unknown choice {cfg.model.batch_norm!r}; "

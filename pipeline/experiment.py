@@ -9,11 +9,27 @@ import torch
 
 from pipeline.config import Config
 from pipeline.evaluation import evaluate
-from pipeline.learners import conv4, mlp
+from pipeline.learners import Network, conv4, mlp
 from pipeline.meta_batch import InnerSettings, Learner, ShardResult, shard_evaluate, shard_meta_gradient
 from pipeline.rules import get_rule
-from tasks import make_distribution
+from tasks import image_format, make_distribution
 from tasks.sampling import sample_batch
+
+IMAGE_TASKS = ("omniglot", "miniimagenet", "synthetic_images")
+
+
+def make_network(cfg: Config) -> Network:
+    """The learner's network from the config alone (no data is read): what a checkpoint's
+    parameters belong to."""
+    if cfg.task.name not in IMAGE_TASKS:  # regression: one input, one output
+        return mlp(1, cfg.model.hidden, 1, cfg.model.init_std)
+    channels, size = image_format(cfg.task)
+    return conv4(channels, cfg.model.ways or cfg.task.ways, size, cfg.model.filters, cfg.model.strided,
+                 batch_norm=cfg.model.batch_norm == "batch")
+
+
+def make_learner(cfg: Config) -> Learner:
+    return Learner(make_network(cfg), get_rule(cfg.method))
 
 
 def make_experiment(cfg: Config, dtype: torch.dtype = torch.float32, device: str = "cpu"):
@@ -32,17 +48,11 @@ class Experiment:
         self.cfg, self.dtype, self.device = cfg, dtype, device
         self.distribution = make_distribution(cfg.task)
         d = self.distribution
-        if d.network == "mlp":  # the distribution says which network its inputs need
-            net = mlp(d.input_dim, cfg.model.hidden, d.output_dim, cfg.model.init_std)
-        elif d.network == "conv4":
-            net = conv4(d.channels, d.ways, d.image_size, cfg.model.filters, cfg.model.strided,
-                        batch_norm=cfg.model.batch_norm == "batch")
-        else:
-            raise ValueError(f"task.name: {cfg.task.name} asks for an unknown network kind {d.network!r}")
         if hasattr(d, "check"):  # every K and query size the run will ask for exists in the data
-            d.check(split="train", shots=cfg.task.shots, query=cfg.task.query)
+            if cfg.task.split != "all":  # "all": an evaluation-only data set, nothing to train on
+                d.check(split="train", shots=cfg.task.shots, query=cfg.task.query)
             d.check(split="test", shots=max(cfg.eval.shots), query=cfg.task.query, key="eval.shots")
-        self.learner = Learner(net, get_rule(cfg.method))
+        self.learner = make_learner(cfg)
         self.train_inner = InnerSettings(cfg.alpha, cfg.inner_steps, cfg.gumbel_temperature, "sample")
         self._noise_shapes = None
         self.chunk = cfg.train.tasks_per_vmap or None

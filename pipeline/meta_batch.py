@@ -26,12 +26,12 @@ class InnerSettings:
     mask_mode: str = "sample"
 
 
-InnerLoop = InnerSettings  # the old name, for code written against it
 
 
 def inner_adapt(learner: Learner, inner: InnerSettings, params: dict, task: dict,
                 trace: list | None = None) -> tuple[dict, list]:
-    """Adapted fast weights of one task, and its query loss before each inner step (no grad).
+    """Adapted fast weights of one task, and its query loss before each inner step (no grad; none
+    when the task has no query labels, as when adapting to a user's own task).
     `trace`, if given, receives the rule's carry after every step (e.g. Meta-LSTM gate values)."""
     net, rule = learner.net, learner.rule
     state = rule.task_state(params, task.get("noise", {}), inner.temperature, inner.mask_mode)
@@ -43,8 +43,9 @@ def inner_adapt(learner: Learner, inner: InnerSettings, params: dict, task: dict
 
     curve = []
     for _ in range(inner.steps):
-        with torch.no_grad():
-            curve.append(loss_and_metric(net, {**params, **fast}, task["x_query"], task["y_query"])[0])
+        if "y_query" in task:
+            with torch.no_grad():
+                curve.append(loss_and_metric(net, {**params, **fast}, task["x_query"], task["y_query"])[0])
         g, loss = grad_and_value(support_loss)(fast)
         if rule.first_order:  # the inner gradient (and loss) are constants for the outer gradient
             g, loss = {k: v.detach() for k, v in g.items()}, loss.detach()

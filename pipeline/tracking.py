@@ -3,7 +3,8 @@
 A run logs the flattened config as params; tags (method, task, seed, status, git commit); every
 logged iteration's scalars; the final evaluation (scalars and a table); artifacts (config.yaml,
 results.json, metrics.jsonl, checkpoint.pt, plots/) and the meta-learned network through
-`mlflow.pytorch.log_model`. A run directory remembers its MLflow run in `mlflow.json`, so a resumed run or a
+`mlflow.pytorch.log_model`, and the pyfunc model that adapts to a posted few-shot episode
+(`adapt_model`, pipeline/serving.py). A run directory remembers its MLflow run in `mlflow.json`, so a resumed run or a
 retried sweep trial continues the same MLflow run instead of leaving orphans behind.
 """
 from __future__ import annotations
@@ -183,6 +184,19 @@ def log_model(uri: str, run_id: str, trainer) -> str:
     return info.model_uri
 
 
+def log_adapt_model(uri: str, run_id: str, trainer) -> str:
+    """Log the pyfunc model that adapts to a posted episode (`pipeline.serving`)."""
+    import mlflow
+
+    from pipeline import serving
+    from pipeline.adaptation import MetaLearnedRun
+
+    run = MetaLearnedRun(trainer.cfg, {k: v.detach().cpu() for k, v in trainer.params.items()}, trainer.iteration)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        return serving.log(run)
+
+
 class MlflowTracker(TrainerHook):
     """Logs one Trainer to MLflow; `parent_run_id` nests it under a sweep's parent run."""
 
@@ -245,6 +259,7 @@ class MlflowTracker(TrainerHook):
         if self.cfg.tracking.log_model and trainer.experiment.family == "few_shot":  # an optimizer is no network
             try:
                 client.set_tag(run_id, "model_uri", log_model(self.uri, run_id, trainer))
+                client.set_tag(run_id, "adapt_model_uri", log_adapt_model(self.uri, run_id, trainer))
             except Exception as e:  # noqa: BLE001 - the run's results and checkpoint are logged already
                 client.set_tag(run_id, "model_error", f"{type(e).__name__}: {e}"[:5000])
                 self.log(f"mlflow: the model could not be logged ({type(e).__name__}: {_first_line(e)}); {finish}")

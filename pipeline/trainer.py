@@ -12,7 +12,7 @@ import torch
 
 from pipeline import checkpoint
 from pipeline.backends import make_backend
-from pipeline.config import Config, save_config
+from pipeline.config import Config, ConfigError, save_config
 from pipeline.evaluation import format_table
 from pipeline.experiment import Experiment, make_experiment
 from pipeline.run_dir import CHECKPOINT, CONFIG, METRICS, PLOTS, RESULTS  # noqa: F401 (re-exported)
@@ -104,6 +104,9 @@ class Trainer:
         """Train to cfg.iterations and evaluate. resume=True continues from the run directory's
         checkpoint; `state` continues from a given checkpoint state (a Tune trial's)."""
         cfg = self.cfg
+        if cfg.task.split == "all":
+            raise ConfigError("task.split: 'all' makes every class a test class: it is for `metatrain eval --data`, "
+                              "not for training")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed = resume or state is not None
         if resumed:

@@ -184,6 +184,21 @@ def read_class_folders(root: str, split_dir: str, size: int) -> ImageSet:
                     np.array(classes)[order], np.array(groups)[order], (size, size, 3), str(root_p))
 
 
+def read_plain_class_folders(root: str, size: int) -> ImageSet:
+    """`<root>/<class>/<file>` with no split CSVs (every class a test class): decoded lazily."""
+    root_p = Path(root)
+    paths, classes = [], []
+    for folder in sorted(p for p in root_p.iterdir() if p.is_dir()):
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(str(f))
+                classes.append(folder.name)
+    if not paths:
+        raise ConfigError(f"task.data: no <class>/<image> files in {root_p}")
+    return ImageSet(FileImages(paths, decoder(size, 3, invert=False)), np.array(classes),
+                    np.array(["test"] * len(classes)), (size, size, 3), str(root_p))
+
+
 def pack(images: ImageSet, out: Path, dataset: str, log=print) -> Path:
     """Write an ImageSet as an Arrow IPC file (one record batch), atomically."""
     import pyarrow as pa
@@ -248,16 +263,25 @@ class FewShotImages:
     set, so a task and its query set stay the same whatever K is."""
 
     loss = "cross_entropy"
-    network = "conv4"
 
-    def __init__(self, images: ImageSet, splits: dict[str, list[str]], ways: int, rotations: bool):
-        self.images, self.ways, self.rotations = images, ways, rotations
+    def __init__(self, images: ImageSet, splits: dict[str, list[str]], ways: int, rotations: bool,
+                 within_group: bool = False):
+        self.images, self.ways, self.rotations, self.within_group = images, ways, rotations, within_group
         self.channels, self.image_size = images.shape[2], images.shape[0]
         index = images.class_index()
         self._index = index
         self.splits = {s: [(c, k) for c in names for k in (range(4) if rotations else (0,))]
                        for s, names in splits.items()}
         self.min_images = {s: min((len(index[c]) for c in names), default=0) for s, names in splits.items()}
+        # within_group: per split, the positions (in self.splits[s]) of each group's classes, groups in
+        # name order; only groups with at least `ways` classes can hold a task.
+        group = images.group_of()
+        self.groups = {}
+        for s, classes in self.splits.items():
+            members: dict[str, list[int]] = {}
+            for i, (name, _) in enumerate(classes):
+                members.setdefault(group[name], []).append(i)
+            self.groups[s] = {g: np.array(m) for g, m in sorted(members.items())}
 
     def check(self, *, split: str, shots: int, query: int, key: str = "task.shots") -> None:
         """One-line errors for tasks this data cannot provide (before any Ray work starts)."""
@@ -265,13 +289,22 @@ class FewShotImages:
         if len(classes) < self.ways:
             raise ConfigError(f"task.ways: {self.ways}-way tasks need {self.ways} classes; the {split} split has "
                               f"{len(classes)}")
+        if self.within_group and not self.eligible_groups(split):
+            largest = max((len(m) for m in self.groups.get(split, {}).values()), default=0)
+            raise ConfigError(f"task.within_group: {self.ways}-way tasks within one group (alphabet) need a group of "
+                              f"{self.ways} classes; the largest in the {split} split has {largest}")
         if shots + query > self.min_images[split]:
             raise ConfigError(f"{key}: K={shots} support + {query} query (task.query) images per class, but a {split} "
                               f"class has only {self.min_images[split]} images")
 
     def sample(self, rng: np.random.Generator, shots: int, query: int, split: str = "train") -> dict:
         classes = self.splits[split]
-        chosen = rng.choice(len(classes), size=self.ways, replace=False)
+        if self.within_group:  # a group uniformly among those that can hold a task, then N of its classes
+            groups = self.eligible_groups(split)
+            members = groups[int(rng.integers(len(groups)))]
+            chosen = members[rng.choice(len(members), size=self.ways, replace=False)]
+        else:
+            chosen = rng.choice(len(classes), size=self.ways, replace=False)
         xs, xq = [], []
         for label in chosen:
             name, k = classes[label]
@@ -280,9 +313,14 @@ class FewShotImages:
             q, s = perm[:query], perm[query:query + shots]
             xq.append(np.rot90(self.images.images.take(q), k, axes=(1, 2)))
             xs.append(np.rot90(self.images.images.take(s), k, axes=(1, 2)))
-        return {"x_support": self._to_float(np.concatenate(xs)), "y_support": np.repeat(np.arange(self.ways), shots),
-                "x_query": self._to_float(np.concatenate(xq)), "y_query": np.repeat(np.arange(self.ways), query)}
+        return {"x_support": pixels_to_float(np.concatenate(xs)), "y_support": np.repeat(np.arange(self.ways), shots),
+                "x_query": pixels_to_float(np.concatenate(xq)), "y_query": np.repeat(np.arange(self.ways), query)}
 
-    @staticmethod
-    def _to_float(x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0  # NCHW in [0, 1]
+    def eligible_groups(self, split: str) -> list[np.ndarray]:
+        return [m for m in self.groups.get(split, {}).values() if len(m) >= self.ways]
+
+
+
+def pixels_to_float(x: np.ndarray) -> np.ndarray:
+    """Decoded uint8 images (n, H, W, C) as the learner's input: float32 NCHW in [0, 1]."""
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0

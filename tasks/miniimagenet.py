@@ -6,22 +6,29 @@ import functools
 from pathlib import Path
 
 from tasks.errors import ConfigError
-from tasks.images import FewShotImages, ImageSet, read_class_folders, read_packed
+from tasks.images import FewShotImages, ImageSet, read_class_folders, read_packed, read_plain_class_folders
 
 DEFAULT_SIZE = 84
 
 
 @functools.lru_cache(maxsize=2)
-def load(root: str, split_dir: str, size: int) -> ImageSet:
+def load(root: str, split_dir: str, size: int, plain: bool = False) -> ImageSet:
     if root.endswith(".arrow"):
         return read_packed(root, "miniimagenet", size)
+    if plain:
+        return read_plain_class_folders(root, size)
     return read_class_folders(root, split_dir, size)
 
 
 def miniimagenet(task) -> FewShotImages:
     if len(task.data) != 1:
         raise ConfigError(f"task.data: miniImageNet takes one folder (or packed .arrow file), got {task.data}")
-    images = load(str(Path(task.data[0]).expanduser()), task.split_dir, task.image_size or DEFAULT_SIZE)
+    root = Path(task.data[0]).expanduser()
+    # split "all" (another data set to evaluate on): a plain folder of class sub-folders will do
+    plain = task.split == "all" and root.is_dir() and not (Path(task.split_dir or root) / "train.csv").is_file()
+    images = load(str(root), task.split_dir, task.image_size or DEFAULT_SIZE, plain)
     group = images.group_of()
     splits = {s: sorted(c for c, g in group.items() if g == s) for s in ("train", "val", "test")}
-    return FewShotImages(images, splits, task.ways, task.rotations)
+    if task.split == "all":
+        splits = {"train": [], "val": [], "test": sorted(group)}
+    return FewShotImages(images, splits, task.ways, task.rotations, task.within_group)

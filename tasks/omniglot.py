@@ -28,6 +28,8 @@ def split_classes(images: ImageSet, task) -> dict[str, list[str]]:
     """Character names of the train and test splits; no character (hence no rotation of it) is in both."""
     characters = sorted(images.class_index())
     alphabet = images.group_of()
+    if task.split == "all":  # another data set to evaluate on: every character is a test character
+        return {"train": [], "test": characters}
     if task.split == "character":
         if task.train_characters >= len(characters):
             raise ConfigError(f"task.train_characters: {task.train_characters} leaves no test characters among the "
@@ -52,4 +54,4 @@ def split_classes(images: ImageSet, task) -> dict[str, list[str]]:
 
 def omniglot(task) -> FewShotImages:
     images = load(tuple(str(Path(d).expanduser()) for d in task.data), task.image_size or DEFAULT_SIZE)
-    return FewShotImages(images, split_classes(images, task), task.ways, task.rotations)
+    return FewShotImages(images, split_classes(images, task), task.ways, task.rotations, task.within_group)

@@ -10,8 +10,6 @@ import numpy as np
 class _Regression:
     """y = f(x; task coefficients), x ~ U[x_range]; subclasses draw coefficients and define f."""
 
-    network = "mlp"  # the learner's network kind (pipeline.experiment builds it)
-
     def sample(self, rng: np.random.Generator, shots: int, query: int, split: str = "train") -> dict:
         # Order matters: task parameters, then query, then support. The task and its query set
         # stay the same whatever K is, so one evaluation set serves every K in the list.

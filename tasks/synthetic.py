@@ -3,7 +3,6 @@ without the data, for throughput benchmarks and smoke tests of conv learners. No
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 
@@ -14,7 +13,6 @@ class SyntheticImages:
     image_size: int = 28
     channels: int = 1
     loss: str = "cross_entropy"
-    network: ClassVar[str] = "conv4"
 
     def sample(self, rng: np.random.Generator, shots: int, query: int, split: str = "train") -> dict:
         shape = (self.channels, self.image_size, self.image_size)

@@ -79,3 +79,14 @@ def perturbed_params(learner, seed=0, dtype=torch.float64, scale=0.1):
             noise = torch.randn(v.shape, generator=gen, dtype=dtype)
             params[k] = v + (2.0 * noise if role.endswith("zeta") else scale * noise)
     return params
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """A finished tiny sine run and Omniglot-layout image run (tests/tiny_runs.py), shared by the
+    adapt / eval --data / serving tests; tests may add files to them but never change them."""
+    from tiny_runs import image_run, omniglot_layout, sine_run
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    data = omniglot_layout(root / "omniglot")
+    return {"sine": sine_run(root / "runs"), "image": image_run(root / "runs", data), "data": data}

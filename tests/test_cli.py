@@ -9,7 +9,7 @@ import pytest
 from pipeline.cli import main
 
 BAD = [
-    (["--set", "method=reptile"], "method: unknown method 'reptile'; allowed: fomaml, maml, mc1, mc2, metalstm, metasgd, mnet"),
+    (["--set", "method=reptile"], "method: unknown method 'reptile'; allowed: adam, fomaml, l2l, maml, mc1, mc2, metalstm"),
     (["--set", "alpha=0"], "alpha: must be > 0"),
     (["--set", "alpha=-0.5"], "alpha: must be > 0"),
     (["--set", "beta=0"], "beta: must be > 0"),

@@ -3,12 +3,14 @@ import json
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
 from PIL import Image
 
 from pipeline import checkpoint
+from pipeline.adaptation import load_run
 from pipeline.cli import main
 from pipeline.config import flatten, load_config, to_dict
 from pipeline.experiment import Experiment
@@ -86,6 +88,18 @@ def test_train_logs_params_tags_metrics_artifacts_plots_and_model(tmp_path):
     x = torch.linspace(-5, 5, 17)[:, None]
     with torch.no_grad():
         assert torch.allclose(model(x), forward(Experiment(cfg).learner.net, params, x), atol=1e-6)
+
+    # ... and the pyfunc model that adapts to a posted episode equals the Python API on that episode
+    adapt_model = mlflow.pyfunc.load_model(tags["adapt_model_uri"])
+    assert adapt_model.metadata.signature.inputs.input_names() == ["role", "x", "y"]
+    xs, xq = np.linspace(-4, 4, 6), np.array([-1.5, 0.25, 3.0])
+    ys = 2 * np.sin(xs + 0.5)
+    episode = pd.DataFrame({"role": ["support"] * 6 + ["query"] * 3, "x": np.concatenate([xs, xq]),
+                            "y": np.concatenate([ys, np.full(3, np.nan)])})
+    served = adapt_model.predict(episode)
+    expected = load_run(run_dir).adapt(xs, ys).predict(xq)
+    np.testing.assert_allclose(served["y"], expected["y"], rtol=1e-6)
+    assert np.abs(expected["y"] - load_run(run_dir).adapt(xs, ys, steps=0).predict(xq)["y"]).max() > 1e-5
 
 
 class Crash(Exception):
