@@ -126,13 +126,28 @@ class RayBackend:
         """Each worker's placement once all have started, with a progress line every
         `PROGRESS_S` seconds; a one-line error after ray.start_timeout_s."""
         rc, n = self.cfg.ray, len(self.actors)
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
         pending = {a.where.remote(): i for i, a in enumerate(self.actors)}
-        where, t0 = [None] * n, time.monotonic()
+        where, t0, lost = [None] * n, time.monotonic(), [0] * n
         while pending:
             left = rc.start_timeout_s - (time.monotonic() - t0)
             done, _ = self.ray.wait(list(pending), num_returns=len(pending), timeout=max(0.0, min(PROGRESS_S, left)))
             for ref in done:
-                where[pending.pop(ref)] = self.ray.get(ref)
+                i = pending.pop(ref)
+                try:
+                    where[i] = self.ray.get(ref)
+                except (RayActorError, ActorDiedError, ActorUnavailableError) as e:
+                    # a worker that dies while starting is replaced, like one that dies in a shard call
+                    lost[i] += 1
+                    if lost[i] > rc.max_worker_restarts:
+                        raise RuntimeError(f"ray: worker {i} died {lost[i]} times while starting; last error: "
+                                           f"{str(e).splitlines()[0]}") from e
+                    self.log(f"ray: worker {i} lost while starting ({type(e).__name__}); replacing it")
+                    self.ray.kill(self.actors[i], no_restart=True)
+                    self.actors[i] = self._spawn()
+                    self.restarts += 1
+                    pending[self.actors[i].where.remote()] = i
             if not pending:
                 break
             waited, free = time.monotonic() - t0, self.ray.available_resources().get("CPU", 0.0)
