@@ -144,10 +144,7 @@ class RayBackend:
                         raise RuntimeError(f"ray: worker {i} died {lost[i]} times while starting; last error: "
                                            f"{str(e).splitlines()[0]}") from e
                     self.log(f"ray: worker {i} lost while starting ({type(e).__name__}); replacing it")
-                    self.ray.kill(self.actors[i], no_restart=True)
-                    self.actors[i] = self._spawn()
-                    self.restarts += 1
-                    pending[self.actors[i].where.remote()] = i
+                    pending[self._replace(i).where.remote()] = i
             if not pending:
                 break
             waited, free = time.monotonic() - t0, self.ray.available_resources().get("CPU", 0.0)
@@ -170,6 +167,13 @@ class RayBackend:
     def _spawn(self):
         return self._cls.options(**self._options).remote(
             self._cfg_dict, self.cfg.ray.cpus_per_worker, self.gpus > 0)
+
+    def _replace(self, w: int):
+        """A fresh actor in place of lost worker w (killed for good first, should it linger)."""
+        self.ray.kill(self.actors[w], no_restart=True)
+        self.actors[w] = self._spawn()
+        self.restarts += 1
+        return self.actors[w]
 
     def _run(self, jobs: list, submit) -> list:
         """Submit job i to worker i % n; gather in job order. A worker that dies is replaced and
@@ -194,10 +198,7 @@ class RayBackend:
                         raise RuntimeError(f"shard {job} failed {attempt + 1} times; last error: {e}") from e
                     w = i % self.workers
                     self.log(f"ray: worker {w} lost ({type(e).__name__}); replacing it and re-running {job}")
-                    self.ray.kill(self.actors[w], no_restart=True)
-                    self.actors[w] = self._spawn()
-                    self.restarts += 1
-                    future = submit(self.actors[w], job)
+                    future = submit(self._replace(w), job)
         return out
 
     def meta_gradient(self, params: dict, iteration: int, carry: dict | None = None) -> ShardResult:
@@ -206,7 +207,8 @@ class RayBackend:
         ref = self.ray.put(to_numpy(params))  # one broadcast per iteration
         ranges = split(self.cfg.meta_batch_size, self.workers)
         # a per-task carry (learned optimizers' optimizee state) travels with its task range
-        part = (lambda r: None) if carry is None else (lambda r: {k: v[r.start:r.stop] for k, v in to_numpy(carry).items()})
+        carry_np = None if carry is None else to_numpy(carry)
+        part = (lambda r: None) if carry_np is None else (lambda r: {k: v[r.start:r.stop] for k, v in carry_np.items()})
         results = self._run(ranges, lambda a, r: a.train_shard.remote(ref, iteration, r.start, r.stop, part(r)))
         for r in results:
             r.grads = {k: torch.tensor(v) for k, v in r.grads.items()}  # copies: object-store arrays are read-only
