@@ -333,7 +333,8 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
 def _validate_family(cfg: Config, check_paths: bool) -> None:
     """Learned optimizers (method l2l and the baselines) train on optimizee tasks, and only they do."""
     from pipeline.rules import RULES
-    from tasks.optimizees import ACTIVATIONS, OPTIMIZEES
+    from tasks import OPTIMIZEES
+    from tasks.optimizees import ACTIVATIONS
 
     optimizers = sorted(k for k, r in RULES.items() if r.family == "optimizer")
     is_optimizer = cfg.method in optimizers

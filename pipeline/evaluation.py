@@ -23,19 +23,29 @@ def evaluate(backend, params: dict, *, tasks: int, shots: list[int], seed: int, 
     The same tasks and query sets are used for every K (the sampler draws the task and its query
     before the support points), so the rows of the table differ only in K. Chunks are spread over
     the backend's workers; per-task results do not depend on the chunking."""
-    chunks = split(tasks, max(math.ceil(tasks / batch_size), backend.workers))
-    results = {}
-    for k in shots:
-        parts = backend.eval_chunks(params, chunks, shots=k, seed=seed, inner_steps=inner_steps, mask_mode=mask_mode,
-                                    split=eval_split)
-        metric = np.concatenate([m for m, _ in parts]).astype(np.float64)
-        curve = np.concatenate([c for _, c in parts]).astype(np.float64)
-        mean, ci = mean_ci95(metric)
-        results[str(k)] = {"mean": finite_or_none(mean), "ci95": finite_or_none(ci), "n": int(len(metric)),
-                           "before_adaptation": finite_or_none(float(curve[:, 0].mean())),
-                           "query_loss_per_step": [finite_or_none(float(v)) for v in curve.mean(0)],
-                           "per_task": [finite_or_none(float(v)) for v in metric]}
-    return results
+    chunks = eval_ranges(tasks, batch_size, backend.workers)
+    return {str(k): table_row(backend, params, chunks, shots=k, seed=seed, inner_steps=inner_steps,
+                              mask_mode=mask_mode, split=eval_split)[0] for k in shots}
+
+
+def eval_ranges(tasks: int, batch_size: int, workers: int) -> list[range]:
+    """Test tasks 0..tasks-1 in chunks of at most batch_size, at least one per worker."""
+    return split(tasks, max(math.ceil(tasks / batch_size), workers))
+
+
+def table_row(backend, params: dict, chunks: list[range], **kw) -> tuple[dict, np.ndarray]:
+    """One row of an evaluation table from the backend's eval chunks (kw as the experiment's
+    eval_shard takes them): {mean, ci95, n, before_adaptation, query_loss_per_step, per_task} of the
+    per-task metric, and the per-task curves (tasks, steps + 1)."""
+    parts = backend.eval_chunks(params, chunks, **kw)
+    metric = np.concatenate([m for m, _ in parts]).astype(np.float64)
+    curve = np.concatenate([c for _, c in parts]).astype(np.float64)
+    mean, ci = mean_ci95(metric)
+    row = {"mean": finite_or_none(mean), "ci95": finite_or_none(ci), "n": int(len(metric)),
+           "before_adaptation": finite_or_none(float(curve[:, 0].mean())),
+           "query_loss_per_step": [finite_or_none(float(v)) for v in curve.mean(0)],
+           "per_task": [finite_or_none(float(v)) for v in metric]}
+    return row, curve
 
 
 def split(total: int, parts: int) -> list[range]:

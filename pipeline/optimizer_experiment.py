@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pipeline.config import Config
-from pipeline.evaluation import finite_or_none, mean_ci95, split
+from pipeline.evaluation import eval_ranges, finite_or_none, table_row
 from pipeline.meta_batch import ShardResult
 from pipeline.rules import get_rule
 from tasks.optimizees import make_optimizee
@@ -134,18 +134,11 @@ class OptimizerExperiment:
         """{optimizer: {mean, ci95, n, before_adaptation, query_loss_per_step, curve_ci95, per_task, alpha}}
         on optimizees 0..tasks-1 of the evaluation set; every optimizer sees the same optimizees and
         minibatches."""
-        chunks = split(tasks, max(-(-tasks // batch_size), backend.workers))
+        chunks = eval_ranges(tasks, batch_size, backend.workers)
         results = {}
         for name, alpha in self.optimizers().items():
-            parts = backend.eval_chunks(params, chunks, optimizer=name, alpha=alpha, seed=seed, split=split_name,
-                                        steps=steps)
-            final = np.concatenate([m for m, _ in parts]).astype(np.float64)
-            curve = np.concatenate([c for _, c in parts]).astype(np.float64)
-            mean, ci = mean_ci95(final)
-            results[name] = {
-                "mean": finite_or_none(mean), "ci95": finite_or_none(ci), "n": int(len(final)), "alpha": alpha,
-                "before_adaptation": finite_or_none(float(curve[:, 0].mean())),
-                "query_loss_per_step": [finite_or_none(float(v)) for v in curve.mean(0)],
-                "curve_ci95": [finite_or_none(float(v)) for v in 1.96 * curve.std(0) / np.sqrt(len(curve))],
-                "per_task": [finite_or_none(float(v)) for v in final]}
+            row, curve = table_row(backend, params, chunks, optimizer=name, alpha=alpha, seed=seed, split=split_name,
+                                   steps=steps)
+            ci_curve = 1.96 * curve.std(0) / np.sqrt(len(curve))
+            results[name] = {**row, "alpha": alpha, "curve_ci95": [finite_or_none(float(v)) for v in ci_curve]}
         return results

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tasks import OPTIMIZEES  # noqa: F401 - the names, kept beside TASKS
 from tasks.errors import ConfigError
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
 INIT_STD = 0.01  # theta_0 ~ N(0, 0.01^2) for both problems, as the paper's reference code
