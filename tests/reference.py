@@ -1,5 +1,7 @@
-"""Plain per-task reference: the usual "loop over tasks, autograd.grad(create_graph=True)" meta-
-gradient of the reference libraries. Independent of torch.func; the batched path must match it."""
+"""Plain per-task loop: the usual "loop over tasks, autograd.grad(create_graph=True)" meta-gradient
+of the reference libraries, built from the project's own rules and network. It is independent of
+torch.func and vmap only, so it checks the batching plumbing (test_batched.py), not the rules: those
+are checked against tests/independent_reference.py, which shares no code with pipeline/."""
 import torch
 
 from pipeline.learners import loss_and_metric
