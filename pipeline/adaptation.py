@@ -10,8 +10,10 @@ run's update rule and meta-parameters, its inner step size, `eval.inner_steps` s
 and `eval.mask` masks. Sampled masks use the noise of test task 0 of `eval.seed` (or `seed`), so
 adapting the support set of that evaluation task reproduces the evaluation exactly.
 
-Batch norm uses the statistics of the set being forwarded (as in meta-training and evaluation):
-query examples are predicted together, and the prediction of one depends on the others in its batch.
+Batch norm follows the run's evaluation (`eval.query_bn`): with "batch" (every method but the
+Meta-Learner LSTM) query examples are normalised by their own batch's statistics, so the prediction
+of one depends on the others predicted with it; with "support" (the Meta-Learner LSTM, its paper's
+section 3.4) by averages of the support passes, so each prediction stands alone.
 """
 from __future__ import annotations
 
@@ -107,7 +109,7 @@ class MetaLearnedRun:
         noise_rng = task_rng(self.cfg.eval.seed if seed is None else seed, "test", 0, 0, NOISE_STREAM)
         noise = {k: torch.as_tensor(logistic_noise(noise_rng, s), dtype=self.dtype)
                  for k, s in sorted(rule.noise_shapes(self.params).items())}
-        inner = InnerSettings(self.cfg.alpha, steps, self.cfg.gumbel_temperature, self.cfg.eval.mask)
+        inner = InnerSettings.for_eval(self.cfg, steps)
         fast, _ = inner_adapt(self.learner, inner, self.params, {"x_support": x, "y_support": y, "noise": noise})
         return Predictor(self, {**self.params, **{k: v.detach() for k, v in fast.items()}}, labels)
 

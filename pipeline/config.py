@@ -19,6 +19,14 @@ BACKENDS = ("ray", "local")
 NORMS = ("batch", "none")
 OMNIGLOT_SPLITS = ("character", "alphabet", "all")
 EVAL_SPLITS = ("test", "train")
+QUERY_BN = ("", "batch", "support")
+
+
+def query_bn(cfg: "Config") -> str:
+    """eval.query_bn resolved: "" means the method's paper (Meta-LSTM: support averages)."""
+    return cfg.eval.query_bn or ("support" if cfg.method == "metalstm" else "batch")
+
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
 
 
@@ -66,6 +74,10 @@ class EvalConfig:
     shots: list[int] = field(default_factory=lambda: [5, 10, 20])
     inner_steps: int = 1
     mask: str = "sample"  # masked methods: "sample" a mask per task, or the most probable ("argmax")
+    # batch-norm statistics of the query set at meta-test time: "batch" (its own batch, as reference
+    # MAML) or "support" (averages over the support passes of the inner loop, Ravi & Larochelle 3.4);
+    # "" = the method's paper: "support" for metalstm, "batch" otherwise. No effect without batch norm.
+    query_bn: str = ""
     seed: int = 0  # the fixed test-task set; independent of the training seed so runs compare paired
     batch_size: int = 200  # tasks adapted per vectorised call
     split: str = "test"  # the split test tasks are drawn from; "train" to tune hand-designed baselines on it
@@ -310,6 +322,8 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
          f"eval.shots: every K must be >= 1, got {cfg.eval.shots}")
     need(cfg.eval.inner_steps >= 0, f"eval.inner_steps: must be >= 0, got {cfg.eval.inner_steps}")
     need(cfg.eval.mask in MASK_MODES, f"eval.mask: unknown mode {cfg.eval.mask!r}; allowed: {', '.join(MASK_MODES)}")
+    need(cfg.eval.query_bn in QUERY_BN, f"eval.query_bn: unknown choice {cfg.eval.query_bn!r}; allowed: "
+         f"{', '.join(repr(q) for q in QUERY_BN)}")
     need(cfg.eval.seed >= 0, f"eval.seed: must be >= 0, got {cfg.eval.seed}")
     need(cfg.eval.batch_size >= 1, f"eval.batch_size: must be >= 1, got {cfg.eval.batch_size}")
     need(cfg.eval.split in EVAL_SPLITS, f"eval.split: unknown split {cfg.eval.split!r}; allowed: {', '.join(EVAL_SPLITS)}")

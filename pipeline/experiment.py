@@ -87,7 +87,7 @@ class Experiment:
     def eval_shard(self, params: dict, indices: Sequence[int], *, shots: int, seed: int,
                    inner_steps: int, mask_mode: str, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.sample(params, split=split, seed=seed, iteration=0, indices=indices, shots=shots)
-        inner = InnerSettings(self.cfg.alpha, inner_steps, self.cfg.gumbel_temperature, mask_mode)
+        inner = InnerSettings.for_eval(self.cfg, inner_steps, mask_mode)
         return shard_evaluate(self.learner, inner, params, batch, self.chunk)
 
     def evaluate(self, backend, params: dict, *, tasks: int, shots: list[int], seed: int, steps: int,

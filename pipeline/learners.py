@@ -97,15 +97,31 @@ def pre_activation(cell: Cell, p: dict, x: torch.Tensor) -> torch.Tensor:
     return y if T is None else torch.einsum("oc,nchw->nohw", T, y)
 
 
-def forward(net: Network, p: dict, x: torch.Tensor) -> torch.Tensor:
+BN_EPS = 1e-5  # F.batch_norm's default
+
+
+def forward(net: Network, p: dict, x: torch.Tensor, batch_stats: dict | None = None) -> torch.Tensor:
+    """batch_stats, if a dict, receives each batch-norm cell's batch mean and (unbiased) variance
+    as "<cell>.bn_mean" / "<cell>.bn_var", detached. Where p itself holds those keys (averages of
+    a task's support passes, see meta_batch.inner_adapt), they normalise instead of the batch's."""
     for cell in net.cells:
         if cell.flatten:
             x = x.flatten(1)
         x = pre_activation(cell, p, x)
         if cell.batch_norm:
-            # Statistics of this batch only (one task's support or query set): no running
-            # statistics exist, so nothing can leak from one task to the next.
-            x = F.batch_norm(x, None, None, p[f"{cell.name}.bn_scale"], p[f"{cell.name}.bn_shift"], training=True)
+            scale, shift = p[f"{cell.name}.bn_scale"], p[f"{cell.name}.bn_shift"]
+            dims = [0] + list(range(2, x.dim()))  # every axis but the channel
+            if batch_stats is not None:
+                batch_stats[f"{cell.name}.bn_mean"] = x.detach().mean(dims)
+                batch_stats[f"{cell.name}.bn_var"] = x.detach().var(dims, correction=1)
+            if f"{cell.name}.bn_mean" in p:
+                shape = (1, -1) + (1,) * (x.dim() - 2)
+                mean, var = p[f"{cell.name}.bn_mean"].reshape(shape), p[f"{cell.name}.bn_var"].reshape(shape)
+                x = (x - mean) / torch.sqrt(var + BN_EPS) * scale.reshape(shape) + shift.reshape(shape)
+            else:
+                # Statistics of this batch only (one task's support or query set): nothing
+                # outlives the forward pass, so nothing can leak from one task to the next.
+                x = F.batch_norm(x, None, None, scale, shift, training=True, eps=BN_EPS)
         if cell.relu:
             x = F.relu(x)
         if cell.max_pool:
@@ -113,9 +129,10 @@ def forward(net: Network, p: dict, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def loss_and_metric(net: Network, p: dict, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_and_metric(net: Network, p: dict, x: torch.Tensor, y: torch.Tensor,
+                    batch_stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean loss and the reported metric: MSE for regression, accuracy for classification."""
-    out = forward(net, p, x)
+    out = forward(net, p, x, batch_stats)
     if net.loss == "mse":
         loss = F.mse_loss(out, y)
         return loss, loss

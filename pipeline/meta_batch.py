@@ -18,41 +18,61 @@ from pipeline.learners import Learner, loss_and_metric  # noqa: F401 (Learner re
 @dataclass(frozen=True)
 class InnerSettings:
     """The inner loop's settings (a record, not a loop): step size, steps, Gumbel temperature,
-    how masks are drawn."""
+    how masks are drawn, and which batch-norm statistics normalise the query set ("batch": its
+    own; "support": averages over the support passes, Ravi & Larochelle section 3.4)."""
 
     alpha: float
     steps: int
     temperature: float = 1.0
     mask_mode: str = "sample"
+    query_bn: str = "batch"
 
+    @staticmethod
+    def for_eval(cfg, steps: int | None = None, mask_mode: str | None = None) -> "InnerSettings":
+        """The meta-test inner loop of a run's config (eval.inner_steps, eval.mask, eval.query_bn)."""
+        from pipeline.config import query_bn
 
+        return InnerSettings(cfg.alpha, cfg.eval.inner_steps if steps is None else steps, cfg.gumbel_temperature,
+                             cfg.eval.mask if mask_mode is None else mask_mode, query_bn(cfg))
 
 
 def inner_adapt(learner: Learner, inner: InnerSettings, params: dict, task: dict,
                 trace: list | None = None) -> tuple[dict, list]:
     """Adapted fast weights of one task, and its query loss before each inner step (no grad; none
     when the task has no query labels, as when adapting to a user's own task).
-    `trace`, if given, receives the rule's carry after every step (e.g. Meta-LSTM gate values)."""
+    `trace`, if given, receives the rule's carry after every step (e.g. Meta-LSTM gate values).
+
+    With inner.query_bn == "support" (meta-test time only) the returned dict also holds, per
+    batch-norm cell, the mean of the support passes' batch statistics ("<cell>.bn_mean",
+    "<cell>.bn_var", a cumulative average as PyTorch's momentum=None), which every later forward
+    with these weights uses instead of its own batch: the query set is then normalised without
+    its own statistics. The query curve at step t uses the averages of support passes 0..t."""
     net, rule = learner.net, learner.rule
     state = rule.task_state(params, task.get("noise", {}), inner.temperature, inner.mask_mode)
     fast = {k: params[k] for k in rule.fast_keys(params)}
     carry = rule.init_carry(params, fast)
+    collect = inner.query_bn == "support" and any(c.batch_norm for c in net.cells)
+    averages: dict = {}
 
     def support_loss(fast):
-        return loss_and_metric(net, {**params, **fast}, task["x_support"], task["y_support"])[0]
+        stats = {} if collect else None
+        loss = loss_and_metric(net, {**params, **fast}, task["x_support"], task["y_support"], stats)[0]
+        return loss, (stats or {})
 
     curve = []
-    for _ in range(inner.steps):
+    for step in range(inner.steps):
+        g, (loss, stats) = grad_and_value(support_loss, has_aux=True)(fast)
+        for k, v in stats.items():  # cumulative average over the support passes so far
+            averages[k] = v if step == 0 else averages[k] + (v - averages[k]) / (step + 1)
         if "y_query" in task:
             with torch.no_grad():
-                curve.append(loss_and_metric(net, {**params, **fast}, task["x_query"], task["y_query"])[0])
-        g, loss = grad_and_value(support_loss)(fast)
+                curve.append(loss_and_metric(net, {**params, **fast, **averages}, task["x_query"], task["y_query"])[0])
         if rule.first_order:  # the inner gradient (and loss) are constants for the outer gradient
             g, loss = {k: v.detach() for k, v in g.items()}, loss.detach()
         fast, carry = rule.update(fast, g, loss, params, state, carry, inner.alpha)
         if trace is not None:
             trace.append(carry)
-    return fast, curve
+    return {**fast, **averages}, curve
 
 
 def adapt(learner: Learner, inner: InnerSettings, params: dict, task: dict):

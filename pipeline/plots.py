@@ -80,7 +80,7 @@ def regression_adaptation(trainer, path: Path, n_tasks: int = 4) -> Path:
     params = {k: v.detach() for k, v in trainer.params.items()}
     shots = cfg.task.shots
     batch = exp.sample(params, split="test", seed=cfg.eval.seed, iteration=0, indices=range(n_tasks), shots=shots)
-    inner = InnerSettings(cfg.alpha, cfg.eval.inner_steps, cfg.gumbel_temperature, cfg.eval.mask)
+    inner = InnerSettings.for_eval(cfg)
     dist = exp.distribution
     grid = np.linspace(*dist.x_range, 200)[:, None]
     xg = torch.as_tensor(grid, dtype=exp.dtype)
@@ -123,7 +123,7 @@ def meta_lstm_gates(trainer, path: Path, n_tasks: int = 6, seed: int = 0) -> Pat
     coords = {k.rsplit(".", 1)[0]: offsets[k][0] + int(rng.integers(offsets[k][1])) for k in keys if k.endswith(".W")}
     batch = exp.sample(params, split="test", seed=cfg.eval.seed, iteration=0, indices=range(n_tasks),
                        shots=cfg.task.shots)
-    inner = InnerSettings(cfg.alpha, cfg.eval.inner_steps, cfg.gumbel_temperature, cfg.eval.mask)
+    inner = InnerSettings.for_eval(cfg)
     traces = []
     for b in range(n_tasks):
         trace = []

@@ -143,3 +143,70 @@ def test_short_meta_training_on_real_omniglot_beats_the_untrained_learner(tmp_pa
     acc = results["results"]["1"]
     print(untrained, acc)
     assert acc["mean"] - acc["ci95"] > untrained["mean"] + untrained["ci95"] and acc["mean"] > 0.4, (untrained, acc)
+
+
+# ---------------------------------------------------------------- meta-test batch norm (paper 3.4)
+
+def _support_episode(method="metalstm", n_query=6):
+    learner = conv_learner(method, filters=4, size=8, ways=3)
+    params = perturbed_params(learner)
+    task = task_slice(conv_batch(learner, params, n=1), 0)
+    gen = torch.Generator().manual_seed(11)
+    task["x_query"] = torch.randn(n_query, 1, 8, 8, generator=gen, dtype=torch.float64)
+    task["y_query"] = torch.arange(n_query) % 3
+    return learner, params, task
+
+
+def _query_logits(learner, params, task, query_bn, steps=3):
+    from pipeline.learners import forward
+
+    fast, _ = inner_adapt(learner, InnerSettings(0.1, steps, query_bn=query_bn), params, task)
+    with torch.no_grad():
+        return forward(learner.net, {**params, **fast}, task["x_query"]), fast
+
+
+def test_meta_test_query_never_normalised_with_its_own_statistics():
+    """query_bn="support": the logits of query image 0 do not change when every other query image
+    is replaced (nothing of the query batch enters its normalisation), nor when image 0 is predicted
+    alone; with "batch" (control) they do change, so the test can fail."""
+    learner, params, task = _support_episode()
+    logits, _ = _query_logits(learner, params, task, "support")
+    other = dict(task, x_query=task["x_query"].clone())
+    other["x_query"][1:] = 3.0 * torch.randn(other["x_query"][1:].shape, dtype=torch.float64,
+                                             generator=torch.Generator().manual_seed(12)) + 1.0
+    logits_other, _ = _query_logits(learner, params, other, "support")
+    alone, _ = _query_logits(learner, params, dict(task, x_query=task["x_query"][:1], y_query=task["y_query"][:1]),
+                             "support")
+    torch.testing.assert_close(logits_other[0], logits[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(alone[0], logits[0], rtol=1e-12, atol=1e-12)
+    batch_logits, _ = _query_logits(learner, params, task, "batch")
+    batch_other, _ = _query_logits(learner, params, other, "batch")
+    assert (batch_other[0] - batch_logits[0]).abs().max() > 1e-3
+
+
+def test_support_averages_are_the_running_statistics_of_the_support_passes():
+    """With one inner step the first cell's averages are the support set's batch statistics at the
+    initial weights, as torch.nn.BatchNorm2d(momentum=None) collects them in training mode (a
+    reference independent of pipeline.learners), the variance unbiased as PyTorch's running_var."""
+    import torch.nn.functional as F
+
+    learner, params, task = _support_episode()
+    _, fast = _query_logits(learner, params, task, "support", steps=1)
+    bn = torch.nn.BatchNorm2d(4, momentum=None).double().train()
+    bn(F.conv2d(task["x_support"], params["conv0.W"], params["conv0.b"], stride=2, padding=1))
+    torch.testing.assert_close(fast["conv0.bn_mean"], bn.running_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast["conv0.bn_var"], bn.running_var, rtol=1e-12, atol=1e-12)
+    assert set(k for k in fast if ".bn_" in k and k.endswith(("mean", "var"))) == \
+        {f"conv{i}.bn_{s}" for i in range(4) for s in ("mean", "var")}
+
+
+def test_query_bn_defaults_follow_each_paper_and_bad_values_are_refused(tmp_path):
+    from pipeline.config import ConfigError, query_bn
+
+    for method, want in (("metalstm", "support"), ("maml", "batch")):
+        cfg = load_config("metalstm_omniglot_5w1s_cpu", overrides=[f"method={method}"], local=False)
+        assert query_bn(cfg) == want
+    cfg = load_config("metalstm_omniglot_5w1s_cpu", overrides=["eval.query_bn=batch"], local=False)
+    assert query_bn(cfg) == "batch"
+    with pytest.raises(ConfigError, match=r"^eval.query_bn: unknown choice 'running'; allowed: '', 'batch', 'support'$"):
+        load_config("metalstm_omniglot_5w1s_cpu", overrides=["eval.query_bn=running"], local=False)
