@@ -16,6 +16,14 @@ from pipeline.experiment import Experiment  # or an OptimizerExperiment: the sam
 from pipeline.meta_batch import ShardResult
 
 
+class WorkersLostError(ConfigError):
+    """Shard workers that keep dying (more than ray.max_worker_restarts times for one shard): a
+    fault, not bad input, but shown the same way, as one line; the checkpoints are untouched."""
+
+
+RESUME_HINT = "checkpoints are intact: continue with `metatrain resume RUN_DIR` once the cluster is healthy"
+
+
 class LocalBackend:
     name = "local"
     placement = "in process"
@@ -141,8 +149,9 @@ class RayBackend:
                     # a worker that dies while starting is replaced, like one that dies in a shard call
                     lost[i] += 1
                     if lost[i] > rc.max_worker_restarts:
-                        raise RuntimeError(f"ray: worker {i} died {lost[i]} times while starting; last error: "
-                                           f"{str(e).splitlines()[0]}") from e
+                        raise WorkersLostError(f"ray.max_worker_restarts: worker {i} died {lost[i]} times while "
+                                               f"starting (limit {rc.max_worker_restarts}); last error: "
+                                               f"{str(e).splitlines()[0]}; {RESUME_HINT}") from None
                     self.log(f"ray: worker {i} lost while starting ({type(e).__name__}); replacing it")
                     pending[self._replace(i).where.remote()] = i
             if not pending:
@@ -195,7 +204,9 @@ class RayBackend:
                     raise
                 except (RayActorError, ActorDiedError, ActorUnavailableError) as e:
                     if attempt == self.cfg.ray.max_worker_restarts:
-                        raise RuntimeError(f"shard {job} failed {attempt + 1} times; last error: {e}") from e
+                        raise WorkersLostError(f"ray.max_worker_restarts: the worker of shard {job} died {attempt + 1} "
+                                               f"times in a row (limit {self.cfg.ray.max_worker_restarts}); last error: "
+                                               f"{str(e).splitlines()[0]}; {RESUME_HINT}") from None
                     w = i % self.workers
                     self.log(f"ray: worker {w} lost ({type(e).__name__}); replacing it and re-running {job}")
                     future = submit(self._replace(w), job)
