@@ -20,11 +20,18 @@ NORMS = ("batch", "none")
 OMNIGLOT_SPLITS = ("character", "alphabet", "all")
 EVAL_SPLITS = ("test", "train")
 QUERY_BN = ("", "batch", "support")
+COMPILE = ("auto", "always", "never")
+COMPILE_AUTO_ITERATIONS = 10_000
 
 
 def query_bn(cfg: "Config") -> str:
     """eval.query_bn resolved: "" means the method's paper (Meta-LSTM: support averages)."""
     return cfg.eval.query_bn or ("support" if cfg.method == "metalstm" else "batch")
+
+
+def compile_shards(cfg: "Config") -> bool:
+    """train.compile resolved for a few-shot run ("auto": long runs only)."""
+    return cfg.train.compile == "always" or (cfg.train.compile == "auto" and cfg.iterations >= COMPILE_AUTO_ITERATIONS)
 
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
@@ -94,6 +101,10 @@ class TrainConfig:
     tasks_per_vmap: int = 0  # tasks per vectorised call; 0 = the whole shard (conv4 on CPU: ~8)
     grad_clip: float = 0.0  # clip the meta-gradient's global norm to this before the Adam step; 0 = off
     unroll: int = 0  # learned optimizers: optimizee steps per truncated-BPTT unroll (paper 20); 0 = inner_steps
+    # the few-shot shard function under torch.compile: "always", "never", or "auto" = for runs of at
+    # least COMPILE_AUTO_ITERATIONS iterations, where the saving outweighs the compile time
+    # (benchmarks/bench_compile.py)
+    compile: str = "auto"
 
 
 @dataclass
@@ -331,6 +342,7 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     need(cfg.train.log_every >= 1, f"train.log_every: must be >= 1, got {cfg.train.log_every}")
     need(cfg.train.tasks_per_vmap >= 0, f"train.tasks_per_vmap: must be >= 0 (0 = whole shard), got {cfg.train.tasks_per_vmap}")
     need(cfg.train.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 = off), got {cfg.train.grad_clip}")
+    need(cfg.train.compile in COMPILE, f"train.compile: unknown choice {cfg.train.compile!r}; allowed: {', '.join(COMPILE)}")
     need(cfg.train.max_bad_steps >= 1, f"train.max_bad_steps: must be >= 1, got {cfg.train.max_bad_steps}")
     need(cfg.backend in BACKENDS, f"backend: unknown backend {cfg.backend!r}; allowed: {', '.join(BACKENDS)}")
     need(cfg.ray.workers >= 0, f"ray.workers: must be >= 0 (0 = sized to the cluster), got {cfg.ray.workers}")
@@ -360,6 +372,9 @@ def _validate_family(cfg: Config, check_paths: bool) -> None:
                           f"{', '.join(optimizers)}, got {cfg.method!r}")
     if cfg.train.unroll < 0:
         raise ConfigError(f"train.unroll: must be >= 0 (0 = the whole trajectory), got {cfg.train.unroll}")
+    if is_optimizer and cfg.train.compile == "always":
+        raise ConfigError("train.compile: only the few-shot shard function is compiled; learned optimizers run "
+                          "eagerly (use auto or never)")
     if not is_optimizer:
         if cfg.eval.baselines:
             raise ConfigError(f"eval.baselines: only learned optimizers compare with baselines; method {cfg.method} "

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 
 import torch
 
-from pipeline.config import Config
+from pipeline.config import Config, compile_shards
 from pipeline.evaluation import evaluate
 from pipeline.learners import Network, conv4, mlp
-from pipeline.meta_batch import InnerSettings, Learner, ShardResult, shard_evaluate, shard_meta_gradient
+from pipeline.meta_batch import CompiledShardFunction, InnerSettings, Learner, ShardResult, shard_evaluate, \
+    shard_meta_gradient
 from pipeline.rules import get_rule
 from tasks import image_format, make_distribution
 from tasks.sampling import sample_batch
@@ -55,6 +56,7 @@ class Experiment:
         self.learner = make_learner(cfg)
         self.train_inner = InnerSettings(cfg.alpha, cfg.inner_steps, cfg.gumbel_temperature, "sample")
         self._noise_shapes = None
+        self._compiled = None  # the compiled shard function (train.compile), built on first use
         self.chunk = cfg.train.tasks_per_vmap or None
         self.metric_name = "query MSE" if d.loss == "mse" else "query accuracy"
 
@@ -82,6 +84,10 @@ class Experiment:
     def train_shard(self, params: dict, iteration: int, indices: Sequence[int], carry=None) -> ShardResult:
         batch = self.sample(params, split="train", seed=self.cfg.seed, iteration=iteration, indices=indices,
                             shots=self.cfg.task.shots)
+        if self._compiled is None and compile_shards(self.cfg):
+            self._compiled = CompiledShardFunction(self.learner, self.train_inner, self.chunk)
+        if self._compiled is not None:
+            return self._compiled(params, batch)
         return shard_meta_gradient(self.learner, self.train_inner, params, batch, self.chunk)
 
     def eval_shard(self, params: dict, indices: Sequence[int], *, shots: int, seed: int,

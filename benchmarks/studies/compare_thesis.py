@@ -1,17 +1,31 @@
-"""Our study tables beside the thesis's numbers (DESIGN section 4), cell by cell.
+"""Our study tables beside the thesis's numbers (DESIGN section 4), cell by cell, with the test
+each claim rests on.
 
-Reads the report.parquet that `metatrain report` wrote for each study (copied here under
-benchmarks/studies/<study>/) and prints Markdown: ours (mean +- 95% CI), the thesis's, and whether
-the two 95% intervals overlap ("yes"), or not ("NO", with the gap in units of the larger CI).
+Reads the report.parquet / trials.parquet that `metatrain report` wrote for each study (copied
+here under benchmarks/studies/<study>/) and prints Markdown. Per cell: ours (mean +- 95% CI over
+the test tasks, each task's loss averaged over the seeds), each seed's own mean, the between-seed
+standard deviation, the thesis's mean +- 95% CI, and three tests from strictest to loosest:
+  inside  - our mean lies inside the thesis's 95% interval, or below it (lower MSE is better);
+  p       - two-sample Welch t-test of the two means from their summary statistics (std =
+            ci95 / 1.96 * sqrt(n), n = 600 test tasks on both sides; ours are 600 tasks averaged
+            over the seeds, so seeds do not count as extra samples);
+  overlap - the two 95% intervals overlap.
+Headlines count by `inside`, the strictest. Rows marked * are the Meta-SGD paper's numbers (Li et
+al. 2017) that the thesis's table copies, not runs of the thesis's own protocol.
 Usage:  python benchmarks/studies/compare_thesis.py [--dir benchmarks/studies]
 """
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
+from scipy import stats
 
+N_TASKS = 600  # test tasks per cell, ours and the thesis's
+FROM_META_SGD_PAPER = {"maml", "metasgd"}
 SINE = {  # model -> K -> (mean, ci95)
     "maml": {5: (1.07, 0.11), 10: (0.71, 0.07), 20: (0.50, 0.05)},
     "metasgd": {5: (0.88, 0.14), 10: (0.53, 0.09), 20: (0.35, 0.06)},
@@ -31,54 +45,91 @@ ROBUSTNESS = {  # alpha -> method -> (mean, ci95), 10-shot
 }
 
 
-def verdict(ours: tuple[float, float], ref: tuple[float, float]) -> str:
-    (m, c), (r, rc) = ours, ref
-    gap = abs(m - r) - (c + rc)
-    return "yes" if gap <= 0 else f"NO ({gap / max(c, rc):.1f} CI beyond)"
-
-
 def cell(m: float, c: float) -> str:
     digits = 1 if abs(m) >= 100 else 2 if abs(m) >= 10 else 3
     return f"{m:.{digits}f} ± {c:.{digits}f}"
 
 
-def sine_table(path: Path) -> str:
-    rows = {(r["method"], r["K"]): r for r in pq.read_table(path).to_pylist()}
-    out = ["| model | K | ours | thesis | 95% intervals overlap |", "|---|---|---|---|---|"]
+def tests(ours: tuple[float, float], ref: tuple[float, float], n: int = N_TASKS) -> dict:
+    """inside (or lower), Welch p, overlap: ours and ref as (mean, ci95) over n tasks each."""
+    (m, c), (r, rc) = ours, ref
+    sd = lambda ci: ci / 1.96 * math.sqrt(n)  # noqa: E731
+    p = stats.ttest_ind_from_stats(m, sd(c), n, r, sd(rc), n, equal_var=False).pvalue
+    return {"inside": m <= r + rc, "p": float(p), "overlap": abs(m - r) <= c + rc}
+
+
+def seed_means(trials: Path, key: tuple, k: int) -> dict[int, float]:
+    """seed -> that trial's mean at K = k, for the trials of one cell (key: column -> value)."""
+    out = {}
+    for r in pq.read_table(trials).to_pylist():
+        if all(r.get(c) == v for c, v in key) and r.get(f"eval_K{k}_mean") is not None:
+            out[r["seed"]] = r[f"eval_K{k}_mean"]
+    return out
+
+
+def row(label: list[str], ours, ref, seeds: dict[int, float], all_seeds: list[int]) -> tuple[str, dict]:
+    t = tests(ours, ref)
+    spread = f"{np.std(list(seeds.values()), ddof=1):.3f}" if len(seeds) > 1 else "-"
+    per_seed = [cell(seeds[s], 0).split(" ±")[0] if s in seeds else "-" for s in all_seeds]
+    line = (f"| {' | '.join(label)} | {cell(*ours)} | {' | '.join(per_seed)} | {spread} | {cell(*ref)} | "
+            f"{'yes' if t['inside'] else 'NO'} | {t['p']:.2g} | {'yes' if t['overlap'] else 'NO'} |")
+    return line, t
+
+
+def header(first: list[str], all_seeds: list[int]) -> list[str]:
+    cols = [*first, "ours (seeds pooled)", *[f"seed {s}" for s in all_seeds], "between-seed SD", "thesis",
+            "inside thesis CI or lower", "Welch p", "CIs overlap"]
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+
+def summary(results: list[dict]) -> str:
+    n = len(results)
+    inside = sum(t["inside"] for t in results)
+    p05 = sum(t["p"] >= 0.05 for t in results)
+    overlap = sum(t["overlap"] for t in results)
+    return (f"**{inside} of {n}** cells have our mean inside the thesis's 95% interval or below it (the "
+            f"strictest test, the one counted); {p05} of {n} show no significant difference (Welch p >= 0.05); "
+            f"{overlap} of {n} have overlapping intervals.")
+
+
+def sine_table(study: Path) -> str:
+    rows = {(r["method"], r["K"]): r for r in pq.read_table(study / "report.parquet").to_pylist()}
+    trials = study / "trials.parquet"
+    all_seeds = sorted({r["seed"] for r in pq.read_table(trials).to_pylist()})
+    out, results, order = header(["model", "K"], all_seeds), [], {}
     for model, by_k in SINE.items():
         for k, ref in by_k.items():
             r = rows.get((model, k))
             if r and r["mean"] is not None:
-                out.append(f"| {model} | {k} | {cell(r['mean'], r['ci95'])} | {cell(*ref)} | "
-                           f"{verdict((r['mean'], r['ci95']), ref)} |")
-    return "\n".join(out)
+                name = model + (" *" if model in FROM_META_SGD_PAPER else "")
+                line, t = row([name, str(k)], (r["mean"], r["ci95"]), ref,
+                              seed_means(trials, (("method", model),), k), all_seeds)
+                out.append(line)
+                results.append(t)
+                order.setdefault(k, []).append((r["mean"], model))
+    ours = "; ".join(f"K={k}: " + " < ".join(m for _, m in sorted(v)) for k, v in order.items())
+    thesis = "; ".join(f"K={k}: " + " < ".join(sorted(SINE, key=lambda m: SINE[m][k][0])) for k in order)
+    return ("\n".join(out) + "\n\n" + summary(results) + "\n\nOrdering by mean MSE, ours: " + ours
+            + "\n\nOrdering, thesis: " + thesis)
 
 
-def robustness_table(path: Path) -> str:
-    rows = {(r["alpha"], r["method"]): r for r in pq.read_table(path).to_pylist() if r["K"] == 10}
-    out = ["| alpha | method | ours | thesis | 95% intervals overlap |", "|---|---|---|---|---|"]
+def robustness_table(study: Path, followup: Path | None) -> str:
+    rows = {(r["alpha"], r["method"]): r for r in pq.read_table(study / "report.parquet").to_pylist() if r["K"] == 10}
+    trial_files = [study / "trials.parquet"] + ([followup / "trials.parquet"] if followup else [])
+    all_seeds = sorted({r["seed"] for f in trial_files for r in pq.read_table(f).to_pylist()})
+    out, results = header(["alpha", "method"], all_seeds), []
     for alpha, by_method in ROBUSTNESS.items():
         for method, ref in by_method.items():
             r = rows.get((alpha, method))
             if r and r["mean"] is not None:
-                out.append(f"| {alpha:g} | {method} | {cell(r['mean'], r['ci95'])} | {cell(*ref)} | "
-                           f"{verdict((r['mean'], r['ci95']), ref)} |")
-    return "\n".join(out)
-
-
-def seeds_table(first: Path, followup: Path) -> str:
-    """The follow-up cells seed by seed: how far apart separate meta-training runs land."""
-    rows = pq.read_table(first).to_pylist() + pq.read_table(followup).to_pylist()
-    cells = sorted({(r["alpha"], r["method"]) for r in pq.read_table(followup).to_pylist()}, key=lambda c: (-c[0], c[1]))
-    seeds = sorted({r["seed"] for r in rows})
-    out = ["| alpha | method | " + " | ".join(f"seed {s}" for s in seeds) + " | thesis |",
-           "|---|---|" + "---|" * (len(seeds) + 1)]
-    for alpha, method in cells:
-        by_seed = {r["seed"]: r for r in rows if (r["alpha"], r["method"]) == (alpha, method)}
-        vals = [cell(by_seed[s]["eval_K10_mean"], by_seed[s]["eval_K10_ci95"])
-                if s in by_seed and by_seed[s]["eval_K10_mean"] is not None else "-" for s in seeds]
-        out.append(f"| {alpha:g} | {method} | " + " | ".join(vals) + f" | {cell(*ROBUSTNESS[alpha][method])} |")
-    return "\n".join(out)
+                seeds = {}
+                for f in trial_files:
+                    seeds.update(seed_means(f, (("method", method), ("alpha", alpha)), 10))
+                line, t = row([f"{alpha:g}", method], (r["mean"], r["ci95"]), ref, seeds, all_seeds)
+                out.append(line)
+                results.append(t)
+    return ("\n".join(out) + "\n\nThe pooled column is the study's own seed (seed 0); the other seeds' means "
+            "come from the follow-up sweep where it ran them.\n\n" + summary(results))
 
 
 def main() -> None:
@@ -86,12 +137,12 @@ def main() -> None:
     ap.add_argument("--dir", default=str(Path(__file__).parent))
     d = Path(ap.parse_args().dir)
     if (d / "sine_models" / "report.parquet").is_file():
-        print("## Sine table\n\n" + sine_table(d / "sine_models" / "report.parquet") + "\n")
+        print("## Sine table\n\n" + sine_table(d / "sine_models") + "\n")
     if (d / "robustness_alpha" / "report.parquet").is_file():
-        print("## Step-size robustness (K = 10)\n\n" + robustness_table(d / "robustness_alpha" / "report.parquet") + "\n")
-    if (d / "robustness_followup" / "trials.parquet").is_file():
-        print("## Robustness follow-up, seed by seed (K = 10)\n\n"
-              + seeds_table(d / "robustness_alpha" / "trials.parquet", d / "robustness_followup" / "trials.parquet") + "\n")
+        follow = d / "robustness_followup"
+        print("## Step-size robustness (K = 10)\n\n"
+              + robustness_table(d / "robustness_alpha", follow if (follow / "trials.parquet").is_file() else None)
+              + "\n")
 
 
 if __name__ == "__main__":
