@@ -22,9 +22,10 @@ run: install  ## meta-train on the embedded defaults: MT-net, 10-shot sine (abou
 	$(VENV)/bin/metatrain train sine_quick $(ARGS)
 
 # Two pytest workers (pytest-xdist): most tests wait on Ray, Tune and MLflow start-up rather than
-# compute, so two at a time on 2 cores take about 20% less wall time than one (benchmarks/RESULTS.md).
+# compute, so two at a time on 2 cores take less wall time than one (benchmarks/RESULTS.md); whole
+# files per worker (loadfile): per-test stealing rebuilt shared fixtures and took 29 min, not 22.
 test: install  ## the test suite (the same command CI runs)
-	$(PY) -m pytest -q -n 2 --dist worksteal tests $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile tests $(ARGS)
 
 test-fast: install  ## the quick subset: no Ray, Tune or MLflow servers, no training runs (about a minute on 2 cores)
 	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
