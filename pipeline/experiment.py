@@ -56,8 +56,10 @@ class Experiment:
         self.learner = make_learner(cfg)
         self.train_inner = InnerSettings(cfg.alpha, cfg.inner_steps, cfg.gumbel_temperature, "sample")
         self._noise_shapes = None
-        self._compiled = None  # the compiled shard function (train.compile), built on first use
         self.chunk = cfg.train.tasks_per_vmap or None
+        # train.compile: the compiled shard function (torch.compile wraps lazily; compiles on first call)
+        self._compiled = CompiledShardFunction(self.learner, self.train_inner, self.chunk) \
+            if compile_shards(cfg) else None
         self.metric_name = "query MSE" if d.loss == "mse" else "query accuracy"
 
     @property
@@ -84,8 +86,6 @@ class Experiment:
     def train_shard(self, params: dict, iteration: int, indices: Sequence[int], carry=None) -> ShardResult:
         batch = self.sample(params, split="train", seed=self.cfg.seed, iteration=iteration, indices=indices,
                             shots=self.cfg.task.shots)
-        if self._compiled is None and compile_shards(self.cfg):
-            self._compiled = CompiledShardFunction(self.learner, self.train_inner, self.chunk)
         if self._compiled is not None:
             return self._compiled(params, batch)
         return shard_meta_gradient(self.learner, self.train_inner, params, batch, self.chunk)

@@ -7,6 +7,7 @@ the rule is first-order. Both the in-process trainer and the Ray workers call th
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -122,12 +123,23 @@ def shard_meta_gradient(learner: Learner, inner: InnerSettings, params: dict, ba
     through that (the same numbers as an outer torch.func.grad, 1.4-2x faster on small models
     because every op then carries one functorch level fewer). chunk_size bounds the tasks per
     vectorised call: conv nets on CPU run faster in chunks that keep activations in cache."""
-    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    return _meta_gradient(lambda leaves, b: _shard_sums(learner, inner, leaves, b, chunk_size), params, batch)
+
+
+def _shard_sums(learner: Learner, inner: InnerSettings, leaves: dict, batch: dict, chunk_size: int | None):
+    """The forward of a shard: summed query loss, loss curve and metric of its vmapped tasks."""
     losses, (curves, metrics) = vmap(adapt, in_dims=(None, None, None, 0), chunk_size=chunk_size)(
         learner, inner, leaves, batch)
-    grads = torch.autograd.grad(losses.sum(), list(leaves.values()), allow_unused=True)
+    return losses.sum(), curves.sum(0), metrics.sum()
+
+
+def _meta_gradient(forward, params: dict, batch: dict) -> ShardResult:
+    """ShardResult of a shard forward (eager or compiled) and the autograd gradient of its loss."""
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    loss, curve, metric = forward(leaves, batch)
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
-    return ShardResult(grads, losses.detach().sum().item(), losses.shape[0], curves.sum(0), metrics.sum().item())
+    return ShardResult(grads, loss.detach().item(), batch["x_support"].shape[0], curve.detach(), metric.item())
 
 
 class CompiledShardFunction:
@@ -143,35 +155,25 @@ class CompiledShardFunction:
 
     def __init__(self, learner: Learner, inner: InnerSettings, chunk_size: int | None = None, log=print):
         self.learner, self.inner, self.chunk_size, self.log = learner, inner, chunk_size, log
-        self.eager = False
-        self._forward = torch.compile(self._vmapped, dynamic=False)
-
-    def _vmapped(self, leaves: dict, batch: dict):
-        losses, (curves, metrics) = vmap(adapt, in_dims=(None, None, None, 0), chunk_size=self.chunk_size)(
-            self.learner, self.inner, leaves, batch)
-        return losses.sum(), losses.shape[0], curves.sum(0), metrics.sum()
+        self.eager = self.compiled = False
+        self._forward = torch.compile(
+            lambda leaves, batch: _shard_sums(learner, inner, leaves, batch, chunk_size), dynamic=False)
 
     def __call__(self, params: dict, batch: dict) -> ShardResult:
         if self.eager:
             return shard_meta_gradient(self.learner, self.inner, params, batch, self.chunk_size)
-        import time
-
-        first = not hasattr(self, "_compiled_once")
         t0 = time.perf_counter()
-        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         try:
-            loss, n, curve, metric = self._forward(leaves, batch)
-            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            result = _meta_gradient(self._forward, params, batch)
         except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
             self.eager = True
             first_line = (str(e).strip().splitlines() or [""])[0][:200]
             self.log(f"train.compile: compilation failed ({type(e).__name__}: {first_line}); running eagerly")
             return shard_meta_gradient(self.learner, self.inner, params, batch, self.chunk_size)
-        if first:
-            self._compiled_once = True
+        if not self.compiled:
+            self.compiled = True
             self.log(f"train.compile: shard function compiled in {time.perf_counter() - t0:.1f} s")
-        grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
-        return ShardResult(grads, loss.detach().item(), int(n), curve.detach(), metric.detach().item())
+        return result
 
 
 def shard_evaluate(learner: Learner, inner: InnerSettings, params: dict, batch: dict,
