@@ -29,6 +29,11 @@ def query_bn(cfg: "Config") -> str:
     return cfg.eval.query_bn or ("support" if cfg.method == "metalstm" else "batch")
 
 
+# Keys in which the members of a population (pipeline/population.py) may differ: numbers that
+# enter the computation as per-member tensors, the seeds, and where each member's run lies.
+PACKABLE = ("alpha", "beta", "gumbel_temperature", "seed", "eval.seed", "run_name", "output_dir")
+
+
 def compile_shards(cfg: "Config") -> bool:
     """train.compile resolved for a few-shot run ("auto": long runs only)."""
     return cfg.train.compile == "always" or (cfg.train.compile == "auto" and cfg.iterations >= COMPILE_AUTO_ITERATIONS)
@@ -105,6 +110,7 @@ class TrainConfig:
     # least COMPILE_AUTO_ITERATIONS iterations, where the saving outweighs the compile time
     # (benchmarks/bench_compile.py)
     compile: str = "auto"
+    plots: bool = True  # draw the run's figures when it ends (a population of 100 members spends minutes on them)
 
 
 @dataclass

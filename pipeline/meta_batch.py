@@ -153,23 +153,25 @@ class CompiledShardFunction:
     trace) it says so in one line and runs eagerly from then on: the numbers are the same up to
     float rounding (tests/test_compile.py: 1e-5)."""
 
-    def __init__(self, learner: Learner, inner: InnerSettings, chunk_size: int | None = None, log=print):
-        self.learner, self.inner, self.chunk_size, self.log = learner, inner, chunk_size, log
-        self.eager = self.compiled = False
-        self._forward = torch.compile(
-            lambda leaves, batch: _shard_sums(learner, inner, leaves, batch, chunk_size), dynamic=False)
+    def __init__(self, learner: Learner, inner: InnerSettings, chunk_size: int | None = None, log=print, *,
+                 sums=None, gradient=None, compile: bool = True):
+        # sums/gradient: a population's forward and gradient tail (pipeline/population.py)
+        sums, self._gradient, self.log = sums or _shard_sums, gradient or _meta_gradient, log
+        self._eager_forward = lambda leaves, batch: sums(learner, inner, leaves, batch, chunk_size)
+        self.eager, self.compiled = not compile, False
+        self._forward = torch.compile(self._eager_forward, dynamic=False) if compile else None
 
     def __call__(self, params: dict, batch: dict) -> ShardResult:
         if self.eager:
-            return shard_meta_gradient(self.learner, self.inner, params, batch, self.chunk_size)
+            return self._gradient(self._eager_forward, params, batch)
         t0 = time.perf_counter()
         try:
-            result = _meta_gradient(self._forward, params, batch)
+            result = self._gradient(self._forward, params, batch)
         except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
             self.eager = True
             first_line = (str(e).strip().splitlines() or [""])[0][:200]
             self.log(f"train.compile: compilation failed ({type(e).__name__}: {first_line}); running eagerly")
-            return shard_meta_gradient(self.learner, self.inner, params, batch, self.chunk_size)
+            return self._gradient(self._eager_forward, params, batch)
         if not self.compiled:
             self.compiled = True
             self.log(f"train.compile: shard function compiled in {time.perf_counter() - t0:.1f} s")

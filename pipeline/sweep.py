@@ -25,17 +25,11 @@ from pipeline.config import ConfigError, flatten
 from pipeline.sweep_config import Sweep, load_sweep
 from pipeline.sweep_dir import (FINISHED, MANIFEST, SPEC, STATE, TRIAL_STATUSES, TRIALS, TUNE_DIR,  # noqa: F401
                                 read_manifest, write_manifest)
-from pipeline.sweep_trial import TrialContext, run_trial, trial_run_name
+from pipeline.sweep_trial import TrialContext, member_id, member_values, run_trial, trial_run_name
 
 
 
 # -- the driver's record of the trials ---------------------------------------------------------
-def _update_manifest(sweep_dir: Path, trial_id: str, **fields) -> None:
-    manifest = read_manifest(sweep_dir)
-    manifest.setdefault(trial_id, {}).update(fields)
-    write_manifest(sweep_dir, manifest)
-
-
 def _close_trial_run(sweep_dir: Path, name: str, uri: str, status: str, run_status: str, error: str = "") -> None:
     """Bookkeeping only: a tracking hiccup here must not end the sweep (Tune callbacks that raise do)."""
     from pipeline.tracking import close_recorded_run
@@ -46,55 +40,98 @@ def _close_trial_run(sweep_dir: Path, name: str, uri: str, status: str, run_stat
         print(f"[{name}] warning: could not mark its MLflow run {status}: {type(e).__name__}: {e}", flush=True)
 
 
+def runs_of(trial_id: str, config: dict, swept) -> list[tuple[str, str, dict]]:
+    """(manifest id, run name, swept values) of every run a Tune trial trains: itself, or each
+    member of a packed population."""
+    if "members" not in config:
+        return [(trial_id, trial_run_name(trial_id, config, swept), {k: config[k] for k in swept})]
+    out = []
+    for i in range(len(config["members"])):
+        values = member_values(config, i, swept)
+        out.append((member_id(trial_id, i), trial_run_name(member_id(trial_id, i), values, swept), values))
+    return out
+
+
+def _shown(last: dict) -> str:
+    evals = [k for k in last if k.startswith("eval_K") and k.endswith("_mean")]
+    return " | ".join(f"K={k[6:-5]} {last[k]:.4f} +- {last[k[:-5] + '_ci95']:.4f}" for k in evals)
+
+
 class SweepProgress(tune.Callback):
-    """Driver-side progress lines and the trials.json record (picklable: Tune stores it with the
-    experiment and restores it on --resume)."""
+    """Driver-side progress lines and the trials.json record, one entry per run (a packed Tune
+    trial's members each have their own); picklable: Tune stores it with the experiment and
+    restores it on --resume."""
 
     def __init__(self, sweep_dir: str, swept: tuple[str, ...], iterations: int, total: int, uri: str):
         self.sweep_dir, self.swept, self.iterations, self.total = Path(sweep_dir), swept, iterations, total
         self.uri = uri
 
-    def _name(self, trial) -> str:
-        return trial_run_name(trial.trial_id, trial.config, self.swept)
+    def _runs(self, trial) -> list[tuple[str, str, dict]]:
+        return runs_of(trial.trial_id, trial.config, self.swept)
+
+    def _label(self, trial) -> str:
+        runs = self._runs(trial)
+        if "members" not in trial.config:
+            return runs[0][1]
+        fixed = ",".join(f"{k.rsplit('.', 1)[-1]}={trial.config[k]}" for k in self.swept if k in trial.config)
+        return f"{trial.trial_id.rsplit('_', 1)[-1]}-{fixed + ',' if fixed else ''}population of {len(runs)}"
 
     def _done(self) -> str:
         done = sum(1 for t in read_manifest(self.sweep_dir).values() if t.get("status") not in (None, "running"))
         return f"{done}/{self.total}"
 
+    def _update_runs(self, trial, **fields) -> None:
+        manifest = read_manifest(self.sweep_dir)
+        for run_id, name, values in self._runs(trial):
+            manifest.setdefault(run_id, {}).update({"name": name, "config": values, **fields})
+        write_manifest(self.sweep_dir, manifest)
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        _update_manifest(self.sweep_dir, trial.trial_id, name=self._name(trial), status="running",
-                         config={k: trial.config[k] for k in self.swept})
-        print(f"[{self._name(trial)}] started", flush=True)
+        self._update_runs(trial, status="running")
+        print(f"[{self._label(trial)}] started", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("final") or result.get("logged_at") != result["iteration"]:
             return  # the final line comes from on_trial_complete; checkpoint-only reports repeat old numbers
         its = trial.config.get("iterations", self.iterations)
-        print(f"[{self._name(trial)}] it {result['iteration']}/{its} | meta-loss {result['meta_loss']:.4f} | "
-              f"{result['tasks_per_s']:,.0f} tasks/s", flush=True)
+        what = "median meta-loss" if "members" in trial.config else "meta-loss"
+        diverged = f" | diverged {result['diverged']}" if "members" in trial.config else ""
+        print(f"[{self._label(trial)}] it {result['iteration']}/{its} | {what} {result['meta_loss']:.4f} | "
+              f"{result['tasks_per_s']:,.0f} tasks/s{diverged}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
+        runs = self._runs(trial)
         if last.get("final"):
-            status = last["status"]
-            evals = [k for k in last if k.startswith("eval_K") and k.endswith("_mean")]
-            shown = " | ".join(f"K={k[6:-5]} {last[k]:.4f} +- {last[k[:-5] + '_ci95']:.4f}" for k in evals)
+            finals = json.loads(last["members_final"]) if "members_final" in last else [last]
         else:  # ended by the scheduler before its last iteration
-            status, shown = "stopped", f"stopped by the scheduler at iteration {last.get('iteration', 0)}"
-            _close_trial_run(self.sweep_dir, self._name(trial), self.uri, "stopped", "KILLED")
-        _update_manifest(self.sweep_dir, trial.trial_id, status=status)
-        print(f"[{self._name(trial)}] {status}: {shown} ({self._done()} trials done)", flush=True)
+            finals = [{"status": "stopped"}] * len(runs)
+        manifest = read_manifest(self.sweep_dir)
+        for (run_id, name, _), final in zip(runs, finals):
+            manifest.setdefault(run_id, {})["status"] = final["status"]
+        write_manifest(self.sweep_dir, manifest)
+        for (run_id, name, _), final in zip(runs, finals):
+            if final["status"] == "stopped":
+                _close_trial_run(self.sweep_dir, name, self.uri, "stopped", "KILLED")
+                shown = f"stopped by the scheduler at iteration {last.get('iteration', 0)}"
+            else:
+                shown = _shown(final)
+            print(f"[{name}] {final['status']}: {shown} ({self._done()} trials done)", flush=True)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        retries = read_manifest(self.sweep_dir).get(trial.trial_id, {}).get("retries", 0) + 1
-        _update_manifest(self.sweep_dir, trial.trial_id, retries=retries)
-        print(f"[{self._name(trial)}] failed; retrying from its last checkpoint", flush=True)
+        manifest = read_manifest(self.sweep_dir)
+        for run_id, _, _ in self._runs(trial):
+            entry = manifest.setdefault(run_id, {})
+            entry["retries"] = entry.get("retries", 0) + 1
+        write_manifest(self.sweep_dir, manifest)
+        print(f"[{self._label(trial)}] failed; retrying from its last checkpoint", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = _error_line(trial)
-        _close_trial_run(self.sweep_dir, self._name(trial), self.uri, "error", "FAILED", error)
-        _update_manifest(self.sweep_dir, trial.trial_id, status="error", error=error)
-        print(f"[{self._name(trial)}] error after {trial.num_failures} attempt(s): {error} ({self._done()} trials done)",
+        for _, name, _ in self._runs(trial):
+            _close_trial_run(self.sweep_dir, name, self.uri, "error", "FAILED", error)
+        self._update_runs(trial, status="error", error=error)
+        print(f"[{self._label(trial)}] error after {trial.num_failures} attempt(s): {error} ({self._done()} trials done)",
               flush=True)
 
 
@@ -109,9 +146,15 @@ def _error_line(trial) -> str:
 
 # -- the sweep ---------------------------------------------------------------------------------
 def _param_space(sweep: Sweep) -> dict:
+    """Tune's space: the swept keys, except packed ones, whose grid becomes the `members` of each
+    population (a grid over the populations)."""
     make = {"grid": tune.grid_search, "choice": tune.choice, "uniform": lambda v: tune.uniform(*v),
             "loguniform": lambda v: tune.loguniform(*v), "randint": lambda v: tune.randint(*v)}
-    return {k: make[kind](values) for k, e in sweep.space.items() for kind, values in e.items()}
+    space = {k: make[kind](values) for k, e in sweep.space.items() for kind, values in e.items()
+             if k not in sweep.packed}
+    if sweep.packed:
+        space["members"] = tune.grid_search(sweep.populations())
+    return space
 
 
 def _tune_config(sweep: Sweep):
@@ -209,6 +252,13 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
         total = sweep.trial_count()
         log(f"sweep {spec.name}: {total} trial(s) of {sweep.base['method']} on {sweep.base['task']['name']} "
             f"over {', '.join(sweep.swept_keys)} | {sweep_dir} | MLflow {uri} (parent run {state['parent_run_id']})")
+        if sweep.packed:
+            sizes = sorted({len(p) for p in sweep.populations()})
+            log(f"packed: trials that differ only in {', '.join(sweep.packed)} train as populations of "
+                f"{'/'.join(map(str, sizes))} run(s), {total // sum(map(len, sweep.populations()))} x "
+                f"{len(sweep.populations())} Tune trial(s) (pack.max_members: {spec.pack.max_members})")
+        elif sweep.unpacked_because:
+            log(f"not packed: {sweep.unpacked_because}; one Tune trial per run")
         tune_path = sweep_dir / TUNE_DIR
         if resume and tune.Tuner.can_restore(str(tune_path)):
             log(f"resuming from {tune_path}")
@@ -270,15 +320,17 @@ def _finish(sweep: Sweep, sweep_dir: Path, grid, uri: str, parent_run_id: str, p
         if not result.config:  # never started
             continue
         trial_id = Path(result.path).name
-        entry = manifest.setdefault(trial_id, {"name": trial_run_name(trial_id, result.config, sweep.swept_keys),
-                                               "config": {k: result.config[k] for k in sweep.swept_keys}})
         metrics = result.metrics or {}
-        if metrics.get("final"):
-            entry["status"] = metrics["status"]
-        elif result.error is not None:
-            entry["status"], entry["error"] = "error", entry.get("error") or str(result.error).splitlines()[0][:500]
-        elif entry.get("status") != "stopped":
-            entry["status"] = "unfinished"
+        runs = runs_of(trial_id, result.config, sweep.swept_keys)
+        finals = json.loads(metrics["members_final"]) if "members_final" in metrics else [metrics] * len(runs)
+        for (run_id, name, values), final in zip(runs, finals):
+            entry = manifest.setdefault(run_id, {"name": name, "config": values})
+            if metrics.get("final"):
+                entry["status"] = final["status"]
+            elif result.error is not None:
+                entry["status"], entry["error"] = "error", entry.get("error") or str(result.error).splitlines()[0][:500]
+            elif entry.get("status") != "stopped":
+                entry["status"] = "unfinished"
     write_manifest(sweep_dir, manifest)
     counts = {k: sum(t["status"] == k for t in manifest.values()) for k in TRIAL_STATUSES}
     # Tune creates trials lazily: an interrupted sweep may not even have created the last ones.

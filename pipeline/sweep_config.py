@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import CONFIG_DIR, Config, ConfigError, build, load_config, load_yaml, to_dict
+from pipeline.config import CONFIG_DIR, PACKABLE, Config, ConfigError, build, load_config, load_yaml, to_dict
 from tasks import OPTIMIZEES
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -51,6 +51,13 @@ class ReportSpec:
 
 
 @dataclass
+class PackSpec:
+    # runs per population: trials that differ only in packable grid keys (alpha, beta, the Gumbel
+    # temperature, seeds) train as one program in one Tune trial; 0 = one Tune trial per run
+    max_members: int = 64
+
+
+@dataclass
 class SweepConfig:
     base: str = ""  # experiment config: a path (relative to the sweep file) or a name in tune_configs/
     name: str = ""  # "" = the sweep file's stem; the sweep directory is <output_dir>/<name>
@@ -67,6 +74,7 @@ class SweepConfig:
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     search: SearchSpec = field(default_factory=SearchSpec)
     report: ReportSpec = field(default_factory=ReportSpec)
+    pack: PackSpec = field(default_factory=PackSpec)
 
 
 @dataclass
@@ -78,6 +86,8 @@ class Sweep:
     base: dict
     space: dict
     path: Path
+    packed: list[str] = field(default_factory=list)  # swept keys packed into populations ([] = none)
+    unpacked_because: str = ""  # why a sweep with packable keys runs one trial per run
 
     @property
     def swept_keys(self) -> list[str]:
@@ -92,6 +102,20 @@ class Sweep:
 
     def to_dict(self) -> dict:
         return {**to_dict(self.spec), "base_config": self.base, "space": self.space}
+
+    def populations(self) -> list[list[dict]]:
+        """The packed keys' grid, every combination once, cut into populations of nearly equal
+        size (at most pack.max_members each); [] when the sweep is not packed."""
+        import itertools
+        import math
+
+        if not self.packed:
+            return []
+        combos = [dict(zip(self.packed, values))
+                  for values in itertools.product(*(self.space[k]["grid"] for k in self.packed))]
+        count = math.ceil(len(combos) / self.spec.pack.max_members)
+        size = math.ceil(len(combos) / count)
+        return [combos[i:i + size] for i in range(0, len(combos), size)]
 
 
 def _config_value(cfg: Config, dotted: str):
@@ -196,7 +220,35 @@ def load_sweep(path: str | Path, *, local: bool = True) -> Sweep:
         raise ConfigError(f"space: {both[0]} is both fixed (set) and swept (space); keep one")
     space = {key: _check_entry(key, entry, base, local) for key, entry in spec.space.items()}
     _check_spec(spec, space, base_cfg)
-    return Sweep(spec, base, space, path)
+    sweep = Sweep(spec, base, space, path)
+    _decide_packing(sweep, base_cfg, explicit="pack" in raw)
+    return sweep
+
+
+def _decide_packing(sweep: Sweep, base_cfg: Config, explicit: bool) -> None:
+    """Pack the packable grid keys unless something needs one Tune trial per run; where the sweep
+    file asked for packing explicitly, that is a one-line error, else a note in the start line."""
+    from pipeline.rules import get_rule
+
+    spec, keys = sweep.spec, [k for k in sweep.space if k in PACKABLE]
+    if spec.pack.max_members < 0:
+        raise ConfigError(f"pack.max_members: must be >= 0 (0 = no packing), got {spec.pack.max_members}")
+    if spec.pack.max_members < 2 or not keys:
+        return
+    sampled = [k for k, e in sweep.space.items() if "grid" not in e]
+    methods = [base_cfg.method, *(m for e in sweep.space.get("method", {}).values() for m in e)]
+    why = ("the asha scheduler stops runs one at a time" if spec.scheduler.name != "none" else
+           "the optuna search proposes runs one at a time" if spec.search.name != "random" else
+           f"space.{sampled[0]} is sampled, not a grid" if sampled else
+           "resources.workers > 0 (a population computes in its trial's process)" if spec.resources.workers else
+           "learned optimizers train one run at a time" if any(get_rule(m).family != "few_shot" for m in methods)
+           else "")
+    if why and explicit:
+        raise ConfigError(f"pack: cannot pack this sweep ({why}); remove pack, or set pack.max_members: 0")
+    if why:
+        sweep.unpacked_because = why
+    else:
+        sweep.packed = keys
 
 
 def _check_spec(spec: SweepConfig, space: dict, base_cfg: Config) -> None:

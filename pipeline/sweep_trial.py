@@ -6,6 +6,7 @@ when it is retried. The driver side (the Tuner, progress, the trial record, the 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import tempfile
 from dataclasses import dataclass
@@ -85,13 +86,94 @@ class TuneReporter(TrainerHook):
         tune.report(self._metrics(trainer, {**eval_scalars(results), "status": results["status"], "final": True}))
 
 
+MEMBER_FILE = "member_{:03d}.pt"
+
+
+def member_id(trial_id: str, index: int) -> str:
+    """A population member's id: its Tune trial's id and its index ('..._00002.003')."""
+    return f"{trial_id}.{index:03d}"
+
+
+def member_values(config: dict, index: int, swept) -> dict:
+    """Member `index`'s swept values: the Tune trial's (unpacked keys) and its own (packed keys)."""
+    return {**{k: config[k] for k in swept if k in config}, **config["members"][index]}
+
+
+class PopulationReporter:
+    """Tune progress and checkpoints of a population (a PopulationHook): the checkpoint holds every
+    member's state; the final report each member's status."""
+
+    def __init__(self, metric: str = "meta_loss"):
+        self.metric = metric
+
+    def on_log(self, population, entry: dict) -> None:
+        cfg = population.cfgs[0]
+        if entry["iteration"] % cfg.train.checkpoint_every and entry["iteration"] < cfg.iterations:
+            tune.report({**entry, "logged_at": entry["iteration"], self.metric: entry.get(self.metric, math.nan)})
+        self.last = entry
+
+    def on_checkpoint(self, population) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            for i, state in enumerate(population.states()):
+                torch_save(state, Path(d) / MEMBER_FILE.format(i))
+            entry = getattr(self, "last", {})
+            tune.report({**entry, "logged_at": entry.get("iteration", -1), self.metric: entry.get(self.metric, math.nan)},
+                        checkpoint=tune.Checkpoint.from_directory(d))
+
+    def on_finish(self, population, results: list[dict]) -> None:
+        members = [{"status": r["status"], **eval_scalars(r)} for r in results]
+        tune.report({"final": True, "status": "completed", "members_final": json.dumps(members),
+                     "iteration": population.cfgs[0].iterations, self.metric: math.nan})
+
+
+def torch_save(state: dict, path: Path) -> None:
+    import torch
+
+    torch.save(state, path)
+
+
+def run_population(config: dict, ctx: TrialContext) -> None:
+    """A packed Tune trial: its members (config["members"]) trained as one population, each in its
+    own run directory with its own MLflow child run; resumed from the trial's checkpoint."""
+    import torch
+
+    from pipeline.population import Population
+    from pipeline.tracking import MlflowTracker
+
+    trial_id = tune.get_context().get_trial_id()
+    names, cfgs = [], []
+    for i in range(len(config["members"])):
+        values = member_values(config, i, ctx.swept)
+        names.append(trial_run_name(member_id(trial_id, i), values, ctx.swept))
+        cfgs.append(trial_config(ctx, values, names[-1]))
+    states = None
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            states = [checkpoint.read(Path(d) / MEMBER_FILE.format(i)) for i in range(len(cfgs))]
+    torch.set_num_threads(max(1, int(ctx.resources["cpus"])))
+
+    def hooks(i):
+        return (MlflowTracker(cfgs[i], ctx.uri, run_name=names[i], experiment_id=ctx.experiment_id,
+                              parent_run_id=ctx.parent_run_id,
+                              tags={"trial_id": member_id(trial_id, i), "population": trial_id,
+                                    "sweep_dir": ctx.sweep_dir}),)
+
+    run_dirs = [Path(c.output_dir) / n for c, n in zip(cfgs, names)]
+    with Population(cfgs, run_dirs, log=lambda m: print(m, flush=True), hooks=hooks,
+                    reporter=PopulationReporter(ctx.metric)) as population:
+        population.train(states=states)
+
+
 def run_trial(config: dict, ctx: TrialContext) -> None:
-    """The Tune function trainable: one meta-training run, resumed from the trial's checkpoint
-    when Tune restarts it."""
+    """The Tune function trainable: one meta-training run (or a packed population of runs),
+    resumed from the trial's checkpoint when Tune restarts it."""
     import torch
 
     from pipeline.tracking import MlflowTracker
 
+    if "members" in config:
+        return run_population(config, ctx)
     tc = tune.get_context()
     trial_id = tc.get_trial_id()
     run_name = trial_run_name(trial_id, config, ctx.swept)

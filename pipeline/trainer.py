@@ -60,6 +60,10 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, log=print, backend=None, hooks: tuple[TrainerHook, ...] = ()):
         self.cfg, self.run_dir, self.log, self.hooks = cfg, Path(run_dir), log, tuple(hooks)
         self.experiment = make_experiment(cfg)
+        if backend == "local":  # this process, over this trainer's own experiment (a population's member)
+            from pipeline.backends import LocalBackend
+
+            backend = LocalBackend(cfg, self.experiment, log)
         self.backend = backend or make_backend(cfg, self.experiment, log)
         self.params = {k: v.requires_grad_(True) for k, v in self.experiment.init_params().items()}
         # a hand-designed optimizer (a learned optimizer's baseline) has no meta-parameters: nothing to train
@@ -103,6 +107,22 @@ class Trainer:
     def train(self, resume: bool = False, state: dict | None = None) -> dict:
         """Train to cfg.iterations and evaluate. resume=True continues from the run directory's
         checkpoint; `state` continues from a given checkpoint state (a Tune trial's)."""
+        resumed = self.begin(resume, state)
+        try:
+            self._emit("on_start", resumed)
+            if self.status == "running" and self.optimizer is None:
+                self.log(f"{self.cfg.method} has no meta-parameters: nothing to meta-train, evaluating it")
+                self.status = "completed"
+            if self.status == "running":
+                self._loop()
+            return self.finish()
+        except BaseException as e:
+            self._emit("on_abort", e)
+            raise
+
+    def begin(self, resume: bool = False, state: dict | None = None) -> bool:
+        """The run directory, fresh or resumed (its config, the first checkpoint or the state
+        continued from); True when resumed."""
         cfg = self.cfg
         if cfg.task.split == "all":
             raise ConfigError("task.split: 'all' makes every class a test class: it is for `metatrain eval --data`, "
@@ -117,17 +137,7 @@ class Trainer:
             save_config(cfg, self.run_dir / CONFIG)
             (self.run_dir / METRICS).unlink(missing_ok=True)  # a retried trial starts its log afresh
             self.save()
-        try:
-            self._emit("on_start", resumed)
-            if self.status == "running" and self.optimizer is None:
-                self.log(f"{cfg.method} has no meta-parameters: nothing to meta-train, evaluating it")
-                self.status = "completed"
-            if self.status == "running":
-                self._loop()
-            return self.finish()
-        except BaseException as e:
-            self._emit("on_abort", e)
-            raise
+        return resumed
 
     def _emit(self, event: str, *args) -> None:
         for hook in self.hooks:
@@ -135,7 +145,7 @@ class Trainer:
 
     def _loop(self) -> None:
         cfg = self.cfg
-        window, t_window, t_start, it_start = [], time.perf_counter(), time.perf_counter(), self.iteration
+        self.start_clock()
         while self.iteration < cfg.iterations:
             result = self.backend.meta_gradient(self.params, self.iteration, self.carry)
             self.carry = result.extra.get("carry")
@@ -154,28 +164,44 @@ class Trainer:
                         for p in self.params.values():
                             p.grad.mul_(cfg.train.grad_clip / norm)
                 self.optimizer.step()
-                self.bad_streak = 0
-                window.append((loss, (result.curve_sum / n).tolist(), result.metric_sum / n))
-            else:  # never let a non-finite loss or gradient reach the parameters
-                self.skipped += 1
-                self.bad_streak += 1
-            self.iteration += 1
-            if self.bad_streak >= cfg.train.max_bad_steps:
-                self.status = "diverged"
-                now = time.perf_counter()  # the metrics of the diverging stretch are part of the result
-                self._log_window(window, now - t_window, now - t_start, self.iteration - it_start)
-                self.log(f"diverged: {self.bad_streak} consecutive non-finite meta-losses/gradients "
-                         f"at iteration {self.iteration}; parameters kept from the last finite step")
+            if not self.after_step(finite, loss, (result.curve_sum / n).tolist(), result.metric_sum / n):
                 break
-            if self.iteration % cfg.train.log_every == 0 or self.iteration == cfg.iterations:
-                now = time.perf_counter()
-                self._log_window(window, now - t_window, now - t_start, self.iteration - it_start)
-                window, t_window = [], now
-            # The last iteration is saved once, below, with its final status: the previous
-            # checkpoint then stays the last periodic one (the fallback if the newest is damaged).
-            if self.iteration % cfg.train.checkpoint_every == 0 and self.iteration < cfg.iterations:
-                self.save()
-                self._emit("on_checkpoint")
+        self.end_loop()
+
+    def start_clock(self) -> None:
+        self._window, self._t_window = [], time.perf_counter()
+        self._t_start, self._it_start = self._t_window, self.iteration
+
+    def after_step(self, finite: bool, loss: float, curve: list, metric: float) -> bool:
+        """The bookkeeping of one outer step whose update (if finite) is applied: the non-finite
+        guard, progress lines and metrics, periodic checkpoints. False when the run stops here."""
+        cfg = self.cfg
+        if finite:
+            self.bad_streak = 0
+            self._window.append((loss, curve, metric))
+        else:  # never let a non-finite loss or gradient reach the parameters
+            self.skipped += 1
+            self.bad_streak += 1
+        self.iteration += 1
+        if self.bad_streak >= cfg.train.max_bad_steps:
+            self.status = "diverged"
+            now = time.perf_counter()  # the metrics of the diverging stretch are part of the result
+            self._log_window(self._window, now - self._t_window, now - self._t_start, self.iteration - self._it_start)
+            self.log(f"diverged: {self.bad_streak} consecutive non-finite meta-losses/gradients "
+                     f"at iteration {self.iteration}; parameters kept from the last finite step")
+            return False
+        if self.iteration % cfg.train.log_every == 0 or self.iteration == cfg.iterations:
+            now = time.perf_counter()
+            self._log_window(self._window, now - self._t_window, now - self._t_start, self.iteration - self._it_start)
+            self._window, self._t_window = [], now
+        # The last iteration is saved once, by end_loop, with its final status: the previous
+        # checkpoint then stays the last periodic one (the fallback if the newest is damaged).
+        if self.iteration % cfg.train.checkpoint_every == 0 and self.iteration < cfg.iterations:
+            self.save()
+            self._emit("on_checkpoint")
+        return True
+
+    def end_loop(self) -> None:
         if self.status == "running":
             self.status = "completed"
         self.save()
@@ -243,6 +269,9 @@ class Trainer:
         results["plots"] = []
         self._write_results(results)
         self.log(format_table(table, results["metric"], header=self.header(results)))
+        if not cfg.train.plots:
+            self._emit("on_finish", results)
+            return results
         try:
             from pipeline.plots import write_run_plots  # matplotlib: imported only when a run ends
 

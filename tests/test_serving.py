@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
-from PIL import Image
 from test_adaptation import episode_files
 
 from pipeline.adaptation import load_run

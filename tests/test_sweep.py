@@ -64,6 +64,10 @@ BAD_SWEEPS = [
     ({"set": {"output_dir": "x"}}, "set: output_dir is set by the sweep itself"),
     ({"report": {"shots": [5]}}, "report.shots: K=5 is not evaluated; allowed: 10"),
     ({"num_samples": 0}, "num_samples: must be >= 1"),
+    ({"pack": {"max_members": -1}}, "pack.max_members: must be >= 0 (0 = no packing), got -1"),
+    ({"pack": {"max_members": 8}, "scheduler": {"name": "asha"}},
+     "pack: cannot pack this sweep (the asha scheduler stops runs one at a time); remove pack, or set "
+     "pack.max_members: 0"),
 ]
 
 
@@ -198,7 +202,11 @@ def mlflow_server(tmp_path):
         yield uri, tmp_path / "server-artifacts"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:  # its workers' graceful stop takes ~15 s on 2 cores; nothing of it is kept
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def test_tiny_sweep_against_a_real_mlflow_server(local_ray, tmp_path, mlflow_server):
@@ -235,9 +243,45 @@ def test_a_diverging_trial_is_reported_and_the_sweep_goes_on(local_ray, tmp_path
     assert f"| 0.01 | {good.data.metrics['eval_K10_mean']:.3f} ± " in md
 
 
-def test_a_failed_trial_is_retried_from_its_checkpoint(local_ray, tmp_path):
+def test_a_packed_sweep_gives_the_unpacked_sweeps_runs_and_report(local_ray, tmp_path, capsys):
+    """alpha x seed packed into one population of 4 runs (one Tune trial) against the same sweep
+    with one Tune trial per run: the same run directories, MLflow child runs and report cells."""
+    space = {"alpha": {"grid": [0.01, 0.1]}, "seed": {"grid": [0, 1]}}
+    dirs = {}
+    for name, pack in (("packed", 8), ("single", 0)):
+        (tmp_path / name).mkdir()
+        path, dirs[name] = write_sweep(tmp_path / name, "s", space, set_={"method": "mtnet", "train.plots": False},
+                                       pack={"max_members": pack})
+        sweep_ok(path, dirs[name])
+    out = capsys.readouterr().out
+    assert "packed: trials that differ only in alpha, seed train as populations of 4 run(s), 1 x 1 Tune trial(s)" in out
+    assert "population of 4] started" in out and "(4/4 trials done)" in out
+    cells = {}
+    for name, sweep_dir in dirs.items():
+        manifest = json.loads((sweep_dir / "trials.json").read_text())
+        assert sorted(t["status"] for t in manifest.values()) == ["completed"] * 4
+        runs = {(t["config"]["alpha"], t["config"]["seed"]): sweep_dir / "trials" / t["name"] for t in manifest.values()}
+        cells[name] = {"params": {k: checkpoint.load(d)["params"] for k, d in runs.items()},
+                       "report": {(r["alpha"],): (r["mean"], r["ci95"], r["n"])
+                                  for r in pq.read_table(sweep_dir / "report.parquet").to_pylist()}}
+        _, parent, children = mlflow_runs(f"sqlite:///{(tmp_path / name / 'sweeps').resolve()}/mlflow.db", "s")
+        assert parent.data.metrics["trials_completed"] == 4 and len(children) == 4
+        assert all(r.info.status == "FINISHED" and len(r.data.metrics) > 5 for r in children.values())
+    for key, params in cells["single"]["params"].items():
+        for k, v in params.items():
+            torch.testing.assert_close(cells["packed"]["params"][key][k], v, rtol=1e-5, atol=1e-7)
+    assert cells["packed"]["report"].keys() == cells["single"]["report"].keys()
+    for key, (mean, ci, n) in cells["single"]["report"].items():
+        got = cells["packed"]["report"][key]
+        assert got[0] == pytest.approx(mean, rel=1e-5) and got[1] == pytest.approx(ci, rel=1e-4) and got[2] == n
+
+
+@pytest.mark.parametrize("max_members", [0, 8], ids=["one-trial-per-run", "packed"])
+def test_a_failed_trial_is_retried_from_its_checkpoint(local_ray, tmp_path, max_members):
+    """Packed, the Tune trial is a population (of one run here) restored from its members' states."""
     path, sweep_dir = write_sweep(tmp_path, "retry", {"seed": {"grid": [3]}},
-                                  set_={"iterations": 60, "train.checkpoint_every": 20}, max_concurrent_trials=1)
+                                  set_={"iterations": 60, "train.checkpoint_every": 20}, max_concurrent_trials=1,
+                                  pack={"max_members": max_members})
     killed = []
 
     def kill_after_first_checkpoint():
@@ -276,7 +320,8 @@ def test_a_failed_trial_is_retried_from_its_checkpoint(local_ray, tmp_path):
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     path, sweep_dir = write_sweep(tmp_path, "intr", {"method": {"grid": ["maml", "mtnet"]}, "seed": {"grid": [0, 1]}},
-                                  set_={"iterations": 100, "train.checkpoint_every": 25}, max_concurrent_trials=1)
+                                  set_={"iterations": 100, "train.checkpoint_every": 25}, max_concurrent_trials=1,
+                                  pack={"max_members": 0})  # runs finish one by one: one Tune trial each
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     cmd = [sys.executable, "-m", "pipeline.cli", "sweep", str(path)]
     log = tmp_path / "first.log"

@@ -107,7 +107,6 @@ def test_gradient_clipping_bounds_the_meta_gradient_norm(tmp_path):
 def test_a_gradient_that_would_overflow_adam_is_a_skipped_step(tmp_path):
     """1e25 is finite in float32, but its square is not: Adam's second moment would become inf and
     freeze that coordinate for good. Such a step is skipped and counted like a non-finite one."""
-    from pipeline.meta_batch import ShardResult
 
     cfg = small_cfg(tmp_path, iterations=3, **{"train.max_bad_steps": 5})
 

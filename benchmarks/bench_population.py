@@ -1,0 +1,99 @@
+"""Populations: member-iterations per second, a packed population against solo trials as they run
+today, side by side in one process on one thread (sine MLP 1-40-40-1, meta-batch 4, K=10).
+
+"solo" is the ordinary Trainer's outer loop (LocalBackend, eager; sampling, Adam, metrics
+included), one trial after another; "population" is pipeline/population.py's loop over P members
+that differ in alpha and seed (as in the robustness study: every member its own task stream),
+eager and under torch.compile (its compile time reported apart, then excluded). Evaluation and
+plots, the same for both, are left out. Usage:
+
+    python benchmarks/bench_population.py [--iterations 300] [--sizes 18,100] [--methods maml,mtnet]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.population import Population  # noqa: E402
+from pipeline.trainer import Trainer  # noqa: E402
+
+ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def member_cfgs(method: str, size: int, iterations: int, compile_: str, out: Path) -> list:
+    base = {"method": method, "meta_batch_size": 4, "iterations": iterations, "backend": "local",
+            "tracking.enabled": False, "train.plots": False, "train.log_every": iterations,
+            "train.checkpoint_every": 10**9, "train.compile": compile_, "output_dir": str(out)}
+    return [load_config("sine_quick", {**base, "alpha": ALPHAS[i % len(ALPHAS)], "seed": i // len(ALPHAS),
+                                       "run_name": f"m{i}"}) for i in range(size)]
+
+
+def solo_rate(cfg, out: Path) -> float:
+    with Trainer(cfg, out, log=lambda m: None, backend="local") as t:
+        t.begin()
+        t0 = time.perf_counter()
+        t._loop()
+        return cfg.iterations / (time.perf_counter() - t0)
+
+
+def population_rate(cfgs, out: Path, warmup: int) -> tuple[float, float]:
+    """(member-iterations/s after `warmup` iterations, seconds of the warm-up: compilation)."""
+    with Population(cfgs, [out / f"m{i}" for i in range(len(cfgs))], log=lambda m: None) as pop:
+        for m in pop.members:
+            m.begin()
+        pop._stack_members()
+        total = cfgs[0].iterations
+        for m in pop.members:  # the warm-up as a run of its own length, then the timed rest
+            m.cfg.iterations = warmup
+        t0 = time.perf_counter()
+        pop.cfgs[0].iterations = warmup
+        pop._loop()
+        warm_s = time.perf_counter() - t0
+        for m in pop.members:
+            m.cfg.iterations, m.status = total, "running"
+        pop.cfgs[0].iterations = total
+        t0 = time.perf_counter()
+        pop._loop()
+        return (total - warmup) * len(cfgs) / (time.perf_counter() - t0), warm_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--sizes", default="18,100")
+    ap.add_argument("--methods", default="maml,mtnet")
+    ap.add_argument("--solo-trials", type=int, default=3, help="solo trials timed (their rate is the median)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, 1 thread, {platform.machine()}; {args.iterations} iterations per run, "
+          f"sine 1-40-40-1, meta-batch 4, K=10\n")
+    print("| method | P | solo it/s (one trial) | population eager member-it/s | speed-up | population compiled "
+          "member-it/s | speed-up | compile s |")
+    print("|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for method in args.methods.split(","):
+            solo = sorted(solo_rate(c, tmp / f"solo-{method}-{i}")
+                          for i, c in enumerate(member_cfgs(method, args.solo_trials, args.iterations, "never",
+                                                            tmp)))[args.solo_trials // 2]
+            for size in (int(s) for s in args.sizes.split(",")):
+                eager, _ = population_rate(member_cfgs(method, size, args.iterations, "never", tmp / f"e{size}{method}"),
+                                           tmp / f"e{size}{method}", warmup=5)
+                comp, compile_s = population_rate(
+                    member_cfgs(method, size, args.iterations, "always", tmp / f"c{size}{method}"),
+                    tmp / f"c{size}{method}", warmup=5)
+                print(f"| {method} | {size} | {solo:,.0f} | {eager:,.0f} | {eager / solo:.1f}x | {comp:,.0f} "
+                      f"| {comp / solo:.1f}x | {compile_s:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

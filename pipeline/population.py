@@ -1,0 +1,280 @@
+"""Populations: runs that differ only in numeric keys trained as one program.
+
+A sweep of the thesis's sine models is bound by per-op dispatch, not arithmetic: one 1-40-40-1 MLP
+trial at meta-batch 4 does ~1 MFLOP of work per task in 4-6 ms of PyTorch overhead. Members of a
+population share the method, task, model, meta-batch, inner steps, iterations and evaluation, and
+differ only in PACKABLE keys (alpha, beta, the Gumbel temperature, the seeds). Their parameters are
+stacked on a member dimension and one `vmap` over members (of the usual `vmap` over tasks) computes
+every member's meta-gradient in one call; alpha and the temperature are per-member tensors inside
+it, and Adam runs as one functional update with a per-member step size beta.
+
+Members stay first-class: each is a `Trainer` over its own run directory (config.yaml,
+metrics.jsonl, checkpoints that `metatrain eval`/`resume` accept, results.json, plots, its own
+hooks), whose parameters are views into the stacked tensors. Its task and noise streams are those
+of its solo run (its seed), its non-finite guard is its own: a member that diverges is frozen and
+recorded as `diverged` while the others train on. A member's numbers equal its solo run's up to
+float rounding (tests/test_population.py: 1e-5).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch.func import vmap
+
+from pipeline import checkpoint
+from pipeline.config import PACKABLE, Config, ConfigError, compile_shards, flatten, to_dict
+from pipeline.meta_batch import CompiledShardFunction, ShardResult, _shard_sums
+from pipeline.rules import get_rule
+from pipeline.trainer import Trainer
+
+BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which every solo run uses
+
+
+def check_packable(cfgs: list[Config]) -> None:
+    """One line naming the first key (other than PACKABLE ones) in which members differ."""
+    if not cfgs:
+        raise ConfigError("population: no members")
+    first = flatten(to_dict(cfgs[0]))
+    for i, cfg in enumerate(cfgs[1:], 1):
+        for key, value in flatten(to_dict(cfg)).items():
+            if key not in PACKABLE and value != first.get(key):
+                raise ConfigError(f"population: member {i} differs from member 0 in {key} ({value!r} vs "
+                                  f"{first.get(key)!r}); members may differ only in {', '.join(PACKABLE)}")
+    if get_rule(cfgs[0].method).family != "few_shot":
+        raise ConfigError(f"population: method {cfgs[0].method}: learned optimizers train one run at a time")
+
+
+def _population_sums(learner, inner, leaves: dict, batch: dict, chunk_size):
+    """Per-member (summed query loss (P,), loss curve (P, steps + 1), metric (P,)): the shard forward
+    of every member, vmapped over the member dimension; batch["alpha"]/["temperature"] are (P,)."""
+    def member(member_leaves, member_batch):
+        tasks = {k: v for k, v in member_batch.items() if k not in ("alpha", "temperature")}
+        own = replace(inner, alpha=member_batch["alpha"], temperature=member_batch["temperature"])
+        return _shard_sums(learner, own, member_leaves, tasks, chunk_size)
+
+    return vmap(member)(leaves, batch)
+
+
+def _population_gradient(forward, params: dict, batch: dict) -> ShardResult:
+    """Members are independent, so the gradient of the summed losses is every member's own
+    gradient, stacked. loss_sum/metric_sum are (P,) tensors here, not floats."""
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    loss, curve, metric = forward(leaves, batch)
+    grads = torch.autograd.grad(loss.sum(), list(leaves.values()), allow_unused=True)
+    grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
+    return ShardResult(grads, loss.detach(), batch["x_support"].shape[1], curve.detach(), metric.detach())
+
+
+def _stack(trees: list[dict]) -> dict:
+    return {k: _stack([t[k] for t in trees]) if isinstance(v, dict) else torch.stack([t[k] for t in trees])
+            for k, v in trees[0].items()}
+
+
+class Member(Trainer):
+    """A solo run's trainer whose parameters and Adam moments live in the population's stacked
+    tensors (row `index`); its checkpoint is a solo checkpoint, in torch.optim.Adam's format."""
+
+    def __init__(self, population: "Population", index: int, cfg: Config, run_dir: Path, log, hooks):
+        super().__init__(cfg, run_dir, log=log, backend="local", hooks=hooks)
+        self.population, self.index = population, index
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        pop, i = self.population, self.index
+        if pop.params is None:  # before stacking: this trainer's own state
+            return state
+        steps = int(pop.steps[i])
+        opt = state["optimizer"]
+        opt["param_groups"][0]["lr"] = self.cfg.beta
+        # torch.optim.Adam holds no state for a parameter before its first step
+        opt["state"] = {} if steps == 0 else {
+            j: {"step": torch.tensor(float(steps)), "exp_avg": pop.exp_avg[k][i].clone(),
+                "exp_avg_sq": pop.exp_avg_sq[k][i].clone()} for j, k in enumerate(self.params)}
+        return state
+
+
+class Population:
+    """Trains members (configs that differ only in PACKABLE keys) as one program; each member's
+    run directory is what its solo `metatrain train` would write. Use as a context manager."""
+
+    def __init__(self, cfgs: list[Config], run_dirs: list[Path], log=print, hooks=None, reporter=None):
+        """hooks(i): member i's TrainerHooks (its MLflow run); reporter: a PopulationHook (Tune)."""
+        check_packable(cfgs)
+        self.cfgs, self.log, self.reporter = list(cfgs), log, reporter or PopulationHook()
+        self.params = None  # stacked (P, ...) tensors once training starts
+        names = [Path(d).name for d in run_dirs]
+        self.members: list[Member] = []
+        # Member log lines are prefixed; per-iteration progress comes from the population instead.
+        for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
+            member_log = (lambda name: lambda m: None if m.startswith(f"[{cfg.method}] it ") else log(f"{name}: {m}"))(
+                names[i])
+            self.members.append(Member(self, i, cfg, Path(run_dir), member_log, hooks(i) if hooks else ()))
+        first = self.members[0].experiment
+        self.learner, self.inner, self.chunk = first.learner, first.train_inner, first.chunk
+        dtype = next(iter(first.init_params().values())).dtype
+        self.alpha = torch.tensor([c.alpha for c in cfgs], dtype=dtype)
+        self.temperature = torch.tensor([c.gumbel_temperature for c in cfgs], dtype=dtype)
+        self.beta = torch.tensor([c.beta for c in cfgs], dtype=torch.float64)
+        self.shard_fn = CompiledShardFunction(self.learner, self.inner, self.chunk, log=log, sums=_population_sums,
+                                              gradient=_population_gradient, compile=compile_shards(cfgs[0]))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.members:
+            m.close()
+
+    # -- state -------------------------------------------------------------------------------
+    def _stack_members(self) -> None:
+        """Stacked parameters and Adam state from the members' (fresh or loaded) trainers; then
+        every member's params become views into the stacked tensors."""
+        members = self.members
+        self.params = {k: torch.stack([m.params[k].detach() for m in members]) for k in members[0].params}
+        self.exp_avg = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        self.exp_avg_sq = {k: torch.zeros_like(v) for k, v in self.params.items()}
+        self.steps = torch.zeros(len(members), dtype=torch.long)
+        for i, m in enumerate(members):
+            opt = m.optimizer.state_dict()["state"]
+            if opt:
+                self.steps[i] = int(opt[0]["step"])
+                for j, k in enumerate(m.params):
+                    self.exp_avg[k][i] = opt[j]["exp_avg"]
+                    self.exp_avg_sq[k][i] = opt[j]["exp_avg_sq"]
+            m.params = {k: self.params[k][i] for k in self.params}
+
+    def _resume_states(self) -> list[dict]:
+        """Each member's checkpoint at one common iteration: members are saved one after another,
+        so a population killed between two saves has some members one checkpoint ahead; their
+        previous checkpoint is at the common iteration."""
+        states = [checkpoint.load(m.run_dir, m.log) for m in self.members]
+        common = min(s["iteration"] for s in states)
+        for i, m in enumerate(self.members):
+            if states[i]["iteration"] != common:
+                prev = checkpoint.read(m.run_dir / checkpoint.PREVIOUS_CHECKPOINT)
+                if prev["iteration"] != common:
+                    raise ConfigError(f"population: member {m.run_dir} has checkpoints at iterations "
+                                      f"{states[i]['iteration']} and {prev['iteration']}, none at {common}")
+                states[i] = prev
+        return states
+
+    # -- training ----------------------------------------------------------------------------
+    def train(self, resume: bool = False, states: list[dict] | None = None) -> list[dict]:
+        """Train every member to its iterations, evaluate each; the members' results in order.
+        resume: continue from the members' run directories; states: from these checkpoint states
+        (a Tune trial's checkpoint)."""
+        resumed = resume or states is not None
+        if resume and states is None:
+            states = self._resume_states()
+        for i, m in enumerate(self.members):
+            m.begin(state=states[i]) if resumed else m.begin()
+        self._stack_members()
+        try:
+            for m in self.members:
+                m._emit("on_start", resumed)
+            self._loop()
+            results = [m.finish() for m in self.members]
+            self.reporter.on_finish(self, results)
+            return results
+        except BaseException as e:
+            for m in self.members:
+                m._emit("on_abort", e)
+            raise
+
+    def _sample(self, iteration: int) -> dict:
+        """Every member's batch of its own task stream (members with the same seed share one)."""
+        by_seed = {}
+        first = self.members[0]
+        for m in self.members:
+            if m.cfg.seed not in by_seed:
+                by_seed[m.cfg.seed] = first.experiment.sample(
+                    self.members[0].params, split="train", seed=m.cfg.seed, iteration=iteration,
+                    indices=range(m.cfg.meta_batch_size), shots=m.cfg.task.shots)
+        batch = _stack([by_seed[m.cfg.seed] for m in self.members])
+        batch["alpha"], batch["temperature"] = self.alpha, self.temperature
+        return batch
+
+    def _loop(self) -> None:
+        members, cfg = self.members, self.cfgs[0]
+        for m in members:
+            m.start_clock()
+        t0, it0 = time.perf_counter(), min(m.iteration for m in members)
+        while any(m.status == "running" and m.iteration < cfg.iterations for m in members):
+            # running members move in lockstep; a diverged one is frozen at its last iteration
+            iteration = next(m.iteration for m in members if m.status == "running")
+            running = torch.tensor([m.status == "running" for m in members])
+            result = self.shard_fn(self.params, self._sample(iteration))
+            n = result.n_tasks
+            loss = result.loss_sum / n
+            limit = torch.finfo(loss.dtype).max ** 0.5 * n
+            finite = torch.isfinite(loss)
+            for g in result.grads.values():
+                finite &= (g.abs() < limit).flatten(1).all(1)
+            self._adam_step({k: g / n for k, g in result.grads.items()}, running & finite)
+            curves, metrics = (result.curve_sum / n).tolist(), (result.metric_sum / n).tolist()
+            losses = loss.tolist()
+            for i, m in enumerate(members):
+                if m.status == "running":
+                    m.after_step(bool(finite[i]), losses[i], curves[i], metrics[i])
+            done = iteration + 1
+            if done % cfg.train.log_every == 0 or done == cfg.iterations:
+                self._progress(done, losses, t0, it0)
+            if done % cfg.train.checkpoint_every == 0 and done < cfg.iterations:
+                self.reporter.on_checkpoint(self)  # every running member has saved this iteration
+        for m in members:
+            m.end_loop()
+
+    def _adam_step(self, grads: dict, active: torch.Tensor) -> None:
+        """torch.optim.Adam's single-tensor update (the same ops in the same order), per member with
+        its own beta and step count, applied only where `active`."""
+        cfg = self.cfgs[0]
+        if cfg.train.grad_clip:  # each member's global norm, in float64 as the solo trainer
+            norm = sum(g.double().pow(2).flatten(1).sum(1) for g in grads.values()).sqrt()
+            scale = torch.where(norm > cfg.train.grad_clip, cfg.train.grad_clip / norm, torch.ones_like(norm))
+            grads = {k: g * scale.to(g.dtype).view(-1, *[1] * (g.dim() - 1)) for k, g in grads.items()}
+        self.steps += active.long()
+        t = self.steps.double()
+        b1, b2 = BETAS
+        step_size = self.beta / (1 - b1 ** t)  # float64, as Adam's Python-float arithmetic
+        bc2_sqrt = (1 - b2 ** t).sqrt()
+        with torch.no_grad():
+            for k, p in self.params.items():
+                shape = (-1, *[1] * (p.dim() - 1))
+                a = active.view(shape)
+                g = grads[k]
+                m = self.exp_avg[k].lerp(g, 1 - b1)
+                v = self.exp_avg_sq[k].mul(b2).addcmul(g, g, value=1 - b2)
+                denom = (v.sqrt() / bc2_sqrt.to(p.dtype).view(shape)).add(EPS)
+                new = p + (-step_size).to(p.dtype).view(shape) * m / denom  # addcdiv: p + (value * m) / denom
+                self.exp_avg[k].copy_(torch.where(a, m, self.exp_avg[k]))
+                self.exp_avg_sq[k].copy_(torch.where(a, v, self.exp_avg_sq[k]))
+                p.copy_(torch.where(a, new, p))
+
+    def _progress(self, done: int, losses: list[float], t0: float, it0: int) -> None:
+        cfg, members = self.cfgs[0], self.members
+        running = [l for m, l in zip(members, losses) if m.status == "running" and math.isfinite(l)]
+        diverged = sum(m.status == "diverged" for m in members)
+        dt = time.perf_counter() - t0
+        rate = (done - it0) * len(members) / dt if dt > 0 else float("nan")
+        spread = (f"meta-loss min {min(running):.4f} median {sorted(running)[len(running) // 2]:.4f} "
+                  f"max {max(running):.4f}") if running else "no running member"
+        self.log(f"[population of {len(members)} {cfg.method}] it {done:>{len(str(cfg.iterations))}}/{cfg.iterations}"
+                 f" | {spread} | diverged {diverged} | {rate:,.0f} member-iterations/s")
+        self.reporter.on_log(self, {"iteration": done, "meta_loss": sorted(running)[len(running) // 2] if running
+                                    else math.nan, "tasks_per_s": rate * cfg.meta_batch_size, "diverged": diverged})
+
+    def states(self) -> list[dict]:
+        """Every member's checkpoint state (what a Tune checkpoint of the population holds)."""
+        return [m.state_dict() for m in self.members]
+
+
+class PopulationHook:
+    """What a population reports beside its members' own hooks (Tune's progress and checkpoints)."""
+
+    def on_log(self, population: Population, entry: dict) -> None: ...
+    def on_checkpoint(self, population: Population) -> None: ...
+    def on_finish(self, population: Population, results: list[dict]) -> None: ...

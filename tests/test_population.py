@@ -1,0 +1,163 @@
+"""Populations (pipeline/population.py): members trained as one program equal their solo runs.
+
+References here are independent of the population code: solo runs of the ordinary Trainer (with
+torch.optim.Adam), and torch.optim.Adam itself for the functional per-member update."""
+import json
+
+import pytest
+import torch
+
+from pipeline import checkpoint
+from pipeline.config import ConfigError, load_config, to_dict
+from pipeline.population import Population, check_packable
+from pipeline.trainer import Trainer, TrainerHook
+
+BASE = {"meta_batch_size": 4, "model.hidden": [20, 20], "eval.tasks": 20, "eval.shots": [10],
+        "tracking.enabled": False, "backend": "local", "train.log_every": 50, "train.compile": "never",
+        "train.plots": False}
+MEMBERS = [{"alpha": 0.01, "beta": 0.001, "seed": 0}, {"alpha": 0.05, "beta": 0.003, "seed": 1},
+           {"alpha": 0.02, "beta": 0.002, "seed": 0, "gumbel_temperature": 0.5, "eval.seed": 3}]
+
+
+def configs(tmp_path, method, members=MEMBERS, **over):
+    return [load_config("sine_quick", {**BASE, "method": method, "output_dir": str(tmp_path), **over, **m,
+                                       "run_name": f"m{i}"}) for i, m in enumerate(members)]
+
+
+def solo(cfg, run_dir) -> tuple[dict, dict]:
+    with Trainer(cfg, run_dir, log=lambda m: None, backend="local") as t:
+        results = t.train()
+        return {k: v.detach().clone() for k, v in t.params.items()}, results
+
+
+def assert_rel_close(got: dict, want: dict, rel: float, what: str) -> None:
+    for k, v in want.items():
+        err = ((got[k] - v).abs().max() / v.abs().max().clamp_min(1e-12)).item()
+        assert err <= rel, f"{what} {k}: relative difference {err:.2e} > {rel}"
+
+
+@pytest.mark.parametrize("method", ["maml", "mtnet", "metasgd"])
+def test_each_member_equals_its_solo_run(tmp_path, method):
+    """Members differ in alpha, beta, temperature, seed and eval seed; after 200 iterations every
+    member's parameters equal those of the same config trained alone (1e-5 relative), and so do
+    its evaluation and its run directory's files."""
+    cfgs = configs(tmp_path, method, iterations=200, **{"train.checkpoint_every": 100})
+    with Population(cfgs, [tmp_path / f"pop{i}" for i in range(3)], log=lambda m: None) as pop:
+        results = pop.train()
+        members = [{k: v.clone() for k, v in m.params.items()} for m in pop.members]
+    for i, cfg in enumerate(cfgs):
+        want, want_results = solo(cfg, tmp_path / f"solo{i}")
+        assert_rel_close(members[i], want, 1e-5, f"member {i}")
+        got_mse, want_mse = results[i]["results"]["10"]["mean"], want_results["results"]["10"]["mean"]
+        assert got_mse == pytest.approx(want_mse, rel=1e-5)
+        assert results[i]["status"] == "completed" and results[i]["iterations"] == 200
+        on_disk = json.loads((tmp_path / f"pop{i}" / "results.json").read_text())
+        assert on_disk["results"]["10"]["mean"] == pytest.approx(got_mse, rel=1e-12)
+        lines = (tmp_path / f"pop{i}" / "metrics.jsonl").read_text().splitlines()
+        solo_lines = (tmp_path / f"solo{i}" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(l)["iteration"] for l in lines] == [json.loads(l)["iteration"] for l in solo_lines]
+        assert json.loads(lines[-1])["meta_loss"] == pytest.approx(json.loads(solo_lines[-1])["meta_loss"], rel=1e-4)
+    assert members[0]["l0.W"].shape == (20, 1)
+
+
+def test_functional_adam_equals_torch_adam_per_member():
+    """The population's update against one torch.optim.Adam per member (its own lr), with a
+    member skipping some steps (frozen: no update, no step count)."""
+    torch.manual_seed(0)
+    pop = Population.__new__(Population)
+    P, betas = 3, [1e-3, 3e-2, 0.2]
+    init = {"w": torch.randn(P, 5, 4), "b": torch.randn(P, 4)}
+    pop.cfgs = [load_config("sine_quick")]
+    pop.params = {k: v.clone() for k, v in init.items()}
+    pop.exp_avg = {k: torch.zeros_like(v) for k, v in init.items()}
+    pop.exp_avg_sq = {k: torch.zeros_like(v) for k, v in init.items()}
+    pop.steps, pop.beta = torch.zeros(P, dtype=torch.long), torch.tensor(betas, dtype=torch.float64)
+    ref = [{k: v[i].clone().requires_grad_(True) for k, v in init.items()} for i in range(P)]
+    opts = [torch.optim.Adam(list(r.values()), lr=b) for r, b in zip(ref, betas)]
+    for step in range(30):
+        grads = {k: torch.randn_like(v) * (1 + step) for k, v in init.items()}
+        active = torch.tensor([True, step % 3 != 0, True])
+        pop._adam_step(grads, active)
+        for i in range(P):
+            if active[i]:
+                for k, p in ref[i].items():
+                    p.grad = grads[k][i].clone()
+                opts[i].step()
+    for i in range(P):
+        for k, p in ref[i].items():
+            torch.testing.assert_close(pop.params[k][i], p.detach(), rtol=1e-6, atol=1e-7)
+    assert pop.steps.tolist() == [30, 20, 30]
+
+
+def test_a_diverging_member_is_frozen_and_the_others_equal_their_solo_runs(tmp_path):
+    """alpha = 1000 with 3 inner steps overflows float32 within a few iterations (the solo run of
+    the same config diverges at the same iteration: checked below)."""
+    members = [{"alpha": 0.01, "seed": 0}, {"alpha": 1000.0, "seed": 1}, {"alpha": 0.02, "seed": 2}]
+    cfgs = configs(tmp_path, "maml", members, iterations=120, inner_steps=3, **{"train.max_bad_steps": 5,
+                                                                                 "train.checkpoint_every": 60})
+    logs = []
+    with Population(cfgs, [tmp_path / f"pop{i}" for i in range(3)], log=logs.append) as pop:
+        results = pop.train()
+        members_params = [{k: v.clone() for k, v in m.params.items()} for m in pop.members]
+    assert [r["status"] for r in results] == ["completed", "diverged", "completed"]
+    assert results[1]["iterations"] < 120 and results[1]["skipped_steps"] >= 5
+    assert all(torch.isfinite(v).all() for v in members_params[1].values())  # kept from the last finite step
+    assert any(l.startswith("pop1: diverged: 5 consecutive non-finite") for l in logs), logs
+    for i in (0, 2):
+        want, _ = solo(cfgs[i], tmp_path / f"solo{i}")
+        assert_rel_close(members_params[i], want, 1e-5, f"member {i}")
+    diverged_solo, solo_results = solo(cfgs[1], tmp_path / "solo1")
+    assert solo_results["status"] == "diverged" and solo_results["iterations"] == results[1]["iterations"]
+
+
+class StopAt(TrainerHook):
+    """Simulates a kill: raises once the member has saved the checkpoint of `iteration`."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def on_checkpoint(self, trainer):
+        if trainer.iteration == self.iteration:
+            raise KeyboardInterrupt
+
+
+def test_a_killed_population_resumes_to_the_undisturbed_parameters_and_members_resume_alone(tmp_path):
+    """Killed while saving the checkpoint of iteration 100 (members 0 and 1 saved it, member 2 not):
+    resumed, every member equals the undisturbed population. A member's checkpoint is a solo
+    checkpoint: `Trainer.train(resume=True)` of member 2 alone reaches the undisturbed parameters."""
+    cfgs = configs(tmp_path, "mtnet", iterations=150, **{"train.checkpoint_every": 50})
+    with Population(cfgs, [tmp_path / f"calm{i}" for i in range(3)], log=lambda m: None) as pop:
+        pop.train()
+        calm = [{k: v.clone() for k, v in m.params.items()} for m in pop.members]
+
+    dirs = [tmp_path / f"hit{i}" for i in range(3)]
+    with Population(cfgs, dirs, log=lambda m: None, hooks=lambda i: (StopAt(100),) if i == 1 else ()) as pop:
+        with pytest.raises(KeyboardInterrupt):
+            pop.train()
+    assert [checkpoint.load(d)["iteration"] for d in dirs] == [100, 100, 50]
+
+    alone = tmp_path / "alone"  # member 2's run directory, continued by a solo trainer
+    alone.mkdir()
+    for name in ("checkpoint.pt", "config.yaml", "metrics.jsonl"):
+        (alone / name).write_bytes((dirs[2] / name).read_bytes())
+    with Trainer(cfgs[2], alone, log=lambda m: None, backend="local") as t:
+        t.train(resume=True)
+        assert_rel_close({k: v.detach() for k, v in t.params.items()}, calm[2], 1e-5, "member 2 resumed alone")
+
+    logs = []
+    with Population(cfgs, dirs, log=logs.append) as pop:
+        results = pop.train(resume=True)
+        for i, m in enumerate(pop.members):
+            assert_rel_close(m.params, calm[i], 1e-5, f"member {i}")
+    assert all(r["status"] == "completed" and r["iterations"] == 150 for r in results)
+    assert sum("resuming" in l and "at iteration 50/150" in l for l in logs) == 3, logs
+
+
+def test_members_that_differ_in_structure_are_one_line_errors(tmp_path):
+    cfgs = configs(tmp_path, "maml", iterations=10)
+    cfgs[1] = load_config(to_dict(cfgs[1]), ["meta_batch_size=8"])
+    with pytest.raises(ConfigError, match=r"^population: member 1 differs from member 0 in meta_batch_size \(8 vs 4\);"
+                                          r" members may differ only in alpha, beta, gumbel_temperature, seed"):
+        check_packable(cfgs)
+    with pytest.raises(ConfigError, match="learned optimizers train one run at a time"):
+        check_packable([load_config("l2l_quadratic_cpu")] * 2)
