@@ -448,10 +448,13 @@ def test_report_combines_seeds_task_by_task_and_survives_list_values_and_early_e
 def test_shipped_sweep_files_validate_and_are_not_experiment_configs(capsys):
     from pipeline.sweep_config import load_sweep
 
-    counts = {"robustness_alpha": 18, "sine_models": 21, "polynomial_subspace": 3, "gumbel_temperature": 4, "beta": 10}
+    counts = {"robustness_alpha": 54, "sine_models": 21, "polynomial_subspace": 3, "gumbel_temperature": 4, "beta": 10}
     for name, n in counts.items():
         sweep = load_sweep(name)
         assert sweep.trial_count() == n and sweep.base["iterations"] == 60000 and sweep.base["meta_batch_size"] == 4
+        assert sweep.packed and sum(map(len, sweep.populations())) * (n // sum(map(len, sweep.populations()))) == n
+    assert load_sweep("robustness_alpha").populations() == [[{"alpha": a, "seed": s} for a in
+                                                             (10.0, 1.0, 0.1, 0.01, 0.001, 0.0001) for s in (0, 1, 2)]]
     assert load_sweep("robustness_alpha").space["alpha"] == {"grid": [10.0, 1.0, 0.1, 0.01, 0.001, 0.0001]}
     assert load_sweep("polynomial_subspace").base["task"]["name"] == "polynomial"
     assert main(["train", "robustness_alpha"]) == 2
