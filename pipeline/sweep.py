@@ -253,10 +253,10 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
         log(f"sweep {spec.name}: {total} trial(s) of {sweep.base['method']} on {sweep.base['task']['name']} "
             f"over {', '.join(sweep.swept_keys)} | {sweep_dir} | MLflow {uri} (parent run {state['parent_run_id']})")
         if sweep.packed:
-            sizes = sorted({len(p) for p in sweep.populations()})
+            pops = sweep.populations()
             log(f"packed: trials that differ only in {', '.join(sweep.packed)} train as populations of "
-                f"{'/'.join(map(str, sizes))} run(s), {total // sum(map(len, sweep.populations()))} x "
-                f"{len(sweep.populations())} Tune trial(s) (pack.max_members: {spec.pack.max_members})")
+                f"{'/'.join(map(str, sorted({len(p) for p in pops})))} run(s), "
+                f"{total // sum(map(len, pops)) * len(pops)} Tune trial(s) (pack.max_members: {spec.pack.max_members})")
         elif sweep.unpacked_because:
             log(f"not packed: {sweep.unpacked_because}; one Tune trial per run")
         tune_path = sweep_dir / TUNE_DIR

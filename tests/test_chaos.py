@@ -30,7 +30,7 @@ SETTINGS = {"method": "maml", "iterations": ITERATIONS, "meta_batch_size": 24, "
             "model.hidden": "[64,64]", "task.shots": 10, "eval.tasks": 24, "eval.shots": "[5]",
             "train.checkpoint_every": 10, "train.log_every": 10, "ray.workers": 3,
             "ray.cpus_per_worker": 0.5,  # three workers on a 2-core machine
-            "ray.max_worker_restarts": 30, "tracking.enabled": "false", "run_name": "run"}
+            "ray.max_worker_restarts": 30, "tracking.enabled": "false", "run_name": "run", "train.plots": "false"}
 
 
 def metatrain(args: list[str], log: Path) -> subprocess.Popen:

@@ -27,7 +27,7 @@ def local_ray():
 def cfg_for(tmp_path, workers, backend="ray", **over):
     sets = {"method": "mtnet", "iterations": 24, "meta_batch_size": 7, "model.hidden": "[20,20]",
             "eval.tasks": 30, "eval.shots": "[5,10]", "train.checkpoint_every": 8, "train.log_every": 4,
-            "output_dir": str(tmp_path), "backend": backend, "ray.workers": workers}
+            "output_dir": str(tmp_path), "backend": backend, "ray.workers": workers, "train.plots": "false"}
     sets.update(over)
     return load_config(None, [f"{k}={v}" for k, v in sets.items()])
 

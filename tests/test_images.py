@@ -256,7 +256,7 @@ def test_short_conv_meta_training_on_real_omniglot_beats_chance(tmp_path, method
                                   "meta_batch_size": 16, "iterations": 250, "model.filters": 32,
                                   "eval.inner_steps": 3, "eval.tasks": 200, "train.log_every": 50,
                                   "train.tasks_per_vmap": 8, "backend": "local", "output_dir": str(tmp_path),
-                                  "tracking.enabled": False})
+                                  "tracking.enabled": False, "train.plots": False})
     with Trainer(cfg, tmp_path / "r", log=lambda m: None) as t:
         untrained = t.evaluate()["1"]
         results = t.train()

@@ -136,7 +136,8 @@ def test_short_meta_training_on_real_omniglot_beats_the_untrained_learner(tmp_pa
                              "task.train_alphabets": SMALL1_ALPHABETS, "task.test_alphabets": NEW_IN_SMALL2,
                              "inner_steps": 5, "eval.inner_steps": 5, "meta_batch_size": 8, "iterations": 150,
                              "beta": 0.003, "model.filters": 16, "eval.tasks": 200, "train.log_every": 50,
-                             "backend": "local", "output_dir": str(tmp_path), "tracking.enabled": False})
+                             "backend": "local", "output_dir": str(tmp_path), "tracking.enabled": False,
+                             "train.plots": False})
     with Trainer(cfg, tmp_path / "r", log=lambda m: None) as t:
         untrained = t.evaluate()["1"]
         results = t.train()

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.slow  # starts Ray Tune sweeps and MLflow
 
 
 TINY = {"iterations": 40, "meta_batch_size": 5, "model.hidden": [20, 20], "eval.tasks": 40, "eval.shots": [10],
-        "train.log_every": 10, "train.checkpoint_every": 20, "tracking.log_model": False}
+        "train.log_every": 10, "train.checkpoint_every": 20, "tracking.log_model": False,
+        "train.plots": False}  # figures: the two tiny sweeps check them; elsewhere seconds per trial for nothing
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,8 @@ def check_tiny_sweep(uri, sweep_dir, workers):
 def test_tiny_sweep_into_sqlite_with_trial_workers(local_ray, tmp_path, capsys):
     path, sweep_dir = write_sweep(tmp_path, "tiny", {"method": {"grid": ["maml", "mtnet"]},
                                                       "alpha": {"grid": [0.01, 0.1]}},
-                                  set_={"tracking.log_model": True}, resources={"cpus": 0.5, "workers": 1})
+                                  set_={"tracking.log_model": True, "train.plots": True},
+                                  resources={"cpus": 0.5, "workers": 1})
     sweep_ok(path, sweep_dir)
     uri = f"sqlite:///{(tmp_path / 'sweeps').resolve()}/mlflow.db"
     client, children = check_tiny_sweep(uri, sweep_dir, workers=1)
@@ -212,7 +214,7 @@ def mlflow_server(tmp_path):
 def test_tiny_sweep_against_a_real_mlflow_server(local_ray, tmp_path, mlflow_server):
     uri, artifact_root = mlflow_server
     path, sweep_dir = write_sweep(tmp_path, "tiny", {"method": {"grid": ["maml", "mtnet"]},
-                                                      "alpha": {"grid": [0.01, 0.1]}})
+                                                      "alpha": {"grid": [0.01, 0.1]}}, set_={"train.plots": True})
     sweep_ok(path, sweep_dir, tracking_uri=uri)
     assert not (tmp_path / "sweeps" / "mlflow.db").exists()  # nothing went to the default store
     client, children = check_tiny_sweep(uri, sweep_dir, workers=0)
@@ -250,11 +252,11 @@ def test_a_packed_sweep_gives_the_unpacked_sweeps_runs_and_report(local_ray, tmp
     dirs = {}
     for name, pack in (("packed", 8), ("single", 0)):
         (tmp_path / name).mkdir()
-        path, dirs[name] = write_sweep(tmp_path / name, "s", space, set_={"method": "mtnet", "train.plots": False},
+        path, dirs[name] = write_sweep(tmp_path / name, "s", space, set_={"method": "mtnet"},
                                        pack={"max_members": pack})
         sweep_ok(path, dirs[name])
     out = capsys.readouterr().out
-    assert "packed: trials that differ only in alpha, seed train as populations of 4 run(s), 1 x 1 Tune trial(s)" in out
+    assert "packed: trials that differ only in alpha, seed train as populations of 4 run(s), 1 Tune trial(s)" in out
     assert "population of 4] started" in out and "(4/4 trials done)" in out
     cells = {}
     for name, sweep_dir in dirs.items():

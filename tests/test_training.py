@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow  # trains for several seconds per test
 def small_cfg(tmp_path, **over):
     sets = {"method": "maml", "iterations": 40, "meta_batch_size": 8, "model.hidden": "[20,20]",
             "eval.tasks": 50, "eval.shots": "[5,10]", "train.checkpoint_every": 10, "train.log_every": 5,
-            "output_dir": str(tmp_path), "backend": "local"}
+            "output_dir": str(tmp_path), "backend": "local", "train.plots": "false"}
     sets.update(over)
     return load_config(None, [f"{k}={v}" for k, v in sets.items()])
 
