@@ -114,9 +114,9 @@ def sine_table(study: Path) -> str:
             + "\n\nOrdering, thesis: " + thesis)
 
 
-def robustness_table(study: Path, followup: Path | None) -> str:
+def robustness_table(study: Path) -> str:
     rows = {(r["alpha"], r["method"]): r for r in pq.read_table(study / "report.parquet").to_pylist() if r["K"] == 10}
-    trial_files = [study / "trials.parquet"] + ([followup / "trials.parquet"] if followup else [])
+    trial_files = [study / "trials.parquet"]
     all_seeds = sorted({r["seed"] for f in trial_files for r in pq.read_table(f).to_pylist()})
     out, results = header(["alpha", "method"], all_seeds), []
     for alpha, by_method in ROBUSTNESS.items():
@@ -130,9 +130,7 @@ def robustness_table(study: Path, followup: Path | None) -> str:
                               r.get("n") or N_TASKS)
                 out.append(line)
                 results.append(t)
-    note = ("The pooled column is the study's own seeds; the other seeds' means come from the follow-up "
-            "sweep where it ran them.\n\n" if followup else "")
-    return "\n".join(out) + "\n\n" + note + summary(results) + "\n\n" + mtnet_vs_maml(study)
+    return "\n".join(out) + "\n\n" + summary(results) + "\n\n" + mtnet_vs_maml(study)
 
 
 def mtnet_vs_maml(study: Path) -> str:
@@ -153,10 +151,7 @@ def main() -> None:
     if (d / "sine_models" / "report.parquet").is_file():
         print("## Sine table\n\n" + sine_table(d / "sine_models") + "\n")
     if (d / "robustness_alpha" / "report.parquet").is_file():
-        follow = d / "robustness_followup"
-        print("## Step-size robustness (K = 10)\n\n"
-              + robustness_table(d / "robustness_alpha", follow if (follow / "trials.parquet").is_file() else None)
-              + "\n")
+        print("## Step-size robustness (K = 10)\n\n" + robustness_table(d / "robustness_alpha") + "\n")
 
 
 if __name__ == "__main__":
