@@ -45,9 +45,9 @@ def solo_rate(cfg, out: Path) -> float:
         return cfg.iterations / (time.perf_counter() - t0)
 
 
-def population_rate(cfgs, out: Path, warmup: int) -> tuple[float, float]:
+def population_rate(cfgs, out: Path, warmup: int, device: str = "cpu") -> tuple[float, float]:
     """(member-iterations/s after `warmup` iterations, seconds of the warm-up: compilation)."""
-    with Population(cfgs, [out / f"m{i}" for i in range(len(cfgs))], log=lambda m: None) as pop:
+    with Population(cfgs, [out / f"m{i}" for i in range(len(cfgs))], log=lambda m: None, device=device) as pop:
         for m in pop.members:
             m.begin()
         pop._stack_members()
@@ -72,10 +72,13 @@ def main() -> None:
     ap.add_argument("--sizes", default="18,100")
     ap.add_argument("--methods", default="maml,mtnet")
     ap.add_argument("--solo-trials", type=int, default=3, help="solo trials timed (their rate is the median)")
+    ap.add_argument("--device", default="cpu", help="where the population trains (cuda: one GPU); solo runs: CPU")
+    ap.add_argument("--no-compile", action="store_true", help="eager population only")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, {platform.machine()}; {args.iterations} iterations per run, "
-          f"sine 1-40-40-1, meta-batch 4, K=10\n")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, 1 thread, {platform.machine()}; population on {where}; {args.iterations} "
+          f"iterations per run, sine 1-40-40-1, meta-batch 4, K=10\n")
     print("| method | P | solo it/s (one trial) | population eager member-it/s | speed-up | population compiled "
           "member-it/s | speed-up | compile s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -87,10 +90,10 @@ def main() -> None:
                                                             tmp)))[args.solo_trials // 2]
             for size in (int(s) for s in args.sizes.split(",")):
                 eager, _ = population_rate(member_cfgs(method, size, args.iterations, "never", tmp / f"e{size}{method}"),
-                                           tmp / f"e{size}{method}", warmup=5)
-                comp, compile_s = population_rate(
+                                           tmp / f"e{size}{method}", warmup=5, device=args.device)
+                comp, compile_s = (float("nan"), float("nan")) if args.no_compile else population_rate(
                     member_cfgs(method, size, args.iterations, "always", tmp / f"c{size}{method}"),
-                    tmp / f"c{size}{method}", warmup=5)
+                    tmp / f"c{size}{method}", warmup=5, device=args.device)
                 print(f"| {method} | {size} | {solo:,.0f} | {eager:,.0f} | {eager / solo:.1f}x | {comp:,.0f} "
                       f"| {comp / solo:.1f}x | {compile_s:.0f} |", flush=True)
 

@@ -69,6 +69,10 @@ def _population_gradient(forward, params: dict, batch: dict) -> ShardResult:
     return ShardResult(grads, loss.detach(), batch["x_support"].shape[1], curve.detach(), metric.detach())
 
 
+def _to(tree: dict, device) -> dict:
+    return {k: _to(v, device) if isinstance(v, dict) else v.to(device) for k, v in tree.items()}
+
+
 def _stack(trees: list[dict]) -> dict:
     return {k: _stack([t[k] for t in trees]) if isinstance(v, dict) else torch.stack([t[k] for t in trees])
             for k, v in trees[0].items()}
@@ -101,8 +105,12 @@ class Population:
     """Trains members (configs that differ only in PACKABLE keys) as one program; each member's
     run directory is what its solo `metatrain train` would write. Use as a context manager."""
 
-    def __init__(self, cfgs: list[Config], run_dirs: list[Path], log=print, hooks=None, reporter=None):
-        """hooks(i): member i's TrainerHooks (its MLflow run); reporter: a PopulationHook (Tune)."""
+    def __init__(self, cfgs: list[Config], run_dirs: list[Path], log=print, hooks=None, reporter=None,
+                 device: str = "cpu"):
+        """hooks(i): member i's TrainerHooks (its MLflow run); reporter: a PopulationHook (Tune);
+        device: where the stacked members train ("cuda": the whole population on one GPU; tasks
+        are sampled on the CPU as in every run, and members evaluate on the CPU)."""
+        self.device = torch.device(device)
         check_packable(cfgs)
         self.cfgs, self.log, self.reporter = list(cfgs), log, reporter or PopulationHook()
         self.params = None  # stacked (P, ...) tensors once training starts
@@ -116,9 +124,9 @@ class Population:
         first = self.members[0].experiment
         self.learner, self.inner, self.chunk = first.learner, first.train_inner, first.chunk
         dtype = next(iter(first.init_params().values())).dtype
-        self.alpha = torch.tensor([c.alpha for c in cfgs], dtype=dtype)
-        self.temperature = torch.tensor([c.gumbel_temperature for c in cfgs], dtype=dtype)
-        self.beta = torch.tensor([c.beta for c in cfgs], dtype=torch.float64)
+        self.alpha = torch.tensor([c.alpha for c in cfgs], dtype=dtype, device=self.device)
+        self.temperature = torch.tensor([c.gumbel_temperature for c in cfgs], dtype=dtype, device=self.device)
+        self.beta = torch.tensor([c.beta for c in cfgs], dtype=torch.float64, device=self.device)
         self.shard_fn = CompiledShardFunction(self.learner, self.inner, self.chunk, log=log, sums=_population_sums,
                                               gradient=_population_gradient, compile=compile_shards(cfgs[0]))
 
@@ -134,10 +142,11 @@ class Population:
         """Stacked parameters and Adam state from the members' (fresh or loaded) trainers; then
         every member's params become views into the stacked tensors."""
         members = self.members
-        self.params = {k: torch.stack([m.params[k].detach() for m in members]) for k in members[0].params}
+        self.params = {k: torch.stack([m.params[k].detach() for m in members]).to(self.device)
+                       for k in members[0].params}
         self.exp_avg = {k: torch.zeros_like(v) for k, v in self.params.items()}
         self.exp_avg_sq = {k: torch.zeros_like(v) for k, v in self.params.items()}
-        self.steps = torch.zeros(len(members), dtype=torch.long)
+        self.steps = torch.zeros(len(members), dtype=torch.long, device=self.device)
         for i, m in enumerate(members):
             opt = m.optimizer.state_dict()["state"]
             if opt:
@@ -177,6 +186,8 @@ class Population:
             for m in self.members:
                 m._emit("on_start", resumed)
             self._loop()
+            for m in self.members:  # evaluation and plots run where every solo run's do
+                m.params = {k: v.cpu() for k, v in m.params.items()}
             results = [m.finish() for m in self.members]
             self.reporter.on_finish(self, results)
             return results
@@ -195,6 +206,7 @@ class Population:
                     self.members[0].params, split="train", seed=m.cfg.seed, iteration=iteration,
                     indices=range(m.cfg.meta_batch_size), shots=m.cfg.task.shots)
         batch = _stack([by_seed[m.cfg.seed] for m in self.members])
+        batch = _to(batch, self.device)
         batch["alpha"], batch["temperature"] = self.alpha, self.temperature
         return batch
 
@@ -206,7 +218,7 @@ class Population:
         while any(m.status == "running" and m.iteration < cfg.iterations for m in members):
             # running members move in lockstep; a diverged one is frozen at its last iteration
             iteration = next(m.iteration for m in members if m.status == "running")
-            running = torch.tensor([m.status == "running" for m in members])
+            running = torch.tensor([m.status == "running" for m in members], device=self.device)
             result = self.shard_fn(self.params, self._sample(iteration))
             n = result.n_tasks
             loss = result.loss_sum / n
