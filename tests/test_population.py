@@ -36,6 +36,7 @@ def assert_rel_close(got: dict, want: dict, rel: float, what: str) -> None:
         assert err <= rel, f"{what} {k}: relative difference {err:.2e} > {rel}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["maml", "mtnet", "metasgd"])
 def test_each_member_equals_its_solo_run(tmp_path, method):
     """Members differ in alpha, beta, temperature, seed and eval seed; after 200 iterations every
@@ -89,6 +90,7 @@ def test_functional_adam_equals_torch_adam_per_member():
     assert pop.steps.tolist() == [30, 20, 30]
 
 
+@pytest.mark.slow
 def test_a_diverging_member_is_frozen_and_the_others_equal_their_solo_runs(tmp_path):
     """alpha = 1000 with 3 inner steps overflows float32 within a few iterations (the solo run of
     the same config diverges at the same iteration: checked below)."""
@@ -121,6 +123,7 @@ class StopAt(TrainerHook):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_a_killed_population_resumes_to_the_undisturbed_parameters_and_members_resume_alone(tmp_path):
     """Killed while saving the checkpoint of iteration 100 (members 0 and 1 saved it, member 2 not):
     resumed, every member equals the undisturbed population. A member's checkpoint is a solo
