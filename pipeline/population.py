@@ -225,7 +225,7 @@ class Population:
             limit = torch.finfo(loss.dtype).max ** 0.5 * n
             finite = torch.isfinite(loss)
             for g in result.grads.values():
-                finite &= (g.abs() < limit).flatten(1).all(1)
+                finite &= (g.abs() < limit).reshape(len(members), -1).all(1)
             self._adam_step({k: g / n for k, g in result.grads.items()}, running & finite)
             curves, metrics = (result.curve_sum / n).tolist(), (result.metric_sum / n).tolist()
             losses = loss.tolist()
@@ -245,7 +245,7 @@ class Population:
         its own beta and step count, applied only where `active`."""
         cfg = self.cfgs[0]
         if cfg.train.grad_clip:  # each member's global norm, in float64 as the solo trainer
-            norm = sum(g.double().pow(2).flatten(1).sum(1) for g in grads.values()).sqrt()
+            norm = sum(g.double().pow(2).reshape(g.shape[0], -1).sum(1) for g in grads.values()).sqrt()
             scale = torch.where(norm > cfg.train.grad_clip, cfg.train.grad_clip / norm, torch.ones_like(norm))
             grads = {k: g * scale.to(g.dtype).view(-1, *[1] * (g.dim() - 1)) for k, g in grads.items()}
         self.steps += active.long()

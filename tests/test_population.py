@@ -164,3 +164,16 @@ def test_members_that_differ_in_structure_are_one_line_errors(tmp_path):
         check_packable(cfgs)
     with pytest.raises(ConfigError, match="learned optimizers train one run at a time"):
         check_packable([load_config("l2l_quadratic_cpu")] * 2)
+
+
+@pytest.mark.slow
+def test_members_clip_their_own_meta_gradient_norm_as_solo_runs_do(tmp_path):
+    """train.grad_clip: each member's global norm is clipped on its own (the solo trainer's rule)."""
+    cfgs = configs(tmp_path, "maml", iterations=100, **{"train.grad_clip": 0.5, "train.checkpoint_every": 100})
+    with Population(cfgs, [tmp_path / f"pop{i}" for i in range(3)], log=lambda m: None) as pop:
+        pop.train()
+        members = [{k: v.clone() for k, v in m.params.items()} for m in pop.members]
+    for i, cfg in enumerate(cfgs):
+        assert_rel_close(members[i], solo(cfg, tmp_path / f"solo{i}")[0], 1e-5, f"member {i}")
+    unclipped = solo(load_config(to_dict(cfgs[0]), ["train.grad_clip=0"]), tmp_path / "unclipped")[0]
+    assert max((members[0][k] - v).abs().max().item() for k, v in unclipped.items()) > 1e-3  # the clip acted
