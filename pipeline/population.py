@@ -92,10 +92,8 @@ class Member(Trainer):
         if pop.params is None:  # before stacking: this trainer's own state
             return state
         steps = int(pop.steps[i])
-        opt = state["optimizer"]
-        opt["param_groups"][0]["lr"] = self.cfg.beta
         # torch.optim.Adam holds no state for a parameter before its first step
-        opt["state"] = {} if steps == 0 else {
+        state["optimizer"]["state"] = {} if steps == 0 else {
             j: {"step": torch.tensor(float(steps)), "exp_avg": pop.exp_avg[k][i].clone(),
                 "exp_avg_sq": pop.exp_avg_sq[k][i].clone()} for j, k in enumerate(self.params)}
         return state
@@ -203,7 +201,7 @@ class Population:
         for m in self.members:
             if m.cfg.seed not in by_seed:
                 by_seed[m.cfg.seed] = first.experiment.sample(
-                    self.members[0].params, split="train", seed=m.cfg.seed, iteration=iteration,
+                    first.params, split="train", seed=m.cfg.seed, iteration=iteration,
                     indices=range(m.cfg.meta_batch_size), shots=m.cfg.task.shots)
         batch = _stack([by_seed[m.cfg.seed] for m in self.members])
         batch = _to(batch, self.device)

@@ -113,9 +113,11 @@ class PopulationReporter:
         self.last = entry
 
     def on_checkpoint(self, population) -> None:
+        import torch
+
         with tempfile.TemporaryDirectory() as d:
             for i, state in enumerate(population.states()):
-                torch_save(state, Path(d) / MEMBER_FILE.format(i))
+                torch.save(state, Path(d) / MEMBER_FILE.format(i))
             entry = getattr(self, "last", {})
             tune.report({**entry, "logged_at": entry.get("iteration", -1), self.metric: entry.get(self.metric, math.nan)},
                         checkpoint=tune.Checkpoint.from_directory(d))
@@ -124,12 +126,6 @@ class PopulationReporter:
         members = [{"status": r["status"], **eval_scalars(r)} for r in results]
         tune.report({"final": True, "status": "completed", "members_final": json.dumps(members),
                      "iteration": population.cfgs[0].iterations, self.metric: math.nan})
-
-
-def torch_save(state: dict, path: Path) -> None:
-    import torch
-
-    torch.save(state, path)
 
 
 def run_population(config: dict, ctx: TrialContext) -> None:
