@@ -22,21 +22,11 @@ from pipeline.meta_batch import InnerSettings, Learner, shard_meta_gradient
 from pipeline.rules import get_rule
 from tasks.regression import Sinusoid
 from tasks.sampling import sample_batch
+from tasks.synthetic import SyntheticImages
 
 # The per-task baseline is the reference loop the tests check the batched path against.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from reference import loop_meta_gradient  # noqa: E402
-
-
-class RandomImageTasks:
-    """5-way 1-shot 28x28 tasks with 15 queries per class (timing only: pixel values don't matter)."""
-
-    def __init__(self, ways=5):
-        self.ways = ways
-
-    def sample(self, rng, shots, query):
-        return {"x_support": rng.random((self.ways * shots, 1, 28, 28)), "y_support": rng.permutation(self.ways * shots) % self.ways,
-                "x_query": rng.random((self.ways * query, 1, 28, 28)), "y_query": rng.permutation(self.ways * query) % self.ways}
 
 
 def bench(name, learner, inner, batch_fn, n_tasks, reps, chunk=None):
@@ -81,7 +71,7 @@ def main():
               lambda l, p: sample_batch(sine, seed=0, split="train", iteration=0, indices=range(args.sine_batch),
                                         shots=10, query=10, noise_shapes=l.rule.noise_shapes(p)),
               args.sine_batch, args.reps)
-    images = RandomImageTasks()
+    images = SyntheticImages(ways=5)  # timing only: pixel values don't matter
     for m in args.conv_methods.split(","):
         for chunk in (None, 8):
             learner = Learner(conv4(1, 5, 28, filters=64), get_rule(m))

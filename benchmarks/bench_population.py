@@ -3,9 +3,14 @@ today, side by side in one process on one thread (sine MLP 1-40-40-1, meta-batch
 
 "solo" is the ordinary Trainer's outer loop (LocalBackend, eager; sampling, Adam, metrics
 included), one trial after another; "population" is pipeline/population.py's loop over P members
-that differ in alpha and seed (as in the robustness study: every member its own task stream),
-eager and under torch.compile (its compile time reported apart, then excluded). Evaluation and
-plots, the same for both, are left out. Usage:
+that differ in alpha and seed (as in the robustness study: 6 alphas per seed), eager and under
+torch.compile (its compile time reported apart, then excluded). Evaluation and plots, the same for
+both, are left out.
+
+A second table times the population's task sampling per iteration (tasks/sampling.py, one
+counter-based draw for every member's tasks) against the per-task numpy Generators it replaced
+(reproduced below), for the members' seeds as above and for P distinct seeds, and gives each as a
+share of the eager population iteration (its time without sampling, plus the sampling). Usage:
 
     python benchmarks/bench_population.py [--iterations 300] [--sizes 18,100] [--methods maml,mtnet]
 """
@@ -16,8 +21,10 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -66,6 +73,40 @@ def population_rate(cfgs, out: Path, warmup: int, device: str = "cpu") -> tuple[
         return (total - warmup) * len(cfgs) / (time.perf_counter() - t0), warm_s
 
 
+def per_task_generators(seeds, size: int, iteration: int, shots: int, query: int, noise_shapes: dict) -> dict:
+    """The sampling path before the counter-based generator (commit ceb9874's tasks/sampling.py and
+    tasks/regression.py): one numpy Generator per task and stream, sine tasks drawn one at a time."""
+    tasks = []
+    for seed in seeds:
+        for index in range(size):
+            rng = np.random.default_rng([seed, 0, iteration, index, 0])
+            a, w, b = rng.uniform(0.1, 5.0), rng.uniform(0.8, 1.2), rng.uniform(0.0, np.pi)
+            xq, xs = rng.uniform(-5, 5, (query, 1)), rng.uniform(-5, 5, (shots, 1))
+            noise_rng = np.random.default_rng([seed, 0, iteration, index, 1])
+            noise = {k: np.subtract(*noise_rng.gumbel(size=(2, *s))) for k, s in sorted(noise_shapes.items())}
+            tasks.append({"x_support": xs, "y_support": a * np.sin(w * xs + b), "x_query": xq,
+                          "y_query": a * np.sin(w * xq + b), "noise": noise})
+    stack = lambda key: torch.as_tensor(np.stack([t[key] for t in tasks]), dtype=torch.float32)  # noqa: E731
+    return {**{k: stack(k) for k in ("x_support", "y_support", "x_query", "y_query")},
+            "noise": {k: torch.as_tensor(np.stack([t["noise"][k] for t in tasks])) for k in noise_shapes}}
+
+
+def sampling_times(cfgs, out: Path, reps: int = 30) -> tuple[float, float]:
+    """Seconds per iteration to sample every member's batch: (counter-based, per-task generators)."""
+    with Population(cfgs, [out / f"m{i}" for i in range(len(cfgs))], log=lambda m: None) as pop:
+        first = pop.members[0]
+        shapes = first.experiment.noise_shapes(first.params)
+        seeds = sorted({c.seed for c in cfgs})
+        t0 = time.perf_counter()
+        for it in range(reps):
+            pop._sample(it)
+        new = (time.perf_counter() - t0) / reps
+        t0 = time.perf_counter()
+        for it in range(reps):
+            per_task_generators(seeds, cfgs[0].meta_batch_size, it, cfgs[0].task.shots, cfgs[0].task.query, shapes)
+        return new, (time.perf_counter() - t0) / reps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=300)
@@ -82,6 +123,7 @@ def main() -> None:
     print("| method | P | solo it/s (one trial) | population eager member-it/s | speed-up | population compiled "
           "member-it/s | speed-up | compile s |")
     print("|---|---|---|---|---|---|---|---|")
+    iteration_s = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for method in args.methods.split(","):
@@ -96,6 +138,19 @@ def main() -> None:
                     tmp / f"c{size}{method}", warmup=5, device=args.device)
                 print(f"| {method} | {size} | {solo:,.0f} | {eager:,.0f} | {eager / solo:.1f}x | {comp:,.0f} "
                       f"| {comp / solo:.1f}x | {compile_s:.0f} |", flush=True)
+                iteration_s[method, size] = size / eager
+        print("\nTask sampling per population iteration (ms), and its share of the eager iteration:\n")
+        print("| method | P | seeds | counter-based ms | share | per-task generators ms | share | speed-up |")
+        print("|---|---|---|---|---|---|---|---|")
+        for (method, size), it_s in iteration_s.items():
+            cfgs = member_cfgs(method, size, args.iterations, "never", tmp / "s")
+            compute_s = None  # the eager iteration without its sampling: the first row's iteration less its sampling
+            for label, seeded in (("as above", cfgs), ("one per member", [replace(c, seed=i) for i, c in enumerate(cfgs)])):
+                new, old = sampling_times(seeded, tmp / f"s{method}{size}{label[0]}")
+                compute_s = it_s - new if compute_s is None else compute_s
+                print(f"| {method} | {size} | {len({c.seed for c in seeded})} ({label}) | {new * 1e3:.2f} | "
+                      f"{new / (compute_s + new):.0%} | {old * 1e3:.2f} | {old / (compute_s + old):.0%} | "
+                      f"{old / new:.1f}x |", flush=True)
 
 
 if __name__ == "__main__":

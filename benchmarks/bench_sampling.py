@@ -29,7 +29,7 @@ def child(variant: str, folder: str, packed: str, n_tasks: int, ways: int, shots
     import psutil
 
     from tasks.images import FewShotImages, FileImages, ImageSet, decoder, read_alphabets, read_packed
-    from tasks.sampling import task_rng
+    from tasks.sampling import DATA_STREAM, Streams
 
     t0 = time.perf_counter()
     if variant == "png per task":
@@ -43,11 +43,11 @@ def child(variant: str, folder: str, packed: str, n_tasks: int, ways: int, shots
     else:
         data = read_packed(packed, "omniglot", 28)
     dist = FewShotImages(data, {"train": sorted(data.class_index())}, ways=ways, rotations=True)
-    dist.sample(task_rng(0, "train", 0, 0, 0), shots, query)
+    dist.sample(Streams(0, "train", 0, [0], DATA_STREAM), shots, query)
     startup = time.perf_counter() - t0
     t1 = time.perf_counter()
-    for i in range(n_tasks):
-        dist.sample(task_rng(0, "train", 1, i, 0), shots, query)
+    for i in range(n_tasks):  # one task at a time, as the per-task loaders read them
+        dist.sample(Streams(0, "train", 1, [i], DATA_STREAM), shots, query)
     rate = n_tasks / (time.perf_counter() - t1)
     # USS: memory no other process shares (pages of a memory-mapped file are shared, page cache)
     return {"startup_s": startup, "tasks_per_s": rate, "uss_mb": psutil.Process().memory_full_info().uss / 2**20}

@@ -30,7 +30,7 @@ from pipeline.experiment import IMAGE_TASKS, make_learner
 from pipeline.learners import forward
 from pipeline.meta_batch import InnerSettings, inner_adapt
 from tasks import image_format
-from tasks.sampling import NOISE_STREAM, logistic_noise, task_rng
+from tasks.sampling import NOISE_STREAM, Streams
 
 
 def load_run(run_dir: str | Path) -> "MetaLearnedRun":
@@ -106,8 +106,8 @@ class MetaLearnedRun:
         if len(y) != len(x):
             raise ConfigError(f"support: {len(x)} inputs but {len(y)} labels")
         rule = self.learner.rule
-        noise_rng = task_rng(self.cfg.eval.seed if seed is None else seed, "test", 0, 0, NOISE_STREAM)
-        noise = {k: torch.as_tensor(logistic_noise(noise_rng, s), dtype=self.dtype)
+        noise_streams = Streams(self.cfg.eval.seed if seed is None else seed, "test", 0, [0], NOISE_STREAM)
+        noise = {k: torch.as_tensor(noise_streams.logistic(s)[0], dtype=self.dtype)
                  for k, s in sorted(rule.noise_shapes(self.params).items())}
         inner = InnerSettings.for_eval(self.cfg, steps)
         fast, _ = inner_adapt(self.learner, inner, self.params, {"x_support": x, "y_support": y, "noise": noise})

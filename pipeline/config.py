@@ -311,7 +311,7 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     need(cfg.inner_steps >= 1, f"inner_steps: must be >= 1, got {cfg.inner_steps}")
     need(cfg.meta_batch_size >= 1, f"meta_batch_size: must be >= 1, got {cfg.meta_batch_size}")
     need(cfg.iterations >= 0, f"iterations: must be >= 0, got {cfg.iterations}")
-    need(cfg.seed >= 0, f"seed: must be >= 0, got {cfg.seed}")
+    need(0 <= cfg.seed < 2**64, f"seed: must be in [0, 2**64), got {cfg.seed}")
     need(cfg.task.shots >= 1, f"task.shots: K must be >= 1, got {cfg.task.shots}")
     need(cfg.task.query >= 1, f"task.query: must be >= 1, got {cfg.task.query}")
     need(cfg.task.order in (0, 1, 2), f"task.order: polynomial order must be one of 0, 1, 2, got {cfg.task.order}")
@@ -341,7 +341,7 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     need(cfg.eval.mask in MASK_MODES, f"eval.mask: unknown mode {cfg.eval.mask!r}; allowed: {', '.join(MASK_MODES)}")
     need(cfg.eval.query_bn in QUERY_BN, f"eval.query_bn: unknown choice {cfg.eval.query_bn!r}; allowed: "
          f"{', '.join(repr(q) for q in QUERY_BN)}")
-    need(cfg.eval.seed >= 0, f"eval.seed: must be >= 0, got {cfg.eval.seed}")
+    need(0 <= cfg.eval.seed < 2**64, f"eval.seed: must be in [0, 2**64), got {cfg.eval.seed}")
     need(cfg.eval.batch_size >= 1, f"eval.batch_size: must be >= 1, got {cfg.eval.batch_size}")
     need(cfg.eval.split in EVAL_SPLITS, f"eval.split: unknown split {cfg.eval.split!r}; allowed: {', '.join(EVAL_SPLITS)}")
     need(cfg.train.checkpoint_every >= 1, f"train.checkpoint_every: must be >= 1, got {cfg.train.checkpoint_every}")

@@ -92,7 +92,7 @@ def regression_adaptation(trainer, path: Path, n_tasks: int = 4) -> Path:
         with torch.no_grad():
             before = forward(exp.learner.net, params, xg)
             after = forward(exp.learner.net, {**params, **fast}, xg)
-        ax.plot(grid, dist.target(task["coeffs"].numpy(), grid), color="k", lw=2, label="target")
+        ax.plot(grid, dist.target(task["coeffs"].numpy()[None], grid[None])[0], color="k", lw=2, label="target")
         ax.plot(grid, before.numpy(), ls="--", color="C1", label="before adaptation")
         ax.plot(grid, after.numpy(), color="C0", label=f"after {inner.steps} step(s)")
         ax.scatter(task["x_support"].numpy(), task["y_support"].numpy(), color="C3", zorder=3,

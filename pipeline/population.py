@@ -22,6 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.func import vmap
 
@@ -69,13 +70,8 @@ def _population_gradient(forward, params: dict, batch: dict) -> ShardResult:
     return ShardResult(grads, loss.detach(), batch["x_support"].shape[1], curve.detach(), metric.detach())
 
 
-def _to(tree: dict, device) -> dict:
-    return {k: _to(v, device) if isinstance(v, dict) else v.to(device) for k, v in tree.items()}
-
-
-def _stack(trees: list[dict]) -> dict:
-    return {k: _stack([t[k] for t in trees]) if isinstance(v, dict) else torch.stack([t[k] for t in trees])
-            for k, v in trees[0].items()}
+def _map(fn, tree: dict) -> dict:
+    return {k: _map(fn, v) if isinstance(v, dict) else fn(v) for k, v in tree.items()}
 
 
 class Member(Trainer):
@@ -195,16 +191,14 @@ class Population:
             raise
 
     def _sample(self, iteration: int) -> dict:
-        """Every member's batch of its own task stream (members with the same seed share one)."""
-        by_seed = {}
-        first = self.members[0]
-        for m in self.members:
-            if m.cfg.seed not in by_seed:
-                by_seed[m.cfg.seed] = first.experiment.sample(
-                    first.params, split="train", seed=m.cfg.seed, iteration=iteration,
-                    indices=range(m.cfg.meta_batch_size), shots=m.cfg.task.shots)
-        batch = _stack([by_seed[m.cfg.seed] for m in self.members])
-        batch = _to(batch, self.device)
+        """Every member's batch of its own task stream, drawn in one call for all the members'
+        seeds (members with the same seed share their tasks): (P, B, ...)."""
+        first, size = self.members[0], self.members[0].cfg.meta_batch_size
+        seeds = sorted({m.cfg.seed for m in self.members})
+        flat = first.experiment.sample(first.params, split="train", seed=np.repeat(seeds, size), iteration=iteration,
+                                       indices=np.tile(np.arange(size), len(seeds)), shots=first.cfg.task.shots)
+        row = torch.tensor([seeds.index(m.cfg.seed) for m in self.members])
+        batch = _map(lambda x: x.view(len(seeds), size, *x.shape[1:])[row].to(self.device), flat)
         batch["alpha"], batch["temperature"] = self.alpha, self.temperature
         return batch
 

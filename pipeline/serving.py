@@ -107,10 +107,12 @@ def example_episode(run: MetaLearnedRun, seed: int = 0) -> pd.DataFrame:
         return pd.DataFrame(rows, columns=["role", "label", "image"])
     from tasks import make_distribution
 
-    task = make_distribution(run.cfg.task).sample(rng, 5, 3)
+    from tasks.sampling import DATA_STREAM, Streams
+
+    task = make_distribution(run.cfg.task).sample(Streams(seed, "test", 0, [0], DATA_STREAM), 5, 3)
     return pd.DataFrame({"role": ["support"] * 5 + ["query"] * 3,
-                         "x": np.concatenate([task["x_support"][:, 0], task["x_query"][:, 0]]),
-                         "y": np.concatenate([task["y_support"][:, 0], np.full(3, np.nan)])})
+                         "x": np.concatenate([task["x_support"][0, :, 0], task["x_query"][0, :, 0]]),
+                         "y": np.concatenate([task["y_support"][0, :, 0], np.full(3, np.nan)])})
 
 
 def signature(run: MetaLearnedRun):

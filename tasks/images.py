@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.errors import ConfigError
+from tasks.sampling import Streams
 
 PACK_FORMAT = "metatrain-images-v1"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -273,6 +274,8 @@ class FewShotImages:
         self.splits = {s: [(c, k) for c in names for k in (range(4) if rotations else (0,))]
                        for s, names in splits.items()}
         self.min_images = {s: min((len(index[c]) for c in names), default=0) for s, names in splits.items()}
+        self.max_images = {s: max((len(index[c]) for c in names), default=0) for s, names in splits.items()}
+        self.shape = (self.channels, self.image_size, self.image_size)
         # within_group: per split, the positions (in self.splits[s]) of each group's classes, groups in
         # name order; only groups with at least `ways` classes can hold a task.
         group = images.group_of()
@@ -297,24 +300,33 @@ class FewShotImages:
             raise ConfigError(f"{key}: K={shots} support + {query} query (task.query) images per class, but a {split} "
                               f"class has only {self.min_images[split]} images")
 
-    def sample(self, rng: np.random.Generator, shots: int, query: int, split: str = "train") -> dict:
-        classes = self.splits[split]
+    def sample(self, streams: Streams, shots: int, query: int, split: str = "train") -> dict:
+        classes, ways = self.splits[split], self.ways
+        # Every draw as arrays over the batch; a random choice or permutation = argsort of uniforms.
         if self.within_group:  # a group uniformly among those that can hold a task, then N of its classes
             groups = self.eligible_groups(split)
-            members = groups[int(rng.integers(len(groups)))]
-            chosen = members[rng.choice(len(members), size=self.ways, replace=False)]
+            group = streams.integers(len(groups))
+            member_keys = streams.random(max(len(m) for m in groups))
         else:
-            chosen = rng.choice(len(classes), size=self.ways, replace=False)
+            class_keys = streams.random(len(classes))
+        image_keys = streams.random((ways, self.max_images[split]))  # per drawn class, its images' order
         xs, xq = [], []
-        for label in chosen:
-            name, k = classes[label]
-            idx = self._index[name]
-            perm = idx[rng.permutation(len(idx))]
-            q, s = perm[:query], perm[query:query + shots]
-            xq.append(np.rot90(self.images.images.take(q), k, axes=(1, 2)))
-            xs.append(np.rot90(self.images.images.take(s), k, axes=(1, 2)))
-        return {"x_support": pixels_to_float(np.concatenate(xs)), "y_support": np.repeat(np.arange(self.ways), shots),
-                "x_query": pixels_to_float(np.concatenate(xq)), "y_query": np.repeat(np.arange(self.ways), query)}
+        for t in range(streams.n):
+            if self.within_group:
+                members = groups[group[t]]
+                chosen = members[np.argsort(member_keys[t, :len(members)])[:ways]]
+            else:
+                chosen = np.argsort(class_keys[t])[:ways]
+            for c, label in enumerate(chosen):
+                name, k = classes[label]
+                idx = self._index[name]
+                perm = idx[np.argsort(image_keys[t, c, :len(idx)])]
+                q, s = perm[:query], perm[query:query + shots]
+                xq.append(np.rot90(self.images.images.take(q), k, axes=(1, 2)))
+                xs.append(np.rot90(self.images.images.take(s), k, axes=(1, 2)))
+        labels = lambda per_class: np.tile(np.repeat(np.arange(ways), per_class), (streams.n, 1))  # noqa: E731
+        batched = lambda x: pixels_to_float(np.concatenate(x)).reshape(streams.n, -1, *self.shape)  # noqa: E731
+        return {"x_support": batched(xs), "y_support": labels(shots), "x_query": batched(xq), "y_query": labels(query)}
 
     def eligible_groups(self, split: str) -> list[np.ndarray]:
         return [m for m in self.groups.get(split, {}).values() if len(m) >= self.ways]

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tasks.errors import ConfigError
+from tasks.sampling import Streams
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
 INIT_STD = 0.01  # theta_0 ~ N(0, 0.01^2) for both problems, as the paper's reference code
 
@@ -31,9 +32,9 @@ class Quadratic:
         self.d = dim
         self.dim = dim
 
-    def sample(self, rng: np.random.Generator, steps: int, split: str = "train") -> dict:
-        return {"W": rng.standard_normal((self.d, self.d)), "y": rng.standard_normal(self.d),
-                "theta0": rng.normal(0.0, INIT_STD, self.d)}
+    def sample(self, streams: Streams, steps: int, split: str = "train") -> dict:
+        return {"W": streams.normal((self.d, self.d)), "y": streams.normal(self.d),
+                "theta0": INIT_STD * streams.normal(self.d)}
 
     def loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
         r = (problem["W"] @ theta.unsqueeze(-1)).squeeze(-1) - problem["y"]
@@ -63,10 +64,10 @@ class MnistMLP:
         self.images = {split: load_mnist(data, split) for split in ("train", "test")}
         self._tensors = {}
 
-    def sample(self, rng: np.random.Generator, steps: int, split: str = "train") -> dict:
+    def sample(self, streams: Streams, steps: int, split: str = "train") -> dict:
         n = len(self.images[split][1])
-        return {"theta0": rng.normal(0.0, INIT_STD, self.dim),
-                "batches": rng.integers(0, n, size=(steps + 1, self.minibatch))}
+        return {"theta0": INIT_STD * streams.normal(self.dim),
+                "batches": streams.integers(n, (steps + 1, self.minibatch))}
 
     def _data(self, split: str, dtype, device):
         key = (split, dtype, str(device))

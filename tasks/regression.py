@@ -6,16 +6,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tasks.sampling import Streams
+
 
 class _Regression:
     """y = f(x; task coefficients), x ~ U[x_range]; subclasses draw coefficients and define f."""
 
-    def sample(self, rng: np.random.Generator, shots: int, query: int, split: str = "train") -> dict:
+    def sample(self, streams: Streams, shots: int, query: int, split: str = "train") -> dict:
+        """A batch of tasks, one per stream: arrays (N, ...)."""
         # Order matters: task parameters, then query, then support. The task and its query set
         # stay the same whatever K is, so one evaluation set serves every K in the list.
-        coeffs = self.draw(rng)
-        xq = rng.uniform(*self.x_range, size=(query, 1))
-        xs = rng.uniform(*self.x_range, size=(shots, 1))
+        coeffs = self.draw(streams)
+        xq = streams.uniform(*self.x_range, (query, 1))
+        xs = streams.uniform(*self.x_range, (shots, 1))
         return {"x_support": xs, "y_support": self.target(coeffs, xs),
                 "x_query": xq, "y_query": self.target(coeffs, xq), "coeffs": coeffs}
 
@@ -32,12 +35,15 @@ class Sinusoid(_Regression):
     output_dim: int = 1
     loss: str = "mse"
 
-    def draw(self, rng: np.random.Generator) -> np.ndarray:
-        return np.array([rng.uniform(*self.amplitude), rng.uniform(*self.frequency), rng.uniform(*self.phase)])
+    def draw(self, streams: Streams) -> np.ndarray:
+        u = streams.random(3)
+        return np.stack([low + (high - low) * u[:, i]
+                         for i, (low, high) in enumerate((self.amplitude, self.frequency, self.phase))], 1)
 
     @staticmethod
     def target(coeffs: np.ndarray, x: np.ndarray) -> np.ndarray:
-        amplitude, frequency, phase = coeffs
+        """coeffs (N, 3), x (N, n, 1)."""
+        amplitude, frequency, phase = (coeffs[:, i, None, None] for i in range(3))
         return amplitude * np.sin(frequency * x + phase)
 
 
@@ -53,9 +59,10 @@ class Polynomial(_Regression):
     output_dim: int = 1
     loss: str = "mse"
 
-    def draw(self, rng: np.random.Generator) -> np.ndarray:
-        return rng.uniform(-1.0, 1.0, size=self.order + 1)
+    def draw(self, streams: Streams) -> np.ndarray:
+        return streams.uniform(-1.0, 1.0, self.order + 1)
 
     @staticmethod
     def target(coeffs: np.ndarray, x: np.ndarray) -> np.ndarray:
-        return np.polynomial.polynomial.polyval(x, coeffs)
+        """coeffs (N, order + 1), x (N, n, 1)."""
+        return np.polynomial.polynomial.polyval(x, coeffs.T[..., None, None], tensor=False)

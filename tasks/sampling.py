@@ -2,9 +2,17 @@
 
 Whichever process samples task `index` of meta-iteration `iteration`, it gets the same support and
 query points and the same Gumbel noise, so results do not depend on how tasks are sharded.
+
+The random numbers come from a counter-based generator (Philox4x32-10, Salmon et al. 2011, the
+generator of cuRAND and JAX): value number `position` of a task is a hash of (seed, split,
+iteration, index, stream, position), so a whole batch of tasks - of one run or of every member of
+a population - is drawn in a few array operations instead of one stateful generator per task.
+numpy's own Philox takes one key per generator object, hence the few lines below; they are checked
+against Random123's known-answer vectors (tests/test_tasks.py).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -13,23 +21,94 @@ import torch
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DATA_STREAM, NOISE_STREAM = 0, 1
 
+_M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)  # Philox4x32 multipliers
+_W0, _W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)  # its Weyl key increments
+_LO = np.uint64(0xFFFFFFFF)
+_32 = np.uint64(32)
 
-def task_rng(seed: int, split: str, iteration: int, index: int, stream: int) -> np.random.Generator:
-    """Independent generator for one task; `stream` separates the data from the mask noise so the
-    noise of a task does not shift when its number of support points changes."""
-    return np.random.default_rng([seed, SPLITS[split], iteration, index, stream])
+
+def philox4x32(counter: Sequence[np.ndarray], key: Sequence[np.ndarray], rounds: int = 10) -> list[np.ndarray]:
+    """Philox4x32-R on broadcast arrays of 32-bit words (held in uint64): 4 counter words and 2 key
+    words in, 4 words out, elementwise."""
+    c0, c1, c2, c3 = (np.asarray(c, np.uint64) for c in counter)
+    k0, k1 = (np.asarray(k, np.uint64) for k in key)
+    for r in range(rounds):
+        if r:
+            k0, k1 = (k0 + _W0) & _LO, (k1 + _W1) & _LO
+        p0, p1 = _M0 * c0, _M1 * c2  # 32 x 32 -> 64-bit products: (hi, lo) halves
+        c0, c1, c2, c3 = (p1 >> _32) ^ c1 ^ k0, p1 & _LO, (p0 >> _32) ^ c3 ^ k1, p0 & _LO
+    return [c0, c1, c2, c3]
 
 
-def logistic_noise(rng: np.random.Generator, shape: Sequence[int]) -> np.ndarray:
-    """g1 - g2 for g1, g2 ~ Gumbel(0, 1): the noise of the two-logit Gumbel-softmax [zeta, 0]."""
-    g = rng.gumbel(size=(2, *shape))
-    return g[0] - g[1]
+class Streams:
+    """The random streams of N tasks: task i is (seeds[i], split, iteration, indices[i]) on `stream`
+    (data or noise, so the noise of a task does not shift when its number of support points changes).
+
+    Every draw returns an array (N, *shape) and takes the next values of each task's own stream;
+    which other tasks share the batch changes nothing. `seed` is one seed or one per task."""
+
+    AHEAD = 128  # values per task generated at once (the per-call cost of the generator, not its size, dominates)
+
+    def __init__(self, seed, split: str, iteration: int, indices: Sequence[int], stream: int):
+        index = np.asarray(indices, np.uint64).reshape(-1, 1)
+        seeds = np.broadcast_to(np.asarray(seed, np.uint64).reshape(-1, 1), index.shape)
+        self.n = len(index)
+        self._words = (index, np.uint64(iteration), np.uint64(SPLITS[split] | stream << 8))
+        self._key = (seeds & _LO, seeds >> _32)
+        self._buffer = np.empty((self.n, 0))  # values from position `self._used` on, generated ahead
+        self._used = 0  # values taken so far (per task)
+
+    def _generate(self, start: int, count: int) -> np.ndarray:
+        """Values at positions [start, start + count) of every task's stream, both even: (N, count)."""
+        blocks = count // 2
+        position = np.arange(start // 2, start // 2 + blocks, dtype=np.uint64)
+        w = philox4x32((position, *self._words), self._key)
+        hi = np.stack([w[0], w[2]], -1) >> np.uint64(5)  # 27 + 26 bits per double
+        lo = np.stack([w[1], w[3]], -1) >> np.uint64(6)
+        bits = ((hi << np.uint64(26)) | lo).reshape(self.n, count)
+        return (bits.astype(np.float64) + 0.5) * 2.0 ** -53
+
+    def random(self, shape=()) -> np.ndarray:
+        """Uniform on the open interval (0, 1), 53 random bits each."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        count = math.prod(shape)
+        if count > self._buffer.shape[1]:  # a whole task's draws usually come from one generator call
+            start = self._used + self._buffer.shape[1]
+            need = max(count - self._buffer.shape[1], self.AHEAD)
+            more = self._generate(start, need + need % 2)
+            self._buffer = np.concatenate([self._buffer, more], 1)
+        out, self._buffer = self._buffer[:, :count], self._buffer[:, count:]
+        self._used += count
+        return out.reshape(self.n, *shape)
+
+    def uniform(self, low: float, high: float, shape=()) -> np.ndarray:
+        return low + (high - low) * self.random(shape)
+
+    def normal(self, shape=()) -> np.ndarray:
+        """Standard normal (Box-Muller; two uniforms per value)."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        u = self.random((2, *shape))
+        return np.sqrt(-2.0 * np.log(u[:, 0])) * np.cos(2.0 * np.pi * u[:, 1])
+
+    def logistic(self, shape=()) -> np.ndarray:
+        """Logistic(0, 1) = g1 - g2 for independent Gumbel(0, 1) g1, g2: the noise of the two-logit
+        Gumbel-softmax [zeta, 0], by inversion of its CDF."""
+        u = self.random(shape)
+        return np.log(u) - np.log1p(-u)
+
+    def integers(self, high: int, shape=()) -> np.ndarray:
+        """Uniform on {0, ..., high - 1} (bias below high / 2^53)."""
+        return np.floor(self.random(shape) * high).astype(np.int64)
+
+    def permutation(self, n: int) -> np.ndarray:
+        """(N, n): a uniformly random permutation of range(n) per task."""
+        return np.argsort(self.random(n), axis=1, kind="stable")
 
 
 def sample_batch(
     distribution,
     *,
-    seed: int,
+    seed,
     split: str,
     iteration: int,
     indices: Sequence[int],
@@ -39,23 +118,21 @@ def sample_batch(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
 ) -> dict:
-    """Sample tasks `indices` and stack them: {"x_support": (B, K, ...), ..., "noise": {name: (B, ...)}}."""
-    tasks = []
-    for index in indices:
-        task = distribution.sample(task_rng(seed, split, iteration, index, DATA_STREAM), shots, query, split)
-        noise_rng = task_rng(seed, split, iteration, index, NOISE_STREAM)
-        task["noise"] = {k: logistic_noise(noise_rng, s) for k, s in sorted((noise_shapes or {}).items())}
-        tasks.append(task)
-    return _stack(tasks, dtype, device)
+    """Sample tasks `indices` (of one seed, or `seed[i]` for task i) as one batch:
+    {"x_support": (B, K, ...), ..., "noise": {name: (B, ...)}}."""
+    batch = distribution.sample(Streams(seed, split, iteration, indices, DATA_STREAM), shots, query, split)
+    noise = Streams(seed, split, iteration, indices, NOISE_STREAM)
+    batch["noise"] = {k: noise.logistic(s) for k, s in sorted((noise_shapes or {}).items())}
+    return to_torch(batch, dtype, device)
 
 
-def _stack(tasks: list[dict], dtype, device) -> dict:
+def to_torch(batch: dict, dtype, device) -> dict:
     out = {}
-    for key, value in tasks[0].items():
+    for key, value in batch.items():
         if isinstance(value, dict):
-            out[key] = _stack([t[key] for t in tasks], dtype, device)
+            out[key] = to_torch(value, dtype, device)
         else:
-            arr = np.stack([t[key] for t in tasks])
+            arr = np.asarray(value)
             # Labels stay integer; everything else takes the model's float dtype.
             kind = torch.long if arr.dtype.kind in "iu" else dtype
             out[key] = torch.as_tensor(arr, dtype=kind, device=device)
@@ -75,6 +152,5 @@ def sample_optimizees(
 ) -> dict:
     """Optimizee problems `indices` (tasks/optimizees.py), stacked: {"theta0": (B, n), ...}, each
     from the same per-task data stream as any task, plus the split they sample data from."""
-    problems = [distribution.sample(task_rng(seed, split, iteration, index, DATA_STREAM), steps, split)
-                for index in indices]
-    return {**_stack(problems, dtype, device), "split": split}
+    problems = distribution.sample(Streams(seed, split, iteration, indices, DATA_STREAM), steps, split)
+    return {**to_torch(problems, dtype, device), "split": split}

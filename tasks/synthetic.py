@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tasks.sampling import Streams
+
 
 @dataclass(frozen=True)
 class SyntheticImages:
@@ -14,10 +16,9 @@ class SyntheticImages:
     channels: int = 1
     loss: str = "cross_entropy"
 
-    def sample(self, rng: np.random.Generator, shots: int, query: int, split: str = "train") -> dict:
+    def sample(self, streams: Streams, shots: int, query: int, split: str = "train") -> dict:
         shape = (self.channels, self.image_size, self.image_size)
+        labels = lambda per_class: np.tile(np.repeat(np.arange(self.ways), per_class), (streams.n, 1))  # noqa: E731
         # query = examples per class, as in N-way K-shot classification.
-        return {"x_support": rng.random((self.ways * shots, *shape)),
-                "y_support": np.repeat(np.arange(self.ways), shots),
-                "x_query": rng.random((self.ways * query, *shape)),
-                "y_query": np.repeat(np.arange(self.ways), query)}
+        return {"x_support": streams.random((self.ways * shots, *shape)), "y_support": labels(shots),
+                "x_query": streams.random((self.ways * query, *shape)), "y_query": labels(query)}

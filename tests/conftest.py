@@ -46,12 +46,12 @@ class ImageTasks:
     def __init__(self, ways=3, size=8):
         self.ways, self.size = ways, size
 
-    def sample(self, rng, shots, query, split="train"):
+    def sample(self, streams, shots, query, split="train"):
         n_s, n_q = self.ways * shots, self.ways * query
-        return {"x_support": rng.normal(size=(n_s, 1, self.size, self.size)),
-                "y_support": rng.permutation(n_s) % self.ways,
-                "x_query": rng.normal(size=(n_q, 1, self.size, self.size)),
-                "y_query": rng.permutation(n_q) % self.ways}
+        return {"x_support": streams.normal((n_s, 1, self.size, self.size)),
+                "y_support": streams.permutation(n_s) % self.ways,
+                "x_query": streams.normal((n_q, 1, self.size, self.size)),
+                "y_query": streams.permutation(n_q) % self.ways}
 
 
 def conv_learner(method, filters=4, size=8, ways=3, strided=True):

@@ -41,6 +41,8 @@ BAD = [
     (["--set", "model.init_std=NaN"], "model.init_std: must be a finite number, got nan"),
     (["--set", "ray.cpus_per_worker=1e400"], "ray.cpus_per_worker: must be a finite number, got inf"),
     (["--set", "ray.gpus_per_worker=.inf"], "ray.gpus_per_worker: must be a finite number, got inf"),
+    (["--set", "seed=-1"], "seed: must be in [0, 2**64), got -1"),
+    (["--set", "eval.seed=18446744073709551616"], "eval.seed: must be in [0, 2**64), got 18446744073709551616"),
     (["--set", "ray.nodes=3"], "ray.nodes: unknown key; allowed: ray.workers, ray.cpus_per_worker"),
 ]
 

@@ -19,7 +19,7 @@ from pipeline.trainer import Trainer
 from tasks import make_distribution
 from tasks.images import ArrayImages, FewShotImages, ImageSet, pack, read_alphabets, read_class_folders, read_packed
 from tasks.omniglot import split_classes
-from tasks.sampling import sample_batch
+from tasks.sampling import DATA_STREAM, Streams, sample_batch
 
 
 def zips():
@@ -71,10 +71,12 @@ def test_rotations_are_extra_classes_and_rotate_every_image():
     assert len(dist.splits["train"]) == 16  # 4 characters x 4 rotations
     where = {0: (0, 1), 1: (6, 0), 2: (7, 6), 3: (1, 7)}  # np.rot90 counter-clockwise quarter turns
     seen = set()
+    batch = dist.sample(Streams(0, "train", 0, range(40), DATA_STREAM), shots=1, query=1)
+    # the sampler's first draw: one uniform per class of the split; a task's classes are the 4 smallest
+    keys = Streams(0, "train", 0, range(40), DATA_STREAM).random(16)
     for i in range(40):
-        rng = np.random.default_rng(i)
-        chosen = np.random.default_rng(i).choice(16, size=4, replace=False)
-        task = dist.sample(rng, shots=1, query=1)
+        chosen = np.argsort(keys[i])[:4]
+        task = {k: v[i] for k, v in batch.items()}
         for label, c in enumerate(chosen):
             k = dist.splits["train"][c][1]
             seen.add(k)

@@ -10,7 +10,7 @@ from reference import task_slice
 from pipeline.learners import pre_activation
 from pipeline.meta_batch import InnerSettings, inner_adapt, shard_meta_gradient
 from pipeline.rules.masked import straight_through_mask
-from tasks.sampling import NOISE_STREAM, logistic_noise, task_rng
+from tasks.sampling import NOISE_STREAM, Streams
 
 WB = ("W", "b")
 
@@ -101,8 +101,7 @@ def test_proposition_1_update_stays_in_span_of_first_d_columns_of_T(learner_fn):
 def test_sampled_masks_have_mean_sigmoid_zeta_and_straight_through_gradient():
     zeta = torch.linspace(-3, 3, 13, dtype=torch.float64)
     n = 20000
-    noise = torch.as_tensor(np.stack([logistic_noise(task_rng(0, "train", 0, i, NOISE_STREAM), zeta.shape)
-                                      for i in range(n)]))
+    noise = torch.as_tensor(Streams(0, "train", 0, range(n), NOISE_STREAM).logistic(zeta.shape))
     masks = straight_through_mask(zeta, noise, temperature=0.5)
     assert set(masks.unique().tolist()) <= {0.0, 1.0}
     p = torch.sigmoid(zeta)
