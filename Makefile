@@ -13,7 +13,9 @@ $(STAMP): setup.py requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing metatrain and its dependencies into $(VENV) (first time: a few minutes)"
 	@# pip on this kind of machine warns once per package about missing local index folders: hide that noise only.
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v 'is neither a file nor a directory' || true; }
+	@# --no-compile: no byte-compiling of every installed file (torch, ray, mlflow: 100 s of the 230 s
+	@# install here, benchmarks/RESULTS.md); Python compiles the modules it imports, once, on first use.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[test]' 2>&1 | { grep -v 'is neither a file nor a directory' || true; }
 	@touch $(STAMP)
 
 install: $(STAMP)

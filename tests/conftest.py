@@ -2,8 +2,16 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# One intra-op thread per process, here and in the processes tests start (CLI runs, Ray drivers):
+# `make test` runs two pytest workers on two cores, and a second OpenMP thread per process only
+# oversubscribes them.
+# Ray's own workers already take one thread per CPU they hold.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -90,3 +98,14 @@ def tiny_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_runs")
     data = omniglot_layout(root / "omniglot")
     return {"sine": sine_run(root / "runs"), "image": image_run(root / "runs", data), "data": data}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray per test module that asks for it (sweeps run their Tune trials on it)."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             object_store_memory=150 * 2**20, logging_level="ERROR")
+    yield
+    ray.shutdown()

@@ -328,8 +328,7 @@ def test_one_and_two_ray_workers_give_the_same_optimizer(tmp_path):
 
 @pytest.mark.slow
 def test_a_learned_optimizer_sweep_and_its_report(tmp_path):
-    """`metatrain sweep` of the learned optimizer's beta and unroll length, plus a baseline-tuning
-    sweep, through real Ray Tune and MLflow (SQLite); the report's cells are the trials' results."""
+    """`metatrain sweep` of the learned optimizer's unroll length, plus a baseline-tuning sweep, through real Ray Tune and MLflow (SQLite); the report's cells are the trials' results."""
     import pyarrow.parquet as pq
     import ray
     import yaml
@@ -342,10 +341,10 @@ def test_a_learned_optimizer_sweep_and_its_report(tmp_path):
         common = {"inner_steps": 20, "eval.inner_steps": 20, "eval.tasks": 20, "meta_batch_size": 4,
                   "train.log_every": 4, "train.checkpoint_every": 4}
         sweeps = {
-            "l2l_tiny": ({"iterations": 8, "eval.baselines": {"adam": 0.1}},
-                         {"beta": {"grid": [0.001, 0.01]}, "train.unroll": {"grid": [5, 10]}}),
-            "baselines_tiny": ({"iterations": 0, "eval.split": "train", "eval.baselines": {}},
-                               {"method": {"grid": ["sgd", "adam"]}, "alpha": {"grid": [0.01, 0.1]}}),
+            "l2l_tiny": ({"iterations": 8, "eval.baselines": {"adam": 0.1}, "beta": 0.01},
+                         {"train.unroll": {"grid": [5, 10]}}),
+            "baselines_tiny": ({"iterations": 0, "eval.split": "train", "eval.baselines": {}, "alpha": 0.1},
+                               {"method": {"grid": ["sgd", "adam"]}}),
         }
         for name, (set_, space) in sweeps.items():
             path = tmp_path / f"{name}.yaml"
@@ -356,7 +355,7 @@ def test_a_learned_optimizer_sweep_and_its_report(tmp_path):
             sweep_dir = tmp_path / "sweeps" / name
             md = (sweep_dir / "report.md").read_text()
             cells = pq.read_table(sweep_dir / "report.parquet").to_pylist()
-            assert len(cells) == 4 and "final quadratic loss" in md.lower()
+            assert len(cells) == 2 and "final quadratic loss" in md.lower()
             manifest = json.loads((sweep_dir / "trials.json").read_text())
             for t in manifest.values():
                 res = json.loads((sweep_dir / "trials" / t["name"] / "results.json").read_text())
@@ -364,7 +363,8 @@ def test_a_learned_optimizer_sweep_and_its_report(tmp_path):
                 match = [c for c in cells if all(c.get(k) == v for k, v in t["config"].items() if k in c)]
                 assert len(match) == 1 and match[0]["mean"] == pytest.approx(own["mean"])
                 assert match[0]["K"] == 20  # the evaluation horizon
-        assert "| alpha | sgd | adam |" in (tmp_path / "sweeps" / "baselines_tiny" / "report.md").read_text()
+        md = (tmp_path / "sweeps" / "baselines_tiny" / "report.md").read_text()
+        assert "\n| sgd | " in md and "\n| adam | " in md  # one row per swept optimizer
     finally:
         ray.shutdown()
 

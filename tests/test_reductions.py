@@ -1,7 +1,6 @@
 """Reductions between methods (DESIGN section 2) and the mask estimator."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from conftest import conv_batch, conv_learner, make_learner, perturbed_params, sine_batch

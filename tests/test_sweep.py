@@ -1,47 +1,30 @@
 """`metatrain sweep` and `metatrain report` on a real Ray runtime with real MLflow stores (SQLite,
-and a `mlflow server` started here): runs, params, metrics, artifacts, divergence, failure retry,
-interrupt + --resume, ASHA + Optuna, and the report against the runs it read."""
+and a `mlflow server` started here): runs, params, metrics, artifacts, divergence, packing, ASHA +
+Optuna, and the report against the runs it read (a lost trial or sweep: test_sweep_recovery.py)."""
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
 import yaml
-from mlflow import MlflowClient
 
 from pipeline import checkpoint
 from pipeline.cli import main
 from pipeline.config import load_config, to_dict
 from pipeline.evaluation import mean_ci95
 from pipeline.report import pool
-from pipeline.sweep import run_sweep
-from pipeline.trainer import Trainer
+from sweep_runs import TINY, mlflow_runs, sweep_ok, write_sweep
 
 pytestmark = pytest.mark.slow  # starts Ray Tune sweeps and MLflow
-
-
-TINY = {"iterations": 40, "meta_batch_size": 5, "model.hidden": [20, 20], "eval.tasks": 40, "eval.shots": [10],
-        "train.log_every": 10, "train.checkpoint_every": 20, "tracking.log_model": False,
-        "train.plots": False}  # figures: the two tiny sweeps check them; elsewhere seconds per trial for nothing
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             object_store_memory=150 * 2**20, logging_level="ERROR")
-    yield
-    ray.shutdown()
 
 
 BAD_SWEEPS = [
@@ -98,37 +81,12 @@ def test_an_existing_sweep_is_never_overwritten_and_resume_needs_one(tmp_path, c
     assert "is not a sweep directory" in capsys.readouterr().err
 
 
-def write_sweep(tmp_path, name, space, set_=None, **fields):
-    path = tmp_path / f"{name}.yaml"
-    spec = {"base": "sine_quick", "name": name, "output_dir": str(tmp_path / "sweeps"), "set": {**TINY, **(set_ or {})},
-            "space": space, **fields}
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path, tmp_path / "sweeps" / name
-
-
-def sweep_ok(path, sweep_dir, **kw):
-    code = run_sweep(str(path), **kw)
-    manifest = sweep_dir / "trials.json"
-    assert code == 0, manifest.read_text() if manifest.is_file() else "no trials.json"
-
-
-def mlflow_runs(uri, experiment):
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
-    assert len(children) == len(runs) - 1, "every other run is a child of the sweep's run, none twice"
-    return client, parents[0], children
-
-
-def check_tiny_sweep(uri, sweep_dir, workers):
-    """2 methods x 2 alphas: parent and child runs, params, metrics, artifacts, report."""
+def check_tiny_sweep(uri, sweep_dir):
+    """2 methods x 1 alpha: parent and child runs, params, metrics, artifacts, report."""
     client, parent, children = mlflow_runs(uri, "tiny")
     assert parent.info.status == "FINISHED" and parent.data.tags["type"] == "sweep"
-    assert parent.data.metrics["trials_completed"] == 4
-    assert json.loads(parent.data.params["space.alpha"]) == {"grid": [0.01, 0.1]}
+    assert parent.data.metrics["trials_completed"] == 2
+    assert json.loads(parent.data.params["space.alpha"]) == {"grid": [0.1]}
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
         "report/report.md", "report/report.parquet", "report/trials.parquet", "report/report.png"}
     manifest = json.loads((sweep_dir / "trials.json").read_text())
@@ -145,8 +103,7 @@ def check_tiny_sweep(uri, sweep_dir, workers):
         assert {"config.yaml", "checkpoint.pt", "results.json", "plots"} <= {
             a.path for a in client.list_artifacts(run.info.run_id)}
         results = json.loads((sweep_dir / "trials" / name / "results.json").read_text())
-        assert (results["backend"], results["workers"]) == (("ray", workers) if workers else ("local", 1))
-        assert results["placement"] == ("the trial's placement group" if workers else "in process")
+        assert (results["backend"], results["workers"], results["placement"]) == ("ray", 1, "the trial's placement group")
         mean, ci = run.data.metrics["eval_K10_mean"], run.data.metrics["eval_K10_ci95"]
         assert mean == pytest.approx(results["results"]["10"]["mean"])
         # the report's cell is this run (one seed per cell): same numbers in Parquet and Markdown
@@ -157,13 +114,12 @@ def check_tiny_sweep(uri, sweep_dir, workers):
 
 
 def test_tiny_sweep_into_sqlite_with_trial_workers(local_ray, tmp_path, capsys):
-    path, sweep_dir = write_sweep(tmp_path, "tiny", {"method": {"grid": ["maml", "mtnet"]},
-                                                      "alpha": {"grid": [0.01, 0.1]}},
+    path, sweep_dir = write_sweep(tmp_path, "tiny", {"method": {"grid": ["maml", "mtnet"]}, "alpha": {"grid": [0.1]}},
                                   set_={"tracking.log_model": True, "train.plots": True},
                                   resources={"cpus": 0.5, "workers": 1})
     sweep_ok(path, sweep_dir)
     uri = f"sqlite:///{(tmp_path / 'sweeps').resolve()}/mlflow.db"
-    client, children = check_tiny_sweep(uri, sweep_dir, workers=1)
+    client, children = check_tiny_sweep(uri, sweep_dir)
     exp = client.get_experiment_by_name("tiny")
     models = client.search_logged_models([exp.experiment_id])
     logged = {}  # every trial logs the network and the pyfunc model that adapts to an episode
@@ -172,7 +128,7 @@ def test_tiny_sweep_into_sqlite_with_trial_workers(local_ray, tmp_path, capsys):
     assert {k: sorted(v) for k, v in logged.items()} == {r.info.run_id: ["adapt_model", "model"]
                                                         for r in children.values()}
     out = capsys.readouterr().out
-    assert "(4/4 trials done)" in out and "| alpha | maml | mtnet |" in out
+    assert "(2/2 trials done)" in out and "| alpha | maml | mtnet |" in out
     # every trial is a normal run directory: `metatrain eval` works on it
     trial = next(iter(children))
     assert main(["eval", str(sweep_dir / "trials" / trial), "--local", "--tasks", "10", "--shots", "10"]) == 0
@@ -212,29 +168,21 @@ def mlflow_server(tmp_path):
             proc.wait()
 
 
-def test_tiny_sweep_against_a_real_mlflow_server(local_ray, tmp_path, mlflow_server):
+def test_a_sweep_against_a_real_mlflow_server_reports_a_diverging_trial_and_goes_on(local_ray, tmp_path,
+                                                                                     mlflow_server):
+    """Runs, metrics and artifacts through a real `mlflow server`; MAML with alpha = 10 and five
+    inner steps overflows float32 within a few meta-iterations: that run is reported as diverged
+    and the other completes (both in one population: packed by default)."""
     uri, artifact_root = mlflow_server
-    path, sweep_dir = write_sweep(tmp_path, "tiny", {"method": {"grid": ["maml", "mtnet"]},
-                                                      "alpha": {"grid": [0.01, 0.1]}}, set_={"train.plots": True})
-    sweep_ok(path, sweep_dir, tracking_uri=uri)
-    assert not (tmp_path / "sweeps" / "mlflow.db").exists()  # nothing went to the default store
-    client, children = check_tiny_sweep(uri, sweep_dir, workers=0)
-    run = next(iter(children.values()))
-    local = client.download_artifacts(run.info.run_id, "config.yaml")
-    assert yaml.safe_load(Path(local).read_text())["tracking"]["uri"] == uri
-    assert any(artifact_root.rglob("checkpoint.pt"))  # stored by the server, not by the client
-
-
-def test_a_diverging_trial_is_reported_and_the_sweep_goes_on(local_ray, tmp_path):
-    # MAML with alpha = 10 and five inner steps overflows float32 within a few meta-iterations.
     path, sweep_dir = write_sweep(tmp_path, "div", {"alpha": {"grid": [0.01, 10]}},
                                   set_={"method": "maml", "inner_steps": 5, "eval.inner_steps": 5,
                                         "train.max_bad_steps": 5})
-    sweep_ok(path, sweep_dir)
+    sweep_ok(path, sweep_dir, tracking_uri=uri)
+    assert not (tmp_path / "sweeps" / "mlflow.db").exists()  # nothing went to the default store
     manifest = json.loads((sweep_dir / "trials.json").read_text())
     status = {t["config"]["alpha"]: t["status"] for t in manifest.values()}
     assert status == {0.01: "completed", 10: "diverged"}
-    _, parent, children = mlflow_runs(f"sqlite:///{(tmp_path / 'sweeps').resolve()}/mlflow.db", "div")
+    client, parent, children = mlflow_runs(uri, "div")
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["trials_diverged"] == 1 and parent.data.metrics["trials_completed"] == 1
     bad = next(r for n, r in children.items() if n.endswith("alpha=10"))
@@ -244,6 +192,11 @@ def test_a_diverging_trial_is_reported_and_the_sweep_goes_on(local_ray, tmp_path
     assert "| 10 | diverged † |" in md and "diverged in meta-training" in md
     good = next(r for n, r in children.items() if n.endswith("alpha=0.01"))
     assert f"| 0.01 | {good.data.metrics['eval_K10_mean']:.3f} ± " in md
+    assert [m.step for m in client.get_metric_history(good.info.run_id, "meta_loss")] == [10, 20, 30, 40]
+    assert {"config.yaml", "checkpoint.pt", "results.json"} <= {a.path for a in client.list_artifacts(good.info.run_id)}
+    local = client.download_artifacts(good.info.run_id, "config.yaml")
+    assert yaml.safe_load(Path(local).read_text())["tracking"]["uri"] == uri
+    assert any(artifact_root.rglob("checkpoint.pt"))  # stored by the server, not by the client
 
 
 def test_a_packed_sweep_gives_the_unpacked_sweeps_runs_and_report(local_ray, tmp_path, capsys):
@@ -277,101 +230,6 @@ def test_a_packed_sweep_gives_the_unpacked_sweeps_runs_and_report(local_ray, tmp
     for key, (mean, ci, n) in cells["single"]["report"].items():
         got = cells["packed"]["report"][key]
         assert got[0] == pytest.approx(mean, rel=1e-5) and got[1] == pytest.approx(ci, rel=1e-4) and got[2] == n
-
-
-@pytest.mark.parametrize("max_members", [0, 8], ids=["one-trial-per-run", "packed"])
-def test_a_failed_trial_is_retried_from_its_checkpoint(local_ray, tmp_path, max_members):
-    """Packed, the Tune trial is a population (of one run here) restored from its members' states."""
-    path, sweep_dir = write_sweep(tmp_path, "retry", {"seed": {"grid": [3]}},
-                                  set_={"iterations": 60, "train.checkpoint_every": 20}, max_concurrent_trials=1,
-                                  pack={"max_members": max_members})
-    killed = []
-
-    def checkpoint_registered() -> bool:
-        """Tune's driver has processed a report that carried a checkpoint (its result.json line
-        names the checkpoint): only then does a retry restore it. The checkpoint's directory alone
-        appears earlier, while the report is still in flight."""
-        for path in sweep_dir.glob("tune/*/result.json"):
-            for line in path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("checkpoint_dir_name"):
-                        return True
-                except ValueError:  # a line being written
-                    pass
-        return False
-
-    def kill_after_first_checkpoint():
-        deadline = time.time() + 300
-        while time.time() < deadline and not killed:
-            if checkpoint_registered():
-                for p in psutil.Process().children(recursive=True):  # this test's Ray only
-                    try:
-                        if (p.cmdline() or [""])[0].startswith("ray::ImplicitFunc"):
-                            p.kill()
-                            killed.append(p.pid)
-                    except psutil.Error:  # gone meanwhile
-                        pass
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
-    watcher.start()
-    sweep_ok(path, sweep_dir)
-    watcher.join()
-    assert killed, "the trial was never killed"
-    manifest = json.loads((sweep_dir / "trials.json").read_text())
-    (trial,) = manifest.values()
-    assert trial["status"] == "completed" and trial["retries"] == 1
-    _, _, children = mlflow_runs(f"sqlite:///{(tmp_path / 'sweeps').resolve()}/mlflow.db", "retry")
-    (run,) = children.values()  # the retry reopened the trial's run
-    assert run.info.status == "FINISHED" and int(run.data.tags["resumed_at_iteration"]) in (20, 40)
-    # resumed from the checkpoint, the trial ends where an undisturbed run ends
-    run_dir = sweep_dir / "trials" / trial["name"]
-    cfg = load_config(run_dir / "config.yaml", {"output_dir": str(tmp_path / "ref"), "tracking.enabled": False})
-    with Trainer(cfg, tmp_path / "ref" / "r", log=lambda m: None) as ref:
-        ref.train()
-    final = checkpoint.load(run_dir)["params"]
-    for k, v in ref.params.items():
-        assert torch.allclose(final[k], v.detach(), rtol=1e-5, atol=1e-7), k
-
-
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
-    path, sweep_dir = write_sweep(tmp_path, "intr", {"method": {"grid": ["maml", "mtnet"]}, "seed": {"grid": [0, 1]}},
-                                  set_={"iterations": 100, "train.checkpoint_every": 25}, max_concurrent_trials=1,
-                                  pack={"max_members": 0})  # runs finish one by one: one Tune trial each
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    cmd = [sys.executable, "-m", "pipeline.cli", "sweep", str(path)]
-    log = tmp_path / "first.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while "(1/4 trials done)" not in log.read_text():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.time() < deadline, "no trial finished within 300 s"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and stops
-        assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert "--resume" in log.read_text()
-    manifest = json.loads((sweep_dir / "trials.json").read_text())
-    done = {t["name"] for t in manifest.values() if t["status"] == "completed"}
-    assert 1 <= len(done) < 4
-    before = {n: ((sweep_dir / "trials" / n / "results.json").stat().st_mtime_ns,
-                  (sweep_dir / "trials" / n / "metrics.jsonl").read_text()) for n in done}
-
-    second = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    for n in done:  # finished trials were neither re-run nor touched
-        assert n not in second.stdout
-        assert ((sweep_dir / "trials" / n / "results.json").stat().st_mtime_ns,
-                (sweep_dir / "trials" / n / "metrics.jsonl").read_text()) == before[n]
-    manifest = json.loads((sweep_dir / "trials.json").read_text())
-    assert sorted(t["status"] for t in manifest.values()) == ["completed"] * 4
-    _, parent, children = mlflow_runs(f"sqlite:///{(tmp_path / 'sweeps').resolve()}/mlflow.db", "intr")
-    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children.values())
-    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_completed"] == 4
 
 
 def test_optuna_samples_every_kind_of_entry_within_its_bounds(local_ray, tmp_path):
@@ -424,7 +282,6 @@ def test_pooling_matches_the_evaluation_of_all_values_together():
 def test_report_combines_seeds_task_by_task_and_survives_list_values_and_early_errors(tmp_path):
     """A sweep directory written by hand: model.hidden (a list) x seed, and a trial that failed
     before writing anything. Seeds evaluated on the same tasks are averaged task by task."""
-    from pipeline.config import load_config
     from pipeline.report import write_report
 
     rng = np.random.default_rng(1)
