@@ -13,9 +13,12 @@ $(STAMP): setup.py requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing metatrain and its dependencies into $(VENV) (first time: a few minutes)"
 	@# pip on this kind of machine warns once per package about missing local index folders: hide that noise only.
-	@# --no-compile: no byte-compiling of every installed file (torch, ray, mlflow: 100 s of the 230 s
-	@# install here, benchmarks/RESULTS.md); Python compiles the modules it imports, once, on first use.
+	@# pip byte-compiles what it installs on one core (100 of its 230 s here); compileall does it on every core.
+	@# Compiled it must be: this machine's environment sets PYTHONDONTWRITEBYTECODE, so a module left
+	@# uncompiled is compiled again by every process that imports it (Ray workers, CLI runs).
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[test]' 2>&1 | { grep -v 'is neither a file nor a directory' || true; }
+	@# Files written for newer Pythons (torch's py312 test helpers) do not compile, as under pip: not an error.
+	-@$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" > /dev/null 2>&1
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -21,6 +21,17 @@ from pipeline.rules import get_rule  # noqa: E402
 from tasks.regression import Sinusoid  # noqa: E402
 from tasks.sampling import sample_batch  # noqa: E402
 
+# The longest files first: `make test` hands whole files (--dist loadfile) to two workers in
+# collection order, and a long file collected late ran alone at the end (chaos: 4 minutes).
+LONG_FIRST = ("test_chaos.py", "test_sweep.py", "test_sweep_recovery.py", "test_meta_lstm.py", "test_jobs.py",
+              "test_learned_optimizer.py", "test_images.py", "test_distributed.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a file stays
+
+
 def _omniglot_root() -> Path | None:
     """The real partial Omniglot (DESIGN section 3): $METATRAIN_OMNIGLOT, else ../shared/data/omniglot."""
     repo = Path(__file__).resolve().parent.parent
