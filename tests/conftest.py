@@ -22,7 +22,8 @@ from tasks.regression import Sinusoid  # noqa: E402
 from tasks.sampling import sample_batch  # noqa: E402
 
 # The longest files first: `make test` hands whole files (--dist loadfile) to two workers in
-# collection order, and a long file collected late ran alone at the end (chaos: 4 minutes).
+# collection order (--no-loadscope-reorder: xdist's default puts files with many tests first, and
+# the chaos file, two long tests, then ran alone at the end for 4 minutes).
 LONG_FIRST = ("test_chaos.py", "test_sweep.py", "test_sweep_recovery.py", "test_meta_lstm.py", "test_jobs.py",
               "test_learned_optimizer.py", "test_images.py", "test_distributed.py")
 
