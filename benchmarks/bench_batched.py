@@ -4,7 +4,7 @@ Both paths compute the same thing (summed query loss after adaptation and its se
 meta-gradient) for the same model and the same tasks; they are timed interleaved in one run so
 machine noise hits both alike. Usage:
 
-    python benchmarks/bench_batched.py [--reps 10] [--conv-batch 32] [--methods maml,mtnet]
+    python benchmarks/bench_batched.py [--reps 10] [--conv-batch 32] [--methods maml,mtnet] [--shipped omniglot_5w1s]
 """
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ from pathlib import Path
 import torch
 
 from pipeline.learners import conv4, mlp
-from pipeline.meta_batch import InnerSettings, Learner, shard_meta_gradient
+from pipeline.config import load_config
+from pipeline.experiment import make_learner
+from pipeline.meta_batch import InnerSettings, Learner, pick_chunk_size, shard_meta_gradient, time_chunk_sizes
 from pipeline.rules import get_rule
+from tasks import image_format
 from tasks.regression import Sinusoid
 from tasks.sampling import sample_batch
 from tasks.synthetic import SyntheticImages
@@ -30,8 +33,14 @@ from reference import loop_meta_gradient  # noqa: E402
 
 
 def bench(name, learner, inner, batch_fn, n_tasks, reps, chunk=None):
+    """chunk: tasks per vmap call (None: the whole shard; "auto": chosen as a run's
+    train.tasks_per_vmap: auto chooses it, by timing every choice on this shard)."""
     params = learner.init_params(0)
     batch = batch_fn(learner, params)
+    if chunk == "auto":
+        chunk = pick_chunk_size(time_chunk_sizes(lambda c: shard_meta_gradient(learner, inner, params, batch, c),
+                                                 n_tasks)) or None
+        name += f", auto -> {chunk or 'whole'}"
     paths = {"batched": lambda: shard_meta_gradient(learner, inner, params, batch, chunk),
              "loop": lambda: loop_meta_gradient(learner, inner, params, batch)}
     times = {k: [] for k in paths}
@@ -60,6 +69,8 @@ def main():
     ap.add_argument("--conv-batch", type=int, default=32)
     ap.add_argument("--methods", default="maml,fomaml,tnet,mtnet,metasgd,mc2")
     ap.add_argument("--conv-methods", default="maml,mtnet")
+    ap.add_argument("--shipped", default="", help="shipped image configs to time as they train, e.g. "
+                    "omniglot_5w1s,miniimagenet_5w1s (their shard on synthetic images of the same shape)")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"median of {args.reps} interleaved reps")
@@ -73,12 +84,28 @@ def main():
               args.sine_batch, args.reps)
     images = SyntheticImages(ways=5)  # timing only: pixel values don't matter
     for m in args.conv_methods.split(","):
-        for chunk in (None, 8):
+        for chunk in (None, 8, "auto"):
             learner = Learner(conv4(1, 5, 28, filters=64), get_rule(m))
             bench(f"conv4-64 28x28 5w1s q15, {m}" + (f", chunk {chunk}" if chunk else ""), learner, InnerSettings(0.4, 1),
                   lambda l, p: sample_batch(images, seed=0, split="train", iteration=0, indices=range(args.conv_batch),
                                             shots=1, query=15, noise_shapes=l.rule.noise_shapes(p)),
                   args.conv_batch, max(3, args.reps // 3), chunk)
+    for name in filter(None, args.shipped.split(",")):
+        shipped(name, max(3, args.reps // 3))
+
+
+def shipped(name: str, reps: int) -> None:
+    """A shipped image config's shard as a run of it trains it (method, network, ways, shots, query,
+    inner steps, meta-batch, train.tasks_per_vmap as the config sets it, auto by default), on
+    synthetic images of its shape: timing only."""
+    cfg = load_config(name, local=False)  # its data need not be here: the images are synthetic
+    channels, size = image_format(cfg.task)
+    images = SyntheticImages(ways=cfg.task.ways, image_size=size, channels=channels)
+    chunk = cfg.train.tasks_per_vmap if cfg.train.tasks_per_vmap == "auto" else cfg.train.tasks_per_vmap or None
+    bench(f"{name} (mb {cfg.meta_batch_size})", make_learner(cfg), InnerSettings(cfg.alpha, cfg.inner_steps),
+          lambda l, p: sample_batch(images, seed=0, split="train", iteration=0, indices=range(cfg.meta_batch_size),
+                                    shots=cfg.task.shots, query=cfg.task.query, noise_shapes=l.rule.noise_shapes(p)),
+          cfg.meta_batch_size, reps, chunk)
 
 
 if __name__ == "__main__":

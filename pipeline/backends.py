@@ -38,6 +38,12 @@ class LocalBackend:
     def eval_chunks(self, params: dict, chunks: list[range], **kw) -> list[tuple[np.ndarray, np.ndarray]]:
         return [tuple(t.cpu().numpy() for t in self.experiment.eval_shard(params, c, **kw)) for c in chunks]
 
+    def time_chunk_sizes(self, params: dict) -> dict[int, float]:
+        return self.experiment.time_chunk_sizes(params, range(self.cfg.meta_batch_size))
+
+    def set_chunk_size(self, tasks_per_vmap: int) -> None:
+        self.experiment.set_chunk_size(tasks_per_vmap)
+
     def close(self) -> None:
         pass
 
@@ -223,7 +229,7 @@ class RayBackend:
         results = self._run(ranges, lambda a, r: a.train_shard.remote(ref, iteration, r.start, r.stop, part(r)))
         for r in results:
             r.grads = {k: torch.tensor(v) for k, v in r.grads.items()}  # copies: object-store arrays are read-only
-            r.curve_sum = torch.tensor(r.curve_sum)
+            r.curve_sum = None if r.curve_sum is None else torch.tensor(r.curve_sum)
             if "carry" in r.extra:
                 r.extra["carry"] = {k: torch.tensor(v) for k, v in r.extra["carry"].items()}
         return ShardResult.merge(results)
@@ -233,6 +239,19 @@ class RayBackend:
 
         ref = self.ray.put(to_numpy(params))
         return self._run(chunks, lambda a, c: a.eval_shard.remote(ref, c.start, c.stop, **kw))
+
+    def time_chunk_sizes(self, params: dict) -> dict[int, float]:
+        """Timed where shards run (worker 0, its device), on worker 0's shard: every worker's shard
+        is that size or one task smaller."""
+        from pipeline.workers import to_numpy
+
+        first = split(self.cfg.meta_batch_size, self.workers)[0]
+        ref = self.ray.put(to_numpy(params))
+        return self._run([first], lambda a, r: a.time_chunk_sizes.remote(ref, r.start, r.stop))[0]
+
+    def set_chunk_size(self, tasks_per_vmap: int) -> None:
+        self._cfg_dict = to_dict(self.cfg)  # replacement workers start with the resolved value
+        self.ray.get([a.set_chunk_size.remote(tasks_per_vmap) for a in self.actors])
 
     def worker_info(self) -> list[dict]:
         return self.ray.get([a.where.remote() for a in self.actors])

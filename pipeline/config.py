@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,18 @@ PACKABLE = ("alpha", "beta", "gumbel_temperature", "seed", "eval.seed", "run_nam
 def compile_shards(cfg: "Config") -> bool:
     """train.compile resolved for a few-shot run ("auto": long runs only)."""
     return cfg.train.compile == "always" or (cfg.train.compile == "auto" and cfg.iterations >= COMPILE_AUTO_ITERATIONS)
+
+
+CURVE_SAMPLES = 10
+
+
+def curve_at(cfg: "Config", iteration: int) -> bool:
+    """Whether training iteration `iteration` computes the query loss before each inner step (for
+    metrics.jsonl's query_loss_per_step): CURVE_SAMPLES evenly spaced iterations per log window, and
+    the last. It costs a query forward per inner step - half a miniImageNet iteration's work on CPU
+    (benchmarks/RESULTS.md) - and MAML's reference code, too, evaluates it on summary iterations only."""
+    stride = max(1, cfg.train.log_every // CURVE_SAMPLES)
+    return (iteration + 1) % stride == 0 or iteration + 1 == cfg.iterations
 
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
@@ -103,7 +116,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 100
     max_bad_steps: int = 20  # consecutive non-finite steps before the run ends as "diverged"
-    tasks_per_vmap: int = 0  # tasks per vectorised call; 0 = the whole shard (conv4 on CPU: ~8)
+    # tasks per vectorised call: 0 = the whole shard; "auto" = the fastest, timed on the first shard at
+    # the start of a run (pipeline/meta_batch.py) and written into the run's config.yaml
+    tasks_per_vmap: int | str = "auto"
     grad_clip: float = 0.0  # clip the meta-gradient's global norm to this before the Adam step; 0 = off
     unroll: int = 0  # learned optimizers: optimizee steps per truncated-BPTT unroll (paper 20); 0 = inner_steps
     # the few-shot shard function under torch.compile: "always", "never", or "auto" = for runs of at
@@ -264,6 +279,11 @@ def _set(cfg, dotted: str, value) -> None:
 
 
 def _coerce(tp, value, key: str):
+    if isinstance(tp, types.UnionType):  # int | str: the first type the value is
+        for member in typing.get_args(tp):
+            if isinstance(value, member) and not isinstance(value, bool):
+                return value
+        raise ConfigError(f"{key}: expected {' or '.join(t.__name__ for t in typing.get_args(tp))}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         return build(tp, value, f"{key}.")
     origin = typing.get_origin(tp)
@@ -346,7 +366,9 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     need(cfg.eval.split in EVAL_SPLITS, f"eval.split: unknown split {cfg.eval.split!r}; allowed: {', '.join(EVAL_SPLITS)}")
     need(cfg.train.checkpoint_every >= 1, f"train.checkpoint_every: must be >= 1, got {cfg.train.checkpoint_every}")
     need(cfg.train.log_every >= 1, f"train.log_every: must be >= 1, got {cfg.train.log_every}")
-    need(cfg.train.tasks_per_vmap >= 0, f"train.tasks_per_vmap: must be >= 0 (0 = whole shard), got {cfg.train.tasks_per_vmap}")
+    tpv = cfg.train.tasks_per_vmap
+    need(tpv == "auto" or (isinstance(tpv, int) and tpv >= 0),
+         f"train.tasks_per_vmap: must be an integer >= 0 (0 = whole shard) or 'auto', got {tpv!r}")
     need(cfg.train.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 = off), got {cfg.train.grad_clip}")
     need(cfg.train.compile in COMPILE, f"train.compile: unknown choice {cfg.train.compile!r}; allowed: {', '.join(COMPILE)}")
     need(cfg.train.max_bad_steps >= 1, f"train.max_bad_steps: must be >= 1, got {cfg.train.max_bad_steps}")

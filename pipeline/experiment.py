@@ -4,14 +4,15 @@ what the in-process trainer and (later) every Ray worker call."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
-from pipeline.config import Config, compile_shards
+from pipeline.config import Config, compile_shards, curve_at
 from pipeline.evaluation import evaluate
 from pipeline.learners import Network, conv4, mlp
 from pipeline.meta_batch import CompiledShardFunction, InnerSettings, Learner, ShardResult, shard_evaluate, \
-    shard_meta_gradient
+    shard_meta_gradient, time_chunk_sizes
 from pipeline.rules import get_rule
 from tasks import image_format, make_distribution
 from tasks.sampling import sample_batch
@@ -55,12 +56,26 @@ class Experiment:
             d.check(split="test", shots=max(cfg.eval.shots), query=cfg.task.query, key="eval.shots")
         self.learner = make_learner(cfg)
         self.train_inner = InnerSettings(cfg.alpha, cfg.inner_steps, cfg.gumbel_temperature, "sample")
+        # iterations that log no query-loss curve skip computing it (config.curve_at)
+        self._inners = {True: self.train_inner, False: replace(self.train_inner, curve=False)}
         self._noise_shapes = None
-        self.chunk = cfg.train.tasks_per_vmap or None
-        # train.compile: the compiled shard function (torch.compile wraps lazily; compiles on first call)
-        self._compiled = CompiledShardFunction(self.learner, self.train_inner, self.chunk) \
-            if compile_shards(cfg) else None
+        # "auto" stays the whole shard until the trainer has timed the choices (set_chunk_size)
+        self.set_chunk_size(0 if cfg.train.tasks_per_vmap == "auto" else cfg.train.tasks_per_vmap)
         self.metric_name = "query MSE" if d.loss == "mse" else "query accuracy"
+
+    def set_chunk_size(self, tasks_per_vmap: int) -> None:
+        self.chunk = tasks_per_vmap or None
+        # train.compile: the compiled shard function (torch.compile wraps lazily; compiles on first call)
+        self._compiled = {c: CompiledShardFunction(self.learner, inner, self.chunk) for c, inner in self._inners.items()} \
+            if compile_shards(self.cfg) else None
+
+    def time_chunk_sizes(self, params: dict, indices: Sequence[int]) -> dict[int, float]:
+        """Eager shard-call times of the run's first training shard at each tasks_per_vmap choice
+        (as most iterations run: without the query-loss curve)."""
+        batch = self.sample(params, split="train", seed=self.cfg.seed, iteration=0, indices=indices,
+                            shots=self.cfg.task.shots)
+        return time_chunk_sizes(lambda c: shard_meta_gradient(self.learner, self._inners[False], params, batch, c),
+                                len(indices))
 
     @property
     def rule(self):
@@ -86,9 +101,10 @@ class Experiment:
     def train_shard(self, params: dict, iteration: int, indices: Sequence[int], carry=None) -> ShardResult:
         batch = self.sample(params, split="train", seed=self.cfg.seed, iteration=iteration, indices=indices,
                             shots=self.cfg.task.shots)
+        curve = curve_at(self.cfg, iteration)
         if self._compiled is not None:
-            return self._compiled(params, batch)
-        return shard_meta_gradient(self.learner, self.train_inner, params, batch, self.chunk)
+            return self._compiled[curve](params, batch)
+        return shard_meta_gradient(self.learner, self._inners[curve], params, batch, self.chunk)
 
     def eval_shard(self, params: dict, indices: Sequence[int], *, shots: int, seed: int,
                    inner_steps: int, mask_mode: str, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:

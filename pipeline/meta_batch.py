@@ -7,6 +7,7 @@ the rule is first-order. Both the in-process trainer and the Ray workers call th
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -19,14 +20,17 @@ from pipeline.learners import Learner, loss_and_metric  # noqa: F401 (Learner re
 @dataclass(frozen=True)
 class InnerSettings:
     """The inner loop's settings (a record, not a loop): step size, steps, Gumbel temperature,
-    how masks are drawn, and which batch-norm statistics normalise the query set ("batch": its
-    own; "support": averages over the support passes, Ravi & Larochelle section 3.4)."""
+    how masks are drawn, which batch-norm statistics normalise the query set ("batch": its
+    own; "support": averages over the support passes, Ravi & Larochelle section 3.4), and whether
+    to compute the query loss before each inner step (`curve`: one query forward per step, up to
+    half the work of an image task; training computes it on a sample of iterations only)."""
 
     alpha: float
     steps: int
     temperature: float = 1.0
     mask_mode: str = "sample"
     query_bn: str = "batch"
+    curve: bool = True
 
     @staticmethod
     def for_eval(cfg, steps: int | None = None, mask_mode: str | None = None) -> "InnerSettings":
@@ -65,7 +69,7 @@ def inner_adapt(learner: Learner, inner: InnerSettings, params: dict, task: dict
         g, (loss, stats) = grad_and_value(support_loss, has_aux=True)(fast)
         for k, v in stats.items():  # cumulative average over the support passes so far
             averages[k] = v if step == 0 else averages[k] + (v - averages[k]) / (step + 1)
-        if "y_query" in task:
+        if inner.curve and "y_query" in task:
             with torch.no_grad():
                 curve.append(loss_and_metric(net, {**params, **fast, **averages}, task["x_query"], task["y_query"])[0])
         if rule.first_order:  # the inner gradient (and loss) are constants for the outer gradient
@@ -79,8 +83,8 @@ def inner_adapt(learner: Learner, inner: InnerSettings, params: dict, task: dict
 def adapt(learner: Learner, inner: InnerSettings, params: dict, task: dict):
     """Adapt one task on its support set; return (query loss after adaptation, aux).
 
-    aux = (query loss before each inner step and after the last, shape (steps + 1,);
-           query metric after adaptation)."""
+    aux = (query loss before each inner step and after the last, shape (steps + 1,), or only after
+           the last (1,) when not inner.curve; query metric after adaptation)."""
     fast, curve = inner_adapt(learner, inner, params, task)
     loss, metric = loss_and_metric(learner.net, {**params, **fast}, task["x_query"], task["y_query"])
     return loss, (torch.stack([*curve, loss.detach()]), metric.detach())
@@ -93,7 +97,7 @@ class ShardResult:
     grads: dict  # name -> summed gradient of the query loss
     loss_sum: float
     n_tasks: int
-    curve_sum: torch.Tensor  # summed query loss before each inner step and after the last
+    curve_sum: torch.Tensor | None  # summed query loss before each inner step and after the last (None: not computed)
     metric_sum: float
     extra: dict = field(default_factory=dict)
 
@@ -111,7 +115,8 @@ class ShardResult:
                               for k in first.extra["carry"]}
         return ShardResult(grads, first.loss_sum + sum(r.loss_sum for r in rest),
                            first.n_tasks + sum(r.n_tasks for r in rest),
-                           first.curve_sum + sum(r.curve_sum for r in rest) if rest else first.curve_sum.clone(),
+                           None if first.curve_sum is None else first.curve_sum + sum(r.curve_sum for r in rest)
+                           if rest else first.curve_sum.clone(),
                            first.metric_sum + sum(r.metric_sum for r in rest), extra)
 
 
@@ -126,11 +131,59 @@ def shard_meta_gradient(learner: Learner, inner: InnerSettings, params: dict, ba
     return _meta_gradient(lambda leaves, b: _shard_sums(learner, inner, leaves, b, chunk_size), params, batch)
 
 
+# train.tasks_per_vmap: auto. Tasks per vectorised call, timed on the run's first shard like cuDNN's
+# benchmark mode: on CPU a conv4 shard in one vmap holds every task's activations at once, out of
+# cache, and can be slower than the per-task loop (benchmarks/RESULTS.md); 1 is that loop itself, so
+# auto is never slower than it. Sine MLPs pick the whole shard.
+CHUNK_CANDIDATES = (16, 8, 4, 2, 1)
+CHUNK_TOLERANCE = 0.05  # the largest chunk within 5% of the fastest: fewer calls, and timing noise cannot flip it
+
+
+def time_chunk_sizes(run, shard_size: int, reps: int = 3) -> dict[int, float]:
+    """Seconds per call of run(chunk_size) (best of reps, after one warm-up call) for the whole
+    shard (key 0) and every candidate chunk smaller than the shard."""
+    times = {}
+    for c in (0, *[c for c in CHUNK_CANDIDATES if c < shard_size]):
+        run(c or None)
+        best = math.inf
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            run(c or None)
+            best = min(best, time.perf_counter() - t0)
+        times[c] = best
+    return times
+
+
+def pick_chunk_size(times: dict[int, float]) -> int:
+    """The largest chunk (0 = whole shard first) whose time is within CHUNK_TOLERANCE of the fastest."""
+    fastest = min(times.values())
+    return next(c for c, t in times.items() if t <= fastest * (1 + CHUNK_TOLERANCE))
+
+
+def describe_chunk_times(times: dict[int, float], chosen: int) -> str:
+    """One line: the choice and every candidate's time per shard call."""
+    cells = ", ".join(f"{'whole' if c == 0 else c} {t * 1e3:.1f}" for c, t in times.items())
+    return f"train.tasks_per_vmap: auto -> {chosen or 'whole shard'} (ms per shard call: {cells})"
+
+
 def _shard_sums(learner: Learner, inner: InnerSettings, leaves: dict, batch: dict, chunk_size: int | None):
     """The forward of a shard: summed query loss, loss curve and metric of its vmapped tasks."""
-    losses, (curves, metrics) = vmap(adapt, in_dims=(None, None, None, 0), chunk_size=chunk_size)(
-        learner, inner, leaves, batch)
-    return losses.sum(), curves.sum(0), metrics.sum()
+    losses, (curves, metrics) = _adapt_tasks(learner, inner, leaves, batch, chunk_size)
+    return losses.sum(), curves.sum(0) if inner.curve else None, metrics.sum()
+
+
+def map_tree(fn, tree: dict) -> dict:
+    return {k: map_tree(fn, v) if isinstance(v, dict) else fn(v) for k, v in tree.items()}
+
+
+def _adapt_tasks(learner: Learner, inner: InnerSettings, params: dict, batch: dict, chunk_size: int | None):
+    """`adapt` over a batch's tasks, stacked: vmapped in chunks of chunk_size tasks (None: all at
+    once), or with chunk_size 1 a plain loop over tasks - no batching rules at all."""
+    if chunk_size != 1:
+        return vmap(adapt, in_dims=(None, None, None, 0), chunk_size=chunk_size)(learner, inner, params, batch)
+    outs = [adapt(learner, inner, params, map_tree(lambda x: x[i], batch)) for i in range(len(batch["x_support"]))]
+    return torch.stack([o[0] for o in outs]), (torch.stack([o[1][0] for o in outs]),
+                                               torch.stack([o[1][1] for o in outs]))
 
 
 def _meta_gradient(forward, params: dict, batch: dict) -> ShardResult:
@@ -139,7 +192,8 @@ def _meta_gradient(forward, params: dict, batch: dict) -> ShardResult:
     loss, curve, metric = forward(leaves, batch)
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
-    return ShardResult(grads, loss.detach().item(), batch["x_support"].shape[0], curve.detach(), metric.item())
+    return ShardResult(grads, loss.detach().item(), batch["x_support"].shape[0],
+                       None if curve is None else curve.detach(), metric.item())
 
 
 class CompiledShardFunction:
@@ -182,6 +236,5 @@ def shard_evaluate(learner: Learner, inner: InnerSettings, params: dict, batch: 
                    chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-task query metric after adaptation (B,) and per-task query-loss curve (B, steps + 1)."""
     params = {k: v.detach() for k, v in params.items()}
-    _, (curves, metrics) = vmap(adapt, in_dims=(None, None, None, 0), chunk_size=chunk_size)(
-        learner, inner, params, batch)
+    _, (curves, metrics) = _adapt_tasks(learner, inner, params, batch, chunk_size)
     return metrics, curves

@@ -29,13 +29,14 @@ def learning_curves(entries: list[dict], path: Path, title: str, classification:
     """Query loss before adaptation and after each inner step against meta-iteration (and the
     post-adaptation query accuracy for classification)."""
     entries = [e for e in entries if "meta_loss" in e]
+    curves = [e for e in entries if "query_loss_per_step" in e]  # a diverged window may have none
     fig = Figure(figsize=(11 if classification else 6.5, 4))
     axes = fig.subplots(1, 2 if classification else 1, squeeze=False)[0]
     its = [e["iteration"] for e in entries]
-    steps = len(entries[0]["query_loss_per_step"]) if entries else 0
+    steps = len(curves[0]["query_loss_per_step"]) if curves else 0
     for s in range(steps):
         label = "before adaptation" if s == 0 else f"after {s} inner step{'s' if s > 1 else ''}"
-        axes[0].plot(its, [e["query_loss_per_step"][s] for e in entries], label=label,
+        axes[0].plot([e["iteration"] for e in curves], [e["query_loss_per_step"][s] for e in curves], label=label,
                      lw=2 if s == steps - 1 else 1.2, ls="--" if s == 0 else "-")
     axes[0].set(xlabel="meta-iteration", ylabel="query loss (training tasks)", title=title)
     if not classification and entries and all(e["meta_loss"] > 0 for e in entries):

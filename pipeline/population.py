@@ -27,8 +27,9 @@ import torch
 from torch.func import vmap
 
 from pipeline import checkpoint
-from pipeline.config import PACKABLE, Config, ConfigError, compile_shards, flatten, to_dict
-from pipeline.meta_batch import CompiledShardFunction, ShardResult, _shard_sums
+from pipeline.config import PACKABLE, Config, ConfigError, compile_shards, curve_at, flatten, to_dict
+from pipeline.meta_batch import CompiledShardFunction, ShardResult, _shard_sums, describe_chunk_times, map_tree, \
+    pick_chunk_size, time_chunk_sizes
 from pipeline.rules import get_rule
 from pipeline.trainer import Trainer
 
@@ -55,9 +56,13 @@ def _population_sums(learner, inner, leaves: dict, batch: dict, chunk_size):
     def member(member_leaves, member_batch):
         tasks = {k: v for k, v in member_batch.items() if k not in ("alpha", "temperature")}
         own = replace(inner, alpha=member_batch["alpha"], temperature=member_batch["temperature"])
-        return _shard_sums(learner, own, member_leaves, tasks, chunk_size)
+        loss, curve, metric = _shard_sums(learner, own, member_leaves, tasks, chunk_size)
+        return (loss, curve, metric) if inner.curve else (loss, metric)
 
-    return vmap(member)(leaves, batch)
+    if inner.curve:
+        return vmap(member)(leaves, batch)
+    loss, metric = vmap(member)(leaves, batch)
+    return loss, None, metric
 
 
 def _population_gradient(forward, params: dict, batch: dict) -> ShardResult:
@@ -67,11 +72,8 @@ def _population_gradient(forward, params: dict, batch: dict) -> ShardResult:
     loss, curve, metric = forward(leaves, batch)
     grads = torch.autograd.grad(loss.sum(), list(leaves.values()), allow_unused=True)
     grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
-    return ShardResult(grads, loss.detach(), batch["x_support"].shape[1], curve.detach(), metric.detach())
-
-
-def _map(fn, tree: dict) -> dict:
-    return {k: _map(fn, v) if isinstance(v, dict) else fn(v) for k, v in tree.items()}
+    return ShardResult(grads, loss.detach(), batch["x_support"].shape[1], None if curve is None else curve.detach(),
+                       metric.detach())
 
 
 class Member(Trainer):
@@ -121,8 +123,33 @@ class Population:
         self.alpha = torch.tensor([c.alpha for c in cfgs], dtype=dtype, device=self.device)
         self.temperature = torch.tensor([c.gumbel_temperature for c in cfgs], dtype=dtype, device=self.device)
         self.beta = torch.tensor([c.beta for c in cfgs], dtype=torch.float64, device=self.device)
-        self.shard_fn = CompiledShardFunction(self.learner, self.inner, self.chunk, log=log, sums=_population_sums,
-                                              gradient=_population_gradient, compile=compile_shards(cfgs[0]))
+        self._set_shard_fns()
+
+    def _shard_fn(self, chunk: int | None, compile: bool, curve: bool = True) -> CompiledShardFunction:
+        return CompiledShardFunction(self.learner, replace(self.inner, curve=curve), chunk, log=self.log,
+                                     sums=_population_sums, gradient=_population_gradient, compile=compile)
+
+    def _set_shard_fns(self) -> None:
+        """With and without the query-loss curve (config.curve_at), as a solo run's experiment."""
+        self.shard_fns = {curve: self._shard_fn(self.chunk, compile_shards(self.cfgs[0]), curve) for curve in (True, False)}
+
+    def _resolve_chunk_size(self, resumed: bool) -> None:
+        """train.tasks_per_vmap: auto, timed once on the population's own first shard (every member's
+        tasks) and recorded in every member's config as a solo run records it; a resumed population
+        keeps the choice its members' config.yaml recorded."""
+        chosen = self.members[0].recorded_chunk_size() if resumed else None
+        if chosen is None:
+            params = {k: torch.stack([m.params[k].detach() for m in self.members]).to(self.device)
+                      for k in self.members[0].params}
+            batch = self._sample(0)
+            times = time_chunk_sizes(lambda c: self._shard_fn(c, compile=False, curve=False)(params, batch),
+                                     self.cfgs[0].meta_batch_size)
+            chosen = pick_chunk_size(times)
+            self.log(describe_chunk_times(times, chosen))
+        for m in self.members:
+            m.use_chunk_size(chosen)
+        self.chunk = self.members[0].experiment.chunk
+        self._set_shard_fns()
 
     def __enter__(self):
         return self
@@ -173,6 +200,8 @@ class Population:
         resumed = resume or states is not None
         if resume and states is None:
             states = self._resume_states()
+        if self.cfgs[0].train.tasks_per_vmap == "auto":
+            self._resolve_chunk_size(resumed)
         for i, m in enumerate(self.members):
             m.begin(state=states[i]) if resumed else m.begin()
         self._stack_members()
@@ -198,7 +227,7 @@ class Population:
         flat = first.experiment.sample(first.params, split="train", seed=np.repeat(seeds, size), iteration=iteration,
                                        indices=np.tile(np.arange(size), len(seeds)), shots=first.cfg.task.shots)
         row = torch.tensor([seeds.index(m.cfg.seed) for m in self.members])
-        batch = _map(lambda x: x.view(len(seeds), size, *x.shape[1:])[row].to(self.device), flat)
+        batch = map_tree(lambda x: x.view(len(seeds), size, *x.shape[1:])[row].to(self.device), flat)
         batch["alpha"], batch["temperature"] = self.alpha, self.temperature
         return batch
 
@@ -211,7 +240,7 @@ class Population:
             # running members move in lockstep; a diverged one is frozen at its last iteration
             iteration = next(m.iteration for m in members if m.status == "running")
             running = torch.tensor([m.status == "running" for m in members], device=self.device)
-            result = self.shard_fn(self.params, self._sample(iteration))
+            result = self.shard_fns[curve_at(cfg, iteration)](self.params, self._sample(iteration))
             n = result.n_tasks
             loss = result.loss_sum / n
             limit = torch.finfo(loss.dtype).max ** 0.5 * n
@@ -219,7 +248,8 @@ class Population:
             for g in result.grads.values():
                 finite &= (g.abs() < limit).reshape(len(members), -1).all(1)
             self._adam_step({k: g / n for k, g in result.grads.items()}, running & finite)
-            curves, metrics = (result.curve_sum / n).tolist(), (result.metric_sum / n).tolist()
+            curves = [None] * len(members) if result.curve_sum is None else (result.curve_sum / n).tolist()
+            metrics = (result.metric_sum / n).tolist()
             losses = loss.tolist()
             for i, m in enumerate(members):
                 if m.status == "running":

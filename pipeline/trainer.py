@@ -12,9 +12,10 @@ import torch
 
 from pipeline import checkpoint
 from pipeline.backends import make_backend
-from pipeline.config import Config, ConfigError, save_config
+from pipeline.config import Config, ConfigError, load_yaml, save_config
 from pipeline.evaluation import format_table
 from pipeline.experiment import Experiment, make_experiment
+from pipeline.meta_batch import describe_chunk_times, pick_chunk_size
 from pipeline.run_dir import CHECKPOINT, CONFIG, METRICS, PLOTS, RESULTS  # noqa: F401 (re-exported)
 
 
@@ -27,7 +28,7 @@ def iteration_scalars(entry: dict) -> dict[str, float]:
     out = {"skipped_steps": entry["skipped"], "tasks_per_s": entry["tasks_per_s"]}
     if "meta_loss" in entry:
         out["meta_loss"], out["query_metric"] = entry["meta_loss"], entry["metric"]
-        out.update({f"query_loss_step{s}": v for s, v in enumerate(entry["query_loss_per_step"])})
+        out.update({f"query_loss_step{s}": v for s, v in enumerate(entry.get("query_loss_per_step", []))})
     for cell, v in (entry.get("updated_fraction") or {}).items():
         out["updated_fraction" if cell == "overall" else f"updated_fraction_{cell}"] = v
     return out
@@ -129,6 +130,13 @@ class Trainer:
                               "not for training")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed = resume or state is not None
+        if cfg.train.tasks_per_vmap == "auto" and self.experiment.family == "few_shot":
+            chosen = self.recorded_chunk_size() if resumed else None
+            if chosen is None:
+                times = self.backend.time_chunk_sizes(self.params)
+                chosen = pick_chunk_size(times)
+                self.log(describe_chunk_times(times, chosen))
+            self.use_chunk_size(chosen)
         if resumed:
             self.load_state_dict(state if state is not None else checkpoint.load(self.run_dir, self.log))
             self._truncate_metrics()
@@ -138,6 +146,18 @@ class Trainer:
             (self.run_dir / METRICS).unlink(missing_ok=True)  # a retried trial starts its log afresh
             self.save()
         return resumed
+
+    def recorded_chunk_size(self) -> int | None:
+        """train.tasks_per_vmap as resolved in this run directory's config.yaml, if it was."""
+        path = self.run_dir / CONFIG
+        value = load_yaml(path).get("train", {}).get("tasks_per_vmap") if path.is_file() else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def use_chunk_size(self, tasks_per_vmap: int) -> None:
+        """train.tasks_per_vmap: auto resolved. Used from now on and written into the run's config.yaml:
+        chunking changes float rounding, so a resumed run keeps the choice of its first start."""
+        self.cfg.train.tasks_per_vmap = tasks_per_vmap
+        self.backend.set_chunk_size(tasks_per_vmap)
 
     def _emit(self, event: str, *args) -> None:
         for hook in self.hooks:
@@ -164,7 +184,8 @@ class Trainer:
                         for p in self.params.values():
                             p.grad.mul_(cfg.train.grad_clip / norm)
                 self.optimizer.step()
-            if not self.after_step(finite, loss, (result.curve_sum / n).tolist(), result.metric_sum / n):
+            curve = None if result.curve_sum is None else (result.curve_sum / n).tolist()
+            if not self.after_step(finite, loss, curve, result.metric_sum / n):
                 break
         self.end_loop()
 
@@ -212,10 +233,11 @@ class Trainer:
         eta = (cfg.iterations - self.iteration) * elapsed / max(done, 1)
         entry = {"iteration": self.iteration, "skipped": self.skipped, "tasks_per_s": tasks_per_s}
         if window:
-            steps = len(window[0][1])
             entry["meta_loss"] = sum(w[0] for w in window) / len(window)
             entry["metric"] = sum(w[2] for w in window) / len(window)
-            entry["query_loss_per_step"] = [sum(w[1][s] for w in window) / len(window) for s in range(steps)]
+        curves = [w[1] for w in window if w[1] is not None]  # the window's iterations that computed one
+        if curves:
+            entry["query_loss_per_step"] = [sum(c[s] for c in curves) / len(curves) for s in range(len(curves[0]))]
         fraction = self.experiment.updated_fraction(self.params)
         if fraction is not None:
             entry["updated_fraction"] = fraction
@@ -223,8 +245,9 @@ class Trainer:
             f.write(json.dumps(entry) + "\n")
         self._emit("on_log", entry)
         second = ("optimizee loss at unroll end", -1) if self.experiment.family == "optimizer" else ("before adaptation", 0)
-        loss_txt = (f"meta-loss {entry['meta_loss']:.4f} | {second[0]} {entry['query_loss_per_step'][second[1]]:.4f}"
-                    if window else "meta-loss n/a (all steps skipped)")
+        loss_txt = f"meta-loss {entry['meta_loss']:.4f}" if window else "meta-loss n/a (all steps skipped)"
+        if "query_loss_per_step" in entry:
+            loss_txt += f" | {second[0]} {entry['query_loss_per_step'][second[1]]:.4f}"
         frac_txt = f" | updated {fraction['overall']:.2f}" if fraction else ""
         self.log(f"[{cfg.method}] it {self.iteration:>{len(str(cfg.iterations))}}/{cfg.iterations} | {loss_txt}"
                  f" | {tasks_per_s:,.{0 if tasks_per_s >= 10 else 2}f} tasks/s | ETA {_hms(eta)} | skipped {self.skipped}{frac_txt}")

@@ -39,12 +39,19 @@ class ShardWorker:
         r = self.experiment.train_shard(self._params(params_np), iteration, range(start, stop), carry)
         # numpy on the wire: Ray serialises arrays several times faster than torch tensors.
         extra = {"carry": to_numpy(r.extra["carry"])} if "carry" in r.extra else {}
-        return ShardResult(to_numpy(r.grads), r.loss_sum, r.n_tasks, r.curve_sum.cpu().numpy(), r.metric_sum, extra)
+        curve = None if r.curve_sum is None else r.curve_sum.cpu().numpy()
+        return ShardResult(to_numpy(r.grads), r.loss_sum, r.n_tasks, curve, r.metric_sum, extra)
 
     def eval_shard(self, params_np: dict, start: int, stop: int, **kw) -> tuple[np.ndarray, np.ndarray]:
         """The experiment's eval_shard on tasks start..stop-1; kw as the experiment takes them."""
         m, c = self.experiment.eval_shard(self._params(params_np), range(start, stop), **kw)
         return m.cpu().numpy(), c.cpu().numpy()
+
+    def time_chunk_sizes(self, params_np: dict, start: int, stop: int) -> dict[int, float]:
+        return self.experiment.time_chunk_sizes(self._params(params_np), range(start, stop))
+
+    def set_chunk_size(self, tasks_per_vmap: int) -> None:
+        self.experiment.set_chunk_size(tasks_per_vmap)
 
     def where(self) -> dict:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "device": self.device}

@@ -1,10 +1,12 @@
 """The vmap-batched shard function agrees with the plain per-task autograd loop."""
+import time
+
 import pytest
 import torch
 from conftest import ALL_METHODS, conv_batch, conv_learner, make_learner, perturbed_params, sine_batch
 from reference import loop_meta_gradient
 
-from pipeline.meta_batch import InnerSettings, shard_evaluate, shard_meta_gradient
+from pipeline.meta_batch import InnerSettings, pick_chunk_size, shard_evaluate, shard_meta_gradient, time_chunk_sizes
 
 
 def assert_same(batched, loop_losses, loop_grads, n):
@@ -52,13 +54,32 @@ def test_evaluation_path_matches_training_path():
 
 
 @pytest.mark.slow  # conv cells, several vmap chunk sizes
-def test_chunked_vmap_gives_the_same_result():
+@pytest.mark.parametrize("chunk", [2, 1])  # 1: the plain per-task loop (no vmap)
+def test_chunked_vmap_and_the_task_loop_give_the_same_result(chunk):
     learner = conv_learner("mtnet")
     params = perturbed_params(learner)
     batch = conv_batch(learner, params, n=5)
     inner = InnerSettings(alpha=0.1, steps=1)
     whole = shard_meta_gradient(learner, inner, params, batch)
-    chunked = shard_meta_gradient(learner, inner, params, batch, chunk_size=2)
+    chunked = shard_meta_gradient(learner, inner, params, batch, chunk_size=chunk)
     assert chunked.loss_sum == pytest.approx(whole.loss_sum, rel=1e-12)
+    torch.testing.assert_close(chunked.curve_sum, whole.curve_sum, rtol=1e-12, atol=0)
     for k in whole.grads:
         torch.testing.assert_close(chunked.grads[k], whole.grads[k], rtol=1e-10, atol=1e-12)
+    metrics, curves = shard_evaluate(learner, inner, params, batch)
+    metrics_c, curves_c = shard_evaluate(learner, inner, params, batch, chunk_size=chunk)
+    torch.testing.assert_close(metrics_c, metrics, rtol=1e-12, atol=0)
+    torch.testing.assert_close(curves_c, curves, rtol=1e-12, atol=0)
+
+
+def test_auto_chunk_size_is_the_fastest_measured_and_near_ties_go_to_the_larger_chunk():
+    cost = {None: 0.02, 16: 0.015, 8: 0.004, 4: 0.007, 2: 0.01, 1: 0.03}  # seconds per shard call
+    calls = []
+    times = time_chunk_sizes(lambda c: (calls.append(c), time.sleep(cost[c])), shard_size=32, reps=2)
+    assert list(times) == [0, 16, 8, 4, 2, 1] and calls.count(8) == 3  # one warm-up, then reps
+    assert pick_chunk_size(times) == 8
+    for c, t in times.items():
+        assert t >= cost[c or None]
+    assert list(time_chunk_sizes(lambda c: None, shard_size=3)) == [0, 2, 1]  # only chunks smaller than the shard
+    assert pick_chunk_size({0: 1.0, 8: 0.97, 1: 0.99}) == 0  # within 5% of the fastest: the larger chunk
+    assert pick_chunk_size({0: 1.0, 8: 0.9, 1: 0.88}) == 8

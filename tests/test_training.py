@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from pipeline import checkpoint
 from pipeline.config import load_config
@@ -34,6 +35,42 @@ def test_same_seed_gives_the_same_run(tmp_path):
     assert res_a["results"] == res_b["results"]
     c, _ = run(small_cfg(tmp_path, method="mtnet", seed=1), tmp_path / "c")
     assert not torch.equal(a.params["l0.W"], c.params["l0.W"])
+
+
+def test_auto_tasks_per_vmap_is_timed_once_recorded_and_kept_on_resume(tmp_path):
+    cfg = small_cfg(tmp_path, method="mtnet", iterations=10, **{"train.tasks_per_vmap": "auto"})
+    lines = []
+    Trainer(cfg, tmp_path / "run", log=lines.append).train()
+    timed = [l for l in lines if l.startswith("train.tasks_per_vmap: auto -> ")]
+    assert len(timed) == 1 and "(ms per shard call: whole " in timed[0] and ", 4 " in timed[0] and ", 1 " in timed[0]
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["tasks_per_vmap"]
+    assert recorded == cfg.train.tasks_per_vmap and isinstance(recorded, int)
+    # A resumed run keeps what its first start recorded (here as if that had been 2), untimed.
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    saved["train"]["tasks_per_vmap"] = 2
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(saved))
+    lines.clear()
+    resumed = Trainer(small_cfg(tmp_path, method="mtnet", iterations=10, **{"train.tasks_per_vmap": "auto"}),
+                      tmp_path / "run", log=lines.append)
+    resumed.train(resume=True)
+    assert resumed.experiment.chunk == 2 and not any("auto ->" in l for l in lines)
+
+
+def test_the_query_loss_curve_is_computed_on_ten_iterations_per_log_window_and_the_last(tmp_path):
+    from pipeline.config import curve_at
+    from pipeline.experiment import Experiment
+
+    cfg = small_cfg(tmp_path, iterations=45, **{"train.log_every": 20})
+    assert [i for i in range(45) if curve_at(cfg, i)] == [*range(1, 45, 2), 44]
+    exp = Experiment(cfg)
+    params = exp.init_params()
+    with_curve, without = exp.train_shard(params, 1, range(3)), exp.train_shard(params, 2, range(3))
+    assert without.curve_sum is None and with_curve.curve_sum.shape == (2,)  # before and after one inner step
+    run(cfg, tmp_path / "r")
+    lines = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["iteration"] for l in lines] == [20, 40, 45]
+    for l in lines:  # adaptation lowers the query loss on average, as the curve shows
+        assert len(l["query_loss_per_step"]) == 2 and l["query_loss_per_step"][1] < l["query_loss_per_step"][0]
 
 
 class Crash(Exception):
@@ -122,8 +159,8 @@ def test_a_gradient_that_would_overflow_adam_is_a_skipped_step(tmp_path):
                 r.grads["l0.W"] = r.grads["l0.W"] * 0 + 1e25
             return r
 
-        def eval_chunks(self, *a, **kw):
-            return self.real.eval_chunks(*a, **kw)
+        def __getattr__(self, name):  # eval_chunks, the chunk-size timing: the real backend's
+            return getattr(self.real, name)
 
         def close(self):
             pass
