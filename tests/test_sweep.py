@@ -321,7 +321,7 @@ def test_report_combines_seeds_task_by_task_and_survives_list_values_and_early_e
 def test_shipped_sweep_files_validate_and_are_not_experiment_configs(capsys):
     from pipeline.sweep_config import load_sweep
 
-    counts = {"robustness_alpha": 54, "sine_models": 21, "polynomial_subspace": 3, "gumbel_temperature": 4, "beta": 10}
+    counts = {"robustness_alpha": 54, "sine_models": 21, "polynomial_subspace": 18, "gumbel_temperature": 12, "beta": 30}
     for name, n in counts.items():
         sweep = load_sweep(name)
         assert sweep.trial_count() == n and sweep.base["iterations"] == 60000 and sweep.base["meta_batch_size"] == 4
