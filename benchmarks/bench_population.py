@@ -99,7 +99,7 @@ def sampling_times(cfgs, out: Path, reps: int = 30) -> tuple[float, float]:
         seeds = sorted({c.seed for c in cfgs})
         t0 = time.perf_counter()
         for it in range(reps):
-            pop._sample(it)
+            pop.backend.experiment.sample(it, range(cfgs[0].meta_batch_size))
         new = (time.perf_counter() - t0) / reps
         t0 = time.perf_counter()
         for it in range(reps):

@@ -64,12 +64,14 @@ PROGRESS_S = 10.0  # seconds between "waiting for workers" lines
 class RayBackend:
     name = "ray"
 
-    def __init__(self, cfg: Config, experiment: Experiment, log=print):
+    def __init__(self, cfg: Config, experiment: Experiment | None, log=print, members: list[Config] | None = None):
+        """members: a population's configs (pipeline/population.py): each worker then computes every
+        member on its task range."""
         import ray
 
         from pipeline.workers import ShardWorker
 
-        self.ray, self.cfg, self.log = ray, cfg, log
+        self.ray, self.cfg, self.log, self.members = ray, cfg, log, members
         self.started_ray = self.own_cluster = False
         self._cls = ShardWorker
         if not ray.is_initialized():
@@ -110,7 +112,7 @@ class RayBackend:
             self._check_fits(self.workers, self.gpus, self.ray.cluster_resources(), self.own_cluster)
         self.placement = "the trial's placement group" if pg is not None else "spread"
         self._options = {"num_cpus": rc.cpus_per_worker, "num_gpus": self.gpus, "scheduling_strategy": strategy}
-        self._cfg_dict = to_dict(self.cfg)
+        self._cfg_dict = self._worker_config()
         self.actors = [self._spawn() for _ in range(self.workers)]
         where = self._wait_started()
         nodes = len({w["node_id"] for w in where})
@@ -172,6 +174,9 @@ class RayBackend:
             self.log(f"ray: waiting for {state}")
         return where
 
+    def _worker_config(self) -> dict | list[dict]:
+        return [to_dict(c) for c in self.members] if self.members else to_dict(self.cfg)
+
     def _auto_workers(self) -> int:
         cpus = self.ray.available_resources().get("CPU", 1)
         by_cpu = int(cpus // self.cfg.ray.cpus_per_worker)
@@ -229,6 +234,8 @@ class RayBackend:
         results = self._run(ranges, lambda a, r: a.train_shard.remote(ref, iteration, r.start, r.stop, part(r)))
         for r in results:
             r.grads = {k: torch.tensor(v) for k, v in r.grads.items()}  # copies: object-store arrays are read-only
+            if isinstance(r.loss_sum, np.ndarray):  # a population's: one per member
+                r.loss_sum, r.metric_sum = torch.tensor(r.loss_sum), torch.tensor(r.metric_sum)
             r.curve_sum = None if r.curve_sum is None else torch.tensor(r.curve_sum)
             if "carry" in r.extra:
                 r.extra["carry"] = {k: torch.tensor(v) for k, v in r.extra["carry"].items()}
@@ -250,7 +257,7 @@ class RayBackend:
         return self._run([first], lambda a, r: a.time_chunk_sizes.remote(ref, r.start, r.stop))[0]
 
     def set_chunk_size(self, tasks_per_vmap: int) -> None:
-        self._cfg_dict = to_dict(self.cfg)  # replacement workers start with the resolved value
+        self._cfg_dict = self._worker_config()  # replacement workers start with the resolved value
         self.ray.get([a.set_chunk_size.remote(tasks_per_vmap) for a in self.actors])
 
     def worker_info(self) -> list[dict]:

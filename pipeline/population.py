@@ -31,6 +31,7 @@ from pipeline.config import PACKABLE, Config, ConfigError, compile_shards, curve
 from pipeline.meta_batch import CompiledShardFunction, ShardResult, _shard_sums, describe_chunk_times, map_tree, \
     pick_chunk_size, time_chunk_sizes
 from pipeline.rules import get_rule
+from pipeline.experiment import make_experiment
 from pipeline.trainer import Trainer
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which every solo run uses
@@ -76,6 +77,55 @@ def _population_gradient(forward, params: dict, batch: dict) -> ShardResult:
                        metric.detach())
 
 
+class PopulationShards:
+    """Every member's shard sums on a range of task indices, each member on its own task stream:
+    the population's counterpart of `Experiment.train_shard`, with the same interface, so the
+    backends (this process, or Ray shard workers) run it as they run a solo run's."""
+
+    def __init__(self, cfgs: list[Config], device: str = "cpu", log=print):
+        self.cfgs, self.device, self.log = cfgs, torch.device(device), log
+        self.experiment = make_experiment(cfgs[0])  # the shared model and task sampler (samples on the CPU)
+        self.learner, self.inner = self.experiment.learner, self.experiment.train_inner
+        self._shapes = self.experiment.init_params()  # noise shapes only
+        dtype = next(iter(self._shapes.values())).dtype
+        self.alpha = torch.tensor([c.alpha for c in cfgs], dtype=dtype, device=self.device)
+        self.temperature = torch.tensor([c.gumbel_temperature for c in cfgs], dtype=dtype, device=self.device)
+        tpv = cfgs[0].train.tasks_per_vmap
+        self.set_chunk_size(0 if tpv == "auto" else tpv)
+
+    def _shard_fn(self, chunk: int | None, compile: bool, curve: bool) -> CompiledShardFunction:
+        return CompiledShardFunction(self.learner, replace(self.inner, curve=curve), chunk, log=self.log,
+                                     sums=_population_sums, gradient=_population_gradient, compile=compile)
+
+    def set_chunk_size(self, tasks_per_vmap: int) -> None:
+        # with and without the query-loss curve (config.curve_at), as a solo run's experiment
+        self.chunk = tasks_per_vmap or None
+        self.fns = {curve: self._shard_fn(self.chunk, compile_shards(self.cfgs[0]), curve) for curve in (True, False)}
+
+    def sample(self, iteration: int, indices) -> dict:
+        """Every member's tasks `indices` of its own stream, drawn in one call for all the members'
+        seeds (members with the same seed share their tasks): (P, len(indices), ...)."""
+        indices = np.asarray(indices)
+        seeds = sorted({c.seed for c in self.cfgs})
+        flat = self.experiment.sample(self._shapes, split="train", seed=np.repeat(seeds, len(indices)),
+                                      iteration=iteration, indices=np.tile(indices, len(seeds)),
+                                      shots=self.cfgs[0].task.shots)
+        row = torch.tensor([seeds.index(c.seed) for c in self.cfgs])
+        batch = map_tree(lambda x: x.view(len(seeds), len(indices), *x.shape[1:])[row].to(self.device), flat)
+        batch["alpha"], batch["temperature"] = self.alpha, self.temperature
+        return batch
+
+    def train_shard(self, params: dict, iteration: int, indices, carry=None) -> ShardResult:
+        params = {k: v.to(self.device) for k, v in params.items()}
+        return self.fns[curve_at(self.cfgs[0], iteration)](params, self.sample(iteration, indices))
+
+    def time_chunk_sizes(self, params: dict, indices) -> dict[int, float]:
+        """Eager shard-call times of the population's first shard at each tasks_per_vmap choice."""
+        params = {k: v.to(self.device) for k, v in params.items()}
+        batch = self.sample(0, indices)
+        return time_chunk_sizes(lambda c: self._shard_fn(c, compile=False, curve=False)(params, batch), len(indices))
+
+
 class Member(Trainer):
     """A solo run's trainer whose parameters and Adam moments live in the population's stacked
     tensors (row `index`); its checkpoint is a solo checkpoint, in torch.optim.Adam's format."""
@@ -83,6 +133,9 @@ class Member(Trainer):
     def __init__(self, population: "Population", index: int, cfg: Config, run_dir: Path, log, hooks):
         super().__init__(cfg, run_dir, log=log, backend="local", hooks=hooks)
         self.population, self.index = population, index
+
+    def training_backend(self):
+        return self.population.backend
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -117,44 +170,38 @@ class Population:
             member_log = (lambda name: lambda m: None if m.startswith(f"[{cfg.method}] it ") else log(f"{name}: {m}"))(
                 names[i])
             self.members.append(Member(self, i, cfg, Path(run_dir), member_log, hooks(i) if hooks else ()))
-        first = self.members[0].experiment
-        self.learner, self.inner, self.chunk = first.learner, first.train_inner, first.chunk
-        dtype = next(iter(first.init_params().values())).dtype
-        self.alpha = torch.tensor([c.alpha for c in cfgs], dtype=dtype, device=self.device)
-        self.temperature = torch.tensor([c.gumbel_temperature for c in cfgs], dtype=dtype, device=self.device)
         self.beta = torch.tensor([c.beta for c in cfgs], dtype=torch.float64, device=self.device)
-        self._set_shard_fns()
+        # Every member's shards: computed here, or by Ray shard workers (ray.workers > 0), each
+        # computing every member on its range of task indices exactly as a solo run's workers do.
+        if cfgs[0].backend == "ray" and cfgs[0].ray.workers:
+            from pipeline.backends import RayBackend
 
-    def _shard_fn(self, chunk: int | None, compile: bool, curve: bool = True) -> CompiledShardFunction:
-        return CompiledShardFunction(self.learner, replace(self.inner, curve=curve), chunk, log=self.log,
-                                     sums=_population_sums, gradient=_population_gradient, compile=compile)
+            self.backend = RayBackend(cfgs[0], None, log, members=cfgs)
+        else:
+            from pipeline.backends import LocalBackend
 
-    def _set_shard_fns(self) -> None:
-        """With and without the query-loss curve (config.curve_at), as a solo run's experiment."""
-        self.shard_fns = {curve: self._shard_fn(self.chunk, compile_shards(self.cfgs[0]), curve) for curve in (True, False)}
+            self.backend = LocalBackend(cfgs[0], PopulationShards(cfgs, device, log))
 
     def _resolve_chunk_size(self, resumed: bool) -> None:
         """train.tasks_per_vmap: auto, timed once on the population's own first shard (every member's
-        tasks) and recorded in every member's config as a solo run records it; a resumed population
-        keeps the choice its members' config.yaml recorded."""
+        tasks; Ray: worker 0's) and recorded in every member's config as a solo run records it; a
+        resumed population keeps the choice its members' config.yaml recorded."""
         chosen = self.members[0].recorded_chunk_size() if resumed else None
         if chosen is None:
             params = {k: torch.stack([m.params[k].detach() for m in self.members]).to(self.device)
                       for k in self.members[0].params}
-            batch = self._sample(0)
-            times = time_chunk_sizes(lambda c: self._shard_fn(c, compile=False, curve=False)(params, batch),
-                                     self.cfgs[0].meta_batch_size)
+            times = self.backend.time_chunk_sizes(params)
             chosen = pick_chunk_size(times)
             self.log(describe_chunk_times(times, chosen))
         for m in self.members:
             m.use_chunk_size(chosen)
-        self.chunk = self.members[0].experiment.chunk
-        self._set_shard_fns()
+        self.backend.set_chunk_size(chosen)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        self.backend.close()
         for m in self.members:
             m.close()
 
@@ -219,18 +266,6 @@ class Population:
                 m._emit("on_abort", e)
             raise
 
-    def _sample(self, iteration: int) -> dict:
-        """Every member's batch of its own task stream, drawn in one call for all the members'
-        seeds (members with the same seed share their tasks): (P, B, ...)."""
-        first, size = self.members[0], self.members[0].cfg.meta_batch_size
-        seeds = sorted({m.cfg.seed for m in self.members})
-        flat = first.experiment.sample(first.params, split="train", seed=np.repeat(seeds, size), iteration=iteration,
-                                       indices=np.tile(np.arange(size), len(seeds)), shots=first.cfg.task.shots)
-        row = torch.tensor([seeds.index(m.cfg.seed) for m in self.members])
-        batch = map_tree(lambda x: x.view(len(seeds), size, *x.shape[1:])[row].to(self.device), flat)
-        batch["alpha"], batch["temperature"] = self.alpha, self.temperature
-        return batch
-
     def _loop(self) -> None:
         members, cfg = self.members, self.cfgs[0]
         for m in members:
@@ -240,7 +275,7 @@ class Population:
             # running members move in lockstep; a diverged one is frozen at its last iteration
             iteration = next(m.iteration for m in members if m.status == "running")
             running = torch.tensor([m.status == "running" for m in members], device=self.device)
-            result = self.shard_fns[curve_at(cfg, iteration)](self.params, self._sample(iteration))
+            result = self.backend.meta_gradient(self.params, iteration)
             n = result.n_tasks
             loss = result.loss_sum / n
             limit = torch.finfo(loss.dtype).max ** 0.5 * n

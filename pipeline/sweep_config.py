@@ -240,7 +240,6 @@ def _decide_packing(sweep: Sweep, base_cfg: Config, explicit: bool) -> None:
     why = ("the asha scheduler stops runs one at a time" if spec.scheduler.name != "none" else
            "the optuna search proposes runs one at a time" if spec.search.name != "random" else
            f"space.{sampled[0]} is sampled, not a grid" if sampled else
-           "resources.workers > 0 (a population computes in its trial's process)" if spec.resources.workers else
            "learned optimizers train one run at a time" if any(get_rule(m).family != "few_shot" for m in methods)
            else "")
     if why and explicit:

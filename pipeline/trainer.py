@@ -265,6 +265,10 @@ class Trainer:
                     pass
             path.write_text("".join(l + "\n" for l in keep))
 
+    def training_backend(self):
+        """Where the meta-gradients were computed (a population member's: the population's backend)."""
+        return self.backend
+
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, *, tasks=None, shots=None, seed=None) -> dict:
         e = self.cfg.eval
@@ -276,12 +280,13 @@ class Trainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         table = self.evaluate()
+        trained_on = self.training_backend()
         results = {
             "status": self.status, "method": cfg.method, "family": self.experiment.family, "task": cfg.task.name,
             "seed": cfg.seed,
             "iterations": self.iteration, "skipped_steps": self.skipped, "metric": metric_name(self.experiment),
-            "backend": self.backend.name, "workers": self.backend.workers, "placement": self.backend.placement,
-            "worker_restarts": self.backend.restarts,
+            "backend": trained_on.name, "workers": trained_on.workers, "placement": trained_on.placement,
+            "worker_restarts": trained_on.restarts,
             "eval": {"tasks": cfg.eval.tasks, "inner_steps": cfg.eval.inner_steps, "mask": cfg.eval.mask,
                      "seed": cfg.eval.seed, "split": cfg.eval.split, "seconds": time.perf_counter() - t0},
             "results": table,

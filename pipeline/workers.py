@@ -24,7 +24,12 @@ class ShardWorker:
     def __init__(self, cfg_dict: dict, num_cpus: float, use_gpu: bool):
         torch.set_num_threads(max(1, int(num_cpus)))
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.experiment = make_experiment(load_config(cfg_dict), device=self.device)
+        if isinstance(cfg_dict, list):  # a population's members: every member on each task range
+            from pipeline.population import PopulationShards
+
+            self.experiment = PopulationShards([load_config(d) for d in cfg_dict], device=self.device)
+        else:
+            self.experiment = make_experiment(load_config(cfg_dict), device=self.device)
 
     def _params(self, params_np: dict) -> dict:
         # Arrays come zero-copy from the object store and are read-only; nothing writes to them.
@@ -40,7 +45,9 @@ class ShardWorker:
         # numpy on the wire: Ray serialises arrays several times faster than torch tensors.
         extra = {"carry": to_numpy(r.extra["carry"])} if "carry" in r.extra else {}
         curve = None if r.curve_sum is None else r.curve_sum.cpu().numpy()
-        return ShardResult(to_numpy(r.grads), r.loss_sum, r.n_tasks, curve, r.metric_sum, extra)
+        loss, metric = ((r.loss_sum.cpu().numpy(), r.metric_sum.cpu().numpy()) if torch.is_tensor(r.loss_sum)
+                        else (r.loss_sum, r.metric_sum))  # a population's are per member
+        return ShardResult(to_numpy(r.grads), loss, r.n_tasks, curve, metric, extra)
 
     def eval_shard(self, params_np: dict, start: int, stop: int, **kw) -> tuple[np.ndarray, np.ndarray]:
         """The experiment's eval_shard on tasks start..stop-1; kw as the experiment takes them."""

@@ -177,3 +177,24 @@ def test_members_clip_their_own_meta_gradient_norm_as_solo_runs_do(tmp_path):
         assert_rel_close(members[i], solo(cfg, tmp_path / f"solo{i}")[0], 1e-5, f"member {i}")
     unclipped = solo(load_config(to_dict(cfgs[0]), ["train.grad_clip=0"]), tmp_path / "unclipped")[0]
     assert max((members[0][k] - v).abs().max().item() for k, v in unclipped.items()) > 1e-3  # the clip acted
+
+
+@pytest.mark.slow
+def test_one_and_two_ray_workers_give_the_populations_in_process_parameters(local_ray, tmp_path):
+    """Ray shard workers each compute every member on their range of task indices, exactly as a
+    solo run's workers compute its shards (meta-batch 5: ranges of 3 and 2 tasks with 2 workers)."""
+    over = {"iterations": 40, "meta_batch_size": 5}
+    with Population(configs(tmp_path / "here", "mtnet", **over), [tmp_path / f"here{i}" for i in range(3)],
+                    log=lambda m: None) as pop:
+        pop.train()
+        here = [{k: v.clone() for k, v in m.params.items()} for m in pop.members]
+    for n in (1, 2):
+        logs = []
+        cfgs = configs(tmp_path / f"w{n}", "mtnet", backend="ray", **over, **{"ray.workers": n})
+        with Population(cfgs, [tmp_path / f"w{n}-{i}" for i in range(3)], log=logs.append) as pop:
+            results = pop.train()
+            assert len(pop.backend.actors) == n
+            for i, m in enumerate(pop.members):
+                assert_rel_close(m.params, here[i], 1e-5, f"{n} workers, member {i}")
+        assert any(l.startswith(f"ray: {n} shard worker(s)") for l in logs), logs
+        assert all(r["status"] == "completed" for r in results)
