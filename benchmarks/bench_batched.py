@@ -1,8 +1,9 @@
 """Meta-training throughput: the vmap-batched shard function vs the per-task autograd loop.
 
 Both paths compute the same thing (summed query loss after adaptation and its second-order
-meta-gradient) for the same model and the same tasks; they are timed interleaved in one run so
-machine noise hits both alike. Usage:
+meta-gradient) for the same model and the same tasks, without the query-loss curve (which training
+computes on 10 iterations per log window only, config.curve_at); they are timed interleaved in one
+run so machine noise hits both alike. Usage:
 
     python benchmarks/bench_batched.py [--reps 10] [--conv-batch 32] [--methods maml,mtnet] [--shipped omniglot_5w1s]
 """
@@ -13,6 +14,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -78,7 +80,7 @@ def main():
     sine = Sinusoid()
     for m in args.methods.split(","):
         learner = Learner(mlp(1, [40, 40], 1), get_rule(m))
-        bench(f"sine MLP 1-40-40-1, {m}", learner, InnerSettings(0.01, 1),
+        bench(f"sine MLP 1-40-40-1, {m}", learner, InnerSettings(0.01, 1, curve=False),
               lambda l, p: sample_batch(sine, seed=0, split="train", iteration=0, indices=range(args.sine_batch),
                                         shots=10, query=10, noise_shapes=l.rule.noise_shapes(p)),
               args.sine_batch, args.reps)
@@ -86,7 +88,8 @@ def main():
     for m in args.conv_methods.split(","):
         for chunk in (None, 8, "auto"):
             learner = Learner(conv4(1, 5, 28, filters=64), get_rule(m))
-            bench(f"conv4-64 28x28 5w1s q15, {m}" + (f", chunk {chunk}" if chunk else ""), learner, InnerSettings(0.4, 1),
+            label = f"conv4-64 28x28 5w1s q15, {m}" + (f", chunk {chunk}" if chunk not in (None, "auto") else "")
+            bench(label, learner, InnerSettings(0.4, 1, curve=False),
                   lambda l, p: sample_batch(images, seed=0, split="train", iteration=0, indices=range(args.conv_batch),
                                             shots=1, query=15, noise_shapes=l.rule.noise_shapes(p)),
                   args.conv_batch, max(3, args.reps // 3), chunk)
@@ -102,10 +105,23 @@ def shipped(name: str, reps: int) -> None:
     channels, size = image_format(cfg.task)
     images = SyntheticImages(ways=cfg.task.ways, image_size=size, channels=channels)
     chunk = cfg.train.tasks_per_vmap if cfg.train.tasks_per_vmap == "auto" else cfg.train.tasks_per_vmap or None
-    bench(f"{name} (mb {cfg.meta_batch_size})", make_learner(cfg), InnerSettings(cfg.alpha, cfg.inner_steps),
-          lambda l, p: sample_batch(images, seed=0, split="train", iteration=0, indices=range(cfg.meta_batch_size),
-                                    shots=cfg.task.shots, query=cfg.task.query, noise_shapes=l.rule.noise_shapes(p)),
-          cfg.meta_batch_size, reps, chunk)
+    inner = InnerSettings(cfg.alpha, cfg.inner_steps, curve=False)
+    learner = make_learner(cfg)
+    batch_fn = lambda l, p: sample_batch(  # noqa: E731
+        images, seed=0, split="train", iteration=0, indices=range(cfg.meta_batch_size), shots=cfg.task.shots,
+        query=cfg.task.query, noise_shapes=l.rule.noise_shapes(p))
+    bench(f"{name} (mb {cfg.meta_batch_size})", learner, inner, batch_fn, cfg.meta_batch_size, reps, chunk)
+    # What the query-loss curve (a query forward per inner step) adds to an iteration that computes it.
+    params = learner.init_params(0)
+    batch = batch_fn(learner, params)
+    med = {}
+    for curve in (False, True, False, True):
+        t0 = time.perf_counter()
+        shard_meta_gradient(learner, replace(inner, curve=curve), params, batch)
+        med.setdefault(curve, []).append(time.perf_counter() - t0)
+    without, with_ = min(med[False]), min(med[True])
+    print(f"{'':<34} whole shard with the query-loss curve {with_ * 1e3:.0f} ms vs without {without * 1e3:.0f} ms: "
+          f"the curve is {1 - without / with_:.0%} of an iteration that computes it", flush=True)
 
 
 if __name__ == "__main__":

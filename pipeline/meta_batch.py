@@ -140,13 +140,17 @@ CHUNK_TOLERANCE = 0.05  # the largest chunk within 5% of the fastest: fewer call
 
 
 def time_chunk_sizes(run, shard_size: int, reps: int = 3) -> dict[int, float]:
-    """Seconds per call of run(chunk_size) (best of reps, after one warm-up call) for the whole
-    shard (key 0) and every candidate chunk smaller than the shard."""
+    """Seconds per call of run(chunk_size) for the whole shard (key 0) and every candidate chunk
+    smaller than the shard, and 1 (the loop) always: the best of `reps` calls after one warm-up
+    call, or a single call where one takes over 0.25 s (conv shards: timer noise is small there,
+    and the timing costs the run seconds)."""
     times = {}
-    for c in (0, *[c for c in CHUNK_CANDIDATES if c < shard_size]):
-        run(c or None)
+    for c in dict.fromkeys((0, *[c for c in CHUNK_CANDIDATES if c < shard_size], 1)):
+        t0 = time.perf_counter()
+        run(c or None)  # warm-up: first-call allocations
+        n = reps if time.perf_counter() - t0 < 0.25 else 1
         best = math.inf
-        for _ in range(reps):
+        for _ in range(n):
             t0 = time.perf_counter()
             run(c or None)
             best = min(best, time.perf_counter() - t0)
