@@ -27,25 +27,10 @@ import torch
 from torch.func import vmap
 
 from pipeline import checkpoint
-from pipeline.config import (
-    PACKABLE,
-    Config,
-    ConfigError,
-    compile_shards,
-    curve_at,
-    flatten,
-    to_dict,
-)
+from pipeline.config import PACKABLE, Config, ConfigError, compile_shards, curve_at, flatten, to_dict
 from pipeline.experiment import make_experiment
-from pipeline.meta_batch import (
-    CompiledShardFunction,
-    ShardResult,
-    _shard_sums,
-    describe_chunk_times,
-    map_tree,
-    pick_chunk_size,
-    time_chunk_sizes,
-)
+from pipeline.meta_batch import CompiledShardFunction, ShardResult, _shard_sums, describe_chunk_times, map_tree, \
+    pick_chunk_size, time_chunk_sizes
 from pipeline.rules import get_rule
 from pipeline.trainer import Trainer
 
