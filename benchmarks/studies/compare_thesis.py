@@ -7,8 +7,8 @@ the test tasks, each task's loss averaged over the seeds), each seed's own mean,
 standard deviation, the thesis's mean +- 95% CI, and three tests from strictest to loosest:
   inside  - our mean lies inside the thesis's 95% interval, or below it (lower MSE is better);
   p       - two-sample Welch t-test of the two means from their summary statistics (std =
-            ci95 / 1.96 * sqrt(n), n = 600 test tasks on both sides; ours are 600 tasks averaged
-            over the seeds, so seeds do not count as extra samples);
+            ci95 / 1.96 * sqrt(n); n = the report's test tasks on our side, each task's loss
+            averaged over the seeds, so seeds do not count as extra samples; 600 on the thesis's);
   overlap - the two 95% intervals overlap.
 Headlines count by `inside`, the strictest. Rows marked * are the Meta-SGD paper's numbers (Li et
 al. 2017) that the thesis's table copies, not runs of the thesis's own protocol.
