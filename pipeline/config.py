@@ -46,7 +46,7 @@ CURVE_SAMPLES = 10
 def curve_at(cfg: "Config", iteration: int) -> bool:
     """Whether training iteration `iteration` computes the query loss before each inner step (for
     metrics.jsonl's query_loss_per_step): CURVE_SAMPLES evenly spaced iterations per log window, and
-    the last. It costs a query forward per inner step - half a miniImageNet iteration's work on CPU
+    the last. It costs a query forward per inner step - 62% of a miniImageNet 1-shot iteration on CPU
     (benchmarks/RESULTS.md) - and MAML's reference code, too, evaluates it on summary iterations only."""
     stride = max(1, cfg.train.log_every // CURVE_SAMPLES)
     return (iteration + 1) % stride == 0 or iteration + 1 == cfg.iterations

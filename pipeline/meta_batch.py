@@ -22,8 +22,8 @@ class InnerSettings:
     """The inner loop's settings (a record, not a loop): step size, steps, Gumbel temperature,
     how masks are drawn, which batch-norm statistics normalise the query set ("batch": its
     own; "support": averages over the support passes, Ravi & Larochelle section 3.4), and whether
-    to compute the query loss before each inner step (`curve`: one query forward per step, up to
-    half the work of an image task; training computes it on a sample of iterations only)."""
+    to compute the query loss before each inner step (`curve`: one query forward per step,
+    up to 62% of an image iteration's work; training computes it on a sample of iterations only)."""
 
     alpha: float
     steps: int
