@@ -78,14 +78,14 @@ def main():
           f"median of {args.reps} interleaved reps")
     print(f"{'model / method':<34} {'tasks':>5} {'loop tasks/s':>12} {'batched tasks/s':>14} {'speed-up':>9}")
     sine = Sinusoid()
-    for m in args.methods.split(","):
+    for m in filter(None, args.methods.split(",")):
         learner = Learner(mlp(1, [40, 40], 1), get_rule(m))
         bench(f"sine MLP 1-40-40-1, {m}", learner, InnerSettings(0.01, 1, curve=False),
               lambda l, p: sample_batch(sine, seed=0, split="train", iteration=0, indices=range(args.sine_batch),
                                         shots=10, query=10, noise_shapes=l.rule.noise_shapes(p)),
               args.sine_batch, args.reps)
     images = SyntheticImages(ways=5)  # timing only: pixel values don't matter
-    for m in args.conv_methods.split(","):
+    for m in filter(None, args.conv_methods.split(",")):
         for chunk in (None, 8, "auto"):
             learner = Learner(conv4(1, 5, 28, filters=64), get_rule(m))
             label = f"conv4-64 28x28 5w1s q15, {m}" + (f", chunk {chunk}" if chunk not in (None, "auto") else "")

@@ -51,13 +51,15 @@ def check_packable(cfgs: list[Config]) -> None:
         raise ConfigError(f"population: method {cfgs[0].method}: learned optimizers train one run at a time")
 
 
-def _population_sums(learner, inner, leaves: dict, batch: dict, chunk_size):
+def _population_sums(learner, inner, leaves: dict, batch: dict, chunk_size, functional: bool = True):
     """Per-member (summed query loss (P,), loss curve (P, steps + 1), metric (P,)): the shard forward
-    of every member, vmapped over the member dimension; batch["alpha"]/["temperature"] are (P,)."""
+    of every member, vmapped over the member dimension; batch["alpha"]/["temperature"] are (P,).
+    Inner gradients are torch.func's whatever `functional` asks: any per-task loop runs inside the
+    vmap over members."""
     def member(member_leaves, member_batch):
         tasks = {k: v for k, v in member_batch.items() if k not in ("alpha", "temperature")}
         own = replace(inner, alpha=member_batch["alpha"], temperature=member_batch["temperature"])
-        loss, curve, metric = _shard_sums(learner, own, member_leaves, tasks, chunk_size)
+        loss, curve, metric = _shard_sums(learner, own, member_leaves, tasks, chunk_size, functional=True)
         return (loss, curve, metric) if inner.curve else (loss, metric)
 
     if inner.curve:

@@ -54,9 +54,10 @@ def test_evaluation_path_matches_training_path():
 
 
 @pytest.mark.slow  # conv cells, several vmap chunk sizes
-@pytest.mark.parametrize("chunk", [2, 1])  # 1: the plain per-task loop (no vmap)
-def test_chunked_vmap_and_the_task_loop_give_the_same_result(chunk):
-    learner = conv_learner("mtnet")
+@pytest.mark.parametrize("method,chunk", [("mtnet", 2), ("mtnet", 1), ("fomaml", 1), ("metalstm", 1), ("mc2", 1)])
+def test_chunked_vmap_and_the_task_loop_give_the_same_result(method, chunk):
+    """chunk 1: the plain per-task loop, its inner gradient by torch.autograd instead of torch.func."""
+    learner = conv_learner(method)
     params = perturbed_params(learner)
     batch = conv_batch(learner, params, n=5)
     inner = InnerSettings(alpha=0.1, steps=1)

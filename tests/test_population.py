@@ -198,3 +198,18 @@ def test_one_and_two_ray_workers_give_the_populations_in_process_parameters(loca
                 assert_rel_close(m.params, here[i], 1e-5, f"{n} workers, member {i}")
         assert any(l.startswith(f"ray: {n} shard worker(s)") for l in logs), logs
         assert all(r["status"] == "completed" for r in results)
+
+
+@pytest.mark.slow
+def test_the_per_task_loop_inside_the_member_vmap_equals_the_whole_shard(tmp_path):
+    """train.tasks_per_vmap: 1 in a population: the loop over tasks runs inside the vmap over members
+    (its inner gradient then stays torch.func's)."""
+    params = {}
+    for tpv in (0, 1):
+        cfgs = configs(tmp_path / str(tpv), "mtnet", members=MEMBERS[:2], iterations=30,
+                       **{"train.tasks_per_vmap": tpv})
+        with Population(cfgs, [tmp_path / f"{tpv}-{i}" for i in range(2)], log=lambda m: None) as pop:
+            pop.train()
+            params[tpv] = [{k: v.clone() for k, v in m.params.items()} for m in pop.members]
+    for i in range(2):
+        assert_rel_close(params[1][i], params[0][i], 1e-5, f"member {i}")

@@ -144,6 +144,34 @@ def mtnet_vs_maml(study: Path) -> str:
             + (f"; above in: {', '.join(worse)}." if worse else "."))
 
 
+def subspace_table(study: Path) -> str:
+    """The subspace study: per (order, alpha) cell, the fraction of weights updated after
+    meta-training under both definitions, seeds averaged, with each seed's overall value.
+    mask probability (eq. 3.7): mean sigmoid(zeta); the thesis's section 6.3 and the MT-net
+    reference's "change probs": mean e^-zeta / (e^-zeta + 1) = mean sigmoid(-zeta) = 1 - the former
+    (elementwise, so also for the means)."""
+    trials = [r for r in pq.read_table(study / "trials.parquet").to_pylist() if r.get("updated_fraction") is not None]
+    report = {(r["task.order"], r.get("alpha")): r for r in pq.read_table(study / "report.parquet").to_pylist()}
+    layers = sorted(k.removeprefix("updated_fraction_") for k in trials[0] if k.startswith("updated_fraction_"))
+    all_seeds = sorted({r["seed"] for r in trials})
+    cols = ["order", "alpha", *[f"{l} sigmoid(ζ)" for l in layers], "overall sigmoid(ζ)",
+            *[f"seed {s}" for s in all_seeds], "between-seed SD", "overall sigmoid(-ζ) (thesis 6.3)",
+            "post-adaptation MSE, K = 10"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for key in sorted({(r["task.order"], r.get("alpha")) for r in trials}, key=lambda k: (k[0], -(k[1] or 0))):
+        runs = [r for r in trials if (r["task.order"], r.get("alpha")) == key]
+        seeds = {r["seed"]: r["updated_fraction"] for r in runs}
+        overall = float(np.mean(list(seeds.values())))
+        per_layer = [f"{np.mean([r[f'updated_fraction_{l}'] for r in runs]):.3f}" for l in layers]
+        rep = report.get(key)
+        mse = cell(rep["mean"], rep["ci95"]) if rep and rep.get("mean") is not None else "-"
+        spread = f"{np.std(list(seeds.values()), ddof=1):.3f}" if len(seeds) > 1 else "-"
+        out.append(f"| {key[0]} | {'-' if key[1] is None else f'{key[1]:g}'} | {' | '.join(per_layer)} | {overall:.3f} | "
+                   + " | ".join(f"{seeds[s]:.3f}" if s in seeds else "-" for s in all_seeds)
+                   + f" | {spread} | {1 - overall:.3f} | {mse} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=str(Path(__file__).parent))
@@ -152,6 +180,8 @@ def main() -> None:
         print("## Sine table\n\n" + sine_table(d / "sine_models") + "\n")
     if (d / "robustness_alpha" / "report.parquet").is_file():
         print("## Step-size robustness (K = 10)\n\n" + robustness_table(d / "robustness_alpha") + "\n")
+    if (d / "polynomial_subspace" / "trials.parquet").is_file():
+        print("## Subspace study: fraction of weights updated\n\n" + subspace_table(d / "polynomial_subspace") + "\n")
 
 
 if __name__ == "__main__":
