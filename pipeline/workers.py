@@ -25,7 +25,7 @@ class ShardWorker:
         torch.set_num_threads(max(1, int(num_cpus)))
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         if isinstance(cfg_dict, list):  # a population's members: every member on each task range
-            from pipeline.population import PopulationShards
+            from pipeline.population_shards import PopulationShards
 
             self.experiment = PopulationShards([load_config(d) for d in cfg_dict], device=self.device)
         else:

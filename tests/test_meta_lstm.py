@@ -135,7 +135,7 @@ def test_short_meta_training_on_real_omniglot_beats_the_untrained_learner(tmp_pa
                              "task.shots": 1, "task.query": 1, "eval.shots": [1], "task.split": "alphabet",
                              "task.train_alphabets": SMALL1_ALPHABETS, "task.test_alphabets": NEW_IN_SMALL2,
                              "inner_steps": 5, "eval.inner_steps": 5, "meta_batch_size": 8, "iterations": 150,
-                             "beta": 0.003, "model.filters": 16, "eval.tasks": 200, "train.log_every": 50,
+                             "beta": 0.003, "model.filters": 16, "eval.tasks": 200, "train.log_every": 50, "train.tasks_per_vmap": 0,
                              "backend": "local", "output_dir": str(tmp_path), "tracking.enabled": False,
                              "train.plots": False})
     with Trainer(cfg, tmp_path / "r", log=lambda m: None) as t:
