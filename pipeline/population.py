@@ -25,7 +25,6 @@ import torch
 
 from pipeline import checkpoint
 from pipeline.config import PACKABLE, Config, ConfigError, flatten, to_dict
-from pipeline.meta_batch import describe_chunk_times, pick_chunk_size
 from pipeline.population_shards import PopulationShards
 from pipeline.rules import get_rule
 from pipeline.trainer import Trainer
@@ -107,13 +106,8 @@ class Population:
         """train.tasks_per_vmap: auto, timed once on the population's own first shard (every member's
         tasks; Ray: worker 0's) and recorded in every member's config as a solo run records it; a
         resumed population keeps the choice its members' config.yaml recorded."""
-        chosen = self.members[0].recorded_chunk_size() if resumed else None
-        if chosen is None:
-            params = {k: torch.stack([m.params[k].detach() for m in self.members]).to(self.device)
-                      for k in self.members[0].params}
-            times = self.backend.time_chunk_sizes(params)
-            chosen = pick_chunk_size(times)
-            self.log(describe_chunk_times(times, chosen))
+        chosen = self.members[0].choose_chunk_size(
+            resumed, lambda: self.backend.time_chunk_sizes(self._stacked_params()), log=self.log)
         for m in self.members:
             m.use_chunk_size(chosen)
         self.backend.set_chunk_size(chosen)
@@ -131,8 +125,7 @@ class Population:
         """Stacked parameters and Adam state from the members' (fresh or loaded) trainers; then
         every member's params become views into the stacked tensors."""
         members = self.members
-        self.params = {k: torch.stack([m.params[k].detach() for m in members]).to(self.device)
-                       for k in members[0].params}
+        self.params = self._stacked_params()
         self.exp_avg = {k: torch.zeros_like(v) for k, v in self.params.items()}
         self.exp_avg_sq = {k: torch.zeros_like(v) for k, v in self.params.items()}
         self.steps = torch.zeros(len(members), dtype=torch.long, device=self.device)
@@ -144,6 +137,10 @@ class Population:
                     self.exp_avg[k][i] = opt[j]["exp_avg"]
                     self.exp_avg_sq[k][i] = opt[j]["exp_avg_sq"]
             m.params = {k: self.params[k][i] for k in self.params}
+
+    def _stacked_params(self) -> dict:
+        return {k: torch.stack([m.params[k].detach() for m in self.members]).to(self.device)
+                for k in self.members[0].params}
 
     def _resume_states(self) -> list[dict]:
         """Each member's checkpoint at one common iteration: members are saved one after another,

@@ -131,12 +131,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed = resume or state is not None
         if cfg.train.tasks_per_vmap == "auto" and self.experiment.family == "few_shot":
-            chosen = self.recorded_chunk_size() if resumed else None
-            if chosen is None:
-                times = self.backend.time_chunk_sizes(self.params)
-                chosen = pick_chunk_size(times)
-                self.log(describe_chunk_times(times, chosen))
-            self.use_chunk_size(chosen)
+            self.use_chunk_size(self.choose_chunk_size(resumed, lambda: self.backend.time_chunk_sizes(self.params)))
         if resumed:
             self.load_state_dict(state if state is not None else checkpoint.load(self.run_dir, self.log))
             self._truncate_metrics()
@@ -147,11 +142,17 @@ class Trainer:
             self.save()
         return resumed
 
-    def recorded_chunk_size(self) -> int | None:
-        """train.tasks_per_vmap as resolved in this run directory's config.yaml, if it was."""
+    def choose_chunk_size(self, resumed: bool, time_choices, log=None) -> int:
+        """train.tasks_per_vmap: auto resolved: as this run directory's config.yaml recorded it when
+        resumed, else timed (`time_choices()`: {choice: seconds}), the choice logged in one line."""
         path = self.run_dir / CONFIG
-        value = load_yaml(path).get("train", {}).get("tasks_per_vmap") if path.is_file() else None
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        recorded = load_yaml(path).get("train", {}).get("tasks_per_vmap") if resumed and path.is_file() else None
+        if isinstance(recorded, int) and not isinstance(recorded, bool):
+            return recorded
+        times = time_choices()
+        chosen = pick_chunk_size(times)
+        (log or self.log)(describe_chunk_times(times, chosen))
+        return chosen
 
     def use_chunk_size(self, tasks_per_vmap: int) -> None:
         """train.tasks_per_vmap: auto resolved. Used from now on and written into the run's config.yaml:
