@@ -104,7 +104,7 @@ def shipped(name: str, reps: int) -> None:
     cfg = load_config(name, local=False)  # its data need not be here: the images are synthetic
     channels, size = image_format(cfg.task)
     images = SyntheticImages(ways=cfg.task.ways, image_size=size, channels=channels)
-    chunk = cfg.train.tasks_per_vmap if cfg.train.tasks_per_vmap == "auto" else cfg.train.tasks_per_vmap or None
+    chunk = cfg.train.tasks_per_vmap or None  # "auto", or a number (0: the whole shard)
     inner = InnerSettings(cfg.alpha, cfg.inner_steps, curve=False)
     learner = make_learner(cfg)
     batch_fn = lambda l, p: sample_batch(  # noqa: E731

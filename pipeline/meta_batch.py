@@ -95,7 +95,12 @@ def _autograd_grad_and_value(loss_fn, fast: dict, create_graph: bool):
         inputs = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in fast.items()}
         loss, aux = loss_fn(inputs)
         grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=create_graph, allow_unused=True)
-    return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(inputs.items(), grads)}, (loss, aux)
+    return zeros_where_unused(inputs, grads), (loss, aux)
+
+
+def zeros_where_unused(tensors: dict, grads) -> dict:
+    """autograd.grad(..., allow_unused=True)'s gradients by name, zeros where a tensor was unused."""
+    return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(tensors.items(), grads)}
 
 
 def adapt(learner: Learner, inner: InnerSettings, params: dict, task: dict, functional: bool = True):
@@ -218,7 +223,7 @@ def _meta_gradient(forward, params: dict, batch: dict) -> ShardResult:
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     loss, curve, metric = forward(leaves, batch)
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
+    grads = zeros_where_unused(leaves, grads)
     return ShardResult(grads, loss.detach().item(), batch["x_support"].shape[0],
                        None if curve is None else curve.detach(), metric.item())
 

@@ -23,7 +23,7 @@ import torch
 
 from pipeline.config import Config
 from pipeline.evaluation import eval_ranges, finite_or_none, table_row
-from pipeline.meta_batch import ShardResult
+from pipeline.meta_batch import ShardResult, zeros_where_unused
 from pipeline.rules import get_rule
 from tasks.optimizees import make_optimizee
 from tasks.sampling import sample_optimizees
@@ -100,7 +100,7 @@ class OptimizerExperiment:
         meta = torch.stack(losses, 0).sum(0)  # (B,): sum_t f_t(theta_t), w_t = 1
         if leaves and meta.requires_grad:
             grads = torch.autograd.grad(meta.sum(), list(leaves.values()), allow_unused=True)
-            grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
+            grads = zeros_where_unused(leaves, grads)
         else:
             grads = {k: torch.zeros_like(v) for k, v in leaves.items()}
         after = losses[-1].detach()

@@ -11,7 +11,8 @@ from torch.func import vmap
 
 from pipeline.config import Config, compile_shards, curve_at
 from pipeline.experiment import make_experiment
-from pipeline.meta_batch import CompiledShardFunction, ShardResult, _shard_sums, map_tree, time_chunk_sizes
+from pipeline.meta_batch import CompiledShardFunction, ShardResult, _shard_sums, map_tree, time_chunk_sizes, \
+    zeros_where_unused
 
 
 def _population_sums(learner, inner, leaves: dict, batch: dict, chunk_size, functional: bool = True):
@@ -37,7 +38,7 @@ def _population_gradient(forward, params: dict, batch: dict) -> ShardResult:
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     loss, curve, metric = forward(leaves, batch)
     grads = torch.autograd.grad(loss.sum(), list(leaves.values()), allow_unused=True)
-    grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
+    grads = zeros_where_unused(leaves, grads)
     return ShardResult(grads, loss.detach(), batch["x_support"].shape[1], None if curve is None else curve.detach(),
                        metric.detach())
 
