@@ -1,4 +1,4 @@
-"""Chaos: a 240-iteration run on 3 Ray shard workers during which workers are SIGKILLed at random
+"""Chaos: a 180-iteration run on 3 Ray shard workers during which workers are SIGKILLed at random
 moments (inside shard calls, between them, while a replacement starts) and the driver itself is
 SIGKILLed twice and resumed with `metatrain resume`. Its final parameters equal those of an
 undisturbed run of the same config to 1e-6 (in practice bit for bit: every shard is a pure function
@@ -25,12 +25,13 @@ from pipeline.run_dir import METRICS, RESULTS
 
 pytestmark = pytest.mark.slow  # four drivers, each with its own Ray: about 2-4 minutes on 2 cores
 
-ITERATIONS = 240
+ITERATIONS = 180
 SETTINGS = {"method": "maml", "iterations": ITERATIONS, "meta_batch_size": 24, "inner_steps": 3,
             "model.hidden": "[64,64]", "task.shots": 10, "eval.tasks": 24, "eval.shots": "[5]",
             "train.checkpoint_every": 10, "train.log_every": 10, "ray.workers": 3,
             "ray.cpus_per_worker": 0.5,  # three workers on a 2-core machine
-            "ray.max_worker_restarts": 30, "tracking.enabled": "false", "run_name": "run", "train.plots": "false"}
+            "ray.max_worker_restarts": 30, "tracking.enabled": "false", "run_name": "run", "train.plots": "false",
+            "train.compile": "never", "train.tasks_per_vmap": 0}  # no compile or chunk timing: not what is tested
 
 
 def metatrain(args: list[str], log: Path) -> subprocess.Popen:
@@ -80,7 +81,7 @@ def last_iteration(run: Path) -> int:
 
 
 class WorkerKiller(threading.Thread):
-    """After every 12-30 iterations of progress, SIGKILLs one of the three shard workers at random,
+    """After every 10-24 iterations of progress, SIGKILLs one of the three shard workers at random,
     0-0.3 s later: the moment falls inside a shard call (most of a worker's time) or between calls.
     (Kills paced by progress, not by the clock: a replacement takes seconds to start, and kills
     faster than that would stall the run rather than test it.)"""
@@ -90,7 +91,7 @@ class WorkerKiller(threading.Thread):
         self.sid, self.run_dir, self.rng, self.kills, self.stop = sid, run, rng, 0, threading.Event()
 
     def run(self):
-        target = last_iteration(self.run_dir) + self.rng.randint(12, 30)
+        target = last_iteration(self.run_dir) + self.rng.randint(10, 24)
         while not self.stop.wait(0.05):
             if last_iteration(self.run_dir) < target:
                 continue
@@ -102,7 +103,7 @@ class WorkerKiller(threading.Thread):
                     self.kills += 1
                 except psutil.NoSuchProcess:
                     pass
-            target = last_iteration(self.run_dir) + self.rng.randint(12, 30)
+            target = last_iteration(self.run_dir) + self.rng.randint(10, 24)
 
 
 def drive(args, log, run, rng, kill_driver_at: int | None, timeout=420) -> tuple[int, int]:
@@ -145,11 +146,11 @@ def test_random_worker_and_driver_kills_leave_the_result_unchanged(tmp_path):
     rng, run = random.Random(1234), chaos / "run"
     kills = []
     k, code = drive(["train", "sine_quick", *sets, "--set", f"output_dir={chaos}"], log, run, rng,
-                    kill_driver_at=rng.randint(60, 100))
+                    kill_driver_at=rng.randint(45, 75))
     kills.append(k)
     assert code == -signal.SIGKILL, log.read_text()[-3000:]
     first_stop = last_iteration(run)
-    k, code = drive(["resume", str(run)], log, run, rng, kill_driver_at=rng.randint(140, 180))
+    k, code = drive(["resume", str(run)], log, run, rng, kill_driver_at=rng.randint(105, 135))
     kills.append(k)
     assert code == -signal.SIGKILL, log.read_text()[-3000:]
     assert last_iteration(run) > first_stop, "the first resume made no progress"

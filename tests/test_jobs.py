@@ -149,7 +149,7 @@ def test_a_bad_config_fails_on_the_cluster_with_its_one_line_error(head, token, 
 def test_stop_ends_a_running_job(head, token, tmp_path, capsys):
     address, _ = head
     code = main(["submit", "train", "sine_quick", "--set", "backend=local", "--set", "iterations=1000000",
-                 "--set", "train.log_every=50", "--set", f"output_dir={tmp_path}", "--set", "tracking.enabled=false",
+                 "--set", "train.compile=never", "--set", "train.log_every=50", "--set", f"output_dir={tmp_path}", "--set", "tracking.enabled=false",
                  "--address", address, "--no-wait", "--no-pip"])
     out = capsys.readouterr().out
     assert code == 0 and "metatrain jobs logs" in out
