@@ -151,7 +151,8 @@ def shard_meta_gradient(learner: Learner, inner: InnerSettings, params: dict, ba
     through that (the same numbers as an outer torch.func.grad, 1.4-2x faster on small models
     because every op then carries one functorch level fewer). chunk_size bounds the tasks per
     vectorised call: conv nets on CPU run faster in chunks that keep activations in cache."""
-    return _meta_gradient(lambda leaves, b: _shard_sums(learner, inner, leaves, b, chunk_size), params, batch)
+    return _shard_result(*_autograd_gradient(lambda leaves, b: _shard_sums(learner, inner, leaves, b, chunk_size),
+                                             params, batch), batch)
 
 
 # train.tasks_per_vmap: auto. Tasks per vectorised call, timed on the run's first shard like cuDNN's
@@ -218,21 +219,26 @@ def _adapt_tasks(learner: Learner, inner: InnerSettings, params: dict, batch: di
                                                torch.stack([o[1][1] for o in outs]))
 
 
-def _meta_gradient(forward, params: dict, batch: dict) -> ShardResult:
-    """ShardResult of a shard forward (eager or compiled) and the autograd gradient of its loss."""
+def _autograd_gradient(forward, params: dict, batch: dict) -> tuple:
+    """(grads, loss, curve, metric) of a shard forward, its (summed) loss differentiated by autograd."""
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     loss, curve, metric = forward(leaves, batch)
-    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    grads = zeros_where_unused(leaves, grads)
-    return ShardResult(grads, loss.detach().item(), batch["x_support"].shape[0],
-                       None if curve is None else curve.detach(), metric.item())
+    grads = torch.autograd.grad(loss.sum(), list(leaves.values()), allow_unused=True)
+    return zeros_where_unused(leaves, grads), loss.detach(), None if curve is None else curve.detach(), metric.detach()
+
+
+def _shard_result(grads: dict, loss, curve, metric, batch: dict) -> ShardResult:
+    return ShardResult(grads, loss.item(), batch["x_support"].shape[0], curve, metric.item())
 
 
 class CompiledShardFunction:
-    """`shard_meta_gradient` with its forward (vmapped inner loops and query losses) under
-    torch.compile; the outer backward stays plain autograd, through the compiled graph's own
-    compiled backward. Per-op dispatch, not arithmetic, bounds small models (sine MLPs), and a
-    compiled graph pays it once per call instead of once per op.
+    """`shard_meta_gradient` as one compiled graph: the forward (vmapped inner loops and query
+    losses) and the outer gradient (`torch.func.grad_and_value` of the summed loss) traced together
+    by torch.compile. Per-op dispatch, not arithmetic, bounds small models (sine MLPs), and a
+    compiled graph pays it once per call instead of once per op; tracing the outer gradient too
+    (rather than autograd through a compiled forward) also drops the autograd engine's per-node
+    work and the saved-tensor bookkeeping between two graphs: about 2x on a population of 18
+    MT-nets (benchmarks/RESULTS.md).
 
     Compiles on the first call (printed once, with its time) and again only for a new shard
     shape. Where compilation or the compiled call fails (no C++ compiler, an op Dynamo cannot
@@ -240,29 +246,33 @@ class CompiledShardFunction:
     float rounding (tests/test_compile.py: 1e-5)."""
 
     def __init__(self, learner: Learner, inner: InnerSettings, chunk_size: int | None = None, log=print, *,
-                 sums=None, gradient=None, compile: bool = True):
-        # sums/gradient: a population's forward and gradient tail (pipeline/population.py)
-        sums, self._gradient, self.log = sums or _shard_sums, gradient or _meta_gradient, log
+                 sums=None, result=None, compile: bool = True):
+        # sums/result: a population's forward and ShardResult (pipeline/population_shards.py)
+        sums, self._result, self.log = sums or _shard_sums, result or _shard_result, log
         self._eager_forward = lambda leaves, batch: sums(learner, inner, leaves, batch, chunk_size)
+
+        def total(leaves, batch):  # inner gradients by torch.func: the graph is differentiated as a whole
+            loss, curve, metric = sums(learner, inner, leaves, batch, chunk_size, True)
+            return loss.sum(), (loss, curve, metric)
+
         self.eager, self.compiled = not compile, False
-        self._forward = torch.compile(lambda leaves, batch: sums(learner, inner, leaves, batch, chunk_size, True),
-                                      dynamic=False) if compile else None
+        self._forward = torch.compile(grad_and_value(total, has_aux=True), dynamic=False) if compile else None
 
     def __call__(self, params: dict, batch: dict) -> ShardResult:
         if self.eager:
-            return self._gradient(self._eager_forward, params, batch)
+            return self._result(*_autograd_gradient(self._eager_forward, params, batch), batch)
         t0 = time.perf_counter()
         try:
-            result = self._gradient(self._forward, params, batch)
+            grads, (_, (loss, curve, metric)) = self._forward({k: v.detach() for k, v in params.items()}, batch)
         except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
             self.eager = True
             first_line = (str(e).strip().splitlines() or [""])[0][:200]
             self.log(f"train.compile: compilation failed ({type(e).__name__}: {first_line}); running eagerly")
-            return self._gradient(self._eager_forward, params, batch)
+            return self._result(*_autograd_gradient(self._eager_forward, params, batch), batch)
         if not self.compiled:
             self.compiled = True
             self.log(f"train.compile: shard function compiled in {time.perf_counter() - t0:.1f} s")
-        return result
+        return self._result(grads, loss, curve, metric, batch)
 
 
 def shard_evaluate(learner: Learner, inner: InnerSettings, params: dict, batch: dict,

@@ -11,8 +11,7 @@ from torch.func import vmap
 
 from pipeline.config import Config, compile_shards, curve_at
 from pipeline.experiment import make_experiment
-from pipeline.meta_batch import CompiledShardFunction, ShardResult, _shard_sums, map_tree, time_chunk_sizes, \
-    zeros_where_unused
+from pipeline.meta_batch import CompiledShardFunction, ShardResult, _shard_sums, map_tree, time_chunk_sizes
 
 
 def _population_sums(learner, inner, leaves: dict, batch: dict, chunk_size, functional: bool = True):
@@ -32,15 +31,10 @@ def _population_sums(learner, inner, leaves: dict, batch: dict, chunk_size, func
     return loss, None, metric
 
 
-def _population_gradient(forward, params: dict, batch: dict) -> ShardResult:
+def _population_result(grads: dict, loss, curve, metric, batch: dict) -> ShardResult:
     """Members are independent, so the gradient of the summed losses is every member's own
     gradient, stacked. loss_sum/metric_sum are (P,) tensors here, not floats."""
-    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-    loss, curve, metric = forward(leaves, batch)
-    grads = torch.autograd.grad(loss.sum(), list(leaves.values()), allow_unused=True)
-    grads = zeros_where_unused(leaves, grads)
-    return ShardResult(grads, loss.detach(), batch["x_support"].shape[1], None if curve is None else curve.detach(),
-                       metric.detach())
+    return ShardResult(grads, loss, batch["x_support"].shape[1], curve, metric)
 
 
 class PopulationShards:
@@ -61,7 +55,7 @@ class PopulationShards:
 
     def _shard_fn(self, chunk: int | None, compile: bool, curve: bool) -> CompiledShardFunction:
         return CompiledShardFunction(self.learner, replace(self.inner, curve=curve), chunk, log=self.log,
-                                     sums=_population_sums, gradient=_population_gradient, compile=compile)
+                                     sums=_population_sums, result=_population_result, compile=compile)
 
     def set_chunk_size(self, tasks_per_vmap: int) -> None:
         # with and without the query-loss curve (config.curve_at), as a solo run's experiment
