@@ -253,17 +253,20 @@ class CompiledShardFunction:
 
         def total(leaves, batch):  # inner gradients by torch.func: the graph is differentiated as a whole
             loss, curve, metric = sums(learner, inner, leaves, batch, chunk_size, True)
-            return loss.sum(), (loss, curve, metric)
+            return loss.sum(), (loss, metric) if curve is None else (loss, metric, curve)  # aux: tensors only
 
         self.eager, self.compiled = not compile, False
-        self._forward = torch.compile(grad_and_value(total, has_aux=True), dynamic=False) if compile else None
+        # fullgraph: a graph break would silently run torch.func's outer gradient eagerly (slower
+        # than the eager path's autograd); as an error it falls back to that path, said once
+        self._forward = torch.compile(grad_and_value(total, has_aux=True), dynamic=False,
+                                      fullgraph=True) if compile else None
 
     def __call__(self, params: dict, batch: dict) -> ShardResult:
         if self.eager:
             return self._result(*_autograd_gradient(self._eager_forward, params, batch), batch)
         t0 = time.perf_counter()
         try:
-            grads, (_, (loss, curve, metric)) = self._forward({k: v.detach() for k, v in params.items()}, batch)
+            grads, (_, (loss, metric, *curve)) = self._forward({k: v.detach() for k, v in params.items()}, batch)
         except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
             self.eager = True
             first_line = (str(e).strip().splitlines() or [""])[0][:200]
@@ -272,7 +275,7 @@ class CompiledShardFunction:
         if not self.compiled:
             self.compiled = True
             self.log(f"train.compile: shard function compiled in {time.perf_counter() - t0:.1f} s")
-        return self._result(grads, loss, curve, metric, batch)
+        return self._result(grads, loss, curve[0] if curve else None, metric, batch)
 
 
 def shard_evaluate(learner: Learner, inner: InnerSettings, params: dict, batch: dict,
