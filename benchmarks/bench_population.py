@@ -2,7 +2,8 @@
 today, side by side in one process on one thread (sine MLP 1-40-40-1, meta-batch 4, K=10).
 
 "solo" is the ordinary Trainer's outer loop (LocalBackend, eager; sampling, Adam, metrics
-included), one trial after another; "population" is pipeline/population.py's loop over P members
+included), one trial after another, and one solo trial compiled (train.compile, as a 60,000-iteration
+trial runs today under `auto`; its compilation excluded); "population" is pipeline/population.py's loop over P members
 that differ in alpha and seed (as in the robustness study: 6 alphas per seed), eager and under
 torch.compile (its compile time reported apart, then excluded). Evaluation and plots, the same for
 both, are left out.
@@ -44,12 +45,18 @@ def member_cfgs(method: str, size: int, iterations: int, compile_: str, out: Pat
                                        "run_name": f"m{i}"}) for i in range(size)]
 
 
-def solo_rate(cfg, out: Path) -> float:
+def solo_rate(cfg, out: Path, warmup: int = 0) -> float:
+    """Iterations/s of one solo run's outer loop, after `warmup` iterations (a compiled run's
+    compilation) run as a run of their own length."""
     with Trainer(cfg, out, log=lambda m: None, backend="local") as t:
         t.begin()
+        if warmup:
+            total, cfg.iterations = cfg.iterations, warmup
+            t._loop()
+            cfg.iterations, t.status = total, "running"
         t0 = time.perf_counter()
         t._loop()
-        return cfg.iterations / (time.perf_counter() - t0)
+        return (cfg.iterations - warmup) / (time.perf_counter() - t0)
 
 
 def population_rate(cfgs, out: Path, warmup: int, device: str = "cpu") -> tuple[float, float]:
@@ -120,9 +127,9 @@ def main() -> None:
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"torch {torch.__version__}, 1 thread, {platform.machine()}; population on {where}; {args.iterations} "
           f"iterations per run, sine 1-40-40-1, meta-batch 4, K=10\n")
-    print("| method | P | solo it/s (one trial) | population eager member-it/s | speed-up | population compiled "
-          "member-it/s | speed-up | compile s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| method | P | solo it/s (one trial, eager) | solo compiled it/s | population eager member-it/s | speed-up "
+          "| population compiled member-it/s | speed-up | vs solo compiled | compile s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     iteration_s = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -130,14 +137,16 @@ def main() -> None:
             solo = sorted(solo_rate(c, tmp / f"solo-{method}-{i}")
                           for i, c in enumerate(member_cfgs(method, args.solo_trials, args.iterations, "never",
                                                             tmp)))[args.solo_trials // 2]
+            solo_c = float("nan") if args.no_compile else solo_rate(
+                member_cfgs(method, 1, args.iterations, "always", tmp)[0], tmp / f"solo-c-{method}", warmup=5)
             for size in (int(s) for s in args.sizes.split(",")):
                 eager, _ = population_rate(member_cfgs(method, size, args.iterations, "never", tmp / f"e{size}{method}"),
                                            tmp / f"e{size}{method}", warmup=5, device=args.device)
                 comp, compile_s = (float("nan"), float("nan")) if args.no_compile else population_rate(
                     member_cfgs(method, size, args.iterations, "always", tmp / f"c{size}{method}"),
                     tmp / f"c{size}{method}", warmup=5, device=args.device)
-                print(f"| {method} | {size} | {solo:,.0f} | {eager:,.0f} | {eager / solo:.1f}x | {comp:,.0f} "
-                      f"| {comp / solo:.1f}x | {compile_s:.0f} |", flush=True)
+                print(f"| {method} | {size} | {solo:,.0f} | {solo_c:,.0f} | {eager:,.0f} | {eager / solo:.1f}x | "
+                      f"{comp:,.0f} | {comp / solo:.1f}x | {comp / solo_c:.1f}x | {compile_s:.0f} |", flush=True)
                 iteration_s[method, size] = size / eager
         print("\nTask sampling per population iteration (ms), and its share of the eager iteration:\n")
         print("| method | P | seeds | counter-based ms | share | per-task generators ms | share | speed-up |")

@@ -172,6 +172,29 @@ def subspace_table(study: Path) -> str:
     return "\n".join(out)
 
 
+def seed_table(study: Path, keys: list[str], k: int = 10) -> str:
+    """A study the thesis gives no numbers for (gumbel_temperature, beta): per cell (values of
+    `keys`), ours pooled over the seeds (mean +- 95% CI over the test tasks), each seed's mean, the
+    between-seed SD and, for mask models, the fraction of weights updated (mean sigmoid(zeta))."""
+    rows = [r for r in pq.read_table(study / "report.parquet").to_pylist() if r["K"] == k]
+    trials = [r for r in pq.read_table(study / "trials.parquet").to_pylist() if r.get(f"eval_K{k}_mean") is not None]
+    all_seeds = sorted({r["seed"] for r in trials})
+    masks = any(r.get("updated_fraction") is not None for r in rows)
+    cols = [*keys, f"ours (seeds pooled), K = {k}", *[f"seed {s}" for s in all_seeds], "between-seed SD",
+            *(["updated fraction sigmoid(ζ)"] if masks else []), "diverged"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in sorted(rows, key=lambda r: tuple(str(r[c]) if isinstance(r[c], str) else r[c] for c in keys)):
+        seeds = {t["seed"]: t[f"eval_K{k}_mean"] for t in trials if all(t.get(c) == r[c] for c in keys)}
+        spread = f"{np.std(list(seeds.values()), ddof=1):.3f}" if len(seeds) > 1 else "-"
+        frac = r.get("updated_fraction")
+        out.append(f"| {' | '.join(f'{r[c]:g}' if isinstance(r[c], float) else str(r[c]) for c in keys)} | "
+                   f"{cell(r['mean'], r['ci95']) if r['mean'] is not None else '-'} | "
+                   + " | ".join(f"{seeds[s]:.3f}" if s in seeds else "-" for s in all_seeds)
+                   + f" | {spread} |" + (f" {'-' if frac is None else f'{frac:.3f}'} |" if masks else "")
+                   + f" {r.get('diverged') or 0} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=str(Path(__file__).parent))
@@ -182,6 +205,11 @@ def main() -> None:
         print("## Step-size robustness (K = 10)\n\n" + robustness_table(d / "robustness_alpha") + "\n")
     if (d / "polynomial_subspace" / "trials.parquet").is_file():
         print("## Subspace study: fraction of weights updated\n\n" + subspace_table(d / "polynomial_subspace") + "\n")
+    if (d / "gumbel_temperature" / "report.parquet").is_file():
+        print("## Gumbel-softmax temperature (MT-net)\n\n" + seed_table(d / "gumbel_temperature", ["gumbel_temperature"])
+              + "\n")
+    if (d / "beta" / "report.parquet").is_file():
+        print("## Meta step size beta\n\n" + seed_table(d / "beta", ["beta", "method"]) + "\n")
 
 
 if __name__ == "__main__":
