@@ -144,11 +144,18 @@ class Trainer:
 
     def choose_chunk_size(self, resumed: bool, time_choices, log=None) -> int:
         """train.tasks_per_vmap: auto resolved: as this run directory's config.yaml recorded it when
-        resumed, else timed (`time_choices()`: {choice: seconds}), the choice logged in one line."""
+        resumed; the whole shard for a dense network; else timed (`time_choices()`: {choice:
+        seconds}), the choice logged in one line."""
         path = self.run_dir / CONFIG
         recorded = load_yaml(path).get("train", {}).get("tasks_per_vmap") if resumed and path.is_file() else None
         if isinstance(recorded, int) and not isinstance(recorded, bool):
             return recorded
+        if not any(cell.kind == "conv" for cell in self.experiment.learner.net.cells):
+            # Dense shards (sine MLPs) are dispatch-bound: one vmap is the fastest (benchmarks/RESULTS.md),
+            # and a timed choice would make the run's float rounding, hence its numbers after
+            # thousands of iterations, depend on the machine's load at start.
+            (log or self.log)("train.tasks_per_vmap: auto -> whole shard (dense network, not timed)")
+            return 0
         times = time_choices()
         chosen = pick_chunk_size(times)
         (log or self.log)(describe_chunk_times(times, chosen))

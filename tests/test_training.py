@@ -37,8 +37,13 @@ def test_same_seed_gives_the_same_run(tmp_path):
     assert not torch.equal(a.params["l0.W"], c.params["l0.W"])
 
 
+CONV = {"task.name": "synthetic_images", "task.ways": 3, "task.shots": 1, "task.query": 2, "task.image_size": 16,
+        "model.filters": 4, "eval.shots": "[1]", "eval.tasks": 6}
+
+
 def test_auto_tasks_per_vmap_is_timed_once_recorded_and_kept_on_resume(tmp_path):
-    cfg = small_cfg(tmp_path, method="mtnet", iterations=10, **{"train.tasks_per_vmap": "auto"})
+    over = {**CONV, "method": "mtnet", "iterations": 6, "train.tasks_per_vmap": "auto"}
+    cfg = small_cfg(tmp_path, **over)
     lines = []
     Trainer(cfg, tmp_path / "run", log=lines.append).train()
     timed = [l for l in lines if l.startswith("train.tasks_per_vmap: auto -> ")]
@@ -50,10 +55,21 @@ def test_auto_tasks_per_vmap_is_timed_once_recorded_and_kept_on_resume(tmp_path)
     saved["train"]["tasks_per_vmap"] = 2
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(saved))
     lines.clear()
-    resumed = Trainer(small_cfg(tmp_path, method="mtnet", iterations=10, **{"train.tasks_per_vmap": "auto"}),
-                      tmp_path / "run", log=lines.append)
+    resumed = Trainer(small_cfg(tmp_path, **over), tmp_path / "run", log=lines.append)
     resumed.train(resume=True)
     assert resumed.experiment.chunk == 2 and not any("auto ->" in l for l in lines)
+
+
+def test_auto_tasks_per_vmap_takes_the_whole_shard_for_a_dense_network_untimed(tmp_path):
+    """Not timed: a timed choice would tie a sine run's rounding (and so its numbers after 60,000
+    iterations) to the machine's load at start."""
+    lines = []
+    t = Trainer(small_cfg(tmp_path, method="mtnet", iterations=4, **{"train.tasks_per_vmap": "auto"}), tmp_path / "run",
+                log=lines.append)
+    t.train()
+    assert [l for l in lines if "auto ->" in l] == ["train.tasks_per_vmap: auto -> whole shard (dense network, not timed)"]
+    assert t.experiment.chunk is None
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["tasks_per_vmap"] == 0
 
 
 def test_the_query_loss_curve_is_computed_on_ten_iterations_per_log_window_and_the_last(tmp_path):
