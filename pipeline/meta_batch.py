@@ -257,7 +257,11 @@ class CompiledShardFunction:
 
         self.eager, self.compiled = not compile, False
         # fullgraph: a graph break would silently run torch.func's outer gradient eagerly (slower
-        # than the eager path's autograd); as an error it falls back to that path, said once
+        # than the eager path's autograd); as an error it falls back to that path, said once. The
+        # same for Dynamo's recompile limit (8 graphs per code object, and every instance's step is
+        # the same code object): a process that compiles more (a benchmark) gets the fallback line.
+        if compile:
+            torch._dynamo.config.fail_on_recompile_limit_hit = True
         self._forward = torch.compile(grad_and_value(total, has_aux=True), dynamic=False,
                                       fullgraph=True) if compile else None
 
