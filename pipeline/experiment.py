@@ -65,9 +65,9 @@ class Experiment:
 
     def set_chunk_size(self, tasks_per_vmap: int) -> None:
         self.chunk = tasks_per_vmap or None
-        # train.compile: the compiled shard function (torch.compile wraps lazily; compiles on first call)
-        self._compiled = {c: CompiledShardFunction(self.learner, inner, self.chunk) for c, inner in self._inners.items()} \
-            if compile_shards(self.cfg) else None
+        # the shard function with and without the curve; under train.compile compiled on its first call
+        self._shard_fns = {c: CompiledShardFunction(self.learner, inner, self.chunk, compile=compile_shards(self.cfg))
+                           for c, inner in self._inners.items()}
 
     def time_chunk_sizes(self, params: dict, indices: Sequence[int]) -> dict[int, float]:
         """Eager shard-call times of the run's first training shard at each tasks_per_vmap choice
@@ -101,10 +101,7 @@ class Experiment:
     def train_shard(self, params: dict, iteration: int, indices: Sequence[int], carry=None) -> ShardResult:
         batch = self.sample(params, split="train", seed=self.cfg.seed, iteration=iteration, indices=indices,
                             shots=self.cfg.task.shots)
-        curve = curve_at(self.cfg, iteration)
-        if self._compiled is not None:
-            return self._compiled[curve](params, batch)
-        return shard_meta_gradient(self.learner, self._inners[curve], params, batch, self.chunk)
+        return self._shard_fns[curve_at(self.cfg, iteration)](params, batch)
 
     def eval_shard(self, params: dict, indices: Sequence[int], *, shots: int, seed: int,
                    inner_steps: int, mask_mode: str, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:

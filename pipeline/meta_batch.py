@@ -240,8 +240,9 @@ class CompiledShardFunction:
     work and the saved-tensor bookkeeping between two graphs: about 2x on a population of 18
     MT-nets (benchmarks/RESULTS.md).
 
-    Compiles on the first call (printed once, with its time) and again only for a new shard
-    shape. Where compilation or the compiled call fails (no C++ compiler, an op Dynamo cannot
+    With compile=False it is `shard_meta_gradient` itself (runs and populations hold one shard
+    function whatever train.compile says). Compiles on the first call (printed once, with its
+    time) and again only for a new shard shape. Where compilation or the compiled call fails (no C++ compiler, an op Dynamo cannot
     trace) it says so in one line and runs eagerly from then on: the numbers are the same up to
     float rounding (tests/test_compile.py: 1e-5)."""
 
@@ -265,9 +266,12 @@ class CompiledShardFunction:
         self._forward = torch.compile(grad_and_value(total, has_aux=True), dynamic=False,
                                       fullgraph=True) if compile else None
 
+    def _eager_call(self, params: dict, batch: dict) -> ShardResult:
+        return self._result(*_autograd_gradient(self._eager_forward, params, batch), batch)
+
     def __call__(self, params: dict, batch: dict) -> ShardResult:
         if self.eager:
-            return self._result(*_autograd_gradient(self._eager_forward, params, batch), batch)
+            return self._eager_call(params, batch)
         t0 = time.perf_counter()
         try:
             grads, (_, (loss, metric, *curve)) = self._forward({k: v.detach() for k, v in params.items()}, batch)
@@ -275,7 +279,7 @@ class CompiledShardFunction:
             self.eager = True
             first_line = (str(e).strip().splitlines() or [""])[0][:200]
             self.log(f"train.compile: compilation failed ({type(e).__name__}: {first_line}); running eagerly")
-            return self._result(*_autograd_gradient(self._eager_forward, params, batch), batch)
+            return self._eager_call(params, batch)
         if not self.compiled:
             self.compiled = True
             self.log(f"train.compile: shard function compiled in {time.perf_counter() - t0:.1f} s")
