@@ -5,7 +5,10 @@ break-even number of calls (compile time / time saved per call), and the largest
 gradient difference. The `auto` threshold of train.compile (pipeline/config.py) is set from the
 break-even of these cases.
 
-    python benchmarks/bench_compile.py [--calls 300]
+Learned optimizers: a training unroll (20 steps of the LSTM on every coordinate and its meta-
+gradient) with the update step eager and compiled (train.compile for the optimizer family).
+
+    python benchmarks/bench_compile.py [--calls 300] [--unrolls 10] [--only few_shot|l2l]
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.experiment import make_learner  # noqa: E402
+from pipeline.experiment import make_experiment, make_learner  # noqa: E402
 from pipeline.meta_batch import CompiledShardFunction, InnerSettings, shard_meta_gradient  # noqa: E402
 from tasks import make_distribution  # noqa: E402
 from tasks.sampling import sample_batch  # noqa: E402
@@ -30,9 +33,14 @@ CASES = [  # (label, config name, overrides, shard size)
     ("Meta-SGD sine, K=10, shard of 25", "sine_quick", ["method=metasgd"], 25),
 ]
 
+L2L_CASES = [  # (label, config name, overrides, optimizees in the shard)
+    ("l2l MNIST MLP (15,910 coordinates), 1 optimizee (l2l_mnist_cpu on 2 workers)", "l2l_mnist_cpu", [], 1),
+    ("l2l quadratic (10 coordinates), 64 optimizees (l2l_quadratic_cpu on 2 workers)", "l2l_quadratic_cpu", [], 64),
+]
 
-def timed(fn, calls: int) -> float:
-    for _ in range(10):
+
+def timed(fn, calls: int, warmup: int = 10) -> float:
+    for _ in range(warmup):
         fn()
     t0 = time.perf_counter()
     for _ in range(calls):
@@ -43,12 +51,15 @@ def timed(fn, calls: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--unrolls", type=int, default=10, help="timed calls per learned-optimizer case")
+    ap.add_argument("--only", choices=("few_shot", "l2l"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, {args.calls} timed calls per case\n")
+    print(f"torch {torch.__version__}, 1 thread, {args.calls} timed calls per case "
+          f"({args.unrolls} per learned-optimizer case)\n")
     print("| case | compile s | eager ms/call | compiled ms/call | speed-up | break-even calls | max rel. grad diff |")
     print("|---|---|---|---|---|---|---|")
-    for label, name, overrides, shard in CASES:
+    for label, name, overrides, shard in CASES if args.only != "l2l" else []:
         cfg = load_config(name, overrides)
         learner = make_learner(cfg)
         params = learner.init_params(cfg.seed, torch.float32)
@@ -68,6 +79,23 @@ def main() -> None:
         even = compile_s / (eager - compiled) if eager > compiled else float("inf")
         note = " (fell back to eager)" if fn.eager else ""
         print(f"| {label}{note} | {compile_s:.1f} | {eager * 1e3:.2f} | {compiled * 1e3:.2f} | {eager / compiled:.2f}x "
+              f"| {even:,.0f} | {diff:.1e} |", flush=True)
+
+    for label, name, overrides, shard in L2L_CASES if args.only != "few_shot" else []:
+        eager, fn = (make_experiment(load_config(name, [*overrides, f"train.compile={c}"])) for c in ("never", "always"))
+        fn.update.log = lambda m: None
+        params = eager.init_params()
+        t0 = time.perf_counter()
+        got = fn.train_shard(params, 0, range(shard))
+        compile_s = time.perf_counter() - t0
+        want = eager.train_shard(params, 0, range(shard))
+        diff = max(((got.grads[k] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item()
+                   for k, g in want.grads.items())
+        t_eager = timed(lambda: eager.train_shard(params, 0, range(shard)), args.unrolls, 2)
+        t_comp = timed(lambda: fn.train_shard(params, 0, range(shard)), args.unrolls, 2)
+        even = compile_s / (t_eager - t_comp) if t_eager > t_comp else float("inf")
+        note = " (fell back to eager)" if fn.update.state == "eager" else ""
+        print(f"| {label}{note} | {compile_s:.1f} | {t_eager * 1e3:.1f} | {t_comp * 1e3:.1f} | {t_eager / t_comp:.2f}x "
               f"| {even:,.0f} | {diff:.1e} |", flush=True)
 
 

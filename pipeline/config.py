@@ -23,6 +23,7 @@ EVAL_SPLITS = ("test", "train")
 QUERY_BN = ("", "batch", "support")
 COMPILE = ("auto", "always", "never")
 COMPILE_AUTO_ITERATIONS = 10_000
+COMPILE_AUTO_UNROLLS = 1_000  # a learned optimizer's iteration (an unroll of 20 LSTM steps) saves more
 
 
 def query_bn(cfg: "Config") -> str:
@@ -36,8 +37,11 @@ PACKABLE = ("alpha", "beta", "gumbel_temperature", "seed", "eval.seed", "run_nam
 
 
 def compile_shards(cfg: "Config") -> bool:
-    """train.compile resolved for a few-shot run ("auto": long runs only)."""
-    return cfg.train.compile == "always" or (cfg.train.compile == "auto" and cfg.iterations >= COMPILE_AUTO_ITERATIONS)
+    """train.compile resolved ("auto": long runs only, where the saving outweighs ~20-60 s of compiling)."""
+    from tasks import OPTIMIZEES
+
+    least = COMPILE_AUTO_UNROLLS if cfg.task.name in OPTIMIZEES else COMPILE_AUTO_ITERATIONS
+    return cfg.train.compile == "always" or (cfg.train.compile == "auto" and cfg.iterations >= least)
 
 
 CURVE_SAMPLES = 10
@@ -121,9 +125,10 @@ class TrainConfig:
     tasks_per_vmap: int | str = "auto"
     grad_clip: float = 0.0  # clip the meta-gradient's global norm to this before the Adam step; 0 = off
     unroll: int = 0  # learned optimizers: optimizee steps per truncated-BPTT unroll (paper 20); 0 = inner_steps
-    # the few-shot shard function under torch.compile: "always", "never", or "auto" = for runs of at
-    # least COMPILE_AUTO_ITERATIONS iterations, where the saving outweighs the compile time
-    # (benchmarks/bench_compile.py)
+    # under torch.compile: the few-shot shard function (the whole training step), or a learned
+    # optimizer's update step; "always", "never", or "auto" = for runs of at least
+    # COMPILE_AUTO_ITERATIONS iterations (COMPILE_AUTO_UNROLLS for learned optimizers), where the
+    # saving outweighs the compile time (benchmarks/bench_compile.py)
     compile: str = "auto"
     plots: bool = True  # draw the run's figures when it ends (a population of 100 members spends minutes on them)
 
@@ -400,9 +405,6 @@ def _validate_family(cfg: Config, check_paths: bool) -> None:
                           f"{', '.join(optimizers)}, got {cfg.method!r}")
     if cfg.train.unroll < 0:
         raise ConfigError(f"train.unroll: must be >= 0 (0 = the whole trajectory), got {cfg.train.unroll}")
-    if is_optimizer and cfg.train.compile == "always":
-        raise ConfigError("train.compile: only the few-shot shard function is compiled; learned optimizers run "
-                          "eagerly (use auto or never)")
     if not is_optimizer:
         if cfg.eval.baselines:
             raise ConfigError(f"eval.baselines: only learned optimizers compare with baselines; method {cfg.method} "

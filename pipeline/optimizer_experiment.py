@@ -16,15 +16,17 @@ grad_t, which produces theta_{t+1}.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from pipeline.config import Config
+from pipeline.config import Config, compile_shards
 from pipeline.evaluation import eval_ranges, finite_or_none, table_row
 from pipeline.meta_batch import ShardResult, zeros_where_unused
 from pipeline.rules import get_rule
+from pipeline.rules.learned_optimizer import BASELINES
 from tasks.optimizees import make_optimizee
 from tasks.sampling import sample_optimizees
 
@@ -39,20 +41,49 @@ def optimizee_gradient(distribution, theta: torch.Tensor, problem: dict, t: int)
 
 
 def run_steps(rule, params: dict, distribution, problem: dict, theta: torch.Tensor, carry: dict, *,
-              start: int, steps: int, alpha: float) -> tuple[list[torch.Tensor], torch.Tensor, dict]:
+              start: int, steps: int, alpha: float, update=None) -> tuple[list[torch.Tensor], torch.Tensor, dict]:
     """Steps start+1 .. start+steps from theta_start: ([f_t(theta_t) for each step], theta, carry).
 
     The losses keep the graph to `params` (the meta-loss terms); the gradients fed to the optimizer
-    do not."""
+    do not. `update`: rule.update or a compiled copy of it (CompiledUpdate)."""
+    update = update or rule.update
     _, g = optimizee_gradient(distribution, theta, problem, start)
     losses = []
     for t in range(start + 1, start + steps + 1):
-        fast, carry = rule.update({"theta": theta}, {"theta": g}, None, params, {}, carry, alpha)
+        fast, carry = update({"theta": theta}, {"theta": g}, None, params, {}, carry, alpha)
         theta = fast["theta"]
         losses.append(distribution.loss(theta, problem, t))
         if t < start + steps:
             _, g = optimizee_gradient(distribution, theta, problem, t)
     return losses, theta, carry
+
+
+class CompiledUpdate:
+    """A learned rule's update step under torch.compile (train.compile): the coordinate-wise LSTM's
+    gate arithmetic - a dozen elementwise ops per layer and step over every coordinate - fused,
+    forward and backward; 1.4-1.5x per training unroll on one CPU thread, MNIST and quadratic
+    optimizees, compiled in 2-8 s (benchmarks/RESULTS.md). Compiled on the first call (said once,
+    with its time); where compilation fails, said in one line and eager from then on."""
+
+    def __init__(self, rule, log=print):
+        self.rule, self.log, self.state = rule, log, "new"
+        self._compiled = torch.compile(rule.update, dynamic=False)
+
+    def __call__(self, *args):
+        if self.state == "eager":
+            return self.rule.update(*args)
+        t0 = time.perf_counter()
+        try:
+            out = self._compiled(*args)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
+            self.state = "eager"
+            first_line = (str(e).strip().splitlines() or [""])[0][:200]
+            self.log(f"train.compile: compilation failed ({type(e).__name__}: {first_line}); running eagerly")
+            return self.rule.update(*args)
+        if self.state == "new":
+            self.state = "compiled"
+            self.log(f"train.compile: {self.rule.name} update step compiled in {time.perf_counter() - t0:.1f} s")
+        return out
 
 
 class OptimizerExperiment:
@@ -65,6 +96,10 @@ class OptimizerExperiment:
         self.unroll = cfg.train.unroll or cfg.inner_steps
         self.unrolls = cfg.inner_steps // self.unroll  # unrolls per trajectory
         self.metric_name = f"final {self.distribution.loss_name}"
+        # training unrolls only: the hand-designed rules have no meta-parameters to train, and an
+        # evaluation runs each optimizer once (eager)
+        learned = cfg.method not in BASELINES
+        self.update = CompiledUpdate(self.rule) if learned and compile_shards(cfg) else self.rule.update
 
     def init_params(self) -> dict:
         gen = torch.Generator().manual_seed(self.cfg.seed)
@@ -96,7 +131,7 @@ class OptimizerExperiment:
         start = u * self.unroll
         before = self.distribution.loss(theta, problem, start).detach()
         losses, theta, state = run_steps(self.rule, leaves, self.distribution, problem, theta, state,
-                                         start=start, steps=self.unroll, alpha=self.cfg.alpha)
+                                         start=start, steps=self.unroll, alpha=self.cfg.alpha, update=self.update)
         meta = torch.stack(losses, 0).sum(0)  # (B,): sum_t f_t(theta_t), w_t = 1
         if leaves and meta.requires_grad:
             grads = torch.autograd.grad(meta.sum(), list(leaves.values()), allow_unused=True)

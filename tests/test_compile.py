@@ -91,5 +91,36 @@ def test_compile_setting_resolves_by_run_length_and_family():
     assert compile_shards(load_config("sine_quick", ["train.compile=always"]))
     with pytest.raises(ConfigError, match=r"^train.compile: unknown choice 'fast'; allowed: auto, always, never$"):
         load_config("sine_quick", ["train.compile=fast"])
-    with pytest.raises(ConfigError, match=r"^train.compile: only the few-shot shard function is compiled"):
-        load_config("l2l_quadratic_cpu", ["train.compile=always"])
+    # learned optimizers: an iteration is an unroll of 20 LSTM steps, so compiling pays sooner
+    assert compile_shards(load_config("l2l_quadratic_cpu"))  # 2,000 unrolls
+    assert not compile_shards(load_config("l2l_quadratic_cpu", ["iterations=500"]))
+    assert compile_shards(load_config("l2l_quadratic_cpu", ["iterations=500", "train.compile=always"]))
+
+
+@slow
+def test_compiled_learned_optimizer_equals_eager():
+    """A learned optimizer under train.compile (its LSTM update step compiled, the unroll's
+    meta-gradient by autograd through it): two truncated unrolls of 3 quadratics give the eager
+    meta-losses, gradients and optimizee states (1e-5); compiled once, said once."""
+    from pipeline.experiment import make_experiment
+
+    sets = {"method": "l2l", "task.name": "quadratic", "inner_steps": 8, "train.unroll": 4, "iterations": 8,
+            "meta_batch_size": 3, "alpha": 0.1, "backend": "local", "tracking.enabled": False}
+    eager = make_experiment(load_config(None, {**sets, "train.compile": "never"}))
+    compiled = make_experiment(load_config(None, {**sets, "train.compile": "always"}))
+    logs = []
+    compiled.update.log = logs.append
+    params = eager.init_params()
+    carries = {"eager": None, "compiled": None}
+    for iteration in range(2):
+        want = eager.train_shard(params, iteration, range(3), carries["eager"])
+        got = compiled.train_shard(params, iteration, range(3), carries["compiled"])
+        carries = {"eager": want.extra["carry"], "compiled": got.extra["carry"]}
+        assert got.loss_sum == pytest.approx(want.loss_sum, rel=1e-5)
+        for k, g in want.grads.items():
+            assert g.abs().sum() > 0
+            torch.testing.assert_close(got.grads[k], g, rtol=1e-5, atol=1e-7, msg=lambda m: f"{k}: {m}")
+        for k, v in want.extra["carry"].items():
+            torch.testing.assert_close(got.extra["carry"][k], v, rtol=1e-5, atol=1e-7, msg=lambda m: f"carry {k}: {m}")
+    assert compiled.update.state == "compiled" and eager.update == eager.rule.update  # never: plain eager
+    assert len(logs) == 1 and logs[0].startswith("train.compile: l2l update step compiled in "), logs

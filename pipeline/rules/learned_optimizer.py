@@ -25,6 +25,12 @@ from pipeline.rules.base import UpdateRule, register
 from pipeline.rules.meta_lstm import P, preprocess
 
 HIDDEN, LAYERS = 20, 2  # the paper's optimizer: two LSTM layers of 20 units
+# Added to the forget gates' initial biases. 0: PyTorch's init. The paper's reference code adds 1
+# (TensorFlow's forget_bias); on MNIST optimizees that was within the run-to-run spread of short
+# meta-trainings (benchmarks/l2l_probe.py, logs in benchmarks/l2l_cpu/probes/), so the recorded
+# runs' init stays.
+FORGET_BIAS = 0.0
+PREPROCESS_P = P  # the preprocessing's p: the paper's appendix, 10 (the reference's MNIST config: 5)
 
 
 class OptimizerRule(UpdateRule):
@@ -47,7 +53,8 @@ class LearnedOptimizer(OptimizerRule):
     name = "l2l"
 
     def init_meta(self, net, params, generator):
-        """phi, PyTorch's LSTM init: U[-1/sqrt(H), 1/sqrt(H)] for every weight and bias."""
+        """phi, PyTorch's LSTM init: U[-1/sqrt(H), 1/sqrt(H)] for every weight and bias, plus
+        FORGET_BIAS on the forget gates' biases."""
         dtype = params["theta"].dtype if "theta" in params else torch.get_default_dtype()
         bound = 1 / math.sqrt(HIDDEN)
 
@@ -60,6 +67,7 @@ class LearnedOptimizer(OptimizerRule):
             phi[f"l2l.W_ih{layer}"] = uniform(4 * HIDDEN, fan_in)
             phi[f"l2l.W_hh{layer}"] = uniform(4 * HIDDEN, HIDDEN)
             phi[f"l2l.b{layer}"] = uniform(4 * HIDDEN)
+            phi[f"l2l.b{layer}"][HIDDEN:2 * HIDDEN] += FORGET_BIAS  # gate order i, f, g, o
         phi["l2l.W_out"], phi["l2l.b_out"] = uniform(1, HIDDEN), uniform(1)
         return phi
 
@@ -70,7 +78,7 @@ class LearnedOptimizer(OptimizerRule):
 
     def direction(self, grad: torch.Tensor, params: dict, carry: dict) -> tuple[torch.Tensor, dict]:
         """g_phi(grad, h): the LSTM's output per coordinate (before alpha) and the new carry."""
-        x, new = preprocess(grad, P), {}
+        x, new = preprocess(grad, PREPROCESS_P), {}
         for layer in range(LAYERS):
             x, c = lstm_cell(x, carry[f"h{layer}"], carry[f"c{layer}"], params, layer)
             new[f"h{layer}"], new[f"c{layer}"] = x, c

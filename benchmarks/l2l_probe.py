@@ -1,0 +1,75 @@
+"""A quick probe of the learned optimizer's recipe on MNIST optimizees: meta-train in one process
+(one thread, no Ray, no MLflow) from the shipped l2l_mnist_cpu config with a few settings changed,
+and evaluate the learned optimizer on 20 fresh test optimizees every 150 meta-iterations (and the
+tuned NAG and Adam at the end). The same unrolls, meta-gradients and Adam steps as `metatrain
+train` with meta_batch_size optimizees on one worker; small evaluations, for choosing a recipe,
+not for the result tables (those come from `metatrain train` runs on 100 optimizees).
+
+    python benchmarks/l2l_probe.py --iterations 150 [--forget-bias 0] [--alpha 0.01] [--beta 0.01]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.experiment import make_experiment  # noqa: E402
+from pipeline.rules import learned_optimizer  # noqa: E402
+
+
+def evaluate(exp, params, name, alpha):
+    final, curve = exp.eval_shard(params, list(range(20)), optimizer=name, alpha=alpha, seed=987, split="test",
+                                  steps=100)
+    return round(final.mean().item(), 4), [round(curve[:, s].mean().item(), 3) for s in (25, 50, 75, 100)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iterations", type=int, default=150)
+    ap.add_argument("--forget-bias", type=float, default=learned_optimizer.FORGET_BIAS)
+    ap.add_argument("--p", type=float, default=learned_optimizer.PREPROCESS_P, help="preprocessing's p")
+    ap.add_argument("--alpha", type=float, default=0.01)
+    ap.add_argument("--beta", type=float, default=0.01)
+    ap.add_argument("--meta-batch", type=int, default=2)
+    ap.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                    help="beta over the iterations: constant, or cosine decay to 0")
+    ap.add_argument("--compile", choices=("always", "never"), default="never")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    learned_optimizer.FORGET_BIAS, learned_optimizer.PREPROCESS_P = args.forget_bias, args.p
+    cfg = load_config("l2l_mnist_cpu", {"alpha": args.alpha, "beta": args.beta, "train.compile": args.compile,
+                                        "backend": "local", "tracking.enabled": False})
+    exp = make_experiment(cfg)
+    params = {k: v.requires_grad_(True) for k, v in exp.init_params().items()}
+    opt = torch.optim.Adam(params.values(), lr=args.beta)
+    carry, t0, mb = None, time.time(), args.meta_batch
+    print(json.dumps(vars(args)), flush=True)
+    for it in range(args.iterations):
+        r = exp.train_shard({k: v.detach() for k, v in params.items()}, it, list(range(mb)), carry)
+        carry = r.extra["carry"] if (it + 1) % exp.unrolls else None
+        for k, v in params.items():
+            v.grad = r.grads[k] / mb
+        if args.schedule == "cosine":
+            opt.param_groups[0]["lr"] = args.beta * 0.5 * (1 + math.cos(math.pi * it / args.iterations))
+        opt.step()
+        if it % 25 == 0:
+            print(f"iteration {it} meta-loss {r.loss_sum / mb:.3f} ({time.time() - t0:.0f} s)", flush=True)
+        if (it + 1) % 150 == 0:
+            final, at = evaluate(exp, {k: v.detach() for k, v in params.items()}, "l2l", args.alpha)
+            print(f"EVAL after {it + 1}: l2l final loss {final} (loss at step 25/50/75/100: {at})", flush=True)
+    for name, alpha in (("nag", 1.0), ("adam", 0.03)):
+        final, at = evaluate(exp, {}, name, alpha)
+        print(f"EVAL {name} (lr {alpha}): final loss {final} (loss at step 25/50/75/100: {at})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
