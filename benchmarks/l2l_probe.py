@@ -6,6 +6,7 @@ train` with meta_batch_size optimizees on one worker; small evaluations, for cho
 not for the result tables (those come from `metatrain train` runs on 100 optimizees).
 
     python benchmarks/l2l_probe.py --iterations 150 [--forget-bias 0] [--alpha 0.01] [--beta 0.01]
+        [--meta-batch 2] [--schedule constant|cosine] [--objective sum|log] [--compile never|always]
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ def main() -> int:
     ap.add_argument("--meta-batch", type=int, default=2)
     ap.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
                     help="beta over the iterations: constant, or cosine decay to 0")
+    ap.add_argument("--objective", choices=("sum", "log"), default="sum",
+                    help="meta-loss over an unroll: the paper's sum_t f_t, or sum_t log f_t (weighs late steps as "
+                         "much as early ones)")
     ap.add_argument("--compile", choices=("always", "never"), default="never")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -48,6 +52,8 @@ def main() -> int:
     cfg = load_config("l2l_mnist_cpu", {"alpha": args.alpha, "beta": args.beta, "train.compile": args.compile,
                                         "backend": "local", "tracking.enabled": False})
     exp = make_experiment(cfg)
+    if args.objective == "log":
+        exp.objective = lambda losses: torch.stack(losses, 0).log().sum(0)
     params = {k: v.requires_grad_(True) for k, v in exp.init_params().items()}
     opt = torch.optim.Adam(params.values(), lr=args.beta)
     carry, t0, mb = None, time.time(), args.meta_batch

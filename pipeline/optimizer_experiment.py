@@ -113,6 +113,11 @@ class OptimizerExperiment:
         return sample_optimizees(self.distribution, seed=seed, split=split, iteration=iteration, indices=indices,
                                  steps=steps, dtype=self.dtype, device=self.device)
 
+    @staticmethod
+    def objective(losses: list[torch.Tensor]) -> torch.Tensor:
+        """The meta-loss per optimizee (B,) from the unroll's [f_t(theta_t)]: sum_t f_t, w_t = 1."""
+        return torch.stack(losses, 0).sum(0)
+
     def train_shard(self, params: dict, iteration: int, indices: Sequence[int], carry: dict | None = None) -> ShardResult:
         """One unroll of the optimizees `indices`: summed meta-loss, its gradient w.r.t. phi, and the
         optimizees' state at the end of the unroll (ShardResult.extra["carry"])."""
@@ -132,7 +137,7 @@ class OptimizerExperiment:
         before = self.distribution.loss(theta, problem, start).detach()
         losses, theta, state = run_steps(self.rule, leaves, self.distribution, problem, theta, state,
                                          start=start, steps=self.unroll, alpha=self.cfg.alpha, update=self.update)
-        meta = torch.stack(losses, 0).sum(0)  # (B,): sum_t f_t(theta_t), w_t = 1
+        meta = self.objective(losses)
         if leaves and meta.requires_grad:
             grads = torch.autograd.grad(meta.sum(), list(leaves.values()), allow_unused=True)
             grads = zeros_where_unused(leaves, grads)
