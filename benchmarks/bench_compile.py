@@ -39,6 +39,11 @@ L2L_CASES = [  # (label, config name, overrides, optimizees in the shard)
 ]
 
 
+def max_rel_diff(got: dict, want: dict) -> float:
+    """The largest gradient difference relative to each tensor's largest entry."""
+    return max(((got[k] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item() for k, g in want.items())
+
+
 def timed(fn, calls: int, warmup: int = 10) -> float:
     for _ in range(warmup):
         fn()
@@ -72,8 +77,7 @@ def main() -> None:
         got = fn(params, batch)
         compile_s = time.perf_counter() - t0
         want = shard_meta_gradient(learner, inner, params, batch)
-        diff = max(((got.grads[k] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item()
-                   for k, g in want.grads.items())
+        diff = max_rel_diff(got.grads, want.grads)
         eager = timed(lambda: shard_meta_gradient(learner, inner, params, batch), args.calls)
         compiled = timed(lambda: fn(params, batch), args.calls)
         even = compile_s / (eager - compiled) if eager > compiled else float("inf")
@@ -89,12 +93,11 @@ def main() -> None:
         got = fn.train_shard(params, 0, range(shard))
         compile_s = time.perf_counter() - t0
         want = eager.train_shard(params, 0, range(shard))
-        diff = max(((got.grads[k] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item()
-                   for k, g in want.grads.items())
+        diff = max_rel_diff(got.grads, want.grads)
         t_eager = timed(lambda: eager.train_shard(params, 0, range(shard)), args.unrolls, 2)
         t_comp = timed(lambda: fn.train_shard(params, 0, range(shard)), args.unrolls, 2)
         even = compile_s / (t_eager - t_comp) if t_eager > t_comp else float("inf")
-        note = " (fell back to eager)" if fn.update.state == "eager" else ""
+        note = " (fell back to eager)" if fn.update.eager else ""
         print(f"| {label}{note} | {compile_s:.1f} | {t_eager * 1e3:.1f} | {t_comp * 1e3:.1f} | {t_eager / t_comp:.2f}x "
               f"| {even:,.0f} | {diff:.1e} |", flush=True)
 

@@ -231,7 +231,34 @@ def _shard_result(grads: dict, loss, curve, metric, batch: dict) -> ShardResult:
     return ShardResult(grads, loss.item(), batch["x_support"].shape[0], curve, metric.item())
 
 
-class CompiledShardFunction:
+class CompiledWithFallback:
+    """A function under torch.compile beside its eager twin (train.compile): compiled on the first
+    call, its time said once; where compilation or a compiled call fails (no C++ compiler, an op
+    Dynamo cannot trace) it says so in one line and runs eagerly from then on."""
+
+    what = "function"  # how the log lines name it
+
+    def __init__(self, log=print, compile: bool = True):
+        self.log, self.eager, self.compiled = log, not compile, False
+
+    def _run(self, compiled_call, eager_call):
+        if self.eager:
+            return eager_call()
+        t0 = time.perf_counter()
+        try:
+            out = compiled_call()
+        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
+            self.eager = True
+            first_line = (str(e).strip().splitlines() or [""])[0][:200]
+            self.log(f"train.compile: compilation failed ({type(e).__name__}: {first_line}); running eagerly")
+            return eager_call()
+        if not self.compiled:
+            self.compiled = True
+            self.log(f"train.compile: {self.what} compiled in {time.perf_counter() - t0:.1f} s")
+        return out
+
+
+class CompiledShardFunction(CompiledWithFallback):
     """`shard_meta_gradient` as one compiled graph: the forward (vmapped inner loops and query
     losses) and the outer gradient (`torch.func.grad_and_value` of the summed loss) traced together
     by torch.compile. Per-op dispatch, not arithmetic, bounds small models (sine MLPs), and a
@@ -241,22 +268,23 @@ class CompiledShardFunction:
     MT-nets (benchmarks/RESULTS.md).
 
     With compile=False it is `shard_meta_gradient` itself (runs and populations hold one shard
-    function whatever train.compile says). Compiles on the first call (printed once, with its
-    time) and again only for a new shard shape. Where compilation or the compiled call fails (no C++ compiler, an op Dynamo cannot
-    trace) it says so in one line and runs eagerly from then on: the numbers are the same up to
+    function whatever train.compile says). Compiles on the first call and again only for a new
+    shard shape; falls back to eager as CompiledWithFallback says: the numbers are the same up to
     float rounding (tests/test_compile.py: 1e-5)."""
+
+    what = "shard function"
 
     def __init__(self, learner: Learner, inner: InnerSettings, chunk_size: int | None = None, log=print, *,
                  sums=None, result=None, compile: bool = True):
         # sums/result: a population's forward and ShardResult (pipeline/population_shards.py)
-        sums, self._result, self.log = sums or _shard_sums, result or _shard_result, log
+        super().__init__(log, compile)
+        sums, self._result = sums or _shard_sums, result or _shard_result
         self._eager_forward = lambda leaves, batch: sums(learner, inner, leaves, batch, chunk_size)
 
         def total(leaves, batch):  # inner gradients by torch.func: the graph is differentiated as a whole
             loss, curve, metric = sums(learner, inner, leaves, batch, chunk_size, True)
             return loss.sum(), (loss, metric) if curve is None else (loss, metric, curve)  # aux: tensors only
 
-        self.eager, self.compiled = not compile, False
         # fullgraph: a graph break would silently run torch.func's outer gradient eagerly (slower
         # than the eager path's autograd); as an error it falls back to that path, said once. The
         # same for Dynamo's recompile limit (8 graphs per code object, and every instance's step is
@@ -269,21 +297,12 @@ class CompiledShardFunction:
     def _eager_call(self, params: dict, batch: dict) -> ShardResult:
         return self._result(*_autograd_gradient(self._eager_forward, params, batch), batch)
 
-    def __call__(self, params: dict, batch: dict) -> ShardResult:
-        if self.eager:
-            return self._eager_call(params, batch)
-        t0 = time.perf_counter()
-        try:
-            grads, (_, (loss, metric, *curve)) = self._forward({k: v.detach() for k, v in params.items()}, batch)
-        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
-            self.eager = True
-            first_line = (str(e).strip().splitlines() or [""])[0][:200]
-            self.log(f"train.compile: compilation failed ({type(e).__name__}: {first_line}); running eagerly")
-            return self._eager_call(params, batch)
-        if not self.compiled:
-            self.compiled = True
-            self.log(f"train.compile: shard function compiled in {time.perf_counter() - t0:.1f} s")
+    def _compiled_call(self, params: dict, batch: dict) -> ShardResult:
+        grads, (_, (loss, metric, *curve)) = self._forward({k: v.detach() for k, v in params.items()}, batch)
         return self._result(grads, loss, curve[0] if curve else None, metric, batch)
+
+    def __call__(self, params: dict, batch: dict) -> ShardResult:
+        return self._run(lambda: self._compiled_call(params, batch), lambda: self._eager_call(params, batch))
 
 
 def shard_evaluate(learner: Learner, inner: InnerSettings, params: dict, batch: dict,

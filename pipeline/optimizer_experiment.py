@@ -16,7 +16,6 @@ grad_t, which produces theta_{t+1}.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 
 from pipeline.config import Config, compile_shards
 from pipeline.evaluation import eval_ranges, finite_or_none, table_row
-from pipeline.meta_batch import ShardResult, zeros_where_unused
+from pipeline.meta_batch import CompiledWithFallback, ShardResult, zeros_where_unused
 from pipeline.rules import get_rule
 from pipeline.rules.learned_optimizer import BASELINES
 from tasks.optimizees import make_optimizee
@@ -58,32 +57,19 @@ def run_steps(rule, params: dict, distribution, problem: dict, theta: torch.Tens
     return losses, theta, carry
 
 
-class CompiledUpdate:
+class CompiledUpdate(CompiledWithFallback):
     """A learned rule's update step under torch.compile (train.compile): the coordinate-wise LSTM's
     gate arithmetic - a dozen elementwise ops per layer and step over every coordinate - fused,
     forward and backward; 1.4-1.5x per training unroll on one CPU thread, MNIST and quadratic
-    optimizees, compiled in 2-8 s (benchmarks/RESULTS.md). Compiled on the first call (said once,
-    with its time); where compilation fails, said in one line and eager from then on."""
+    optimizees, compiled in 2-8 s (benchmarks/RESULTS.md)."""
 
     def __init__(self, rule, log=print):
-        self.rule, self.log, self.state = rule, log, "new"
+        super().__init__(log)
+        self.rule, self.what = rule, f"{rule.name} update step"
         self._compiled = torch.compile(rule.update, dynamic=False)
 
     def __call__(self, *args):
-        if self.state == "eager":
-            return self.rule.update(*args)
-        t0 = time.perf_counter()
-        try:
-            out = self._compiled(*args)
-        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
-            self.state = "eager"
-            first_line = (str(e).strip().splitlines() or [""])[0][:200]
-            self.log(f"train.compile: compilation failed ({type(e).__name__}: {first_line}); running eagerly")
-            return self.rule.update(*args)
-        if self.state == "new":
-            self.state = "compiled"
-            self.log(f"train.compile: {self.rule.name} update step compiled in {time.perf_counter() - t0:.1f} s")
-        return out
+        return self._run(lambda: self._compiled(*args), lambda: self.rule.update(*args))
 
 
 class OptimizerExperiment:
