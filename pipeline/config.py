@@ -130,6 +130,12 @@ class TrainConfig:
     # COMPILE_AUTO_ITERATIONS iterations (COMPILE_AUTO_UNROLLS for learned optimizers), where the
     # saving outweighs the compile time (benchmarks/bench_compile.py)
     compile: str = "auto"
+    # learned optimizers: every `validate_every` iterations, the mean final loss of the learned
+    # optimizer on `validate_tasks` fresh optimizees of the validation split (the training images,
+    # streams of their own); the run is evaluated with the parameters that scored lowest (the paper's
+    # reference code keeps such a best checkpoint). 0 = evaluate the last parameters
+    validate_every: int = 0
+    validate_tasks: int = 20
     plots: bool = True  # draw the run's figures when it ends (a population of 100 members spends minutes on them)
 
 
@@ -405,7 +411,13 @@ def _validate_family(cfg: Config, check_paths: bool) -> None:
                           f"{', '.join(optimizers)}, got {cfg.method!r}")
     if cfg.train.unroll < 0:
         raise ConfigError(f"train.unroll: must be >= 0 (0 = the whole trajectory), got {cfg.train.unroll}")
+    if cfg.train.validate_every < 0 or cfg.train.validate_tasks < 1:
+        raise ConfigError(f"train.validate_every / train.validate_tasks: must be >= 0 (0 = off) / >= 1, got "
+                          f"{cfg.train.validate_every} / {cfg.train.validate_tasks}")
     if not is_optimizer:
+        if cfg.train.validate_every:
+            raise ConfigError(f"train.validate_every: selects a learned optimizer's parameters (methods "
+                              f"{', '.join(optimizers)}); method {cfg.method} takes 0")
         if cfg.eval.baselines:
             raise ConfigError(f"eval.baselines: only learned optimizers compare with baselines; method {cfg.method} "
                               "takes none")

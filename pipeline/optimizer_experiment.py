@@ -16,6 +16,8 @@ grad_t, which produces theta_{t+1}.
 """
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,6 +59,22 @@ def run_steps(rule, params: dict, distribution, problem: dict, theta: torch.Tens
     return losses, theta, carry
 
 
+def flushing_denormals(fn):
+    """Run `fn` with subnormal floats flushed to zero on this CPU thread, then restore PyTorch's
+    default. A meta-trained LSTM's saturated gates and an optimizee's saturated sigmoids produce
+    subnormal numbers, which the CPU handles about 100x slower: an MNIST unroll of a trained
+    optimizer took 1.8x as long with them (benchmarks/RESULTS.md). Values below 1.2e-38 (float32)
+    become 0; a few-shot run in the same process is unaffected."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        torch.set_flush_denormal(True)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_flush_denormal(False)
+    return wrapper
+
+
 class CompiledUpdate(CompiledWithFallback):
     """A learned rule's update step under torch.compile (train.compile): the coordinate-wise LSTM's
     gate arithmetic - a dozen elementwise ops per layer and step over every coordinate - fused,
@@ -82,8 +100,8 @@ class OptimizerExperiment:
         self.unroll = cfg.train.unroll or cfg.inner_steps
         self.unrolls = cfg.inner_steps // self.unroll  # unrolls per trajectory
         self.metric_name = f"final {self.distribution.loss_name}"
-        # training unrolls only: the hand-designed rules have no meta-parameters to train, and an
-        # evaluation runs each optimizer once (eager)
+        # the learned rule's update step, in training unrolls and evaluations; the hand-designed
+        # rules (baselines) stay eager
         learned = cfg.method not in BASELINES
         self.update = CompiledUpdate(self.rule) if learned and compile_shards(cfg) else self.rule.update
 
@@ -104,9 +122,11 @@ class OptimizerExperiment:
         """The meta-loss per optimizee (B,) from the unroll's [f_t(theta_t)]: sum_t f_t, w_t = 1."""
         return torch.stack(losses, 0).sum(0)
 
+    @flushing_denormals
     def train_shard(self, params: dict, iteration: int, indices: Sequence[int], carry: dict | None = None) -> ShardResult:
         """One unroll of the optimizees `indices`: summed meta-loss, its gradient w.r.t. phi, and the
-        optimizees' state at the end of the unroll (ShardResult.extra["carry"])."""
+        optimizees' state at the end of the unroll (ShardResult.extra["carry"]; absent after a
+        trajectory's last unroll)."""
         trajectory, u = divmod(iteration, self.unrolls)
         problem = self.sample(split="train", seed=self.cfg.seed, iteration=trajectory, indices=indices,
                               steps=self.cfg.inner_steps)
@@ -130,10 +150,15 @@ class OptimizerExperiment:
         else:
             grads = {k: torch.zeros_like(v) for k, v in leaves.items()}
         after = losses[-1].detach()
-        new_carry = {"theta": theta.detach(), **{k: v.detach() for k, v in state.items()}}
+        # the optimizees' state for the next unroll; none after a trajectory's last (the next
+        # iteration starts fresh optimizees, and a checkpoint need not hold a dead state: 10 MB for
+        # two MNIST optimizees)
+        extra = {} if u == self.unrolls - 1 else {
+            "carry": {"theta": theta.detach(), **{k: v.detach() for k, v in state.items()}}}
         return ShardResult(grads, meta.detach().sum().item(), len(indices), torch.stack([before.sum(), after.sum()]),
-                           after.sum().item(), extra={"carry": new_carry})
+                           after.sum().item(), extra=extra)
 
+    @flushing_denormals
     @torch.no_grad()
     def eval_shard(self, params: dict, indices: Sequence[int], *, optimizer: str, alpha: float, seed: int,
                    split: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,10 +170,22 @@ class OptimizerExperiment:
         theta = problem["theta0"]
         params = {k: v.detach() for k, v in params.items()}
         first = self.distribution.loss(theta, problem, 0)
+        # this run's learned rule runs compiled where its training does (about 2x per MNIST trajectory)
+        update = self.update if optimizer == self.cfg.method else rule.update
         losses, theta, _ = run_steps(rule, params, self.distribution, problem, theta,
-                                     rule.init_carry(params, {"theta": theta}), start=0, steps=steps, alpha=alpha)
+                                     rule.init_carry(params, {"theta": theta}), start=0, steps=steps, alpha=alpha,
+                                     update=update)
         curve = torch.stack([first, *losses], 1)
         return self.distribution.final_loss(theta, problem, steps), curve
+
+    def validate(self, backend, params: dict) -> float:
+        """The learned optimizer's mean final loss on train.validate_tasks optimizees of the validation
+        split (the training images, streams of their own), over the training horizon; inf if not finite."""
+        cfg = self.cfg
+        chunks = eval_ranges(cfg.train.validate_tasks, cfg.eval.batch_size, backend.workers)
+        row, _ = table_row(backend, params, chunks, optimizer=cfg.method, alpha=cfg.alpha, seed=cfg.seed, split="val",
+                           steps=cfg.inner_steps)
+        return math.inf if row["mean"] is None else row["mean"]
 
     def optimizers(self) -> dict[str, float]:
         """Every optimizer the evaluation compares: this run's method, then the baselines."""

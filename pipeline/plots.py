@@ -153,14 +153,19 @@ def _index(batch: dict, b: int) -> dict:
 
 
 def optimizer_training(entries: list[dict], path: Path, title: str) -> Path:
-    """Learned optimizers: the meta-loss (sum of the optimizee losses over an unroll) and the
-    optimizee loss at the end of each unroll, against meta-iteration."""
+    """Learned optimizers: the optimizee loss at the start and end of each unroll against
+    meta-iteration, and (train.validate_every) the validation scores, the selected one circled."""
+    val = [(e["iteration"], e["validation_loss"]) for e in entries
+           if e.get("validation_loss") is not None and math.isfinite(e["validation_loss"])]
     entries = [e for e in entries if "meta_loss" in e]
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
     its = [e["iteration"] for e in entries]
     ax.plot(its, [e["query_loss_per_step"][-1] for e in entries], label="optimizee loss at the end of an unroll")
     ax.plot(its, [e["query_loss_per_step"][0] for e in entries], ls="--", label="optimizee loss at its start")
+    if val:
+        ax.plot(*zip(*val), "o-", color="C3", label="validation: final loss of fresh optimizees")
+        ax.plot(*min(val, key=lambda v: v[1]), "o", ms=12, mfc="none", color="k", label="selected parameters")
     if entries and all(v > 0 for e in entries for v in e["query_loss_per_step"]):
         ax.set_yscale("log")
     ax.set(xlabel="meta-iteration (one unroll of a batch of training optimizees)", ylabel="optimizee loss", title=title)

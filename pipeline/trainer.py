@@ -13,7 +13,7 @@ import torch
 from pipeline import checkpoint
 from pipeline.backends import make_backend
 from pipeline.config import Config, ConfigError, load_yaml, save_config
-from pipeline.evaluation import format_table
+from pipeline.evaluation import finite_or_none, format_table
 from pipeline.experiment import Experiment, make_experiment
 from pipeline.meta_batch import describe_chunk_times, pick_chunk_size
 from pipeline.run_dir import CHECKPOINT, CONFIG, METRICS, PLOTS, RESULTS  # noqa: F401 (re-exported)
@@ -26,6 +26,8 @@ def metric_name(experiment: Experiment) -> str:
 def iteration_scalars(entry: dict) -> dict[str, float]:
     """A metrics.jsonl entry as flat scalars: the names MLflow and Tune both see."""
     out = {"skipped_steps": entry["skipped"], "tasks_per_s": entry["tasks_per_s"]}
+    if "validation_loss" in entry:
+        out["validation_loss"] = entry["validation_loss"]
     if "meta_loss" in entry:
         out["meta_loss"], out["query_metric"] = entry["meta_loss"], entry["metric"]
         out.update({f"query_loss_step{s}": v for s, v in enumerate(entry.get("query_loss_per_step", []))})
@@ -71,6 +73,9 @@ class Trainer:
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=cfg.beta) if self.params else None
         self.iteration, self.skipped, self.bad_streak, self.status = 0, 0, 0, "running"
         self.carry = None  # per-task state an iteration hands to the next (learned optimizers' optimizees)
+        # train.validate_every: [[iteration, validation loss], ...] and the best-scoring parameters
+        # ({iteration, loss, params}), which the run is evaluated with
+        self.validations, self.selected, self._validation = [], None, None
 
     def __enter__(self):
         return self
@@ -88,6 +93,10 @@ class Trainer:
                  "skipped": self.skipped, "bad_streak": self.bad_streak, "status": self.status}
         if self.carry is not None:
             state["carry"] = {k: v.detach().clone() for k, v in self.carry.items()}
+        if self.validations:
+            state["validations"] = [list(v) for v in self.validations]
+        if self.selected is not None:
+            state["selected"] = {**self.selected, "params": {k: v.clone() for k, v in self.selected["params"].items()}}
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -97,6 +106,7 @@ class Trainer:
         if self.optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.carry = state.get("carry")
+        self.validations, self.selected = [list(v) for v in state.get("validations", [])], state.get("selected")
         torch.set_rng_state(state["torch_rng"])
         self.iteration, self.skipped = state["iteration"], state["skipped"]
         self.bad_streak, self.status = state["bad_streak"], state["status"]
@@ -219,6 +229,9 @@ class Trainer:
             self.log(f"diverged: {self.bad_streak} consecutive non-finite meta-losses/gradients "
                      f"at iteration {self.iteration}; parameters kept from the last finite step")
             return False
+        every = cfg.train.validate_every
+        if every and (self.iteration % every == 0 or self.iteration == cfg.iterations):
+            self.validate()
         if self.iteration % cfg.train.log_every == 0 or self.iteration == cfg.iterations:
             now = time.perf_counter()
             self._log_window(self._window, now - self._t_window, now - self._t_start, self.iteration - self._it_start)
@@ -230,6 +243,20 @@ class Trainer:
             self._emit("on_checkpoint")
         return True
 
+    def validate(self) -> None:
+        """train.validate_every: score the current parameters on the validation optimizees and keep
+        them if they are the best so far (ties: the earlier)."""
+        loss = self.experiment.validate(self.backend, self.params)
+        self.validations.append([self.iteration, loss])
+        self._validation = loss
+        if math.isfinite(loss) and (self.selected is None or loss < self.selected["loss"]):
+            self.selected = {"iteration": self.iteration, "loss": loss,
+                             "params": {k: v.detach().clone() for k, v in self.params.items()}}
+        best = (f"best {self.selected['loss']:.4f} at it {self.selected['iteration']}" if self.selected
+                else "no finite validation loss yet")
+        self.log(f"[{self.cfg.method}] validation at it {self.iteration}: {self.experiment.metric_name} {loss:.4f} "
+                 f"on {self.cfg.train.validate_tasks} optimizees | {best}")
+
     def end_loop(self) -> None:
         if self.status == "running":
             self.status = "completed"
@@ -240,6 +267,8 @@ class Trainer:
         tasks_per_s = len(window) * cfg.meta_batch_size / dt if dt > 0 else float("nan")
         eta = (cfg.iterations - self.iteration) * elapsed / max(done, 1)
         entry = {"iteration": self.iteration, "skipped": self.skipped, "tasks_per_s": tasks_per_s}
+        if self._validation is not None:  # the latest validation in this window
+            entry["validation_loss"], self._validation = self._validation, None
         if window:
             entry["meta_loss"] = sum(w[0] for w in window) / len(window)
             entry["metric"] = sum(w[2] for w in window) / len(window)
@@ -280,7 +309,8 @@ class Trainer:
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, *, tasks=None, shots=None, seed=None) -> dict:
         e = self.cfg.eval
-        return self.experiment.evaluate(self.backend, self.params, tasks=tasks or e.tasks, shots=shots or e.shots,
+        params = self.selected["params"] if self.selected else self.params  # train.validate_every's choice
+        return self.experiment.evaluate(self.backend, params, tasks=tasks or e.tasks, shots=shots or e.shots,
                                         seed=e.seed if seed is None else seed, steps=e.inner_steps,
                                         mask_mode=e.mask, batch_size=e.batch_size, split_name=e.split)
 
@@ -300,6 +330,10 @@ class Trainer:
             "results": table,
             "updated_fraction": self.experiment.updated_fraction(self.params),
         }
+        if self.validations:
+            results["validation"] = {"every": cfg.train.validate_every, "tasks": cfg.train.validate_tasks,
+                                     "selected_iteration": self.selected["iteration"] if self.selected else None,
+                                     "history": [[i, finite_or_none(v)] for i, v in self.validations]}
         # Results before decorations: results.json is on disk before any plot is drawn or model
         # logged, so a failing plot or a full disk loses nothing that was computed.
         results["plots"] = []

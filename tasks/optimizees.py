@@ -48,8 +48,8 @@ class MnistMLP:
     """Cross-entropy of an MLP (784 - hidden - 10, `activation` after each hidden layer) on a fresh
     minibatch of `minibatch` MNIST images at every step; theta_0 ~ N(0, 0.01^2) (weights and biases).
 
-    Splits: the training split's optimizees see the training images, the test split's the held-out
-    images (CSV subset: every fifth image is held out, 4,000 / 1,000; torchvision root: the 60,000 /
+    Splits: the training split's optimizees see the training images (so do the validation split's,
+    with streams of their own), the test split's the held-out images (CSV subset: every fifth image is held out, 4,000 / 1,000; torchvision root: the 60,000 /
     10,000 MNIST sets). `final_loss` is the loss on the first 1,000 images of the split."""
 
     loss_name = "cross-entropy"
@@ -61,7 +61,8 @@ class MnistMLP:
         self.sizes = [784, *hidden, 10]
         self.shapes = [s for a, b in zip(self.sizes[:-1], self.sizes[1:]) for s in ((a, b), (b,))]
         self.dim = sum(math.prod(s) for s in self.shapes)
-        self.images = {split: load_mnist(data, split) for split in ("train", "test")}
+        train = load_mnist(data, "train")  # validation optimizees (split "val") see the training images
+        self.images = {"train": train, "val": train, "test": load_mnist(data, "test")}
         self._tensors = {}
 
     def sample(self, streams: Streams, steps: int, split: str = "train") -> dict:

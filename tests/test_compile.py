@@ -101,10 +101,11 @@ def test_compile_setting_resolves_by_run_length_and_family():
 def test_compiled_learned_optimizer_equals_eager():
     """A learned optimizer under train.compile (its LSTM update step compiled, the unroll's
     meta-gradient by autograd through it): two truncated unrolls of 3 quadratics give the eager
-    meta-losses, gradients and optimizee states (1e-5); compiled once, said once."""
+    meta-losses, gradients and optimizee states, and an evaluation the eager loss curves (1e-5);
+    compiled once, said once."""
     from pipeline.experiment import make_experiment
 
-    sets = {"method": "l2l", "task.name": "quadratic", "inner_steps": 8, "train.unroll": 4, "iterations": 8,
+    sets = {"method": "l2l", "task.name": "quadratic", "inner_steps": 12, "train.unroll": 4, "iterations": 12,
             "meta_batch_size": 3, "alpha": 0.1, "backend": "local", "tracking.enabled": False}
     eager = make_experiment(load_config(None, {**sets, "train.compile": "never"}))
     compiled = make_experiment(load_config(None, {**sets, "train.compile": "always"}))
@@ -122,6 +123,12 @@ def test_compiled_learned_optimizer_equals_eager():
             torch.testing.assert_close(got.grads[k], g, rtol=1e-5, atol=1e-7, msg=lambda m: f"{k}: {m}")
         for k, v in want.extra["carry"].items():
             torch.testing.assert_close(got.extra["carry"][k], v, rtol=1e-5, atol=1e-7, msg=lambda m: f"carry {k}: {m}")
+    # evaluation (no graph: a second compiled graph for the same step) gives eager's curves too
+    kw = dict(optimizer="l2l", alpha=0.1, seed=5, split="test", steps=8)
+    want_final, want_curve = eager.eval_shard(params, range(4), **kw)
+    got_final, got_curve = compiled.eval_shard(params, range(4), **kw)
+    torch.testing.assert_close(got_curve, want_curve, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got_final, want_final, rtol=1e-5, atol=1e-7)
     assert compiled.update.compiled and not compiled.update.eager
     assert eager.update == eager.rule.update  # never: plain eager
     assert len(logs) == 1 and logs[0].startswith("train.compile: l2l update step compiled in "), logs
