@@ -30,6 +30,9 @@ from pipeline.experiment import make_experiment  # noqa: E402
 from pipeline.rules import learned_optimizer  # noqa: E402
 
 
+SPLITS = (("test", "EVAL"), ("train", "EVAL-train"))  # the optimizees evaluated on, and their log tag
+
+
 def evaluate(exp, params, name, alpha, split="test"):
     final, curve = exp.eval_shard(params, list(range(20)), optimizer=name, alpha=alpha, seed=987, split=split,
                                   steps=100)
@@ -92,15 +95,13 @@ def main() -> int:
         if it % 25 == 0:
             print(f"iteration {it} meta-loss {r.loss_sum / mb:.3f} ({time.time() - t0:.0f} s)", flush=True)
         if (it + 1) % 150 == 0:
-            final, at = evaluate(exp, {k: v.detach() for k, v in params.items()}, "l2l", args.alpha)
-            print(f"EVAL after {it + 1}: l2l final loss {final} (loss at step 25/50/75/100: {at})", flush=True)
-            final, at = evaluate(exp, {k: v.detach() for k, v in params.items()}, "l2l", args.alpha, "train")
-            print(f"EVAL-train after {it + 1}: l2l final loss {final} (loss at step 25/50/75/100: {at})", flush=True)
+            for split, tag in SPLITS:
+                final, at = evaluate(exp, {k: v.detach() for k, v in params.items()}, "l2l", args.alpha, split)
+                print(f"{tag} after {it + 1}: l2l final loss {final} (loss at step 25/50/75/100: {at})", flush=True)
     for name, alpha in (("nag", 1.0), ("adam", 0.03)):
-        final, at = evaluate(exp, {}, name, alpha)
-        print(f"EVAL {name} (lr {alpha}): final loss {final} (loss at step 25/50/75/100: {at})", flush=True)
-        final, at = evaluate(exp, {}, name, alpha, "train")
-        print(f"EVAL-train {name} (lr {alpha}): final loss {final} (loss at step 25/50/75/100: {at})", flush=True)
+        for split, tag in SPLITS:
+            final, at = evaluate(exp, {}, name, alpha, split)
+            print(f"{tag} {name} (lr {alpha}): final loss {final} (loss at step 25/50/75/100: {at})", flush=True)
     return 0
 
 

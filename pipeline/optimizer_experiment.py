@@ -62,9 +62,10 @@ def run_steps(rule, params: dict, distribution, problem: dict, theta: torch.Tens
 def flushing_denormals(fn):
     """Run `fn` with subnormal floats flushed to zero on this CPU thread, then restore PyTorch's
     default. A meta-trained LSTM's saturated gates and an optimizee's saturated sigmoids produce
-    subnormal numbers, which the CPU handles about 100x slower: an MNIST unroll of a trained
-    optimizer took 1.8x as long with them (benchmarks/RESULTS.md). Values below 1.2e-38 (float32)
-    become 0; a few-shot run in the same process is unaffected."""
+    subnormal numbers, which the CPU handles slowly: a trained MNIST optimizer's compiled unroll took
+    1.38x as long with them, averaged over 6 trajectories (1.05-1.78x for single ones;
+    benchmarks/RESULTS.md). Values below 1.2e-38 (float32) become 0; a few-shot run in the same
+    process is unaffected."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         torch.set_flush_denormal(True)

@@ -61,19 +61,23 @@ class MnistMLP:
         self.sizes = [784, *hidden, 10]
         self.shapes = [s for a, b in zip(self.sizes[:-1], self.sizes[1:]) for s in ((a, b), (b,))]
         self.dim = sum(math.prod(s) for s in self.shapes)
-        train = load_mnist(data, "train")  # validation optimizees (split "val") see the training images
-        self.images = {"train": train, "val": train, "test": load_mnist(data, "test")}
+        self.images = {split: load_mnist(data, split) for split in ("train", "test")}
         self._tensors = {}
 
     def sample(self, streams: Streams, steps: int, split: str = "train") -> dict:
-        n = len(self.images[split][1])
+        n = len(self.images[self.pool(split)][1])
         return {"theta0": INIT_STD * streams.normal(self.dim),
                 "batches": streams.integers(n, (steps + 1, self.minibatch))}
 
+    @staticmethod
+    def pool(split: str) -> str:
+        """The images a split's optimizees see: validation optimizees ("val") the training images."""
+        return "test" if split == "test" else "train"
+
     def _data(self, split: str, dtype, device):
-        key = (split, dtype, str(device))
+        key = (self.pool(split), dtype, str(device))
         if key not in self._tensors:
-            x, y = self.images[split]
+            x, y = self.images[key[0]]
             self._tensors[key] = (torch.as_tensor(x, device=device).to(dtype) / 255.0,
                                   torch.as_tensor(y, dtype=torch.long, device=device))
         return self._tensors[key]

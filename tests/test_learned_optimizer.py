@@ -222,8 +222,9 @@ def test_resume_mid_trajectory_matches_an_uninterrupted_run(tmp_path):
 
 def test_validation_keeps_the_best_parameters_and_the_run_is_evaluated_with_them(tmp_path):
     """train.validate_every (the reference code's best checkpoint): the selected parameters are those of
-    the lowest validation loss, that loss is the learned optimizer's on the validation optimizees, the
-    test table is computed with them, and a crash and resume keep the same choice."""
+    the lowest validation loss, the test table is computed with them, and a crash and resume keep the
+    same choice. The recomputed validation and test losses go through the same eval_shard as the run:
+    they check plumbing (which parameters, which optimizees), not the evaluation itself."""
     cfg = quad_cfg(tmp_path, beta=0.1, iterations=24, **{"train.validate_every": 3, "train.validate_tasks": 8})
     lines = []
     with Trainer(cfg, tmp_path / "run", log=lines.append) as trainer:
