@@ -2,18 +2,20 @@
 today, side by side in one process on one thread (sine MLP 1-40-40-1, meta-batch 4, K=10).
 
 "solo" is the ordinary Trainer's outer loop (LocalBackend, eager; sampling, Adam, metrics
-included), one trial after another, and one solo trial compiled (train.compile, as a 60,000-iteration
+and the final checkpoint included), and one solo trial compiled (train.compile, as a 60,000-iteration
 trial runs today under `auto`; its compilation excluded); "population" is pipeline/population.py's loop over P members
 that differ in alpha and seed (as in the robustness study: 6 alphas per seed), eager and under
-torch.compile (its compile time reported apart, then excluded). Evaluation and plots, the same for
-both, are left out.
+torch.compile (its compile time reported apart, then excluded; "compile s" is the first round's,
+with the Inductor cache the command starts with). Evaluation and plots, the same for
+both, are left out. Every case runs once per round, rounds interleaved (`--repeats`), and rates are
+the rounds' medians: the 2-core machine's speed drifts by +-15% over minutes.
 
 A second table times the population's task sampling per iteration (tasks/sampling.py, one
 counter-based draw for every member's tasks) against the per-task numpy Generators it replaced
 (reproduced below), for the members' seeds as above and for P distinct seeds, and gives each as a
 share of the eager population iteration (its time without sampling, plus the sampling). Usage:
 
-    python benchmarks/bench_population.py [--iterations 300] [--sizes 18,100] [--methods maml,mtnet]
+    python benchmarks/bench_population.py [--iterations 300] [--sizes 18,100] [--methods maml,mtnet] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -106,15 +108,16 @@ def per_task_generators(seeds, size: int, iteration: int, shots: int, query: int
             "noise": {k: torch.as_tensor(np.stack([t["noise"][k] for t in tasks])) for k in noise_shapes}}
 
 
-def sampling_times(cfgs, out: Path, reps: int = 30) -> tuple[float, float]:
-    """Seconds per iteration to sample every member's batch: (counter-based, per-task generators)."""
+def sampling_times(cfgs, out: Path, reps: int = 128) -> tuple[float, float]:
+    """Seconds per iteration to sample every member's batch: (counter-based, drawn ahead in blocks of
+    iterations as the population does - `reps` covers whole blocks -, per-task generators)."""
     with Population(cfgs, [out / f"m{i}" for i in range(len(cfgs))], log=lambda m: None) as pop:
         first = pop.members[0]
         shapes = first.experiment.noise_shapes(first.params)
         seeds = sorted({c.seed for c in cfgs})
         t0 = time.perf_counter()
         for it in range(reps):
-            pop.backend.experiment.sample(it, range(cfgs[0].meta_batch_size))
+            pop.backend.experiment.sample(it, range(cfgs[0].meta_batch_size))  # PopulationShards.sample
         new = (time.perf_counter() - t0) / reps
         t0 = time.perf_counter()
         for it in range(reps):
@@ -127,35 +130,56 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--sizes", default="18,100")
     ap.add_argument("--methods", default="maml,mtnet")
-    ap.add_argument("--solo-trials", type=int, default=3, help="solo trials timed (their rate is the median)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="rounds of every case, interleaved (rates are their medians: a shared machine drifts)")
+    ap.add_argument("--solo-trials", type=int, default=1, help="solo trials timed per round")
     ap.add_argument("--device", default="cpu", help="where the population trains (cuda: one GPU); solo runs: CPU")
     ap.add_argument("--no-compile", action="store_true", help="eager population only")
     args = ap.parse_args()
     torch.set_num_threads(1)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"torch {torch.__version__}, 1 thread, {platform.machine()}; population on {where}; {args.iterations} "
-          f"iterations per run, sine 1-40-40-1, meta-batch 4, K=10\n")
-    print("| method | P | solo it/s (one trial, eager) | solo compiled it/s | population eager member-it/s | speed-up "
-          "| population compiled member-it/s | speed-up | vs solo compiled | compile s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    iteration_s = {}
+          f"iterations per run, sine 1-40-40-1, meta-batch 4, K=10; medians of {args.repeats} interleaved rounds "
+          f"(range in brackets)\n")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    iteration_s, rows = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for method in args.methods.split(","):
-            solo = sorted(solo_rate(c, tmp / f"solo-{method}-{i}")
-                          for i, c in enumerate(member_cfgs(method, args.solo_trials, args.iterations, "never",
-                                                            tmp)))[args.solo_trials // 2]
-            solo_c = float("nan") if args.no_compile else solo_rate(
-                member_cfgs(method, 1, args.iterations, "always", tmp)[0], tmp / f"solo-c-{method}", warmup=5)
-            for size in (int(s) for s in args.sizes.split(",")):
-                eager, _ = population_rate(member_cfgs(method, size, args.iterations, "never", tmp / f"e{size}{method}"),
-                                           tmp / f"e{size}{method}", warmup=5, device=args.device)
-                comp, compile_s = (float("nan"), float("nan")) if args.no_compile else population_rate(
-                    member_cfgs(method, size, args.iterations, "always", tmp / f"c{size}{method}"),
-                    tmp / f"c{size}{method}", warmup=5, device=args.device)
-                print(f"| {method} | {size} | {solo:,.0f} | {solo_c:,.0f} | {eager:,.0f} | {eager / solo:.1f}x | "
-                      f"{comp:,.0f} | {comp / solo:.1f}x | {comp / solo_c:.1f}x | {compile_s:.0f} |", flush=True)
-                iteration_s[method, size] = size / eager
+            rates: dict = {}  # case -> rates over the rounds
+            for r in range(args.repeats):
+                def add(case, rate):
+                    rates.setdefault(case, []).append(rate)
+
+                for i, c in enumerate(member_cfgs(method, args.solo_trials, args.iterations, "never", tmp)):
+                    add("solo", solo_rate(c, tmp / f"solo-{method}-{r}-{i}"))
+                if not args.no_compile:
+                    add("solo_c", solo_rate(member_cfgs(method, 1, args.iterations, "always", tmp)[0],
+                                            tmp / f"solo-c-{method}-{r}", warmup=5))
+                for size in sizes:
+                    out = tmp / f"e{size}{method}{r}"
+                    add(("eager", size), population_rate(member_cfgs(method, size, args.iterations, "never", out), out,
+                                                         warmup=5, device=args.device)[0])
+                    if not args.no_compile:
+                        out = tmp / f"c{size}{method}{r}"
+                        rate, compile_s = population_rate(member_cfgs(method, size, args.iterations, "always", out),
+                                                          out, warmup=5, device=args.device)
+                        add(("compiled", size), rate)
+                        add(("compile_s", size), compile_s)
+            med = {k: float(np.median(v)) for k, v in rates.items()}
+            cell = lambda k: f"{med[k]:,.0f} [{min(rates[k]):,.0f}-{max(rates[k]):,.0f}]" if k in med else "-"  # noqa: E731
+            nan = float("nan")
+            for size in sizes:
+                comp = med.get(("compiled", size), nan)
+                rows.append(f"| {method} | {size} | {cell('solo')} | {cell('solo_c')} | {cell(('eager', size))} | "
+                            f"{med[('eager', size)] / med['solo']:.1f}x | {cell(('compiled', size))} | "
+                            f"{comp / med['solo']:.1f}x | {comp / med.get('solo_c', nan):.1f}x | "
+                            f"{max(rates.get(('compile_s', size), [nan])):.0f} |")
+                iteration_s[method, size] = size / med[("eager", size)]
+        print("\n| method | P | solo it/s (one trial, eager) | solo compiled it/s | population eager member-it/s | "
+              "speed-up | population compiled member-it/s | speed-up | vs solo compiled | compile s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(rows), flush=True)
         print("\nTask sampling per population iteration (ms), and its share of the eager iteration:\n")
         print("| method | P | seeds | counter-based ms | share | per-task generators ms | share | speed-up |")
         print("|---|---|---|---|---|---|---|---|")

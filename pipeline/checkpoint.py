@@ -45,6 +45,17 @@ def _usable(path: Path) -> bool:
         return False
 
 
+# The checkpoints this process wrote, by (inode, size, mtime): one still unchanged since is not read
+# back before it becomes the previous one (reading it took about as long as writing the new one,
+# and a population of 100 saves 100 of them at once).
+_WRITTEN: dict[str, tuple] = {}
+
+
+def _stamp(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def save(run_dir: Path, state: dict) -> Path:
     """Write the newest checkpoint; the one it replaces becomes the previous one, unless it is
     damaged (then the previous good one is kept)."""
@@ -52,9 +63,10 @@ def save(run_dir: Path, state: dict) -> Path:
     path, prev = run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT
     tmp = run_dir / (CHECKPOINT + ".tmp")
     torch.save(state, tmp)
-    if path.is_file() and _usable(path):
+    if path.is_file() and (_WRITTEN.get(os.path.abspath(path)) == _stamp(path) or _usable(path)):
         os.replace(path, prev)  # between the two renames a loader finds prev alone: still a good state
     os.replace(tmp, path)
+    _WRITTEN[os.path.abspath(path)] = _stamp(path)
     return path
 
 

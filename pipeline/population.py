@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from pipeline import checkpoint
-from pipeline.config import PACKABLE, Config, ConfigError, flatten, to_dict
+from pipeline.config import PACKABLE, Config, ConfigError, compile_shards, flatten, to_dict
+from pipeline.meta_batch import CompiledWithFallback
 from pipeline.population_shards import PopulationShards
 from pipeline.rules import get_rule
 from pipeline.trainer import Trainer
@@ -77,15 +78,18 @@ class StackedAdam:
     members at once, each with its own step size beta and step count. Parameters and moments live
     in one flat (P, N) buffer each, so an update is a dozen ops whatever the number of parameter
     tensors (per-tensor updates were ~20% of a packed sine iteration); `params` are per-key
-    (P, ...) views into it."""
+    (P, ...) views into it. With compile=True (train.compile) the update and the finiteness check
+    before it are one fused torch.compile kernel instead of ~20 passes over the buffers, which
+    are as large as the population's parameters."""
 
-    def __init__(self, params: dict, beta: torch.Tensor, grad_clip: float = 0.0):
+    def __init__(self, params: dict, beta: torch.Tensor, grad_clip: float = 0.0, compile: bool = False, log=print):
         self.shapes = {k: v.shape[1:] for k, v in params.items()}
         self.beta, self.grad_clip = beta, grad_clip
         self.flat = self.flatten(params).clone()
         self.params = self.views(self.flat)
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
         self.steps = torch.zeros(len(self.flat), dtype=torch.long, device=self.flat.device)
+        self._update = CompiledAdamUpdate(log, compile)
 
     def flatten(self, tree: dict) -> torch.Tensor:
         return torch.cat([tree[k].reshape(len(tree[k]), -1) for k in self.shapes], 1)
@@ -94,14 +98,21 @@ class StackedAdam:
         sizes = [math.prod(s) for s in self.shapes.values()]
         return {k: part.view(len(flat), *s) for (k, s), part in zip(self.shapes.items(), flat.split(sizes, 1))}
 
-    def step(self, grad: torch.Tensor, active: torch.Tensor) -> None:
-        """One update from the flat gradient (P, N), applied only to members where `active`."""
+    def step(self, grads: dict, loss: torch.Tensor, n: int, running: torch.Tensor) -> torch.Tensor:
+        """One update from the summed gradients `grads` and losses (P,) of `n` tasks, applied only
+        to members that are `running` and whose loss and gradients are finite; returns which were."""
+        return self._update(self, self.flatten(grads), loss, n, running)
+
+    def _step(self, grad: torch.Tensor, loss: torch.Tensor, n: int, running: torch.Tensor) -> torch.Tensor:
+        # the solo trainer's guard: a summed gradient beyond sqrt(max float) * n counts as non-finite
+        finite = torch.isfinite(loss) & (grad.abs() < torch.finfo(loss.dtype).max ** 0.5 * n).all(1)
+        active, grad = running & finite, grad / n
         if self.grad_clip:  # each member's global norm, in float64 as the solo trainer
             norm = grad.double().pow(2).sum(1).sqrt()
             scale = torch.where(norm > self.grad_clip, self.grad_clip / norm, torch.ones_like(norm))
             grad = grad * scale.to(grad.dtype)[:, None]
-        self.steps += active.long()
-        t = self.steps.double()
+        steps = self.steps + active.long()
+        t = steps.double()
         b1, b2 = BETAS
         step_size = (self.beta / (1 - b1 ** t)).to(grad.dtype)[:, None]  # float64, as Adam's Python floats
         bc2_sqrt = (1 - b2 ** t).sqrt().to(grad.dtype)[:, None]
@@ -113,6 +124,22 @@ class StackedAdam:
             self.exp_avg.copy_(torch.where(a, m, self.exp_avg))
             self.exp_avg_sq.copy_(torch.where(a, v, self.exp_avg_sq))
             self.flat.copy_(torch.where(a, new, self.flat))
+            self.steps.copy_(steps)
+        return finite
+
+
+class CompiledAdamUpdate(CompiledWithFallback):
+    """StackedAdam._step, compiled (train.compile) or eager."""
+
+    what = "Adam update"
+
+    def __init__(self, log=print, compile: bool = False):
+        super().__init__(log, compile)
+        self._compiled = torch.compile(StackedAdam._step, dynamic=False, fullgraph=True) if compile else None
+
+    def __call__(self, adam: StackedAdam, grad, loss, n, running):
+        return self._run(lambda: self._compiled(adam, grad, loss, n, running),
+                         lambda: StackedAdam._step(adam, grad, loss, n, running))
 
 
 class Population:
@@ -169,7 +196,8 @@ class Population:
     def _stack_members(self) -> None:
         """Stacked parameters and Adam state from the members' (fresh or loaded) trainers; then
         every member's params become views into the stacked tensors."""
-        self.adam = StackedAdam(self._stacked_params(), self.beta, self.cfgs[0].train.grad_clip)
+        self.adam = StackedAdam(self._stacked_params(), self.beta, self.cfgs[0].train.grad_clip,
+                                compile=compile_shards(self.cfgs[0]), log=self.log)
         self.params = self.adam.params
         exp_avg, exp_avg_sq = self.adam.views(self.adam.exp_avg), self.adam.views(self.adam.exp_avg_sq)
         for i, m in enumerate(self.members):
@@ -239,15 +267,13 @@ class Population:
             result = self.backend.meta_gradient(self.params, iteration)
             n = result.n_tasks
             loss = result.loss_sum / n
-            grad = self.adam.flatten(result.grads)
-            finite = torch.isfinite(loss) & (grad.abs() < torch.finfo(loss.dtype).max ** 0.5 * n).all(1)
-            self.adam.step(grad / n, running & finite)
+            finite = self.adam.step(result.grads, result.loss_sum, n, running).tolist()
             curves = [None] * len(members) if result.curve_sum is None else (result.curve_sum / n).tolist()
             metrics = (result.metric_sum / n).tolist()
             losses = loss.tolist()
             for i, m in enumerate(members):
                 if m.status == "running":
-                    m.after_step(bool(finite[i]), losses[i], curves[i], metrics[i])
+                    m.after_step(finite[i], losses[i], curves[i], metrics[i])
             done = iteration + 1
             if done % cfg.train.log_every == 0 or done == cfg.iterations:
                 self._progress(done, losses, t0, it0)

@@ -3,6 +3,7 @@ sums, one vmap over the stacked members (pipeline/population.py trains them). It
 because Ray shard workers (pipeline/workers.py) run it too, without the population's trainers."""
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import numpy as np
@@ -37,6 +38,34 @@ def _population_result(grads: dict, loss, curve, metric, batch: dict) -> ShardRe
     return ShardResult(grads, loss, batch["x_support"].shape[1], curve, metric)
 
 
+AHEAD_ITERATIONS, AHEAD_BYTES = 64, 4 << 20  # tasks drawn ahead: at most this many iterations, or bytes
+
+
+# On a CPU, members go through a compiled shard function in groups of at most this many: a shard
+# of 100 MT-nets took 19.6 ms in one call and 13.8 ms in five calls of 20 (MAML 6.7 and 5.9 ms;
+# groups of 10: slower again), as larger calls fall out of the core's caches
+# (benchmarks/bench_member_groups.py). Eager populations are dispatch-bound (groups of 20: 1.5-1.8x
+# slower there) and GPUs want large calls: both take the whole population at once.
+CPU_MEMBERS_PER_CALL = 20
+
+
+@functools.cache
+def member_groups(members: int, most: int) -> list[torch.Tensor] | None:
+    """Equal groups of at most `most` members, the last padded with member 0 (its results dropped:
+    one compiled graph serves every group); None for a single call."""
+    if not most or members <= most:
+        return None
+    count = -(-members // most)
+    size = -(-members // count)
+    order = torch.arange(count * size)
+    return list(torch.where(order < members, order, 0).view(count, size))
+
+
+def flat_values(tree: dict):
+    for v in tree.values():
+        yield from flat_values(v) if isinstance(v, dict) else (v,)
+
+
 class PopulationShards:
     """Every member's shard sums on a range of task indices, each member on its own task stream:
     the population's counterpart of `Experiment.train_shard`, with the same interface, so the
@@ -52,6 +81,7 @@ class PopulationShards:
         self.temperature = torch.tensor([c.gumbel_temperature for c in cfgs], dtype=dtype, device=self.device)
         tpv = cfgs[0].train.tasks_per_vmap
         self.set_chunk_size(0 if tpv == "auto" else tpv)
+        self._block, self._depth = None, None  # tasks drawn ahead (sample)
 
     def _shard_fn(self, chunk: int | None, compile: bool, curve: bool) -> CompiledShardFunction:
         return CompiledShardFunction(self.learner, replace(self.inner, curve=curve), chunk, log=self.log,
@@ -63,21 +93,45 @@ class PopulationShards:
         self.fns = {curve: self._shard_fn(self.chunk, compile_shards(self.cfgs[0]), curve) for curve in (True, False)}
 
     def sample(self, iteration: int, indices) -> dict:
-        """Every member's tasks `indices` of its own stream, drawn in one call for all the members'
-        seeds (members with the same seed share their tasks): (P, len(indices), ...)."""
-        indices = np.asarray(indices)
+        """Every member's tasks `indices` of its own stream, (P, len(indices), ...). Tasks are drawn
+        for every member's seed (members with the same seed share them) and for several iterations
+        ahead in one call: the sampler's per-call cost was a large part of a small population's
+        iteration. Each task is still the pure function of (seed, split, iteration, index) that a
+        solo run draws."""
+        indices = tuple(int(i) for i in indices)
+        block = self._block
+        if block is None or block["indices"] != indices or not 0 <= iteration - block["start"] < block["depth"]:
+            block = self._block = self._draw(iteration, indices, self._depth or 1)
+            if self._depth is None:  # as many iterations as fit a few MB (one for image tasks)
+                size = sum(x.numel() * x.element_size() for x in flat_values(block["tasks"]))
+                self._depth = max(1, min(AHEAD_ITERATIONS, AHEAD_BYTES // max(size, 1)))
+        one = map_tree(lambda x: x[iteration - block["start"]], block["tasks"])
+        return {**one, "alpha": self.alpha, "temperature": self.temperature}
+
+    def _draw(self, start: int, indices: tuple, depth: int) -> dict:
+        """Tasks of iterations [start, start + depth), every member's: (depth, P, len(indices), ...)."""
         seeds = sorted({c.seed for c in self.cfgs})
-        flat = self.experiment.sample(self._shapes, split="train", seed=np.repeat(seeds, len(indices)),
-                                      iteration=iteration, indices=np.tile(indices, len(seeds)),
-                                      shots=self.cfgs[0].task.shots)
+        n, s = len(indices), len(seeds)
+        flat = self.experiment.sample(self._shapes, split="train", seed=np.tile(np.repeat(seeds, n), depth),
+                                      iteration=np.repeat(np.arange(start, start + depth), s * n),
+                                      indices=np.tile(indices, s * depth), shots=self.cfgs[0].task.shots)
         row = torch.tensor([seeds.index(c.seed) for c in self.cfgs])
-        batch = map_tree(lambda x: x.view(len(seeds), len(indices), *x.shape[1:])[row].to(self.device), flat)
-        batch["alpha"], batch["temperature"] = self.alpha, self.temperature
-        return batch
+        tasks = map_tree(lambda x: x.view(depth, s, n, *x.shape[1:])[:, row].to(self.device), flat)
+        return {"start": start, "depth": depth, "indices": indices, "tasks": tasks}
 
     def train_shard(self, params: dict, iteration: int, indices, carry=None) -> ShardResult:
         params = {k: v.to(self.device) for k, v in params.items()}
-        return self.fns[curve_at(self.cfgs[0], iteration)](params, self.sample(iteration, indices))
+        batch, fn = self.sample(iteration, indices), self.fns[curve_at(self.cfgs[0], iteration)]
+        grouped = self.device.type == "cpu" and not fn.eager  # an eager call is dispatch-bound: all at once
+        groups = member_groups(len(self.cfgs), CPU_MEMBERS_PER_CALL if grouped else 0)
+        if groups is None:
+            return fn(params, batch)
+        outs = [fn(map_tree(lambda x: x[g], params), map_tree(lambda x: x[g], batch)) for g in groups]
+        cat = lambda parts: torch.cat(parts)[:len(self.cfgs)]  # noqa: E731 - the padding dropped
+        return ShardResult({k: cat([o.grads[k] for o in outs]) for k in outs[0].grads},
+                           cat([o.loss_sum for o in outs]), outs[0].n_tasks,
+                           None if outs[0].curve_sum is None else cat([o.curve_sum for o in outs]),
+                           cat([o.metric_sum for o in outs]))
 
     def time_chunk_sizes(self, params: dict, indices) -> dict[int, float]:
         """Eager shard-call times of the population's first shard at each tasks_per_vmap choice."""

@@ -41,32 +41,46 @@ def philox4x32(counter: Sequence[np.ndarray], key: Sequence[np.ndarray], rounds:
 
 
 class Streams:
-    """The random streams of N tasks: task i is (seeds[i], split, iteration, indices[i]) on `stream`
-    (data or noise, so the noise of a task does not shift when its number of support points changes).
+    """The random streams of N tasks: task i is (seeds[i], split, iterations[i], indices[i]) on
+    `stream` (data or noise, so the noise of a task does not shift when its number of support
+    points changes).
 
     Every draw returns an array (N, *shape) and takes the next values of each task's own stream;
-    which other tasks share the batch changes nothing. `seed` is one seed or one per task."""
+    which other tasks share the batch changes nothing. `seed` and `iteration` are one value or one
+    per task (a population draws many members' and iterations' tasks in one call)."""
 
-    AHEAD = 128  # values per task generated at once (the per-call cost of the generator, not its size, dominates)
+    # Values generated at once: the per-call cost of the generator, not its size, dominates a small
+    # batch (128 per task ahead); a large one (a population's tasks of many iterations) gets what
+    # it asks for, give or take AHEAD_TOTAL values. Which values come out does not depend on it.
+    AHEAD, AHEAD_TOTAL = 128, 4096
+    CHUNK = 1 << 15  # counters per philox4x32 call
 
-    def __init__(self, seed, split: str, iteration: int, indices: Sequence[int], stream: int):
+    def __init__(self, seed, split: str, iteration, indices: Sequence[int], stream: int):
         index = np.asarray(indices, np.uint64).reshape(-1, 1)
         seeds = np.broadcast_to(np.asarray(seed, np.uint64).reshape(-1, 1), index.shape)
+        iterations = np.broadcast_to(np.asarray(iteration, np.uint64).reshape(-1, 1), index.shape)
         self.n = len(index)
-        self._words = (index, np.uint64(iteration), np.uint64(SPLITS[split] | stream << 8))
+        self._words = (index, iterations, np.uint64(SPLITS[split] | stream << 8))
         self._key = (seeds & _LO, seeds >> _32)
         self._buffer = np.empty((self.n, 0))  # values from position `self._used` on, generated ahead
         self._used = 0  # values taken so far (per task)
 
     def _generate(self, start: int, count: int) -> np.ndarray:
-        """Values at positions [start, start + count) of every task's stream, both even: (N, count)."""
+        """Values at positions [start, start + count) of every task's stream, both even: (N, count).
+        Computed CHUNK counters at a time: philox's dozens of temporaries then stay in the core's
+        cache on a population's large draws (the values do not depend on it)."""
         blocks = count // 2
         position = np.arange(start // 2, start // 2 + blocks, dtype=np.uint64)
-        w = philox4x32((position, *self._words), self._key)
-        hi = np.stack([w[0], w[2]], -1) >> np.uint64(5)  # 27 + 26 bits per double
-        lo = np.stack([w[1], w[3]], -1) >> np.uint64(6)
-        bits = ((hi << np.uint64(26)) | lo).reshape(self.n, count)
-        return (bits.astype(np.float64) + 0.5) * 2.0 ** -53
+        index, iterations, tag = self._words
+        out = np.empty((self.n, count))
+        rows = max(1, self.CHUNK // max(blocks, 1))
+        for i in range(0, self.n, rows):
+            r = slice(i, i + rows)
+            w = philox4x32((position, index[r], iterations[r], tag), (self._key[0][r], self._key[1][r]))
+            hi = np.stack([w[0], w[2]], -1) >> np.uint64(5)  # 27 + 26 bits per double
+            lo = np.stack([w[1], w[3]], -1) >> np.uint64(6)
+            out[r] = ((hi << np.uint64(26)) | lo).reshape(-1, count).astype(np.float64)
+        return (out + 0.5) * 2.0 ** -53
 
     def random(self, shape=()) -> np.ndarray:
         """Uniform on the open interval (0, 1), 53 random bits each."""
@@ -74,7 +88,7 @@ class Streams:
         count = math.prod(shape)
         if count > self._buffer.shape[1]:  # a whole task's draws usually come from one generator call
             start = self._used + self._buffer.shape[1]
-            need = max(count - self._buffer.shape[1], self.AHEAD)
+            need = max(count - self._buffer.shape[1], min(self.AHEAD, self.AHEAD_TOTAL // self.n))
             more = self._generate(start, need + need % 2)
             self._buffer = np.concatenate([self._buffer, more], 1)
         out, self._buffer = self._buffer[:, :count], self._buffer[:, count:]
@@ -110,7 +124,7 @@ def sample_batch(
     *,
     seed,
     split: str,
-    iteration: int,
+    iteration,
     indices: Sequence[int],
     shots: int,
     query: int,
@@ -118,7 +132,8 @@ def sample_batch(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
 ) -> dict:
-    """Sample tasks `indices` (of one seed, or `seed[i]` for task i) as one batch:
+    """Sample tasks `indices` (of one seed and iteration, or `seed[i]` and `iteration[i]` for task i)
+    as one batch:
     {"x_support": (B, K, ...), ..., "noise": {name: (B, ...)}}."""
     batch = distribution.sample(Streams(seed, split, iteration, indices, DATA_STREAM), shots, query, split)
     noise = Streams(seed, split, iteration, indices, NOISE_STREAM)

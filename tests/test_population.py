@@ -3,6 +3,7 @@
 References here are independent of the population code: solo runs of the ordinary Trainer (with
 torch.optim.Adam), and torch.optim.Adam itself for the functional per-member update."""
 import json
+import math
 
 import pytest
 import torch
@@ -61,29 +62,40 @@ def test_each_member_equals_its_solo_run(tmp_path, method):
     assert members[0]["l0.W"].shape == (20, 1)
 
 
-def test_functional_adam_equals_torch_adam_per_member():
-    """The population's update against one torch.optim.Adam per member (its own lr), with a
-    member skipping some steps (frozen: no update, no step count)."""
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_functional_adam_equals_torch_adam_per_member(compile):
+    """The population's update (eager, and as one compiled kernel) against one torch.optim.Adam per
+    member (its own lr) fed the mean gradient of n tasks, with a member skipping some steps (not
+    running, or a non-finite loss or gradient: no update, no step count)."""
     torch.manual_seed(0)
-    P, betas = 3, [1e-3, 3e-2, 0.2]
+    P, n, betas = 3, 4, [1e-3, 3e-2, 0.2]
     init = {"w": torch.randn(P, 5, 4), "b": torch.randn(P, 4)}
-    adam = StackedAdam(init, torch.tensor(betas, dtype=torch.float64))
+    logs = []
+    adam = StackedAdam(init, torch.tensor(betas, dtype=torch.float64), compile=compile, log=logs.append)
     ref = [{k: v[i].clone().requires_grad_(True) for k, v in init.items()} for i in range(P)]
     opts = [torch.optim.Adam(list(r.values()), lr=b) for r, b in zip(ref, betas)]
     for step in range(30):
-        grads = {k: torch.randn_like(v) * (1 + step) for k, v in init.items()}
-        active = torch.tensor([True, step % 3 != 0, True])
-        adam.step(adam.flatten(grads), active)
+        grads = {k: torch.randn_like(v) * (1 + step) * n for k, v in init.items()}  # sums over n tasks
+        loss = torch.ones(P)
+        running = torch.tensor([True, step % 3 != 0, True])
+        if step % 5 == 4:  # member 2: a non-finite loss, then a non-finite gradient
+            loss[2] = math.nan
+        if step % 5 == 2:
+            grads["w"][2, 0, 0] = math.inf
+        finite = adam.step(grads, loss, n, running)
+        assert finite.tolist() == [True, True, step % 5 not in (2, 4)]
         for i in range(P):
-            if active[i]:
+            if running[i] and finite[i]:
                 for k, p in ref[i].items():
-                    p.grad = grads[k][i].clone()
+                    p.grad = grads[k][i].clone() / n
                 opts[i].step()
     for i in range(P):
         for k, p in ref[i].items():
             torch.testing.assert_close(adam.params[k][i], p.detach(), rtol=1e-6, atol=1e-7)
             assert adam.params[k].untyped_storage().data_ptr() == adam.flat.untyped_storage().data_ptr()  # views
-    assert adam.steps.tolist() == [30, 20, 30]
+    assert adam.steps.tolist() == [30, 20, 18]
+    # compiled once and said once; no fallback to eager
+    assert [m.split(" in ")[0] for m in logs] == (["train.compile: Adam update compiled"] if compile else [])
 
 
 @pytest.mark.slow
@@ -209,3 +221,31 @@ def test_the_per_task_loop_inside_the_member_vmap_equals_the_whole_shard(tmp_pat
             params[tpv] = [{k: v.clone() for k, v in m.params.items()} for m in pop.members]
     for i in range(2):
         assert_rel_close(params[1][i], params[0][i], 1e-5, f"member {i}")
+
+
+@pytest.mark.slow
+def test_members_in_groups_equal_one_call(tmp_path, monkeypatch):
+    """On a CPU a compiled shard function takes members in groups (CPU_MEMBERS_PER_CALL), the last
+    group padded with member 0: every member's loss, metric, curve and gradients equal one call
+    over all of them. 5 members in groups of at most 2: three groups of 2, one padding row dropped."""
+    from pipeline import population_shards
+    from pipeline.population_shards import PopulationShards, member_groups
+
+    members = [{"alpha": 0.01 * (i + 1), "seed": i % 2, "gumbel_temperature": 0.5 + i} for i in range(5)]
+    logs = []
+    shards = PopulationShards(configs(tmp_path, "mtnet", members=members, **{"train.compile": "always"}),
+                              log=logs.append)
+    params = {k: torch.stack([v + 0.01 * i for i in range(5)]) for k, v in shards.experiment.init_params().items()}
+    results = {}
+    for most in (0, 2):
+        monkeypatch.setattr(population_shards, "CPU_MEMBERS_PER_CALL", most)
+        results[most] = shards.train_shard(params, 99, range(4))  # iteration 99 computes the curve
+    assert [g.tolist() for g in member_groups(5, 2)] == [[0, 1], [2, 3], [4, 0]]
+    assert not shards.fns[True].eager and not any("failed" in line for line in logs), logs  # compiled groups
+    one, grouped = results[0], results[2]
+    for name in ("loss_sum", "metric_sum", "curve_sum"):
+        assert getattr(grouped, name).shape == getattr(one, name).shape
+        torch.testing.assert_close(getattr(grouped, name), getattr(one, name), rtol=1e-6, atol=1e-7)
+    for k, g in one.grads.items():
+        assert g.shape[0] == 5 and g.abs().sum() > 0, k
+        torch.testing.assert_close(grouped.grads[k], g, rtol=1e-6, atol=1e-7, msg=lambda m: f"{k}: {m}")

@@ -134,3 +134,18 @@ def test_a_batch_of_several_seeds_equals_each_seeds_batch():
         for key in ("x_support", "y_support", "x_query", "y_query"):
             assert torch.equal(both[key][4 * j:4 * j + 4], alone[key])
         assert torch.equal(both["noise"]["l1.zeta"][4 * j:4 * j + 4], alone["noise"]["l1.zeta"])
+
+
+def test_a_batch_of_several_iterations_equals_each_iterations_batch():
+    """A population draws several iterations' tasks ahead in one call: task i of iteration t (of
+    seed s) is the same task as in the batch of iteration t alone."""
+    its, seeds = np.repeat([5, 6, 90], 8), np.tile(np.repeat([3, 11], 4), 3)
+    ahead = sample_batch(Sinusoid(), seed=seeds, split="train", iteration=its, indices=np.tile(range(4), 6), shots=10,
+                         query=10, noise_shapes=NOISE, dtype=torch.float64)
+    for j, (it, seed) in enumerate(zip(its[::4], seeds[::4])):
+        alone = sample_batch(Sinusoid(), seed=int(seed), split="train", iteration=int(it), indices=range(4), shots=10,
+                             query=10, noise_shapes=NOISE, dtype=torch.float64)
+        for key in ("x_support", "y_support", "x_query", "y_query"):
+            assert torch.equal(ahead[key][4 * j:4 * j + 4], alone[key])
+        assert torch.equal(ahead["noise"]["l1.zeta"][4 * j:4 * j + 4], alone["noise"]["l1.zeta"])
+    assert not torch.equal(ahead["x_query"][:4], ahead["x_query"][8:12])  # iterations 5 and 6 differ
