@@ -83,5 +83,6 @@ def test_auto_chunk_size_is_the_fastest_measured_and_near_ties_go_to_the_larger_
         assert t >= cost[c or None]
     assert list(time_chunk_sizes(lambda c: None, shard_size=3)) == [0, 2, 1]  # only chunks smaller than the shard
     assert list(time_chunk_sizes(lambda c: None, shard_size=1)) == [0, 1]  # vmap of one task, or the loop
-    assert pick_chunk_size({0: 1.0, 8: 0.97, 1: 0.99}) == 0  # within 5% of the fastest: the larger chunk
-    assert pick_chunk_size({0: 1.0, 8: 0.9, 1: 0.88}) == 8
+    assert pick_chunk_size({0: 1.0, 8: 0.97, 1: 1.01}) == 0  # within 5% of the fastest: the larger chunk
+    assert pick_chunk_size({0: 1.0, 8: 0.97, 1: 0.99}) == 8  # ... unless slower than the loop
+    assert pick_chunk_size({0: 1.0, 8: 0.9, 1: 0.88}) == 1  # never slower than the loop as timed
