@@ -11,8 +11,8 @@ import torch
 from pipeline.config import Config, compile_shards, curve_at
 from pipeline.evaluation import evaluate
 from pipeline.learners import Network, conv4, mlp
-from pipeline.meta_batch import CompiledShardFunction, InnerSettings, Learner, ShardResult, shard_evaluate, \
-    shard_meta_gradient, time_chunk_sizes
+from pipeline.meta_batch import InnerSettings, Learner, ShardResult, shard_evaluate, shard_meta_gradient, \
+    time_chunk_sizes, training_shard_functions
 from pipeline.rules import get_rule
 from tasks import image_format, make_distribution
 from tasks.sampling import sample_batch
@@ -56,8 +56,6 @@ class Experiment:
             d.check(split="test", shots=max(cfg.eval.shots), query=cfg.task.query, key="eval.shots")
         self.learner = make_learner(cfg)
         self.train_inner = InnerSettings(cfg.alpha, cfg.inner_steps, cfg.gumbel_temperature, "sample")
-        # iterations that log no query-loss curve skip computing it (config.curve_at)
-        self._inners = {True: self.train_inner, False: replace(self.train_inner, curve=False)}
         self._noise_shapes = None
         # "auto" stays the whole shard until the trainer has timed the choices (set_chunk_size)
         self.set_chunk_size(0 if cfg.train.tasks_per_vmap == "auto" else cfg.train.tasks_per_vmap)
@@ -65,16 +63,17 @@ class Experiment:
 
     def set_chunk_size(self, tasks_per_vmap: int) -> None:
         self.chunk = tasks_per_vmap or None
-        # the shard function with and without the curve; under train.compile compiled on its first call
-        self._shard_fns = {c: CompiledShardFunction(self.learner, inner, self.chunk, compile=compile_shards(self.cfg))
-                           for c, inner in self._inners.items()}
+        # iterations that log no query-loss curve skip computing it (config.curve_at); under
+        # train.compile that shard function is compiled on its first call
+        self._shard_fns = training_shard_functions(self.learner, self.train_inner, self.chunk, compile_shards(self.cfg))
 
     def time_chunk_sizes(self, params: dict, indices: Sequence[int]) -> dict[int, float]:
         """Eager shard-call times of the run's first training shard at each tasks_per_vmap choice
         (as most iterations run: without the query-loss curve)."""
         batch = self.sample(params, split="train", seed=self.cfg.seed, iteration=0, indices=indices,
                             shots=self.cfg.task.shots)
-        return time_chunk_sizes(lambda c: shard_meta_gradient(self.learner, self._inners[False], params, batch, c),
+        plain = replace(self.train_inner, curve=False)
+        return time_chunk_sizes(lambda c: shard_meta_gradient(self.learner, plain, params, batch, c),
                                 len(indices))
 
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.func import grad_and_value, vmap
@@ -233,6 +233,18 @@ def _shard_result(grads: dict, loss, curve, metric, batch: dict) -> ShardResult:
     return ShardResult(grads, loss.item(), batch["x_support"].shape[0], curve, metric.item())
 
 
+def use_cpus(cpus: float) -> None:
+    """Compute on the CPUs a Tune trial or a shard worker was given: torch's threads, and
+    torch.compile's compile workers (Inductor's default is one per core of the machine, cores that
+    other trials hold; with one, no pool of compile processes is started: `metatrain sweep
+    sine_models` took 5.9 min cold with the pool, 5.1 min without, benchmarks/RESULTS.md)."""
+    import torch._inductor.config
+
+    n = max(1, int(cpus))
+    torch.set_num_threads(n)
+    torch._inductor.config.compile_threads = n
+
+
 class CompiledWithFallback:
     """A function under torch.compile beside its eager twin (train.compile): compiled on the first
     call, its time said once; where compilation or a compiled call fails (no C++ compiler, an op
@@ -305,6 +317,17 @@ class CompiledShardFunction(CompiledWithFallback):
 
     def __call__(self, params: dict, batch: dict) -> ShardResult:
         return self._run(lambda: self._compiled_call(params, batch), lambda: self._eager_call(params, batch))
+
+
+def training_shard_functions(learner: Learner, inner: InnerSettings, chunk_size: int | None, compile: bool,
+                             **kw) -> dict[bool, CompiledShardFunction]:
+    """A run's (or population's) training shard functions, keyed by whether they compute the
+    query-loss curve (config.curve_at). Only the one without it is compiled: curve iterations are
+    1-10% of a run's, and compiling their graph as well cost 8-12 s per sine run or population on a
+    cold cache (a tenth of a population in `metatrain sweep sine_models`), more than running them
+    eagerly costs over 60,000 iterations (benchmarks/RESULTS.md, "End to end")."""
+    return {curve: CompiledShardFunction(learner, replace(inner, curve=curve), chunk_size,
+                                         compile=compile and not curve, **kw) for curve in (True, False)}
 
 
 def shard_evaluate(learner: Learner, inner: InnerSettings, params: dict, batch: dict,

@@ -12,7 +12,8 @@ from torch.func import vmap
 
 from pipeline.config import Config, compile_shards, curve_at
 from pipeline.experiment import make_experiment
-from pipeline.meta_batch import CompiledShardFunction, ShardResult, _shard_sums, map_tree, time_chunk_sizes
+from pipeline.meta_batch import CompiledShardFunction, ShardResult, _shard_sums, map_tree, time_chunk_sizes, \
+    training_shard_functions
 
 
 def _population_sums(learner, inner, leaves: dict, batch: dict, chunk_size, functional: bool = True):
@@ -90,7 +91,8 @@ class PopulationShards:
     def set_chunk_size(self, tasks_per_vmap: int) -> None:
         # with and without the query-loss curve (config.curve_at), as a solo run's experiment
         self.chunk = tasks_per_vmap or None
-        self.fns = {curve: self._shard_fn(self.chunk, compile_shards(self.cfgs[0]), curve) for curve in (True, False)}
+        self.fns = training_shard_functions(self.learner, self.inner, self.chunk, compile_shards(self.cfgs[0]),
+                                            log=self.log, sums=_population_sums, result=_population_result)
 
     def sample(self, iteration: int, indices) -> dict:
         """Every member's tasks `indices` of its own stream, (P, len(indices), ...). Tasks are drawn

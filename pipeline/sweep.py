@@ -161,7 +161,10 @@ def _tune_config(sweep: Sweep):
     spec = sweep.spec
     swept_iterations = next(iter(sweep.space.get("iterations", {"grid": [0]}).values()))
     iterations = max(sweep.base["iterations"], *swept_iterations)  # ASHA's horizon: the longest trial
-    kw = {"num_samples": spec.num_samples, "trial_dirname_creator": _trial_dirname}
+    # reuse_actors: a finished trial's process runs the next trial (of the same resources), instead
+    # of a new process importing Python, torch and MLflow again: ~10 s per trial change before,
+    # a large share of a sweep of short trials such as populations (benchmarks/RESULTS.md, "End to end").
+    kw = {"num_samples": spec.num_samples, "trial_dirname_creator": _trial_dirname, "reuse_actors": True}
     if spec.scheduler.name == "asha":
         from ray.tune.schedulers import ASHAScheduler
 

@@ -16,6 +16,7 @@ from ray import tune
 
 from pipeline import checkpoint
 from pipeline.config import load_config
+from pipeline.meta_batch import use_cpus
 from pipeline.sweep_config import Resources
 from pipeline.sweep_dir import TRIALS
 from pipeline.trainer import Trainer, TrainerHook, eval_scalars, iteration_scalars
@@ -131,8 +132,6 @@ class PopulationReporter:
 def run_population(config: dict, ctx: TrialContext) -> None:
     """A packed Tune trial: its members (config["members"]) trained as one population, each in its
     own run directory with its own MLflow child run; resumed from the trial's checkpoint."""
-    import torch
-
     from pipeline.population import Population
     from pipeline.tracking import MlflowTracker
 
@@ -147,7 +146,7 @@ def run_population(config: dict, ctx: TrialContext) -> None:
     if restored is not None:
         with restored.as_directory() as d:
             states = [checkpoint.read(Path(d) / MEMBER_FILE.format(i)) for i in range(len(cfgs))]
-    torch.set_num_threads(max(1, int(ctx.resources["cpus"])))
+    use_cpus(ctx.resources["cpus"])
 
     def hooks(i):
         return (MlflowTracker(cfgs[i], ctx.uri, run_name=names[i], experiment_id=ctx.experiment_id,
@@ -168,6 +167,10 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
     from pipeline.tracking import MlflowTracker
 
+    # Tune runs the next trial in this process (reuse_actors, pipeline/sweep.py): Dynamo's caches
+    # start empty, so earlier trials' graphs neither count against its recompile limit (8 graphs
+    # per code object, and every trial compiles the same code objects) nor add guard checks to calls.
+    torch._dynamo.reset()
     if "members" in config:
         return run_population(config, ctx)
     tc = tune.get_context()
@@ -180,7 +183,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         with restored.as_directory() as d:
             state = checkpoint.load(Path(d))
     if not cfg.ray.workers:
-        torch.set_num_threads(max(1, int(ctx.resources["cpus"])))
+        use_cpus(ctx.resources["cpus"])
     tracker = MlflowTracker(cfg, ctx.uri, run_name=run_name,
                             experiment_id=ctx.experiment_id, parent_run_id=ctx.parent_run_id,
                             tags={"trial_id": trial_id, "sweep_dir": ctx.sweep_dir})

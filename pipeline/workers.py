@@ -12,7 +12,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.experiment import make_experiment
-from pipeline.meta_batch import ShardResult
+from pipeline.meta_batch import ShardResult, use_cpus
 
 
 def to_numpy(params: dict) -> dict:
@@ -22,7 +22,7 @@ def to_numpy(params: dict) -> dict:
 @ray.remote(max_restarts=0)  # the driver replaces lost workers itself and re-runs their shard
 class ShardWorker:
     def __init__(self, cfg_dict: dict, num_cpus: float, use_gpu: bool):
-        torch.set_num_threads(max(1, int(num_cpus)))
+        use_cpus(num_cpus)
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         if isinstance(cfg_dict, list):  # a population's members: every member on each task range
             from pipeline.population_shards import PopulationShards

@@ -35,8 +35,9 @@ def test_compiled_shard_function_equals_eager(method):
 def test_compiled_population_equals_eager(tmp_path):
     """A population's shard under train.compile (one graph for every member's forward and outer
     gradient) gives the eager population's per-member losses, curves and gradients; members differ
-    in alpha, the Gumbel temperature and seed (their own task streams). With and without the
-    query-loss curve: each its own graph, compiled whole (no silent eager fallback)."""
+    in alpha, the Gumbel temperature and seed (their own task streams). The shard function without
+    the query-loss curve is one graph, compiled whole (no silent eager fallback); the one with it
+    (the few iterations that log a curve, config.curve_at) runs eagerly, compiling nothing."""
     members = [{"alpha": 0.01, "seed": 0}, {"alpha": 0.05, "seed": 1, "gumbel_temperature": 0.5},
                {"alpha": 0.02, "seed": 0, "gumbel_temperature": 2.0}]
     cfgs = [load_config("sine_quick", {"method": "mtnet", "model.hidden": [16, 16], "meta_batch_size": 4,
@@ -49,7 +50,7 @@ def test_compiled_population_equals_eager(tmp_path):
     for iteration, curve in [(0, True), (1, True), (2, False)]:  # new tasks, same shapes: one compilation each
         batch = shards.sample(iteration, range(4))
         got, want = shards.fns[curve](params, batch), shards._shard_fn(None, compile=False, curve=curve)(params, batch)
-        assert not shards.fns[curve].eager
+        assert shards.fns[curve].eager == curve
         torch.testing.assert_close(got.loss_sum, want.loss_sum, rtol=1e-5, atol=1e-6)
         assert (got.curve_sum is None) == (want.curve_sum is None) == (not curve)
         if curve:
@@ -58,7 +59,7 @@ def test_compiled_population_equals_eager(tmp_path):
         for k, g in want.grads.items():
             assert g.shape[0] == 3 and g.abs().sum() > 0, k
             torch.testing.assert_close(got.grads[k], g, rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
-    assert len(logs) == 2 and all(l.startswith("train.compile: shard function compiled in ") for l in logs), logs
+    assert len(logs) == 1 and logs[0].startswith("train.compile: shard function compiled in "), logs
 
 
 @slow
