@@ -106,9 +106,11 @@ class SweepProgress(tune.Callback):
             finals = json.loads(last["members_final"]) if "members_final" in last else [last]
         else:  # ended by the scheduler before its last iteration
             finals = [{"status": "stopped"}] * len(runs)
+        # where it ran: with reuse_actors a process runs trial after trial (Tune fills in pid and hostname)
+        process = {"host": last["hostname"], "pid": last["pid"]} if "pid" in last else None
         manifest = read_manifest(self.sweep_dir)
         for (run_id, name, _), final in zip(runs, finals):
-            manifest.setdefault(run_id, {})["status"] = final["status"]
+            manifest.setdefault(run_id, {}).update({"status": final["status"], "process": process})
         write_manifest(self.sweep_dir, manifest)
         for (run_id, name, _), final in zip(runs, finals):
             if final["status"] == "stopped":

@@ -202,13 +202,15 @@ def test_a_sweep_against_a_real_mlflow_server_reports_a_diverging_trial_and_goes
 def test_a_packed_sweep_gives_the_unpacked_sweeps_runs_and_report(local_ray, tmp_path, capsys):
     """alpha x seed packed into one population of 4 runs (one Tune trial, on one Ray shard worker in
     its placement group) against the same sweep with one Tune trial per run, computed in the trial
-    processes: the same run directories, MLflow child runs and report cells."""
+    processes one trial at a time, so that Tune runs them all in one reused process (reuse_actors):
+    the same run directories, MLflow child runs and report cells."""
     space = {"alpha": {"grid": [0.01, 0.1]}, "seed": {"grid": [0, 1]}}
     dirs = {}
     for name, pack, workers in (("packed", 8, 1), ("single", 0, 0)):
         (tmp_path / name).mkdir()
         path, dirs[name] = write_sweep(tmp_path / name, "s", space, set_={"method": "mtnet"},
-                                       pack={"max_members": pack}, resources={"cpus": 0.5, "workers": workers})
+                                       pack={"max_members": pack}, resources={"cpus": 0.5, "workers": workers},
+                                       max_concurrent_trials=1)
         sweep_ok(path, dirs[name])
     out = capsys.readouterr().out
     assert "packed: trials that differ only in alpha, seed train as populations of 4 run(s), 1 Tune trial(s)" in out
@@ -217,6 +219,7 @@ def test_a_packed_sweep_gives_the_unpacked_sweeps_runs_and_report(local_ray, tmp
     for name, sweep_dir in dirs.items():
         manifest = json.loads((sweep_dir / "trials.json").read_text())
         assert sorted(t["status"] for t in manifest.values()) == ["completed"] * 4
+        assert len({(t["process"]["host"], t["process"]["pid"]) for t in manifest.values()}) == 1  # one process
         runs = {(t["config"]["alpha"], t["config"]["seed"]): sweep_dir / "trials" / t["name"] for t in manifest.values()}
         placed = {json.loads((d / "results.json").read_text())["placement"] for d in runs.values()}
         assert placed == ({"the trial's placement group"} if name == "packed" else {"in process"})
