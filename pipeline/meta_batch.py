@@ -323,7 +323,7 @@ def training_shard_functions(learner: Learner, inner: InnerSettings, chunk_size:
                              **kw) -> dict[bool, CompiledShardFunction]:
     """A run's (or population's) training shard functions, keyed by whether they compute the
     query-loss curve (config.curve_at). Only the one without it is compiled: curve iterations are
-    1-10% of a run's, and compiling their graph as well cost 8-12 s per sine run or population on a
+    1-10% of a run's, and compiling their graph as well cost 7-12 s per sine run or population on a
     cold cache (a tenth of a population in `metatrain sweep sine_models`), more than running them
     eagerly costs over 60,000 iterations (benchmarks/RESULTS.md, "End to end")."""
     return {curve: CompiledShardFunction(learner, replace(inner, curve=curve), chunk_size,

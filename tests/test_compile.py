@@ -47,7 +47,7 @@ def test_compiled_population_equals_eager(tmp_path):
     params = {k: torch.stack([v * (1 + 0.1 * i) for i in range(3)])
               for k, v in perturbed_params(shards.learner).items()}
     params = {k: v.float() for k, v in params.items()}
-    for iteration, curve in [(0, True), (1, True), (2, False)]:  # new tasks, same shapes: one compilation each
+    for iteration, curve in [(0, True), (1, True), (2, False)]:  # new tasks, same shapes: one compilation in all
         batch = shards.sample(iteration, range(4))
         got, want = shards.fns[curve](params, batch), shards._shard_fn(None, compile=False, curve=curve)(params, batch)
         assert shards.fns[curve].eager == curve
