@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast lint bench clean
 
 $(STAMP): setup.py requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,8 +32,11 @@ run: install  ## meta-train on the embedded defaults: MT-net, 10-shot sine (abou
 test: install  ## the test suite (the same command CI runs)
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests $(ARGS)
 
-test-fast: install  ## the quick subset: no Ray, Tune or MLflow servers, no training runs (about a minute on 2 cores)
-	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
+test-fast: install  ## tests/unit only: no Ray, Tune or MLflow servers, no training runs (about a minute on 2 cores)
+	$(PY) -m pytest -q tests/unit $(ARGS)
+
+lint: install  ## ruff over the code, tests and benchmarks (the rules in pyproject.toml); CI runs it before the tests
+	$(VENV)/bin/ruff check pipeline tasks tests benchmarks setup.py
 
 bench: install  ## batched vs per-task meta-gradient throughput
 	$(PY) benchmarks/bench_batched.py $(ARGS)

@@ -2,7 +2,7 @@
 
 Both paths compute the same thing (summed query loss after adaptation and its second-order
 meta-gradient) for the same model and the same tasks, without the query-loss curve (which training
-computes on 10 iterations per log window only, config.curve_at); they are timed interleaved in one
+computes on 10 iterations per log window only, curve_at); they are timed interleaved in one
 run so machine noise hits both alike. Usage:
 
     python benchmarks/bench_batched.py [--reps 10] [--conv-batch 32] [--methods maml,mtnet] [--shipped omniglot_5w1s]
@@ -12,26 +12,22 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
-from pipeline.learners import conv4, mlp
 from pipeline.config import load_config
-from pipeline.experiment import make_learner
-from pipeline.meta_batch import InnerSettings, Learner, pick_chunk_size, shard_meta_gradient, time_chunk_sizes
-from pipeline.rules import get_rule
+from pipeline.core.learners import conv4, mlp
+from pipeline.core.meta_batch import InnerSettings, Learner, shard_meta_gradient
+from pipeline.core.reference import loop_meta_gradient  # the per-task baseline the tests check batching against
+from pipeline.core.rules import get_rule
+from pipeline.shards.chunking import pick_chunk_size, time_chunk_sizes
+from pipeline.shards.experiment import make_learner
 from tasks import image_format
 from tasks.regression import Sinusoid
 from tasks.sampling import sample_batch
 from tasks.synthetic import SyntheticImages
-
-# The per-task baseline is the reference loop the tests check the batched path against.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from reference import loop_meta_gradient  # noqa: E402
 
 
 def bench(name, learner, inner, batch_fn, n_tasks, reps, chunk=None):
@@ -74,7 +70,8 @@ def main():
     ap.add_argument("--shipped", default="", help="shipped image configs to time as they train, e.g. "
                     "omniglot_5w1s,miniimagenet_5w1s (their shard on synthetic images of the same shape)")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}, "
           f"median of {args.reps} interleaved reps")
     print(f"{'model / method':<34} {'tasks':>5} {'loop tasks/s':>12} {'batched tasks/s':>14} {'speed-up':>9}")
     sine = Sinusoid()

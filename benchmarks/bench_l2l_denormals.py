@@ -1,6 +1,6 @@
 """Subnormal floats and the learned optimizer: one training trajectory (5 unrolls of 20 steps, one
 MNIST optimizee, one thread) with subnormal numbers flushed to zero - as the optimizer family's
-shard functions run (pipeline/optimizer_experiment.py, `flushing_denormals`) - and with PyTorch's
+shard functions run (pipeline/shards/optimizer_experiment.py, `flushing_denormals`) - and with PyTorch's
 default (kept), side by side, for the untrained optimizer and a meta-trained one (RUN_DIR's
 checkpoint), eager and compiled: the mean over the same 6 training trajectories, the two settings
 alternating trajectory by trajectory.
@@ -18,10 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from pipeline import checkpoint  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.optimizer_experiment import OptimizerExperiment  # noqa: E402
-
+from pipeline.driver import checkpoint  # noqa: E402
+from pipeline.shards.optimizer_experiment import OptimizerExperiment  # noqa: E402
 
 TRAJECTORIES = range(6)  # how many subnormals arise depends on the optimizee: 1.0-1.8x for single ones
 
@@ -32,7 +31,7 @@ def trajectory_seconds(exp: OptimizerExperiment, params: dict, flush: bool, traj
     carry, t0 = None, time.perf_counter()
     for u in range(exp.unrolls):
         iteration = trajectory * exp.unrolls + u
-        carry = OptimizerExperiment.train_shard.__wrapped__(exp, params, iteration, [0], carry).extra.get("carry")
+        carry = OptimizerExperiment.train_shard.__wrapped__(exp, params, iteration, [0], carry).carry
     torch.set_flush_denormal(False)
     return (time.perf_counter() - t0) / exp.unrolls
 

@@ -1,6 +1,6 @@
 """Members per shard-function call on a CPU: one population's shard (sine 1-40-40-1, meta-batch 4,
 K=10; members differing in alpha and seed as in bench_population.py) computed in one call over all
-P members, or in equal groups of at most G members (pipeline/population_shards.py,
+P members, or in equal groups of at most G members (pipeline/shards/population.py,
 CPU_MEMBERS_PER_CALL), compiled and eager, one thread. Each setting is timed in interleaved rounds
 (the median of --rounds rounds of --calls calls), so machine drift hits all alike. Usage:
 
@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_population import member_cfgs  # noqa: E402
-from pipeline.meta_batch import map_tree  # noqa: E402
-from pipeline.population_shards import PopulationShards, member_groups  # noqa: E402
+
+from pipeline.core.meta_batch import map_tree  # noqa: E402
+from pipeline.shards.population import PopulationShards, member_groups  # noqa: E402
 
 
 def shard_call(fn, params: dict, batch: dict, most: int, size: int):
@@ -56,13 +57,13 @@ def main() -> None:
                 shards = PopulationShards(cfgs, log=lambda m: None)
                 params = {k: torch.stack([v * (1 + 0.01 * i) for i in range(args.size)])
                           for k, v in shards.experiment.init_params().items()}
-                fn = shards.fns[False]  # most iterations compute no query-loss curve (config.curve_at)
+                fn = shards.fns[False]  # most iterations compute no query-loss curve (curve_at)
                 for g in groups:  # compile each group size's graph; warm up
                     for it in range(3):
                         shard_call(fn, params, shards.sample(it, range(4)), g, args.size)
                 batches = [shards.sample(100 + it, range(4)) for it in range(args.calls)]  # sampling not timed
                 times = {g: [] for g in groups}
-                for r in range(args.rounds):
+                for _ in range(args.rounds):
                     for g in groups:
                         t0 = time.perf_counter()
                         for batch in batches:

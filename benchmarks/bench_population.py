@@ -3,7 +3,8 @@ today, side by side in one process on one thread (sine MLP 1-40-40-1, meta-batch
 
 "solo" is the ordinary Trainer's outer loop (LocalBackend, eager; sampling, Adam, metrics
 and the final checkpoint included), and one solo trial compiled (train.compile, as a 60,000-iteration
-trial runs today under `auto`; its compilation excluded); "population" is pipeline/population.py's loop over P members
+trial runs today under `auto`; its compilation excluded); "population" is pipeline/driver/population.py's loop over P
+members
 that differ in alpha and seed (as in the robustness study: 6 alphas per seed), eager and under
 torch.compile (its compile time reported apart, then excluded; "compile s" is the first round's,
 with the Inductor cache the command starts with). Evaluation and plots, the same for
@@ -33,8 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.population import Population  # noqa: E402
-from pipeline.trainer import Trainer  # noqa: E402
+from pipeline.driver.population import Population  # noqa: E402
+from pipeline.driver.trainer import Trainer  # noqa: E402
 
 ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
@@ -187,7 +188,8 @@ def main() -> None:
         for (method, size), it_s in iteration_s.items():
             cfgs = member_cfgs(method, size, args.iterations, "never", tmp / "s")
             compute_s = None  # the eager iteration without its sampling: the first row's iteration less its sampling
-            for label, seeded in (("as above", cfgs), ("one per member", [replace(c, seed=i) for i, c in enumerate(cfgs)])):
+            one_seed_each = [replace(c, seed=i) for i, c in enumerate(cfgs)]
+            for label, seeded in (("as above", cfgs), ("one per member", one_seed_each)):
                 new, old = sampling_times(seeded, tmp / f"s{method}{size}{label[0]}")
                 compute_s = it_s - new if compute_s is None else compute_s
                 print(f"| {method} | {size} | {len({c.seed for c in seeded})} ({label}) | {new * 1e3:.2f} | "

@@ -15,9 +15,9 @@ import time
 import ray
 import torch
 
-from pipeline.backends import LocalBackend, RayBackend
 from pipeline.config import load_config
-from pipeline.experiment import Experiment
+from pipeline.distributed.backends import LocalBackend, RayBackend
+from pipeline.shards.experiment import Experiment
 
 
 def row(name, sets, reps, cpus):
@@ -54,7 +54,8 @@ def main():
     args = ap.parse_args()
     # Logical CPUs for every placement at once; they run one at a time, so each gets the cores.
     ray.init(address="local", num_cpus=2 * args.cpus, include_dashboard=False, logging_level="ERROR")
-    heads = ["in-process ms", f"ray 1x{args.cpus}cpu ms (ratio)"] + [f"ray {n}x1cpu ms (ratio)" for n in range(2, args.cpus + 1)]
+    heads = ["in-process ms", f"ray 1x{args.cpus}cpu ms (ratio)"] + [f"ray {n}x1cpu ms (ratio)"
+                                                                       for n in range(2, args.cpus + 1)]
     print(f"torch {torch.__version__}, ray {ray.__version__}, {args.cpus} cores each side; median per-iteration time; "
           "ratio = time / in-process (lower is better)")
     print(f"{'workload':<34} " + "  ".join(heads))

@@ -1,6 +1,6 @@
 """Response time of a served adaptation model: one 5-way 1-shot Omniglot episode posted to
 `mlflow models serve` (local env, 127.0.0.1), after start-up; median of --requests requests, beside
-the same episode adapted in process (`pipeline.serving.predict_episode`).
+the same episode adapted in process (`pipeline.serve.serving.predict_episode`).
 
     python benchmarks/bench_serve.py [--run RUN_DIR] [--requests 20]
 
@@ -25,12 +25,12 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from pipeline.adaptation import load_run  # noqa: E402
+
 from pipeline.cli import main  # noqa: E402
-from pipeline.serving import predict_episode  # noqa: E402
-from test_serving import Server  # noqa: E402
+from pipeline.serve.adaptation import load_run  # noqa: E402
+from pipeline.serve.model_server import ModelServer as Server  # noqa: E402
+from pipeline.serve.serving import predict_episode  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "omniglot"
 

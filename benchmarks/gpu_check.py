@@ -23,13 +23,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.experiment import make_learner  # noqa: E402
-from pipeline.meta_batch import CompiledShardFunction, InnerSettings, shard_meta_gradient  # noqa: E402
-from pipeline.rules import RULES  # noqa: E402
-from reference import loop_meta_gradient  # noqa: E402  (the per-task loop the tests check against)
+from pipeline.core.meta_batch import InnerSettings, shard_meta_gradient  # noqa: E402
+from pipeline.core.reference import loop_meta_gradient  # noqa: E402  (the per-task loop the tests check against)
+from pipeline.core.rules import RULES  # noqa: E402
+from pipeline.shards.compiled import CompiledShardFunction  # noqa: E402
+from pipeline.shards.experiment import make_learner  # noqa: E402
 from tasks import make_distribution  # noqa: E402
 from tasks.sampling import sample_batch  # noqa: E402
 
@@ -86,7 +86,7 @@ def same_numbers() -> None:
 def ray_gpu_workers(iterations: int) -> None:
     import ray
 
-    from pipeline.trainer import Trainer
+    from pipeline.driver.trainer import Trainer
 
     print(f"\n## 2. Ray workers on the GPU: sine_quick (MT-net), {iterations} iterations\n")
     common = [f"iterations={iterations}", "tracking.enabled=false", "eval.tasks=200", "train.compile=never"]

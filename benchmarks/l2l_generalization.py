@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from pipeline import checkpoint  # noqa: E402
-from pipeline.evaluation import mean_ci95  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
+from pipeline.driver import checkpoint  # noqa: E402
+from pipeline.driver.evaluation import mean_ci95  # noqa: E402
+from pipeline.driver.trainer import Trainer  # noqa: E402
 from pipeline.plots import optimizer_comparison  # noqa: E402
-from pipeline.trainer import Trainer  # noqa: E402
 
 PAPER = {  # the paper's MNIST generalization tests (their outcome in the paper, in words)
     "as trained": ({}, "the reference"),
@@ -67,7 +67,8 @@ def main() -> int:
             overrides["eval.tasks"] = args.tasks
         cfg = load_config(run_dir / "config.yaml", overrides)
         if args.set:
-            cfg = load_config(run_dir / "config.yaml", [*(f"{k}={json.dumps(v)}" for k, v in overrides.items()), *args.set])
+            sets = [*(f"{k}={json.dumps(v)}" for k, v in overrides.items()), *args.set]
+            cfg = load_config(run_dir / "config.yaml", sets)
         t0 = time.perf_counter()
         with Trainer(cfg, run_dir, log=lambda m: None) as trainer:
             trainer.load_state_dict(checkpoint.load(run_dir))
@@ -95,7 +96,8 @@ def main() -> int:
     md = [f"# {run_dir.name}: learned optimizer against tuned baselines", "",
           f"Final optimizee loss (mean ± 95% CI over {n} fresh test optimizees per variant); "
           f"command: `python benchmarks/l2l_generalization.py {run_dir}"
-          + (f" --tasks {args.tasks}" if args.tasks else "") + (" --variants none" if args.variants == "none" else "") + "".join(f" --set '{s}'" for s in args.set) + "`.", "",
+          + (f" --tasks {args.tasks}" if args.tasks else "") + (" --variants none" if args.variants == "none" else "")
+          + "".join(f" --set '{s}'" for s in args.set) + "`.", "",
           "| variant | steps | learned optimizer | best baseline | other baselines | paired difference "
           "(learned − best) | outcome | paper |",
           "|---|---|---|---|---|---|---|---|", *rows, ""]

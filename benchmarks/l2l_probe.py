@@ -26,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.experiment import make_experiment  # noqa: E402
-from pipeline.rules import learned_optimizer  # noqa: E402
-
+from pipeline.core.rules import learned_optimizer  # noqa: E402
+from pipeline.shards.sources import make_experiment  # noqa: E402
 
 SPLITS = (("test", "EVAL"), ("train", "EVAL-train"))  # the optimizees evaluated on, and their log tag
 
@@ -86,7 +85,7 @@ def main() -> int:
     print(json.dumps(vars(args)), flush=True)
     for it in range(args.iterations):
         r = exp.train_shard({k: v.detach() for k, v in params.items()}, it, list(range(mb)), carry)
-        carry = r.extra.get("carry")  # none after a trajectory's last unroll
+        carry = r.carry  # none after a trajectory's last unroll
         for k, v in params.items():
             v.grad = r.grads[k] / mb
         if args.schedule == "cosine":

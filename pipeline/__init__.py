@@ -1,0 +1,13 @@
+"""metatrain: distributed gradient-based meta-training. Wings, from the bottom up, by where their
+code runs (each may import only the wings below it; tests/unit/test_structure.py enforces it):
+
+    core/         adaptation math, networks, update rules            (imports tasks only)
+    config        the experiment-config schema                      (+ core's registries)
+    shards/       what a worker computes: experiments, compile, chunk timing
+    distributed/  where shards run: backends, Ray workers
+    driver/       the outer loop: trainer, populations, evaluation plans, checkpoints, run files
+    serve/        using a trained run: load, adapt, pyfunc serving, episode files, other data
+    tracking      MLflow
+    sweeps/       Ray Tune sweeps: spec, driver, trial, record, report
+    jobs, cli     submitting to a cluster; the command line
+"""

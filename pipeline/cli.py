@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import ConfigError, load_config
+from tasks import TASKS
 
 
 def _parse_shots(text: str) -> list[int]:
@@ -39,7 +40,7 @@ def _new_run_dir(cfg) -> Path:
 
 
 def _load_run(run_dir: str, overrides: list[str] = ()):
-    from pipeline.run_dir import CONFIG
+    from pipeline.driver.run_dir import CONFIG
 
     path = Path(run_dir)
     if not (path / CONFIG).is_file():
@@ -77,7 +78,7 @@ def cmd_train(args) -> int:
         cfg.tracking.uri = resolve_uri(args.tracking_uri or cfg.tracking.uri, cfg.output_dir)
         check_reachable(cfg.tracking.uri)
     run_dir = _new_run_dir(cfg)
-    from pipeline.trainer import Trainer
+    from pipeline.driver.trainer import Trainer
 
     print(f"run directory: {run_dir}", flush=True)
     with Trainer(cfg, run_dir, log=_log, hooks=_tracking(cfg, run_dir)) as trainer:
@@ -87,7 +88,7 @@ def cmd_train(args) -> int:
 
 def cmd_resume(args) -> int:
     run_dir, cfg = _load_run(args.run_dir, _placement(args))
-    from pipeline.trainer import Trainer
+    from pipeline.driver.trainer import Trainer
 
     with Trainer(cfg, run_dir, log=_log, hooks=_tracking(cfg, run_dir)) as trainer:
         results = trainer.train(resume=True)
@@ -95,14 +96,14 @@ def cmd_resume(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from pipeline.sweep import run_sweep
+    from pipeline.sweeps.driver import run_sweep
 
     return run_sweep(args.sweep, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri, log=_log)
 
 
 def cmd_pack(args) -> int:
     """Decode an image data set once into an Arrow file that every worker memory-maps."""
-    from tasks.images import pack, read_alphabets, read_class_folders
+    from tasks.images import pack
 
     for src in args.src:
         if not Path(src).exists():
@@ -113,12 +114,8 @@ def cmd_pack(args) -> int:
     if out.exists() and not args.force:
         raise ConfigError(f"--out: {out} exists; pass --force to replace it")
     t0 = time.perf_counter()
-    if args.dataset == "omniglot":
-        images = read_alphabets(args.src, args.image_size or 28, invert=True)
-    else:
-        if len(args.src) != 1:
-            raise ConfigError(f"--src: miniimagenet takes one folder, got {len(args.src)}")
-        images = read_class_folders(args.src[0], args.split_dir, args.image_size or 84)
+    spec = TASKS[args.dataset]
+    images = spec.read_folders(args.src, args.split_dir, args.image_size or spec.default_size)
     pack(images, out, args.dataset, log=_log)
     h, w, c = images.shape
     print(f"packed {len(images.images)} images ({h}x{w}x{c}) of {len(images.class_index())} classes into {out} "
@@ -142,7 +139,7 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pipeline.report import write_report
+    from pipeline.sweeps.report import write_report
 
     report = write_report(Path(args.sweep_dir), _parse_shots(args.shots) if args.shots else None)
     print(report.text)
@@ -157,10 +154,10 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"--tasks: must be >= 1, got {args.tasks}")
     if args.seed is not None and args.seed < 0:
         raise ConfigError(f"--seed: must be >= 0, got {args.seed}")
-    from pipeline import checkpoint
-    from pipeline.eval_elsewhere import retarget
-    from pipeline.evaluation import format_table
-    from pipeline.trainer import Trainer, metric_name
+    from pipeline.driver import checkpoint
+    from pipeline.driver.evaluation import format_table
+    from pipeline.driver.trainer import Trainer, metric_name
+    from pipeline.serve.eval_elsewhere import retarget
 
     target = retarget(cfg, data=args.data, ways=args.ways, query=args.query, within_group=args.within_group)
     cfg = target.cfg
@@ -189,8 +186,8 @@ def cmd_adapt(args) -> int:
     """Adapt a finished run to the user's own few-shot task and predict its query examples."""
     import pandas as pd
 
-    from pipeline.adaptation import load_run
-    from pipeline.episode_files import ImageReader, read_csv_columns, read_query_images, read_support_folder
+    from pipeline.serve.adaptation import load_run
+    from pipeline.serve.episode_files import ImageReader, read_csv_columns, read_query_images, read_support_folder
 
     run = load_run(args.run_dir)
     out = Path(args.out) if args.out else None
@@ -232,8 +229,8 @@ def cmd_adapt(args) -> int:
 
 def cmd_export(args) -> int:
     """Write a finished run as an MLflow pyfunc model that adapts to the episode it is sent."""
-    from pipeline.adaptation import load_run
-    from pipeline.trainer import RESULTS
+    from pipeline.driver.run_dir import RESULTS
+    from pipeline.serve.adaptation import load_run
 
     run = load_run(args.run_dir)
     if not (Path(args.run_dir) / RESULTS).is_file():
@@ -243,7 +240,7 @@ def cmd_export(args) -> int:
         raise ConfigError(f"--out: {out} exists; choose another --out or remove it")
     if not out.parent.is_dir():
         raise ConfigError(f"--out: no folder {out.parent}")
-    from pipeline import serving
+    from pipeline.serve import serving
 
     serving.save(run, out)
     print(f"exported {run.kind} model ({run.cfg.method}, iteration {run.iteration}) to {out}\n"
@@ -320,11 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="prepare image data sets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     pk = dsub.add_parser("pack", help="decode an image data set into an Arrow IPC file that workers memory-map")
-    pk.add_argument("dataset", choices=("omniglot", "miniimagenet"))
-    pk.add_argument("--src", nargs="+", required=True, help="omniglot: folders or zips of <Alphabet>/<character>/"
-                    "*.png; miniimagenet: the folder of class sub-folders")
+    packable = {n: s for n, s in TASKS.items() if s.read_folders}
+    pk.add_argument("dataset", choices=tuple(packable))
+    pk.add_argument("--src", nargs="+", required=True, help="; ".join(f"{n}: {s.data}" for n, s in packable.items()))
     pk.add_argument("--out", required=True, help="the .arrow file to write")
-    pk.add_argument("--image-size", type=int, default=0, help="side in pixels (default: 28 Omniglot, 84 miniImageNet)")
+    sizes = ", ".join(f"{s.default_size} {n}" for n, s in packable.items())
+    pk.add_argument("--image-size", type=int, default=0, help=f"side in pixels (default: {sizes})")
     pk.add_argument("--split-dir", default="", help="miniimagenet: folder of train/val/test.csv (default: --src)")
     pk.add_argument("--force", action="store_true", help="replace an existing --out file")
     pk.set_defaults(fn=cmd_pack)

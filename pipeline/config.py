@@ -1,20 +1,25 @@
-"""The one experiment-config schema: typed dataclasses, loaded from YAML, overridden by --set.
+"""The one experiment-config schema: typed dataclasses, loaded from YAML, overridden by --set
+(the engine: pipeline/yaml_dataclasses.py). Keys mean different things to the two method families
+(pipeline/driver/families.py): few-shot learners ("few-shot") and learned optimizers with their
+hand-designed baselines ("optimizers"); the comments say which.
 
 Every error is a `ConfigError` whose message is one line naming the key and what is allowed; the
 CLI turns it into exit code 2 before any work starts.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from pipeline.core.rules import METHODS, RULES
+from pipeline.core.rules.masked import MASK_MODES
+from pipeline.yaml_dataclasses import build, float_fields, load_yaml, set_key, to_dict
+from tasks import TASKS, names
 from tasks.errors import ConfigError  # noqa: F401 (the error type's home is below both packages)
+from tasks.optimizees import ACTIVATIONS
 
 BACKENDS = ("ray", "local")
 NORMS = ("batch", "none")
@@ -22,38 +27,6 @@ OMNIGLOT_SPLITS = ("character", "alphabet", "all")
 EVAL_SPLITS = ("test", "train")
 QUERY_BN = ("", "batch", "support")
 COMPILE = ("auto", "always", "never")
-COMPILE_AUTO_ITERATIONS = 10_000
-COMPILE_AUTO_UNROLLS = 1_000  # a learned optimizer's iteration (an unroll of 20 LSTM steps) saves more
-
-
-def query_bn(cfg: "Config") -> str:
-    """eval.query_bn resolved: "" means the method's paper (Meta-LSTM: support averages)."""
-    return cfg.eval.query_bn or ("support" if cfg.method == "metalstm" else "batch")
-
-
-# Keys in which the members of a population (pipeline/population.py) may differ: numbers that
-# enter the computation as per-member tensors, the seeds, and where each member's run lies.
-PACKABLE = ("alpha", "beta", "gumbel_temperature", "seed", "eval.seed", "run_name", "output_dir")
-
-
-def compile_shards(cfg: "Config") -> bool:
-    """train.compile resolved ("auto": long runs only, where the saving outweighs ~20-60 s of compiling)."""
-    from tasks import OPTIMIZEES
-
-    least = COMPILE_AUTO_UNROLLS if cfg.task.name in OPTIMIZEES else COMPILE_AUTO_ITERATIONS
-    return cfg.train.compile == "always" or (cfg.train.compile == "auto" and cfg.iterations >= least)
-
-
-CURVE_SAMPLES = 10
-
-
-def curve_at(cfg: "Config", iteration: int) -> bool:
-    """Whether training iteration `iteration` computes the query loss before each inner step (for
-    metrics.jsonl's query_loss_per_step): CURVE_SAMPLES evenly spaced iterations per log window, and
-    the last. It costs a query forward per inner step - 62% of a miniImageNet 1-shot iteration on CPU
-    (benchmarks/RESULTS.md) - and MAML's reference code, too, evaluates it on summary iterations only."""
-    stride = max(1, cfg.train.log_every // CURVE_SAMPLES)
-    return (iteration + 1) % stride == 0 or iteration + 1 == cfg.iterations
 
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
@@ -61,8 +34,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
 
 @dataclass
 class TaskConfig:
-    name: str = "sinusoid"  # sinusoid | polynomial | omniglot | miniimagenet | synthetic_images
-    #   | quadratic | mnist_mlp (optimizee distributions of learned optimizers: method l2l and baselines)
+    name: str = "sinusoid"  # a task of the table in tasks/__init__.py: regression and image tasks (few-shot),
+    #   optimizee distributions (optimizers)
     shots: int = 10  # K support examples per task (per class for classification) in meta-training
     query: int = 10  # query examples per task (per class for classification)
     order: int = 2  # polynomial order (polynomial only)
@@ -101,14 +74,16 @@ class ModelConfig:
 class EvalConfig:
     tasks: int = 600
     shots: list[int] = field(default_factory=lambda: [5, 10, 20])
-    inner_steps: int = 1
+    inner_steps: int = 1  # few-shot: inner steps at meta-test time; optimizers: each trajectory's horizon
     mask: str = "sample"  # masked methods: "sample" a mask per task, or the most probable ("argmax")
     # batch-norm statistics of the query set at meta-test time: "batch" (its own batch, as reference
     # MAML) or "support" (averages over the support passes of the inner loop, Ravi & Larochelle 3.4);
     # "" = the method's paper: "support" for metalstm, "batch" otherwise. No effect without batch norm.
     query_bn: str = ""
     seed: int = 0  # the fixed test-task set; independent of the training seed so runs compare paired
-    batch_size: int = 200  # tasks adapted per vectorised call
+    # test tasks (optimizees) per evaluation chunk: the unit spread over the workers, one eval_shard
+    # call each (within a chunk, train.tasks_per_vmap tasks per vectorised call)
+    batch_size: int = 200
     split: str = "test"  # the split test tasks are drawn from; "train" to tune hand-designed baselines on it
     # learned optimizers: hand-designed optimizers (sgd, rmsprop, adam, nag) -> learning rate, evaluated
     # on the same optimizees as the run's method (eval.inner_steps is the horizon of every trajectory)
@@ -121,7 +96,7 @@ class TrainConfig:
     log_every: int = 100
     max_bad_steps: int = 20  # consecutive non-finite steps before the run ends as "diverged"
     # tasks per vectorised call: 0 = the whole shard; "auto" = the fastest, timed on the first shard at
-    # the start of a run (pipeline/meta_batch.py) and written into the run's config.yaml
+    # the start of a run (pipeline/core/meta_batch.py) and written into the run's config.yaml
     tasks_per_vmap: int | str = "auto"
     grad_clip: float = 0.0  # clip the meta-gradient's global norm to this before the Adam step; 0 = off
     unroll: int = 0  # learned optimizers: optimizee steps per truncated-BPTT unroll (paper 20); 0 = inner_steps
@@ -161,12 +136,17 @@ class TrackingConfig:
 @dataclass
 class Config:
     method: str = "maml"
-    alpha: float = 0.01  # inner step size
-    beta: float = 0.001  # outer (Adam) step size
-    gumbel_temperature: float = 1.0
-    inner_steps: int = 1  # inner steps in meta-training (eval.inner_steps at test time)
-    meta_batch_size: int = 25
-    iterations: int = 1000
+    # alpha: few-shot: the inner step size (unused by metasgd, whose steps are meta-learned, and by
+    #   metalstm, whose LSTM computes the step); optimizers: l2l's output scale (step = alpha * LSTM
+    #   output), a baseline's learning rate (UpdateRule.alpha_name says which)
+    alpha: float = 0.01
+    beta: float = 0.001  # outer (Adam) step size of the meta-parameters; unused by the baselines (none)
+    gumbel_temperature: float = 1.0  # masked methods (mnet, mtnet): the Gumbel-softmax temperature
+    # few-shot: inner steps per task in meta-training (eval.inner_steps at test time); optimizers: the
+    #   horizon T of an optimizee trajectory (cut into unrolls of train.unroll steps)
+    inner_steps: int = 1
+    meta_batch_size: int = 25  # tasks (few-shot) or optimizees (optimizers) per meta-iteration
+    iterations: int = 1000  # meta-iterations (optimizers: one unroll each)
     seed: int = 0
     backend: str = "ray"  # "ray": shard workers; "local": the same shard function in this process
     output_dir: str = "runs"
@@ -179,21 +159,6 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{"task": {"shots": 10}} -> {"task.shots": 10} (MLflow params, sweep keys)."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def resolve_path(name_or_path: str | Path) -> Path:
     """A path, or the name of a shipped config in tune_configs/ (with or without .yaml)."""
     p = Path(name_or_path)
@@ -204,19 +169,6 @@ def resolve_path(name_or_path: str | Path) -> Path:
             return candidate
     shipped = ", ".join(sorted(f.stem for f in CONFIG_DIR.glob("*.yaml")))
     raise ConfigError(f"config: no such file {str(name_or_path)!r}; shipped configs: {shipped}")
-
-
-def load_yaml(path: Path, what: str = "config") -> dict:
-    """A YAML mapping read with yaml.safe_load; errors name the file in one line."""
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what}: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
-    except (UnicodeDecodeError, OSError) as e:  # a damaged or unreadable file
-        raise ConfigError(f"{what}: {path} cannot be read as text ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{what}: {path} must hold a mapping of keys, got {type(raw).__name__}")
-    return raw
 
 
 def load_config(source: str | Path | dict | None = None,
@@ -236,13 +188,13 @@ def load_config(source: str | Path | dict | None = None,
     cfg = build(Config, raw, "")
     if isinstance(overrides, dict):
         for key, value in overrides.items():
-            _set(cfg, key, value)
+            set_key(cfg, key, value)
         overrides = ()
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set: expected key=value, got {item!r}")
-        _set(cfg, key.strip(), yaml.safe_load(value) if value.strip() else "")
+        set_key(cfg, key.strip(), yaml.safe_load(value) if value.strip() else "")
     validate(cfg, check_paths=local)
     if not local:
         return cfg
@@ -254,84 +206,13 @@ def load_config(source: str | Path | dict | None = None,
     return cfg
 
 
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
-def _allowed(cls, prefix: str) -> str:
-    return ", ".join(f"{prefix}{f.name}" for f in dataclasses.fields(cls))
-
-
-def build(cls, raw: dict, prefix: str = ""):
-    """A dataclass instance from a mapping: unknown keys and wrong types are one-line errors."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
-    hints, kwargs = _hints(cls), {}
-    for key, value in raw.items():
-        if key not in hints:
-            raise ConfigError(f"{prefix}{key}: unknown key; allowed: {_allowed(cls, prefix)}")
-        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
-    return cls(**kwargs)
-
-
-def _set(cfg, dotted: str, value) -> None:
-    obj, parts = cfg, dotted.split(".")
-    for i, part in enumerate(parts):
-        hints = _hints(type(obj))
-        prefix = ".".join(parts[:i])
-        if part not in hints:
-            raise ConfigError(f"{dotted}: unknown key; allowed: {_allowed(type(obj), prefix + '.' if prefix else '')}")
-        if i == len(parts) - 1:
-            setattr(obj, part, _coerce(hints[part], value, dotted))
-        else:
-            obj = getattr(obj, part)
-            if not dataclasses.is_dataclass(obj):
-                raise ConfigError(f"{dotted}: {'.'.join(parts[:i + 1])} is not a section")
-
-
-def _coerce(tp, value, key: str):
-    if isinstance(tp, types.UnionType):  # int | str: the first type the value is
-        for member in typing.get_args(tp):
-            if isinstance(value, member) and not isinstance(value, bool):
-                return value
-        raise ConfigError(f"{key}: expected {' or '.join(t.__name__ for t in typing.get_args(tp))}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, f"{key}.")
-    origin = typing.get_origin(tp)
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return value
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str):  # "--set eval.shots=5,10" as well as "[5, 10]"
-            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            value = [value]
-        return [_coerce(item_tp, v, key) for v in value]
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:
-            return float(value)  # YAML 1.1 reads "1e-3" as a string
-        except ValueError:
-            pass
-    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
-
-
 def validate(cfg: Config, check_paths: bool = True) -> None:
-    """Reject values no run could use. Imported lazily: the registries import torch."""
-    from pipeline.rules import METHODS
-    from pipeline.rules.masked import MASK_MODES
-    from tasks import IMAGE_DATASETS, TASKS
-
+    """Reject values no run could use."""
     def need(ok: bool, msg: str):
         if not ok:
             raise ConfigError(msg)
 
-    for key, value in _float_fields(cfg):  # inf and nan pass every "> 0" / ">= 0" check below
+    for key, value in float_fields(cfg):  # inf and nan pass every "> 0" / ">= 0" check below
         need(math.isfinite(value), f"{key}: must be a finite number, got {value}")
     need(cfg.method in METHODS, f"method: unknown method {cfg.method!r}; allowed: {', '.join(METHODS)}")
     need(cfg.task.name in TASKS, f"task.name: unknown task {cfg.task.name!r}; allowed: {', '.join(TASKS)}")
@@ -359,12 +240,16 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     need(cfg.task.train_characters >= 1, f"task.train_characters: must be >= 1, got {cfg.task.train_characters}")
     need(cfg.task.image_size == 0 or cfg.task.image_size >= 16,
          f"task.image_size: must be >= 16 (four conv cells) or 0 for the data set's size, got {cfg.task.image_size}")
-    if cfg.task.name in IMAGE_DATASETS:
-        need(bool(cfg.task.data), f"task.data: {cfg.task.name} needs the data's location: "
-             + ("folders or zips of <Alphabet>/<character>/*.png" if cfg.task.name == "omniglot" else
-                "a folder of class sub-folders with train/val/test.csv") + ", or a .arrow file from `metatrain data pack`")
-        for d in cfg.task.data if check_paths else ():
-            need(Path(d).expanduser().exists(), f"task.data: {d} does not exist")
+    spec = TASKS[cfg.task.name]
+    if spec.read_folders:  # an image data set on disk
+        need(bool(cfg.task.data), f"task.data: {cfg.task.name} needs the data's location: {spec.data}, "
+             "or a .arrow file from `metatrain data pack`")
+    if spec.data_files:  # a data set in this many files or folders
+        count = "one location" if spec.data_files == 1 else f"{spec.data_files} locations"
+        need(len(cfg.task.data) == spec.data_files,
+             f"task.data: {cfg.task.name} needs {count}: {spec.data}; got {cfg.task.data}")
+    for d in cfg.task.data if check_paths and spec.data else ():
+        need(Path(d).expanduser().exists(), f"task.data: {d} does not exist")
     need(cfg.eval.tasks >= 1, f"eval.tasks: must be >= 1, got {cfg.eval.tasks}")
     need(len(cfg.eval.shots) > 0 and all(k >= 1 for k in cfg.eval.shots),
          f"eval.shots: every K must be >= 1, got {cfg.eval.shots}")
@@ -374,14 +259,16 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
          f"{', '.join(repr(q) for q in QUERY_BN)}")
     need(0 <= cfg.eval.seed < 2**64, f"eval.seed: must be in [0, 2**64), got {cfg.eval.seed}")
     need(cfg.eval.batch_size >= 1, f"eval.batch_size: must be >= 1, got {cfg.eval.batch_size}")
-    need(cfg.eval.split in EVAL_SPLITS, f"eval.split: unknown split {cfg.eval.split!r}; allowed: {', '.join(EVAL_SPLITS)}")
+    need(cfg.eval.split in EVAL_SPLITS,
+         f"eval.split: unknown split {cfg.eval.split!r}; allowed: {', '.join(EVAL_SPLITS)}")
     need(cfg.train.checkpoint_every >= 1, f"train.checkpoint_every: must be >= 1, got {cfg.train.checkpoint_every}")
     need(cfg.train.log_every >= 1, f"train.log_every: must be >= 1, got {cfg.train.log_every}")
     tpv = cfg.train.tasks_per_vmap
     need(tpv == "auto" or (isinstance(tpv, int) and tpv >= 0),
          f"train.tasks_per_vmap: must be an integer >= 0 (0 = whole shard) or 'auto', got {tpv!r}")
     need(cfg.train.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 = off), got {cfg.train.grad_clip}")
-    need(cfg.train.compile in COMPILE, f"train.compile: unknown choice {cfg.train.compile!r}; allowed: {', '.join(COMPILE)}")
+    need(cfg.train.compile in COMPILE,
+         f"train.compile: unknown choice {cfg.train.compile!r}; allowed: {', '.join(COMPILE)}")
     need(cfg.train.max_bad_steps >= 1, f"train.max_bad_steps: must be >= 1, got {cfg.train.max_bad_steps}")
     need(cfg.backend in BACKENDS, f"backend: unknown backend {cfg.backend!r}; allowed: {', '.join(BACKENDS)}")
     need(cfg.ray.workers >= 0, f"ray.workers: must be >= 0 (0 = sized to the cluster), got {cfg.ray.workers}")
@@ -396,19 +283,19 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
 
 
 def _validate_family(cfg: Config, check_paths: bool) -> None:
-    """Learned optimizers (method l2l and the baselines) train on optimizee tasks, and only they do."""
-    from pipeline.rules import RULES
-    from tasks import OPTIMIZEES
-    from tasks.optimizees import ACTIVATIONS
-
-    optimizers = sorted(k for k, r in RULES.items() if r.family == "optimizer")
-    is_optimizer = cfg.method in optimizers
-    if is_optimizer != (cfg.task.name in OPTIMIZEES):
+    """Each method trains on the task kinds its rule names (UpdateRule.trains_on): learned optimizers
+    (method l2l and the baselines) on optimizee distributions, and only they do."""
+    rule, kind = RULES[cfg.method], TASKS[cfg.task.name].kind
+    optimizers = sorted(k for k, r in RULES.items() if "optimizee" in r.trains_on)
+    is_optimizer = "optimizee" in rule.trains_on
+    if kind not in rule.trains_on:
         if is_optimizer:
-            raise ConfigError(f"task.name: method {cfg.method} optimizes optimizees; allowed: {', '.join(OPTIMIZEES)}, "
+            tasks = [n for k in rule.trains_on for n in names(k)]
+            raise ConfigError(f"task.name: method {cfg.method} optimizes optimizees; allowed: {', '.join(tasks)}, "
                               f"got {cfg.task.name!r}")
+        methods = sorted(m for m, r in RULES.items() if kind in r.trains_on)
         raise ConfigError(f"method: task {cfg.task.name} is an optimizee distribution; allowed methods: "
-                          f"{', '.join(optimizers)}, got {cfg.method!r}")
+                          f"{', '.join(methods)}, got {cfg.method!r}")
     if cfg.train.unroll < 0:
         raise ConfigError(f"train.unroll: must be >= 0 (0 = the whole trajectory), got {cfg.train.unroll}")
     if cfg.train.validate_every < 0 or cfg.train.validate_tasks < 1:
@@ -427,7 +314,7 @@ def _validate_family(cfg: Config, check_paths: bool) -> None:
                           f"(and so be at most it), got {cfg.train.unroll}")
     if cfg.eval.inner_steps < 1:
         raise ConfigError(f"eval.inner_steps: the evaluation horizon must be >= 1, got {cfg.eval.inner_steps}")
-    baselines = [m for m in optimizers if m != "l2l"]
+    baselines = [m for m in optimizers if not RULES[m].learned]
     for name, lr in cfg.eval.baselines.items():
         if name not in baselines:
             raise ConfigError(f"eval.baselines: unknown optimizer {name!r}; allowed: {', '.join(baselines)}")
@@ -440,23 +327,6 @@ def _validate_family(cfg: Config, check_paths: bool) -> None:
     if cfg.model.optimizee_activation not in ACTIVATIONS:
         raise ConfigError(f"model.optimizee_activation: unknown choice {cfg.model.optimizee_activation!r}; "
                           f"allowed: {', '.join(ACTIVATIONS)}")
-    if cfg.task.name == "mnist_mlp":
-        if len(cfg.task.data) != 1:
-            raise ConfigError("task.data: mnist_mlp needs one MNIST location: the CSV (784 pixels + label a row, "
-                              f"e.g. ../shared/data/mnist/mnist_5k.csv.gz) or a torchvision MNIST root; got {cfg.task.data}")
-        if check_paths and not Path(cfg.task.data[0]).expanduser().exists():
-            raise ConfigError(f"task.data: {cfg.task.data[0]} does not exist")
-
-
-def _float_fields(obj, prefix: str = ""):
-    """(dotted key, value) of every float-typed field, sections included: new keys are covered too."""
-    hints = _hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            yield from _float_fields(value, f"{prefix}{f.name}.")
-        elif hints[f.name] is float or hints[f.name] == list[float]:
-            yield from ((f"{prefix}{f.name}", v) for v in (value if isinstance(value, list) else [value]))
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import ConfigError, load_config, resolve_path
+from pipeline.sweeps.spec import load_sweep
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Never shipped with a job: outputs, data, environments and caches (Ray also honours .gitignore).
@@ -133,8 +134,6 @@ def submit(kind: str, config: str, sets: list[str], *, address: str | None, trac
         cfg = load_config(path, sets, local=False)
         cpus = cfg.ray.cpus_per_worker if cfg.backend == "local" else 1.0  # the driver, or all the compute
     else:
-        from pipeline.sweep_config import load_sweep
-
         if sets:
             raise ConfigError("--set: a sweep takes its overrides from the sweep file (set:)")
         load_sweep(path, local=False)
@@ -167,7 +166,8 @@ def jobs_command(action: str, job_id: str | None, *, address: str | None, follow
             rows = sorted(jobs.client.list_jobs(), key=lambda j: j.start_time or 0)
             log(f"{'submission id':<52}{'status':<11}{'started':<21}entrypoint")
             for j in rows:
-                started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time / 1000)) if j.start_time else ""
+                started = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time / 1000))
+                           if j.start_time else "")
                 log(f"{str(j.submission_id):<52}{str(j.status.value):<11}{started:<21}{j.entrypoint[:80]}")
             return 0
         if action == "status":

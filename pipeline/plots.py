@@ -3,7 +3,6 @@ on a few regression test tasks, the fraction of updated weights of masked method
 loss-against-hyperparameter figure. Each function writes one file and returns its path."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -11,18 +10,15 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from pipeline.run_dir import METRICS, PLOTS
+from pipeline.core.learners import forward
+from pipeline.core.meta_batch import InnerSettings, inner_adapt
+from pipeline.core.rules import step_label
 
 
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
-
-
-def _read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / METRICS
-    return [json.loads(l) for l in path.read_text().splitlines()] if path.is_file() else []
 
 
 def learning_curves(entries: list[dict], path: Path, title: str, classification: bool) -> Path:
@@ -74,9 +70,6 @@ def updated_fraction(entries: list[dict], final: dict, path: Path, title: str) -
 def regression_adaptation(trainer, path: Path, n_tasks: int = 4) -> Path:
     """A few test tasks: the target function, the K support points, and the model before and
     after adaptation (the evaluation protocol's inner loop and mask mode)."""
-    from pipeline.learners import forward
-    from pipeline.meta_batch import InnerSettings, inner_adapt
-
     cfg, exp = trainer.cfg, trainer.experiment
     params = {k: v.detach() for k, v in trainer.params.items()}
     shots = cfg.task.shots
@@ -101,7 +94,8 @@ def regression_adaptation(trainer, path: Path, n_tasks: int = 4) -> Path:
         ax.set(title=f"test task {b}", xlabel="x")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{cfg.method} on {cfg.task.name}: adaptation on test tasks (alpha={cfg.alpha:g}, mask={cfg.eval.mask})",
+    fig.suptitle(f"{cfg.method} on {cfg.task.name}: adaptation on test tasks "
+                 f"(alpha={cfg.alpha:g}, mask={cfg.eval.mask})",
                  y=1.03)
     return _save(fig, path)
 
@@ -110,8 +104,6 @@ def meta_lstm_gates(trainer, path: Path, n_tasks: int = 6, seed: int = 0) -> Pat
     """Meta-Learner LSTM: input gate (learned step size) and forget gate (learned weight decay) over
     the inner steps, for one random coordinate of each layer's weights, across test tasks (the
     paper's gate figure)."""
-    from pipeline.meta_batch import InnerSettings, inner_adapt
-
     cfg, exp = trainer.cfg, trainer.experiment
     params = {k: v.detach() for k, v in trainer.params.items()}
     rule = exp.learner.rule
@@ -174,11 +166,6 @@ def optimizer_training(entries: list[dict], path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
-def step_label(name: str, alpha: float) -> str:
-    """'adam (lr 0.3)'; the learned optimizer's alpha scales its output, it is no learning rate."""
-    return f"{name} (output scale {alpha:g})" if name == "l2l" else f"{name} (lr {alpha:g})"
-
-
 def optimizer_comparison(results: dict, path: Path, *, title: str, y_label: str) -> Path:
     """Learned optimizers: mean optimizee loss (95% CI band) against optimizee step, per optimizer, log y."""
     fig = Figure(figsize=(6.5, 4.5))
@@ -198,33 +185,6 @@ def optimizer_comparison(results: dict, path: Path, *, title: str, y_label: str)
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     return _save(fig, path)
-
-
-def write_run_plots(trainer, results: dict | None = None) -> list[Path]:
-    """Every figure that applies to a finished run, into RUN_DIR/plots/."""
-    out, cfg, exp = trainer.run_dir / PLOTS, trainer.cfg, trainer.experiment
-    entries = _read_metrics(trainer.run_dir)
-    title = f"{cfg.method} on {cfg.task.name}"
-    if exp.family == "optimizer":
-        paths = []
-        if any("meta_loss" in e for e in entries):
-            paths.append(optimizer_training(entries, out / "learning_curves.png", title))
-        if results:
-            paths.append(optimizer_comparison(results["results"], out / "optimizee_loss.png", title=title,
-                                              y_label=exp.distribution.loss_name))
-        return paths
-    classification = exp.learner.net.loss != "mse"
-    paths = []
-    if any("meta_loss" in e for e in entries):
-        paths.append(learning_curves(entries, out / "learning_curves.png", title, classification))
-    final = exp.learner.rule.updated_fraction(trainer.params)
-    if final is not None:
-        paths.append(updated_fraction(entries, final, out / "updated_fraction.png", title))
-    if not classification and hasattr(exp.distribution, "target"):
-        paths.append(regression_adaptation(trainer, out / "adaptation.png"))
-    if exp.learner.rule.name == "metalstm" and cfg.eval.inner_steps > 0:
-        paths.append(meta_lstm_gates(trainer, out / "gates.png"))
-    return paths
 
 
 def sweep_figure(series: dict[str, list[tuple[float, float, float]]], path: Path, *, x_label: str, y_label: str,

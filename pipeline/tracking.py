@@ -4,8 +4,8 @@ A run logs the flattened config as params; tags (method, task, seed, status, git
 logged iteration's scalars; the final evaluation (scalars and a table); artifacts (config.yaml,
 results.json, metrics.jsonl, checkpoint.pt, plots/) and the meta-learned network through
 `mlflow.pytorch.log_model`, and the pyfunc model that adapts to a posted few-shot episode
-(`adapt_model`, pipeline/serving.py). A run directory remembers its MLflow run in `mlflow.json`, so a resumed run or a
-retried sweep trial continues the same MLflow run instead of leaving orphans behind.
+(`adapt_model`, pipeline/serve/serving.py). A run directory remembers its MLflow run in `mlflow.json`, so a
+resumed run or a retried sweep trial continues the same MLflow run instead of leaving orphans behind.
 """
 from __future__ import annotations
 
@@ -13,14 +13,19 @@ import json
 import math
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
-from pipeline.config import Config, flatten, to_dict
-from pipeline.run_dir import CHECKPOINT, CONFIG, METRICS, MLFLOW_RUN, PLOTS, RESULTS
-from pipeline.trainer import TrainerHook, eval_scalars, iteration_scalars
+from pipeline.config import Config, ConfigError
+from pipeline.core import learners
+from pipeline.driver.run_dir import CHECKPOINT, CONFIG, METRICS, MLFLOW_RUN, PLOTS, RESULTS
+from pipeline.driver.trainer import TrainerHook, eval_scalars, iteration_scalars
+from pipeline.serve import serving
+from pipeline.serve.adaptation import MetaLearnedRun
+from pipeline.yaml_dataclasses import flatten, to_dict
 
 RUN_FILE = MLFLOW_RUN
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -72,12 +77,8 @@ def ensure_experiment(uri: str, name: str) -> str:
 
 def check_reachable(uri: str) -> None:
     """Fail early, in one line, when a tracking server does not answer."""
-    from pipeline.config import ConfigError
-
     if urlparse(uri).scheme not in ("http", "https"):
         return
-    import urllib.request
-
     try:
         urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).read()
     except Exception as e:  # noqa: BLE001 - any failure means the same thing to the user
@@ -159,9 +160,7 @@ class MetaLearnedNetwork(torch.nn.Module):
             self.register_parameter(k.replace(".", "__"), torch.nn.Parameter(v.detach().clone(), requires_grad=False))
 
     def forward(self, x):
-        from pipeline.learners import forward
-
-        return forward(self.net, {k: getattr(self, k.replace(".", "__")) for k in self.names}, x)
+        return learners.forward(self.net, {k: getattr(self, k.replace(".", "__")) for k in self.names}, x)
 
 
 def log_model(uri: str, run_id: str, trainer) -> str:
@@ -185,11 +184,8 @@ def log_model(uri: str, run_id: str, trainer) -> str:
 
 
 def log_adapt_model(uri: str, run_id: str, trainer) -> str:
-    """Log the pyfunc model that adapts to a posted episode (`pipeline.serving`)."""
+    """Log the pyfunc model that adapts to a posted episode (`pipeline.serve.serving`)."""
     import mlflow
-
-    from pipeline import serving
-    from pipeline.adaptation import MetaLearnedRun
 
     run = MetaLearnedRun(trainer.cfg, {k: v.detach().cpu() for k, v in trainer.params.items()}, trainer.iteration)
     mlflow.set_tracking_uri(uri)
@@ -246,7 +242,8 @@ class MlflowTracker(TrainerHook):
             for col, v in (("K", int(k) if k.isdigit() else k), ("mean", r["mean"]), ("ci95", r["ci95"]), ("n", r["n"]),
                            ("before_adaptation", r["before_adaptation"])):
                 table[col].append(math.nan if v is None else v)
-        finish = f"{RESULTS} and {CHECKPOINT} are saved in {run_dir}; `metatrain resume {run_dir}` re-evaluates and logs them"
+        finish = (f"{RESULTS} and {CHECKPOINT} are saved in {run_dir}; "
+                  f"`metatrain resume {run_dir}` re-evaluates and logs them")
         try:  # decorations: the results are on disk already, so a failure here is one line, not a crash
             client.log_table(run_id, data=table, artifact_file="eval_table.json")
             for name in (CONFIG, RESULTS, METRICS, CHECKPOINT):
@@ -256,7 +253,7 @@ class MlflowTracker(TrainerHook):
                 client.log_artifacts(run_id, str(run_dir / PLOTS), PLOTS)
         except Exception as e:  # noqa: BLE001
             self.log(f"mlflow: artifacts not logged ({type(e).__name__}: {_first_line(e)}); {finish}")
-        if self.cfg.tracking.log_model and trainer.experiment.family == "few_shot":  # an optimizer is no network
+        if self.cfg.tracking.log_model and trainer.family.logs_model:  # an optimizer is no network
             try:
                 client.set_tag(run_id, "model_uri", log_model(self.uri, run_id, trainer))
                 client.set_tag(run_id, "adapt_model_uri", log_adapt_model(self.uri, run_id, trainer))

@@ -1,41 +1,110 @@
-"""Task distributions and the one sampling path (`tasks.sampling.sample_batch`)."""
+"""Task distributions and the one sampling path (`tasks.sampling.sample_batch`).
+
+`TASKS` is the one table of task names: each entry says what kind of task it is (regression,
+images, or an optimizee distribution for learned optimizers), how to build it, and for images
+its format. Every other module asks this table instead of listing names."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tasks.errors import ConfigError
 from tasks.regression import Polynomial, Sinusoid
 from tasks.synthetic import SyntheticImages
 
-TASKS = ("sinusoid", "polynomial", "omniglot", "miniimagenet", "synthetic_images", "quadratic", "mnist_mlp")
-IMAGE_DATASETS = ("omniglot", "miniimagenet")
-OPTIMIZEES = ("quadratic", "mnist_mlp")  # optimizee distributions of learned optimizers (tasks/optimizees.py)
+KINDS = ("regression", "images", "optimizee")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    kind: str  # one of KINDS
+    build: Callable  # (task config, model config) -> the distribution; data sets are read here
+    channels: int = 0  # images: input channels
+    default_size: int = 0  # images: side in pixels when task.image_size is 0 (the data set's standard)
+    data: str = ""  # what task.data must hold, in words ("" = nothing is read from disk)
+    read_folders: Callable | None = None  # image data sets: (sources, split_dir, size) -> ImageSet, for `data pack`
+    inverted: bool = False  # images: strokes inverted to bright on dark when read (Omniglot), so are a user's
+    takes_order: bool = False  # regression: the task has an order (task.order: the polynomial's degree)
+    data_files: int = 0  # task.data must name exactly this many locations (0: any number, as image folders)
+
+
+def _omniglot(task, model):
+    from tasks.omniglot import omniglot
+
+    return omniglot(task, image_format(task)[1])
+
+
+def _miniimagenet(task, model):
+    from tasks.miniimagenet import miniimagenet
+
+    return miniimagenet(task, image_format(task)[1])
+
+
+def _read_omniglot(sources: list[str], split_dir: str, size: int):
+    from tasks.images import read_alphabets
+
+    return read_alphabets(sources, size, invert=True)
+
+
+def _read_miniimagenet(sources: list[str], split_dir: str, size: int):
+    from tasks.images import read_class_folders
+
+    if len(sources) != 1:
+        raise ConfigError(f"--src: miniimagenet takes one folder, got {len(sources)}")
+    return read_class_folders(sources[0], split_dir, size)
+
+
+def _quadratic(task, model):
+    from tasks.optimizees import Quadratic
+
+    return Quadratic(task.dim)
+
+
+def _mnist_mlp(task, model):
+    from tasks.optimizees import MnistMLP
+
+    return MnistMLP(task.data[0], model.hidden, model.optimizee_activation, task.minibatch)
+
+
+TASKS: dict[str, TaskSpec] = {
+    "sinusoid": TaskSpec("regression", lambda task, model: Sinusoid()),
+    "polynomial": TaskSpec("regression", lambda task, model: Polynomial(order=task.order), takes_order=True),
+    "omniglot": TaskSpec("images", _omniglot, channels=1, default_size=28,
+                         data="folders or zips of <Alphabet>/<character>/*.png", read_folders=_read_omniglot,
+                         inverted=True),
+    "miniimagenet": TaskSpec("images", _miniimagenet, channels=3, default_size=84,
+                             data="a folder of class sub-folders with train/val/test.csv",
+                             read_folders=_read_miniimagenet),
+    "synthetic_images": TaskSpec("images", lambda task, model: SyntheticImages(ways=task.ways),
+                                 channels=SyntheticImages.channels, default_size=SyntheticImages.image_size),
+    "quadratic": TaskSpec("optimizee", _quadratic),
+    "mnist_mlp": TaskSpec("optimizee", _mnist_mlp,
+                          data="the MNIST CSV (784 pixels + label a row, e.g. ../shared/data/mnist/mnist_5k.csv.gz) "
+                          "or a torchvision MNIST root", data_files=1),
+}
+
+
+def task_spec(name: str) -> TaskSpec:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ConfigError(f"task.name: unknown task {name!r}; allowed: {', '.join(TASKS)}") from None
+
+
+def names(kind: str) -> tuple[str, ...]:
+    """The task names of one kind, in table order."""
+    return tuple(n for n, s in TASKS.items() if s.kind == kind)
 
 
 def image_format(task_cfg) -> tuple[int, int]:
     """(channels, side in pixels) of an image task's inputs, from its config alone (no data read)."""
-    if task_cfg.name == "omniglot":
-        from tasks.omniglot import DEFAULT_SIZE
-
-        return 1, task_cfg.image_size or DEFAULT_SIZE
-    if task_cfg.name == "miniimagenet":
-        from tasks.miniimagenet import DEFAULT_SIZE
-
-        return 3, task_cfg.image_size or DEFAULT_SIZE
-    if task_cfg.name == "synthetic_images":
-        return SyntheticImages.channels, SyntheticImages.image_size
-    raise ValueError(f"task.name: {task_cfg.name!r} is not an image task")
+    spec = task_spec(task_cfg.name)
+    if spec.kind != "images":
+        raise ValueError(f"task.name: {task_cfg.name!r} is not an image task")
+    return spec.channels, task_cfg.image_size or spec.default_size
 
 
-def make_distribution(task_cfg):
-    """Build the task distribution named by the `task` section of an experiment config."""
-    if task_cfg.name == "sinusoid":
-        return Sinusoid()
-    if task_cfg.name == "polynomial":
-        return Polynomial(order=task_cfg.order)
-    if task_cfg.name == "omniglot":
-        from tasks.omniglot import omniglot
-
-        return omniglot(task_cfg)
-    if task_cfg.name == "miniimagenet":
-        from tasks.miniimagenet import miniimagenet
-
-        return miniimagenet(task_cfg)
-    if task_cfg.name == "synthetic_images":
-        return SyntheticImages(ways=task_cfg.ways)
-    raise ValueError(f"task.name: unknown task {task_cfg.name!r}; allowed: {', '.join(TASKS)}")
+def make_distribution(task_cfg, model_cfg=None):
+    """Build the task distribution named by the `task` section of an experiment config (optimizee
+    distributions also read the `model` section: the optimizee network)."""
+    return task_spec(task_cfg.name).build(task_cfg, model_cfg)

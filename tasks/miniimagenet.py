@@ -8,8 +8,6 @@ from pathlib import Path
 from tasks.errors import ConfigError
 from tasks.images import FewShotImages, ImageSet, read_class_folders, read_packed, read_plain_class_folders
 
-DEFAULT_SIZE = 84
-
 
 @functools.lru_cache(maxsize=2)
 def load(root: str, split_dir: str, size: int, plain: bool = False) -> ImageSet:
@@ -20,13 +18,14 @@ def load(root: str, split_dir: str, size: int, plain: bool = False) -> ImageSet:
     return read_class_folders(root, split_dir, size)
 
 
-def miniimagenet(task) -> FewShotImages:
+def miniimagenet(task, size: int) -> FewShotImages:
+    """The miniImageNet task distribution of a task config, its images `size` pixels square."""
     if len(task.data) != 1:
         raise ConfigError(f"task.data: miniImageNet takes one folder (or packed .arrow file), got {task.data}")
     root = Path(task.data[0]).expanduser()
     # split "all" (another data set to evaluate on): a plain folder of class sub-folders will do
     plain = task.split == "all" and root.is_dir() and not (Path(task.split_dir or root) / "train.csv").is_file()
-    images = load(str(root), task.split_dir, task.image_size or DEFAULT_SIZE, plain)
+    images = load(str(root), task.split_dir, size, plain)
     group = images.group_of()
     splits = {s: sorted(c for c, g in group.items() if g == s) for s in ("train", "val", "test")}
     if task.split == "all":

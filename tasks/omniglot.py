@@ -11,8 +11,6 @@ import numpy as np
 from tasks.errors import ConfigError
 from tasks.images import FewShotImages, ImageSet, read_alphabets, read_packed
 
-DEFAULT_SIZE = 28
-
 
 @functools.lru_cache(maxsize=4)
 def load(data: tuple[str, ...], size: int) -> ImageSet:
@@ -43,7 +41,8 @@ def split_classes(images: ImageSet, task) -> dict[str, list[str]]:
         if unknown:
             raise ConfigError(f"task.{key}: unknown alphabet {unknown[0]!r}; allowed: {', '.join(alphabets)}")
     if not task.test_alphabets:
-        raise ConfigError(f"task.test_alphabets: the alphabet split needs test alphabets; allowed: {', '.join(alphabets)}")
+        raise ConfigError("task.test_alphabets: the alphabet split needs test alphabets; "
+                          f"allowed: {', '.join(alphabets)}")
     both = set(task.test_alphabets) & set(task.train_alphabets)
     if both:
         raise ConfigError(f"task.train_alphabets: {sorted(both)[0]!r} is also a test alphabet")
@@ -52,6 +51,7 @@ def split_classes(images: ImageSet, task) -> dict[str, list[str]]:
             "test": [c for c in characters if alphabet[c] in task.test_alphabets]}
 
 
-def omniglot(task) -> FewShotImages:
-    images = load(tuple(str(Path(d).expanduser()) for d in task.data), task.image_size or DEFAULT_SIZE)
+def omniglot(task, size: int) -> FewShotImages:
+    """The Omniglot task distribution of a task config, its images `size` pixels square."""
+    images = load(tuple(str(Path(d).expanduser()) for d in task.data), size)
     return FewShotImages(images, split_classes(images, task), task.ways, task.rotations, task.within_group)

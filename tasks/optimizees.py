@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from tasks.errors import ConfigError
 from tasks.sampling import Streams
+
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
 INIT_STD = 0.01  # theta_0 ~ N(0, 0.01^2) for both problems, as the paper's reference code
 
@@ -49,8 +50,9 @@ class MnistMLP:
     minibatch of `minibatch` MNIST images at every step; theta_0 ~ N(0, 0.01^2) (weights and biases).
 
     Splits: the training split's optimizees see the training images (so do the validation split's,
-    with streams of their own), the test split's the held-out images (CSV subset: every fifth image is held out, 4,000 / 1,000; torchvision root: the 60,000 /
-    10,000 MNIST sets). `final_loss` is the loss on the first 1,000 images of the split."""
+    with streams of their own), the test split's the held-out images (CSV subset: every fifth image
+    is held out, 4,000 / 1,000; torchvision root: the 60,000 / 10,000 MNIST sets). `final_loss` is
+    the loss on the first 1,000 images of the split."""
 
     loss_name = "cross-entropy"
     EVAL_IMAGES = 1000
@@ -138,9 +140,3 @@ def load_mnist(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise ConfigError(f"task.data: {p} is neither an MNIST CSV file nor a torchvision MNIST root "
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     return ds.data.reshape(len(ds.data), 784).numpy(), ds.targets.numpy().astype(np.int64)
-
-
-def make_optimizee(task_cfg, model_cfg):
-    if task_cfg.name == "quadratic":
-        return Quadratic(task_cfg.dim)
-    return MnistMLP(task_cfg.data[0], model_cfg.hidden, model_cfg.optimizee_activation, task_cfg.minibatch)

@@ -8,7 +8,7 @@ generator of cuRAND and JAX): value number `position` of a task is a hash of (se
 iteration, index, stream, position), so a whole batch of tasks - of one run or of every member of
 a population - is drawn in a few array operations instead of one stateful generator per task.
 numpy's own Philox takes one key per generator object, hence the few lines below; they are checked
-against Random123's known-answer vectors (tests/test_tasks.py).
+against Random123's known-answer vectors (tests/unit/test_tasks.py).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Nothing here imports `pipeline`: the network, the losses, every inner update and the outer gradient
 are written again with explicit per-task loops, plain tensor algebra and torch.autograd, so a wrong
-rule in `pipeline/rules/` cannot agree with them by sharing code. (`tests/reference.py`, by
+rule in `pipeline/core/rules/` cannot agree with them by sharing code. (`tests/reference.py`, by
 contrast, calls the rules themselves and checks only the vmap plumbing.)
 
 The network is the sine MLP: cells l0, l1, ... computing y = T (W x + b) (T only for T-net / MT-net

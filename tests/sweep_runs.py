@@ -3,7 +3,7 @@ the MLflow runs it left (one parent run per sweep, its trials as children)."""
 import yaml
 from mlflow import MlflowClient
 
-from pipeline.sweep import run_sweep
+from pipeline.sweeps.driver import run_sweep
 
 TINY = {"iterations": 40, "meta_batch_size": 5, "model.hidden": [20, 20], "eval.tasks": 40, "eval.shots": [10],
         "train.log_every": 10, "train.checkpoint_every": 20, "tracking.log_model": False,

@@ -30,6 +30,16 @@ def main(a: str, b: str) -> None:
     inside = ((diff <= cells.ci95_a) & (diff <= cells.ci95_b)).sum()
     print(f"\n{len(cells)} cells: largest |B - A| {diff.max():.3f}; {inside} with each mean inside the other's "
           f"95% interval; {(diff <= cells.ci95_a + cells.ci95_b).sum()} with overlapping intervals")
+    print(f"report.parquet identical to the last bit: {ra.equals(rb)}")
+    trials = [Path(d) / "trials.parquet" for d in (a, b)]
+    if all(t.is_file() for t in trials):  # every run's evaluation, matched by its swept values
+        ta, tb = (pd.read_parquet(t) for t in trials)
+        own = ("trial_id", "name", "status", "error", "iterations", "skipped_steps")
+        swept = [c for c in ta.columns if c not in own and not c.startswith("eval_")]
+        evals = [c for c in ta.columns if c.startswith("eval_")]
+        same = (ta.sort_values(swept)[evals].reset_index(drop=True)
+                .equals(tb.sort_values(swept)[evals].reset_index(drop=True)))
+        print(f"per-run evaluations ({len(ta)} runs, {', '.join(evals)}) identical to the last bit: {same}")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def seed_means(trials: Path, key: tuple, k: int) -> dict[int, float]:
     return out
 
 
-def row(label: list[str], ours, ref, seeds: dict[int, float], all_seeds: list[int], n: int = N_TASKS) -> tuple[str, dict]:
+def row(label: list[str], ours, ref, seeds: dict[int, float], all_seeds: list[int],
+        n: int = N_TASKS) -> tuple[str, dict]:
     t = tests(ours, ref, n)
     spread = f"{np.std(list(seeds.values()), ddof=1):.3f}" if len(seeds) > 1 else "-"
     per_seed = [cell(seeds[s], 0).split(" ±")[0] if s in seeds else "-" for s in all_seeds]
@@ -166,7 +167,8 @@ def subspace_table(study: Path) -> str:
         rep = report.get(key)
         mse = cell(rep["mean"], rep["ci95"]) if rep and rep.get("mean") is not None else "-"
         spread = f"{np.std(list(seeds.values()), ddof=1):.3f}" if len(seeds) > 1 else "-"
-        out.append(f"| {key[0]} | {'-' if key[1] is None else f'{key[1]:g}'} | {' | '.join(per_layer)} | {overall:.3f} | "
+        value = "-" if key[1] is None else f"{key[1]:g}"
+        out.append(f"| {key[0]} | {value} | {' | '.join(per_layer)} | {overall:.3f} | "
                    + " | ".join(f"{seeds[s]:.3f}" if s in seeds else "-" for s in all_seeds)
                    + f" | {spread} | {1 - overall:.3f} | {mse} |")
     return "\n".join(out)
@@ -206,8 +208,8 @@ def main() -> None:
     if (d / "polynomial_subspace" / "trials.parquet").is_file():
         print("## Subspace study: fraction of weights updated\n\n" + subspace_table(d / "polynomial_subspace") + "\n")
     if (d / "gumbel_temperature" / "report.parquet").is_file():
-        print("## Gumbel-softmax temperature (MT-net)\n\n" + seed_table(d / "gumbel_temperature", ["gumbel_temperature"])
-              + "\n")
+        table = seed_table(d / "gumbel_temperature", ["gumbel_temperature"])
+        print("## Gumbel-softmax temperature (MT-net)\n\n" + table + "\n")
     if (d / "beta" / "report.parquet").is_file():
         print("## Meta step size beta\n\n" + seed_table(d / "beta", ["beta", "method"]) + "\n")
 

@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from pipeline import checkpoint  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.experiment import Experiment  # noqa: E402
+from pipeline.driver import checkpoint  # noqa: E402
+from pipeline.shards.experiment import Experiment  # noqa: E402
 
 THESIS_K5_K10 = {"maml": (1.07, 0.71), "metasgd": (0.88, 0.53), "mnet_full": (0.91, 0.63), "mnet": (0.88, 0.60),
                  "tnet": (0.83, 0.56), "mtnet_full": (0.81, 0.51), "mtnet": (0.76, 0.49)}
@@ -63,7 +63,8 @@ def main() -> None:
         for mode in ("sample", "argmax") if masked else ("sample",):
             cells = {k: per_task(runs, range(args.tasks), k, args.seed, mode) for k in (5, 10, 20)}
             t5, t10 = THESIS_K5_K10[method]
-            print(f"| {method} | {mode if masked else '-'} | {cell(cells[5])} | {cell(cells[10])} | {cell(cells[20])} | "
+            shown = mode if masked else "-"
+            print(f"| {method} | {shown} | {cell(cells[5])} | {cell(cells[10])} | {cell(cells[20])} | "
                   f"{cells[5].mean() / cells[10].mean():.2f} | {t5 / t10:.2f} |", flush=True)
     print(f"\n2. {args.sets} disjoint 600-task test sets of eval seed {SET_SEED} (mask sampled): range of the "
           "set means\n")

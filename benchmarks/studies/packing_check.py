@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.population import Population  # noqa: E402
+from pipeline.driver.population import Population  # noqa: E402
 
 
 def train(alphas, chunk: int, iterations: int, compile_: str) -> dict:

@@ -23,11 +23,15 @@ from pathlib import Path
 sys.path.insert(0, {repo!r})
 torch.set_num_threads(1)
 from pipeline.config import load_config
-from pipeline.population import Population
+try:
+    from pipeline.driver.population import Population
+except ImportError:  # a checkout from before pipeline/ was grouped into wings
+    from pipeline.population import Population
 with tempfile.TemporaryDirectory() as tmp:
     cfgs = [load_config({config!r}, {{"iterations": {iterations}, "seed": s, "tracking.enabled": False,
             "backend": "local", "train.plots": False, "train.compile": {compile!r}, "eval.tasks": 10,
-            "eval.shots": [10], "output_dir": tmp, "run_name": f"m{{s}}", "train.tasks_per_vmap": 0}}) for s in range(3)]
+            "eval.shots": [10], "output_dir": tmp, "run_name": f"m{{s}}", "train.tasks_per_vmap": 0}})
+            for s in range(3)]
     with Population(cfgs, [Path(tmp) / f"m{{s}}" for s in range(3)], log=lambda m: None) as pop:
         pop.train()
         torch.save({{k: v.clone() for k, v in pop.params.items()}}, {out!r})

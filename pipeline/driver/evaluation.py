@@ -1,0 +1,68 @@
+"""Evaluation on a fixed set of test tasks: mean +- 95% CI (1.96 std / sqrt(n)) for each K."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pipeline.core.rules import step_label
+from pipeline.distributed.ranges import split
+
+
+def mean_ci95(values: np.ndarray) -> tuple[float, float]:
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(1.96 * values.std() / math.sqrt(len(values)))
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def evaluate(backend, params: dict, *, tasks: int, shots: list[int], seed: int, inner_steps: int, mask_mode: str,
+             batch_size: int, eval_split: str = "test") -> dict:
+    """{K: {mean, ci95, n, before_adaptation, query_loss_per_step, per_task}} on test tasks 0..tasks-1
+    (per_task: each task's post-adaptation metric, for combining runs evaluated on the same tasks).
+
+    The same tasks and query sets are used for every K (the sampler draws the task and its query
+    before the support points), so the rows of the table differ only in K. Chunks are spread over
+    the backend's workers; per-task results do not depend on the chunking."""
+    chunks = eval_ranges(tasks, batch_size, backend.workers)
+    return {str(k): table_row(backend, params, chunks, shots=k, seed=seed, inner_steps=inner_steps,
+                              mask_mode=mask_mode, split=eval_split)[0] for k in shots}
+
+
+def eval_ranges(tasks: int, batch_size: int, workers: int) -> list[range]:
+    """Test tasks 0..tasks-1 in chunks of at most batch_size, at least one per worker."""
+    return split(tasks, max(math.ceil(tasks / batch_size), workers))
+
+
+def table_row(backend, params: dict, chunks: list[range], **kw) -> tuple[dict, np.ndarray]:
+    """One row of an evaluation table from the backend's eval chunks (kw as the experiment's
+    eval_shard takes them): {mean, ci95, n, before_adaptation, query_loss_per_step, per_task} of the
+    per-task metric, and the per-task curves (tasks, steps + 1)."""
+    parts = backend.eval_chunks(params, chunks, **kw)
+    metric = np.concatenate([m for m, _ in parts]).astype(np.float64)
+    curve = np.concatenate([c for _, c in parts]).astype(np.float64)
+    mean, ci = mean_ci95(metric)
+    row = {"mean": finite_or_none(mean), "ci95": finite_or_none(ci), "n": int(len(metric)),
+           "before_adaptation": finite_or_none(float(curve[:, 0].mean())),
+           "query_loss_per_step": [finite_or_none(float(v)) for v in curve.mean(0)],
+           "per_task": [finite_or_none(float(v)) for v in metric]}
+    return row, curve
+
+
+def format_table(results: dict, metric_name: str, header: str = "") -> str:
+    lines = [header] if header else []
+    # rows are K for few-shot methods, optimizers (with their step size) for learned optimizers
+    named = not all(k.isdigit() for k in results)
+    width = max([4, *(len(k) + 15 for k in results)]) if named else 4
+    first, before_name = ("optimizer", "initial loss") if named else ("K", "loss before adapt.")
+    col = 30 if named else 26
+    lines.append(f"{first:>{width}}  {metric_name + ' (95% CI)':<{col}}{before_name:>19}")
+    for k, r in results.items():
+        fmt = (lambda v: f"{v:.4g}") if named else (lambda v: f"{v:.4f}")
+        cell = "diverged" if r["mean"] is None else f"{fmt(r['mean'])} +- {fmt(r['ci95'])}"
+        before = "n/a" if r["before_adaptation"] is None else f"{r['before_adaptation']:.4f}"
+        label = step_label(k, r["alpha"]) if named else k
+        lines.append(f"{label:>{width}}  {cell:<{col}}{before:>19}")
+    return "\n".join(lines)

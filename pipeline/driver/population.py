@@ -1,0 +1,225 @@
+"""Populations: runs that differ only in numeric keys trained as one program.
+
+A sweep of the thesis's sine models is bound by per-op dispatch, not arithmetic: one 1-40-40-1 MLP
+trial at meta-batch 4 does ~1 MFLOP of work per task in 4-6 ms of PyTorch overhead. Members of a
+population share the method, task, model, meta-batch, inner steps, iterations and evaluation, and
+differ only in PACKABLE keys (alpha, beta, the Gumbel temperature, the seeds). Their parameters are
+stacked on a member dimension and one `vmap` over members (of the usual `vmap` over tasks) computes
+every member's meta-gradient in one call; alpha and the temperature are per-member tensors inside
+it, and Adam runs as one functional update with a per-member step size beta.
+
+Members stay first-class: each is a `Trainer` over its own run directory (config.yaml,
+metrics.jsonl, checkpoints that `metatrain eval`/`resume` accept, results.json, plots, its own
+hooks), whose parameters are views into the stacked tensors. Its task and noise streams are those
+of its solo run (its seed), its non-finite guard is its own: a member that diverges is frozen and
+recorded as `diverged` while the others train on. A member's numbers equal its solo run's up to
+float rounding (tests/integration/test_population.py: 1e-5).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import Config, ConfigError
+from pipeline.distributed.backends import LocalBackend, RayBackend
+from pipeline.driver import checkpoint
+from pipeline.driver.families import family_of
+from pipeline.driver.meta_step import StackedAdam
+from pipeline.driver.trainer import Trainer
+from pipeline.shards.population import PopulationShards, population_from_dicts
+from pipeline.yaml_dataclasses import flatten, to_dict
+
+# Keys in which the members of a population may differ: numbers that enter the computation as
+# per-member tensors, the seeds, and where each member's run lies.
+PACKABLE = ("alpha", "beta", "gumbel_temperature", "seed", "eval.seed", "run_name", "output_dir")
+
+
+def check_packable(cfgs: list[Config]) -> None:
+    """One line naming the first key (other than PACKABLE ones) in which members differ."""
+    if not cfgs:
+        raise ConfigError("population: no members")
+    first = flatten(to_dict(cfgs[0]))
+    for i, cfg in enumerate(cfgs[1:], 1):
+        for key, value in flatten(to_dict(cfg)).items():
+            if key not in PACKABLE and value != first.get(key):
+                raise ConfigError(f"population: member {i} differs from member 0 in {key} ({value!r} vs "
+                                  f"{first.get(key)!r}); members may differ only in {', '.join(PACKABLE)}")
+    if not family_of(cfgs[0].method).packs:
+        raise ConfigError(f"population: method {cfgs[0].method}: learned optimizers train one run at a time")
+
+
+class Member(Trainer):
+    """A solo run's trainer whose parameters and Adam moments live in the population's stacked
+    tensors (row `index`); its checkpoint is a solo checkpoint, in torch.optim.Adam's format."""
+
+    def __init__(self, population: Population, index: int, cfg: Config, run_dir: Path, log, hooks):
+        super().__init__(cfg, run_dir, log=log, backend="local", hooks=hooks)
+        self.population, self.index = population, index
+
+    def training_backend(self):
+        return self.population.backend
+
+
+class Population:
+    """Trains members (configs that differ only in PACKABLE keys) as one program; each member's
+    run directory is what its solo `metatrain train` would write. Use as a context manager."""
+
+    def __init__(self, cfgs: list[Config], run_dirs: list[Path], log=print, hooks=None, reporter=None,
+                 device: str = "cpu"):
+        """hooks(i): member i's TrainerHooks (its MLflow run); reporter: a PopulationHook (Tune);
+        device: where the stacked members train ("cuda": the whole population on one GPU; tasks
+        are sampled on the CPU as in every run, and members evaluate on the CPU)."""
+        self.device = torch.device(device)
+        check_packable(cfgs)
+        self.cfgs, self.log, self.reporter = list(cfgs), log, reporter or PopulationHook()
+        self.params = None  # stacked (P, ...) tensors (views into self.adam's buffer) once training starts
+        names = [Path(d).name for d in run_dirs]
+        self.members: list[Member] = []
+        # Member log lines are prefixed; per-iteration progress comes from the population instead.
+        progress = f"[{cfgs[0].method}] it "  # every member's method is the same (check_packable)
+        for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
+            member_log = (lambda name: lambda m: None if m.startswith(progress) else log(f"{name}: {m}"))(names[i])
+            self.members.append(Member(self, i, cfg, Path(run_dir), member_log, hooks(i) if hooks else ()))
+        self.beta = torch.tensor([c.beta for c in cfgs], dtype=torch.float64, device=self.device)
+        # Every member's shards: computed here, or by Ray shard workers (ray.workers > 0), each
+        # computing every member on its range of task indices exactly as a solo run's workers do.
+        if cfgs[0].backend == "ray" and cfgs[0].ray.workers:
+            self.backend = RayBackend(cfgs[0], None, log, build=population_from_dicts, configs=cfgs)
+        else:
+            self.backend = LocalBackend(cfgs[0], PopulationShards(cfgs, device, log))
+
+    def _resolve_chunk_size(self, resumed: bool) -> None:
+        """train.tasks_per_vmap: auto, timed once on the population's own first shard (every member's
+        tasks; Ray: worker 0's) and recorded in every member's config as a solo run records it; a
+        resumed population keeps the choice its members' config.yaml recorded."""
+        chosen = self.members[0].choose_chunk_size(
+            resumed, lambda: self.backend.time_chunk_sizes(self._stacked_params()), log=self.log)
+        for m in self.members:
+            m.use_chunk_size(chosen)
+        self.backend.set_chunk_size(chosen)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.backend.close()
+        for m in self.members:
+            m.close()
+
+    # -- state -------------------------------------------------------------------------------
+    def _stack_members(self) -> None:
+        """Stacked parameters and Adam state from the members' (fresh or loaded) trainers; then
+        every member's params become views into the stacked tensors."""
+        self.adam = StackedAdam(self._stacked_params(), self.beta, self.cfgs[0].train.grad_clip,
+                                compile=self.members[0].family.compiles(self.cfgs[0]), log=self.log)
+        self.params = self.adam.params
+        for i, m in enumerate(self.members):  # from now on each member's outer step is row i of this one
+            self.adam.load_row_state(i, m.adam.row_state(m.row, m.cfg.beta))
+            m.adam, m.row = self.adam, i
+            m.params = {k: self.params[k][i] for k in self.params}
+
+    def _stacked_params(self) -> dict:
+        return {k: torch.stack([m.params[k].detach() for m in self.members]).to(self.device)
+                for k in self.members[0].params}
+
+    def _resume_states(self) -> list[dict]:
+        """Each member's checkpoint at one common iteration: members are saved one after another,
+        so a population killed between two saves has some members one checkpoint ahead; their
+        previous checkpoint is at the common iteration."""
+        states = [checkpoint.load(m.run_dir, m.log) for m in self.members]
+        common = min(s["iteration"] for s in states)
+        for i, m in enumerate(self.members):
+            if states[i]["iteration"] != common:
+                prev = checkpoint.read(m.run_dir / checkpoint.PREVIOUS_CHECKPOINT)
+                if prev["iteration"] != common:
+                    raise ConfigError(f"population: member {m.run_dir} has checkpoints at iterations "
+                                      f"{states[i]['iteration']} and {prev['iteration']}, none at {common}")
+                states[i] = prev
+        return states
+
+    # -- training ----------------------------------------------------------------------------
+    def train(self, resume: bool = False, states: list[dict] | None = None) -> list[dict]:
+        """Train every member to its iterations, evaluate each; the members' results in order.
+        resume: continue from the members' run directories; states: from these checkpoint states
+        (a Tune trial's checkpoint)."""
+        resumed = resume or states is not None
+        if resume and states is None:
+            states = self._resume_states()
+        if self.cfgs[0].train.tasks_per_vmap == "auto":
+            self._resolve_chunk_size(resumed)
+        for i, m in enumerate(self.members):
+            m.begin(state=states[i]) if resumed else m.begin()
+        self._stack_members()
+        try:
+            for m in self.members:
+                m._emit("on_start", resumed)
+            self._loop()
+            for m in self.members:  # evaluation and plots run where every solo run's do
+                m.params = {k: v.cpu() for k, v in m.params.items()}
+            results = [m.finish() for m in self.members]
+            self.reporter.on_finish(self, results)
+            return results
+        except BaseException as e:
+            for m in self.members:
+                m._emit("on_abort", e)
+            raise
+
+    def _loop(self) -> None:
+        members, cfg = self.members, self.cfgs[0]
+        for m in members:
+            m.start_clock()
+        t0, it0 = time.perf_counter(), min(m.iteration for m in members)
+        while any(m.status == "running" and m.iteration < cfg.iterations for m in members):
+            # running members move in lockstep; a diverged one is frozen at its last iteration
+            iteration = next(m.iteration for m in members if m.status == "running")
+            running = torch.tensor([m.status == "running" for m in members], device=self.device)
+            result = self.backend.meta_gradient(self.params, iteration)
+            n = result.n_tasks
+            loss = result.loss_sum / n
+            finite = self.adam.step(result.grads, result.loss_sum, n, running).tolist()
+            curves = [None] * len(members) if result.curve_sum is None else (result.curve_sum / n).tolist()
+            metrics = (result.metric_sum / n).tolist()
+            losses = loss.tolist()
+            for i, m in enumerate(members):
+                if m.status == "running":
+                    m.after_step(finite[i], losses[i], curves[i], metrics[i])
+            done = iteration + 1
+            if done % cfg.train.log_every == 0 or done == cfg.iterations:
+                self._progress(done, losses, t0, it0)
+            if done % cfg.train.checkpoint_every == 0 and done < cfg.iterations:
+                self.reporter.on_checkpoint(self)  # every running member has saved this iteration
+        for m in members:
+            m.end_loop()
+
+    def _progress(self, done: int, losses: list[float], t0: float, it0: int) -> None:
+        cfg, members = self.cfgs[0], self.members
+        running = [l for m, l in zip(members, losses) if m.status == "running" and math.isfinite(l)]
+        diverged = sum(m.status == "diverged" for m in members)
+        dt = time.perf_counter() - t0
+        rate = (done - it0) * len(members) / dt if dt > 0 else float("nan")
+        spread = (f"meta-loss min {min(running):.4f} median {sorted(running)[len(running) // 2]:.4f} "
+                  f"max {max(running):.4f}") if running else "no running member"
+        self.log(f"[population of {len(members)} {cfg.method}] it {done:>{len(str(cfg.iterations))}}/{cfg.iterations}"
+                 f" | {spread} | diverged {diverged} | {rate:,.0f} member-iterations/s")
+        self.reporter.on_log(self, {"iteration": done, "meta_loss": sorted(running)[len(running) // 2] if running
+                                    else math.nan, "tasks_per_s": rate * cfg.meta_batch_size, "diverged": diverged})
+
+    @property
+    def iteration(self) -> int:
+        """Iterations done (running members move in lockstep; a diverged one stays behind)."""
+        return max(m.iteration for m in self.members)
+
+    def states(self) -> list[dict]:
+        """Every member's checkpoint state (what a Tune checkpoint of the population holds)."""
+        return [m.state_dict() for m in self.members]
+
+
+class PopulationHook:
+    """What a population reports beside its members' own hooks (Tune's progress and checkpoints)."""
+
+    def on_log(self, population: Population, entry: dict) -> None: ...
+    def on_checkpoint(self, population: Population) -> None: ...
+    def on_finish(self, population: Population, results: list[dict]) -> None: ...

@@ -1,0 +1,384 @@
+"""The driver: Adam outer loop over the batched shard function, checkpoints, resume, a non-finite
+guard, progress output, the final evaluation and the run's plots. Tracking (MLflow) and Tune
+reporting attach as hooks, so this module knows neither."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import Config, ConfigError, save_config
+from pipeline.distributed.backends import LocalBackend, make_backend
+from pipeline.driver import checkpoint
+from pipeline.driver.evaluation import finite_or_none, format_table
+from pipeline.driver.families import family_of
+from pipeline.driver.meta_step import StackedAdam
+from pipeline.driver.run_dir import CHECKPOINT, CONFIG, METRICS, PLOTS, RESULTS
+from pipeline.shards.chunking import describe_chunk_times, pick_chunk_size
+from pipeline.yaml_dataclasses import load_yaml
+
+
+def metric_name(experiment) -> str:
+    return experiment.metric_name
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def write_run_plots(trainer: Trainer, results: dict | None = None) -> list[Path]:
+    """Every figure of the run's family that applies to a finished run, into RUN_DIR/plots/."""
+    return trainer.family.figures(trainer, read_metrics(trainer.run_dir), trainer.run_dir / PLOTS, results)
+
+
+def iteration_scalars(entry: dict) -> dict[str, float]:
+    """A metrics.jsonl entry (or a population's progress entry) as flat scalars: the names MLflow
+    and Tune both see."""
+    names = {"skipped": "skipped_steps", "tasks_per_s": "tasks_per_s", "validation_loss": "validation_loss",
+             "meta_loss": "meta_loss", "metric": "query_metric", "diverged": "diverged"}
+    out = {name: entry[key] for key, name in names.items() if key in entry}
+    out.update({f"query_loss_step{s}": v for s, v in enumerate(entry.get("query_loss_per_step", []))})
+    for cell, v in (entry.get("updated_fraction") or {}).items():
+        out["updated_fraction" if cell == "overall" else f"updated_fraction_{cell}"] = v
+    return out
+
+
+def eval_scalars(results: dict) -> dict[str, float]:
+    """The evaluation table as flat scalars (eval_K10_mean, eval_K10_ci95, eval_K10_before)."""
+    out = {}
+    for k, r in results["results"].items():
+        row = f"K{k}" if k.isdigit() else k  # K for few-shot methods, the optimizer's name for learned optimizers
+        for name, key in (("mean", "mean"), ("ci95", "ci95"), ("before", "before_adaptation")):
+            out[f"eval_{row}_{name}"] = math.nan if r[key] is None else r[key]
+    return out
+
+
+class TrainerHook:
+    """Observer of a Trainer; every method is optional."""
+
+    def on_start(self, trainer: Trainer, resumed: bool) -> None: ...
+    def on_log(self, trainer: Trainer, entry: dict) -> None: ...
+    def on_checkpoint(self, trainer: Trainer) -> None: ...
+    def on_finish(self, trainer: Trainer, results: dict) -> None: ...
+    def on_abort(self, trainer: Trainer, error: BaseException) -> None: ...
+
+
+class Trainer:
+    """Owns the meta-parameters, the Adam state, checkpoints and evaluation; the backend (Ray
+    workers or this process) only computes shard sums. Use as a context manager to release it."""
+
+    def __init__(self, cfg: Config, run_dir: Path, log=print, backend=None, hooks: tuple[TrainerHook, ...] = ()):
+        self.cfg, self.run_dir, self.log, self.hooks = cfg, Path(run_dir), log, tuple(hooks)
+        self.family = family_of(cfg.method)
+        self.experiment = self.family.source(cfg)
+        if backend == "local":  # this process, over this trainer's own experiment (a population's member)
+            backend = LocalBackend(cfg, self.experiment, log)
+        self.backend = backend or make_backend(cfg, self.experiment, log)
+        # The outer step (guard, clip, Adam) is the population's over one row: the same code for a
+        # solo run and a member (pipeline/driver/meta_step.py). Eager here: bitwise torch.optim.Adam.
+        init = self.experiment.init_params()
+        beta = torch.tensor([cfg.beta], dtype=torch.float64, device=next(iter(init.values())).device) if init else None
+        # a hand-designed optimizer (a learned optimizer's baseline) has no meta-parameters: nothing to train
+        self.adam = (StackedAdam({k: v[None] for k, v in init.items()}, beta, cfg.train.grad_clip, log=log)
+                     if init else None)
+        self.row = 0  # this run's row in self.adam (a population's member: its index)
+        self.params = {k: v[self.row] for k, v in self.adam.params.items()} if self.adam else {}
+        self.iteration, self.skipped, self.bad_streak, self.status = 0, 0, 0, "running"
+        self.carry = None  # per-task state an iteration hands to the next (learned optimizers' optimizees)
+        # train.validate_every: [[iteration, validation loss], ...] and the best-scoring parameters
+        # ({iteration, loss, params}), which the run is evaluated with
+        self.validations, self.selected, self._validation = [], None, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {"iteration": self.iteration, "params": {k: v.detach().clone() for k, v in self.params.items()},
+                 "optimizer": self.adam.row_state(self.row, self.cfg.beta) if self.adam else {},
+                 "torch_rng": torch.get_rng_state(),
+                 "skipped": self.skipped, "bad_streak": self.bad_streak, "status": self.status}
+        if self.carry is not None:
+            state["carry"] = {k: v.detach().clone() for k, v in self.carry.items()}
+        if self.validations:
+            state["validations"] = [list(v) for v in self.validations]
+        if self.selected is not None:
+            state["selected"] = {**self.selected, "params": {k: v.clone() for k, v in self.selected["params"].items()}}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for k, v in self.params.items():
+                v.copy_(state["params"][k])
+        if self.adam:
+            self.adam.load_row_state(self.row, state["optimizer"])
+        self.carry = state.get("carry")
+        self.validations, self.selected = [list(v) for v in state.get("validations", [])], state.get("selected")
+        torch.set_rng_state(state["torch_rng"])
+        self.iteration, self.skipped = state["iteration"], state["skipped"]
+        self.bad_streak, self.status = state["bad_streak"], state["status"]
+
+    def states(self) -> list[dict]:
+        """This run's checkpoint state, as a one-run population's `states()` (a Tune checkpoint)."""
+        return [self.state_dict()]
+
+    def save(self) -> None:
+        checkpoint.save(self.run_dir, self.state_dict())
+
+    # -- training ----------------------------------------------------------------------------
+    def train(self, resume: bool = False, state: dict | None = None) -> dict:
+        """Train to cfg.iterations and evaluate. resume=True continues from the run directory's
+        checkpoint; `state` continues from a given checkpoint state (a Tune trial's)."""
+        resumed = self.begin(resume, state)
+        try:
+            self._emit("on_start", resumed)
+            if self.status == "running" and self.adam is None:
+                self.log(f"{self.cfg.method} has no meta-parameters: nothing to meta-train, evaluating it")
+                self.status = "completed"
+            if self.status == "running":
+                self._loop()
+            return self.finish()
+        except BaseException as e:
+            self._emit("on_abort", e)
+            raise
+
+    def begin(self, resume: bool = False, state: dict | None = None) -> bool:
+        """The run directory, fresh or resumed (its config, the first checkpoint or the state
+        continued from); True when resumed."""
+        cfg = self.cfg
+        if cfg.task.split == "all":
+            raise ConfigError("task.split: 'all' makes every class a test class: it is for `metatrain eval --data`, "
+                              "not for training")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = resume or state is not None
+        if cfg.train.tasks_per_vmap == "auto" and self.family.times_chunks:
+            self.use_chunk_size(self.choose_chunk_size(resumed, lambda: self.backend.time_chunk_sizes(self.params)))
+        if resumed:
+            self.load_state_dict(state if state is not None else checkpoint.load(self.run_dir, self.log))
+            self._truncate_metrics()
+            self.log(f"resuming {self.run_dir} at iteration {self.iteration}/{cfg.iterations}")
+        else:
+            save_config(cfg, self.run_dir / CONFIG)
+            (self.run_dir / METRICS).unlink(missing_ok=True)  # a retried trial starts its log afresh
+            self.save()
+        return resumed
+
+    def choose_chunk_size(self, resumed: bool, time_choices, log=None) -> int:
+        """train.tasks_per_vmap: auto resolved: as this run directory's config.yaml recorded it when
+        resumed; the whole shard for a dense network; else timed (`time_choices()`: {choice:
+        seconds}), the choice logged in one line."""
+        path = self.run_dir / CONFIG
+        recorded = load_yaml(path).get("train", {}).get("tasks_per_vmap") if resumed and path.is_file() else None
+        if isinstance(recorded, int) and not isinstance(recorded, bool):
+            return recorded
+        if not any(cell.kind == "conv" for cell in self.experiment.learner.net.cells):
+            # Dense shards (sine MLPs) are dispatch-bound: one vmap is the fastest (benchmarks/RESULTS.md),
+            # and a timed choice would make the run's float rounding, hence its numbers after
+            # thousands of iterations, depend on the machine's load at start.
+            (log or self.log)("train.tasks_per_vmap: auto -> whole shard (dense network, not timed)")
+            return 0
+        times = time_choices()
+        chosen = pick_chunk_size(times)
+        (log or self.log)(describe_chunk_times(times, chosen))
+        return chosen
+
+    def use_chunk_size(self, tasks_per_vmap: int) -> None:
+        """train.tasks_per_vmap: auto resolved. Used from now on and written into the run's config.yaml:
+        chunking changes float rounding, so a resumed run keeps the choice of its first start."""
+        self.cfg.train.tasks_per_vmap = tasks_per_vmap
+        self.backend.set_chunk_size(tasks_per_vmap)
+
+    def _emit(self, event: str, *args) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self, *args)
+
+    def _loop(self) -> None:
+        cfg = self.cfg
+        self.start_clock()
+        while self.iteration < cfg.iterations:
+            result = self.backend.meta_gradient(self.params, self.iteration, self.carry)
+            self.carry = result.carry
+            n = result.n_tasks
+            loss = result.loss_sum / n
+            flat = self.adam.flat
+            finite = bool(self.adam.step({k: g[None] for k, g in result.grads.items()},
+                                         torch.tensor([result.loss_sum], dtype=flat.dtype, device=flat.device), n,
+                                         torch.ones(1, dtype=torch.bool, device=flat.device))[0])
+            curve = None if result.curve_sum is None else (result.curve_sum / n).tolist()
+            if not self.after_step(finite, loss, curve, result.metric_sum / n):
+                break
+        self.end_loop()
+
+    def start_clock(self) -> None:
+        self._window, self._t_window = [], time.perf_counter()
+        self._t_start, self._it_start = self._t_window, self.iteration
+
+    def after_step(self, finite: bool, loss: float, curve: list, metric: float) -> bool:
+        """The bookkeeping of one outer step whose update (if finite) is applied: the non-finite
+        guard, progress lines and metrics, periodic checkpoints. False when the run stops here."""
+        cfg = self.cfg
+        if finite:
+            self.bad_streak = 0
+            self._window.append((loss, curve, metric))
+        else:  # never let a non-finite loss or gradient reach the parameters
+            self.skipped += 1
+            self.bad_streak += 1
+        self.iteration += 1
+        if self.bad_streak >= cfg.train.max_bad_steps:
+            self.status = "diverged"
+            now = time.perf_counter()  # the metrics of the diverging stretch are part of the result
+            self._log_window(self._window, now - self._t_window, now - self._t_start, self.iteration - self._it_start)
+            self.log(f"diverged: {self.bad_streak} consecutive non-finite meta-losses/gradients "
+                     f"at iteration {self.iteration}; parameters kept from the last finite step")
+            return False
+        every = cfg.train.validate_every
+        if every and (self.iteration % every == 0 or self.iteration == cfg.iterations):
+            self.validate()
+        if self.iteration % cfg.train.log_every == 0 or self.iteration == cfg.iterations:
+            now = time.perf_counter()
+            self._log_window(self._window, now - self._t_window, now - self._t_start, self.iteration - self._it_start)
+            self._window, self._t_window = [], now
+        # The last iteration is saved once, by end_loop, with its final status: the previous
+        # checkpoint then stays the last periodic one (the fallback if the newest is damaged).
+        if self.iteration % cfg.train.checkpoint_every == 0 and self.iteration < cfg.iterations:
+            self.save()
+            self._emit("on_checkpoint")
+        return True
+
+    def validate(self) -> None:
+        """train.validate_every: score the current parameters on the validation optimizees and keep
+        them if they are the best so far (ties: the earlier)."""
+        loss = self.family.validate(self.backend, self.params, self.cfg)
+        self.validations.append([self.iteration, loss])
+        self._validation = loss
+        if math.isfinite(loss) and (self.selected is None or loss < self.selected["loss"]):
+            self.selected = {"iteration": self.iteration, "loss": loss,
+                             "params": {k: v.detach().clone() for k, v in self.params.items()}}
+        best = (f"best {self.selected['loss']:.4f} at it {self.selected['iteration']}" if self.selected
+                else "no finite validation loss yet")
+        self.log(f"[{self.cfg.method}] validation at it {self.iteration}: {self.experiment.metric_name} {loss:.4f} "
+                 f"on {self.cfg.train.validate_tasks} optimizees | {best}")
+
+    def end_loop(self) -> None:
+        if self.status == "running":
+            self.status = "completed"
+        self.save()
+
+    def _log_window(self, window, dt, elapsed, done) -> None:
+        cfg = self.cfg
+        tasks_per_s = len(window) * cfg.meta_batch_size / dt if dt > 0 else float("nan")
+        eta = (cfg.iterations - self.iteration) * elapsed / max(done, 1)
+        entry = {"iteration": self.iteration, "skipped": self.skipped, "tasks_per_s": tasks_per_s}
+        if self._validation is not None:  # the latest validation in this window
+            entry["validation_loss"], self._validation = self._validation, None
+        if window:
+            entry["meta_loss"] = sum(w[0] for w in window) / len(window)
+            entry["metric"] = sum(w[2] for w in window) / len(window)
+        curves = [w[1] for w in window if w[1] is not None]  # the window's iterations that computed one
+        if curves:
+            entry["query_loss_per_step"] = [sum(c[s] for c in curves) / len(curves) for s in range(len(curves[0]))]
+        fraction = self.experiment.updated_fraction(self.params)
+        if fraction is not None:
+            entry["updated_fraction"] = fraction
+        with open(self.run_dir / METRICS, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        self._emit("on_log", entry)
+        second = self.family.curve_label
+        loss_txt = f"meta-loss {entry['meta_loss']:.4f}" if window else "meta-loss n/a (all steps skipped)"
+        if "query_loss_per_step" in entry:
+            loss_txt += f" | {second[0]} {entry['query_loss_per_step'][second[1]]:.4f}"
+        frac_txt = f" | updated {fraction['overall']:.2f}" if fraction else ""
+        self.log(f"[{cfg.method}] it {self.iteration:>{len(str(cfg.iterations))}}/{cfg.iterations} | {loss_txt}"
+                 f" | {tasks_per_s:,.{0 if tasks_per_s >= 10 else 2}f} tasks/s | ETA {_hms(eta)}"
+                 f" | skipped {self.skipped}{frac_txt}")
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines written after the checkpoint we resume from (they will be redone)."""
+        path = self.run_dir / METRICS
+        if path.is_file():
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["iteration"] <= self.iteration:
+                        keep.append(line)
+                except (ValueError, KeyError):  # a line cut short by the crash
+                    pass
+            path.write_text("".join(l + "\n" for l in keep))
+
+    def training_backend(self):
+        """Where the meta-gradients were computed (a population member's: the population's backend)."""
+        return self.backend
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self, *, tasks=None, shots=None, seed=None) -> dict:
+        e = self.cfg.eval
+        params = self.selected["params"] if self.selected else self.params  # train.validate_every's choice
+        return self.family.evaluate(self.experiment, self.backend, params, self.cfg, tasks=tasks or e.tasks,
+                                    shots=shots or e.shots, seed=e.seed if seed is None else seed)
+
+    def finish(self) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        table = self.evaluate()
+        trained_on = self.training_backend()
+        results = {
+            "status": self.status, "method": cfg.method, "family": self.family.name, "task": cfg.task.name,
+            "seed": cfg.seed,
+            "iterations": self.iteration, "skipped_steps": self.skipped, "metric": metric_name(self.experiment),
+            "backend": trained_on.name, "workers": trained_on.workers, "placement": trained_on.placement,
+            "worker_restarts": trained_on.restarts,
+            "eval": {"tasks": cfg.eval.tasks, "inner_steps": cfg.eval.inner_steps, "mask": cfg.eval.mask,
+                     "seed": cfg.eval.seed, "split": cfg.eval.split, "seconds": time.perf_counter() - t0},
+            "results": table,
+            "updated_fraction": self.experiment.updated_fraction(self.params),
+        }
+        if self.validations:
+            results["validation"] = {"every": cfg.train.validate_every, "tasks": cfg.train.validate_tasks,
+                                     "selected_iteration": self.selected["iteration"] if self.selected else None,
+                                     "history": [[i, finite_or_none(v)] for i, v in self.validations]}
+        # Results before decorations: results.json is on disk before any plot is drawn or model
+        # logged, so a failing plot or a full disk loses nothing that was computed.
+        results["plots"] = []
+        self._write_results(results)
+        self.log(format_table(table, results["metric"], header=self.header(results)))
+        if not cfg.train.plots:
+            self._emit("on_finish", results)
+            return results
+        try:
+            results["plots"] = [str(p.relative_to(self.run_dir)) for p in write_run_plots(self, results)]
+            self._write_results(results)
+        except Exception as e:  # noqa: BLE001 - a figure is a decoration; the results are saved
+            self.log(f"plots: not written ({_one_line(e)}); {RESULTS} and {CHECKPOINT} are saved in "
+                     f"{self.run_dir}; free space and run `metatrain resume {self.run_dir}` to re-evaluate and plot")
+        self._emit("on_finish", results)
+        return results
+
+    def _write_results(self, results: dict) -> None:
+        path = self.run_dir / RESULTS
+        tmp = path.with_name(RESULTS + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(path)  # never a half-written results.json
+
+    def header(self, results: dict) -> str:
+        return self.family.header(results, self.experiment)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+

@@ -1,0 +1,74 @@
+"""A local model server for trying an exported model, and for the tests and benchmarks that serve
+one for real: `mlflow models serve` as a context manager, and its client."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ModelServer:
+    """`mlflow models serve -m MODEL` on 127.0.0.1 (a free port, the local environment) in its own
+    process group, ended (by that group's id) on exit; `post` sends an episode as a client would."""
+
+    def __init__(self, model: Path, log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model),
+                                      "--env-manager", "local", "--host", "127.0.0.1", "--port", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def wait(self, timeout=180.0):
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow models serve exited: {Path(self.log.name).read_text()[-3000:]}")
+            try:
+                if urllib.request.urlopen(self.url + "/ping", timeout=2).status == 200:
+                    return time.monotonic() - t0
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        raise TimeoutError(f"no /ping after {timeout} s: {Path(self.log.name).read_text()[-3000:]}")
+
+    def post(self, episode: pd.DataFrame, params: dict | None = None):
+        body = {"dataframe_split": json.loads(episode.to_json(orient="split", index=False))}
+        if params:
+            body["params"] = params
+        req = urllib.request.Request(self.url + "/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            pass
+        self.log.close()

@@ -1,6 +1,0 @@
-"""The pyfunc model's code as MLflow loads it ("models from code": no pickled Python object)."""
-import mlflow
-
-from pipeline.serving import EpisodeModel
-
-mlflow.models.set_model(EpisodeModel())

@@ -1,0 +1,149 @@
+"""What a population computes per iteration, on any range of task indices: every member's shard
+sums, one vmap over the stacked members (pipeline/driver/population.py trains them). Its own module
+because Ray shard workers (pipeline/distributed/workers.py) run it too, without the population's trainers."""
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch.func import vmap
+
+from pipeline.config import Config, load_config
+from pipeline.core.meta_batch import ShardResult, map_tree, shard_sums
+from pipeline.shards.chunking import time_chunk_sizes
+from pipeline.shards.compiled import CompiledShardFunction, curve_at, should_compile, training_shard_functions
+from pipeline.shards.experiment import Experiment
+
+
+def _population_sums(learner, inner, leaves: dict, batch: dict, chunk_size, functional: bool = True):
+    """Per-member (summed query loss (P,), loss curve (P, steps + 1), metric (P,)): the shard forward
+    of every member, vmapped over the member dimension; batch["alpha"]/["temperature"] are (P,).
+    Inner gradients are torch.func's whatever `functional` asks: any per-task loop runs inside the
+    vmap over members."""
+    def member(member_leaves, member_batch):
+        tasks = {k: v for k, v in member_batch.items() if k not in ("alpha", "temperature")}
+        own = replace(inner, alpha=member_batch["alpha"], temperature=member_batch["temperature"])
+        loss, curve, metric = shard_sums(learner, own, member_leaves, tasks, chunk_size, functional=True)
+        return (loss, curve, metric) if inner.curve else (loss, metric)
+
+    if inner.curve:
+        return vmap(member)(leaves, batch)
+    loss, metric = vmap(member)(leaves, batch)
+    return loss, None, metric
+
+
+def _population_result(grads: dict, loss, curve, metric, batch: dict) -> ShardResult:
+    """Members are independent, so the gradient of the summed losses is every member's own
+    gradient, stacked. loss_sum/metric_sum are (P,) tensors here, not floats."""
+    return ShardResult(grads, loss, batch["x_support"].shape[1], curve, metric)
+
+
+AHEAD_ITERATIONS, AHEAD_BYTES = 64, 4 << 20  # tasks drawn ahead: at most this many iterations, or bytes
+
+
+# On a CPU, members go through a compiled shard function in groups of at most this many: a shard
+# of 100 MT-nets took 19.6 ms in one call and 13.8 ms in five calls of 20 (MAML 6.7 and 5.9 ms;
+# groups of 10: slower again), as larger calls fall out of the core's caches
+# (benchmarks/bench_member_groups.py). Eager populations are dispatch-bound (groups of 20: 1.5-1.8x
+# slower there) and GPUs want large calls: both take the whole population at once.
+CPU_MEMBERS_PER_CALL = 20
+
+
+@functools.cache
+def member_groups(members: int, most: int) -> list[torch.Tensor] | None:
+    """Equal groups of at most `most` members, the last padded with member 0 (its results dropped:
+    one compiled graph serves every group); None for a single call."""
+    if not most or members <= most:
+        return None
+    count = -(-members // most)
+    size = -(-members // count)
+    order = torch.arange(count * size)
+    return list(torch.where(order < members, order, 0).view(count, size))
+
+
+def flat_values(tree: dict):
+    for v in tree.values():
+        yield from flat_values(v) if isinstance(v, dict) else (v,)
+
+
+class PopulationShards:
+    """Every member's shard sums on a range of task indices, each member on its own task stream:
+    the population's counterpart of `Experiment.train_shard`, with the same interface, so the
+    backends (this process, or Ray shard workers) run it as they run a solo run's."""
+
+    def __init__(self, cfgs: list[Config], device: str = "cpu", log=print):
+        self.cfgs, self.device, self.log = cfgs, torch.device(device), log
+        self.experiment = Experiment(cfgs[0])  # the shared model and task sampler (samples on the CPU)
+        self.learner, self.inner = self.experiment.learner, self.experiment.train_inner
+        self._shapes = self.experiment.init_params()  # noise shapes only
+        dtype = next(iter(self._shapes.values())).dtype
+        self.alpha = torch.tensor([c.alpha for c in cfgs], dtype=dtype, device=self.device)
+        self.temperature = torch.tensor([c.gumbel_temperature for c in cfgs], dtype=dtype, device=self.device)
+        tpv = cfgs[0].train.tasks_per_vmap
+        self.set_chunk_size(0 if tpv == "auto" else tpv)
+        self._block, self._depth = None, None  # tasks drawn ahead (sample)
+
+    def _shard_fn(self, chunk: int | None, compile: bool, curve: bool) -> CompiledShardFunction:
+        return CompiledShardFunction(self.learner, replace(self.inner, curve=curve), chunk, log=self.log,
+                                     sums=_population_sums, result=_population_result, compile=compile)
+
+    def set_chunk_size(self, tasks_per_vmap: int) -> None:
+        # with and without the query-loss curve (curve_at), as a solo run's experiment
+        self.chunk = tasks_per_vmap or None
+        compile = should_compile(self.cfgs[0], Experiment.compile_auto_from)
+        self.fns = training_shard_functions(self.learner, self.inner, self.chunk, compile, log=self.log,
+                                            sums=_population_sums, result=_population_result)
+
+    def sample(self, iteration: int, indices) -> dict:
+        """Every member's tasks `indices` of its own stream, (P, len(indices), ...). Tasks are drawn
+        for every member's seed (members with the same seed share them) and for several iterations
+        ahead in one call: the sampler's per-call cost was a large part of a small population's
+        iteration. Each task is still the pure function of (seed, split, iteration, index) that a
+        solo run draws."""
+        indices = tuple(int(i) for i in indices)
+        block = self._block
+        if block is None or block["indices"] != indices or not 0 <= iteration - block["start"] < block["depth"]:
+            block = self._block = self._draw(iteration, indices, self._depth or 1)
+            if self._depth is None:  # as many iterations as fit a few MB (one for image tasks)
+                size = sum(x.numel() * x.element_size() for x in flat_values(block["tasks"]))
+                self._depth = max(1, min(AHEAD_ITERATIONS, AHEAD_BYTES // max(size, 1)))
+        one = map_tree(lambda x: x[iteration - block["start"]], block["tasks"])
+        return {**one, "alpha": self.alpha, "temperature": self.temperature}
+
+    def _draw(self, start: int, indices: tuple, depth: int) -> dict:
+        """Tasks of iterations [start, start + depth), every member's: (depth, P, len(indices), ...)."""
+        seeds = sorted({c.seed for c in self.cfgs})
+        n, s = len(indices), len(seeds)
+        flat = self.experiment.sample(self._shapes, split="train", seed=np.tile(np.repeat(seeds, n), depth),
+                                      iteration=np.repeat(np.arange(start, start + depth), s * n),
+                                      indices=np.tile(indices, s * depth), shots=self.cfgs[0].task.shots)
+        row = torch.tensor([seeds.index(c.seed) for c in self.cfgs])
+        tasks = map_tree(lambda x: x.view(depth, s, n, *x.shape[1:])[:, row].to(self.device), flat)
+        return {"start": start, "depth": depth, "indices": indices, "tasks": tasks}
+
+    def train_shard(self, params: dict, iteration: int, indices, carry=None) -> ShardResult:
+        params = {k: v.to(self.device) for k, v in params.items()}
+        batch, fn = self.sample(iteration, indices), self.fns[curve_at(self.cfgs[0], iteration)]
+        grouped = self.device.type == "cpu" and not fn.eager  # an eager call is dispatch-bound: all at once
+        groups = member_groups(len(self.cfgs), CPU_MEMBERS_PER_CALL if grouped else 0)
+        if groups is None:
+            return fn(params, batch)
+        outs = [fn(map_tree(lambda x: x[g], params), map_tree(lambda x: x[g], batch)) for g in groups]
+        cat = lambda parts: torch.cat(parts)[:len(self.cfgs)]  # noqa: E731 - the padding dropped
+        return ShardResult({k: cat([o.grads[k] for o in outs]) for k in outs[0].grads},
+                           cat([o.loss_sum for o in outs]), outs[0].n_tasks,
+                           None if outs[0].curve_sum is None else cat([o.curve_sum for o in outs]),
+                           cat([o.metric_sum for o in outs]))
+
+    def time_chunk_sizes(self, params: dict, indices) -> dict[int, float]:
+        """Eager shard-call times of the population's first shard at each tasks_per_vmap choice."""
+        params = {k: v.to(self.device) for k, v in params.items()}
+        batch = self.sample(0, indices)
+        return time_chunk_sizes(lambda c: self._shard_fn(c, compile=False, curve=False)(params, batch), len(indices))
+
+
+def population_from_dicts(member_dicts: list[dict], device: str = "cpu") -> PopulationShards:
+    """A population's shard source built on a worker from its members' configs (plain dicts on the wire)."""
+    return PopulationShards([load_config(d) for d in member_dicts], device=device)

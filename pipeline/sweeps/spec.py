@@ -1,0 +1,285 @@
+"""The sweep-file schema: a base experiment config, fixed overrides, a search space over any config
+keys, and how Tune runs the trials. Checked completely - every swept value against the experiment
+schema - before any Ray work starts; errors are one line naming the key and what is allowed."""
+from __future__ import annotations
+
+import itertools
+import math
+from pipeline.config import resolve_path
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import CONFIG_DIR, Config, ConfigError, load_config
+from pipeline.yaml_dataclasses import build, load_yaml, to_dict
+from pipeline.driver.families import family_of
+from pipeline.driver.population import PACKABLE
+
+SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+SCHEDULERS = ("none", "asha")
+SEARCHERS = ("random", "optuna")
+PER_ITERATION_METRICS = ("meta_loss", "query_metric")
+# Keys the sweep itself decides for every trial (where it writes, how it is placed and tracked).
+SWEEP_OWNED = ("output_dir", "run_name", "backend", "ray.workers", "ray.cpus_per_worker", "ray.gpus_per_worker",
+               "ray.address", "tracking.uri", "tracking.experiment", "tracking.enabled")
+
+
+@dataclass
+class Resources:
+    cpus: float = 1.0  # the trial process: the trial's driver (and its compute when workers = 0)
+    workers: int = 0  # shard workers per trial, Ray actors in the trial's placement group; 0 = compute in the trial
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0  # fractional allowed
+
+    def bundles(self) -> list[dict]:
+        worker = {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_worker else {})}
+        return [{"CPU": self.cpus}] + [dict(worker) for _ in range(self.workers)]
+
+
+@dataclass
+class SchedulerSpec:
+    name: str = "none"  # none | asha (stops weak trials at rungs of meta-iterations)
+    grace_period: int = 0  # asha: meta-iterations before a trial may be stopped; 0 = a tenth of the run
+    reduction_factor: float = 3.0
+
+
+@dataclass
+class SearchSpec:
+    name: str = "random"  # random: Tune's grid/random variant generator | optuna (no grid entries)
+
+
+@dataclass
+class ReportSpec:
+    rows: list[str] = field(default_factory=list)  # config keys of the table rows; [] = swept keys but method, seed
+    shots: list[int] = field(default_factory=list)  # evaluation K to tabulate; [] = every K evaluated
+
+
+@dataclass
+class PackSpec:
+    # runs per population: trials that differ only in packable grid keys (alpha, beta, the Gumbel
+    # temperature, seeds) train as one program in one Tune trial; 0 = one Tune trial per run
+    max_members: int = 64
+
+
+@dataclass
+class SweepConfig:
+    base: str = ""  # experiment config: a path (relative to the sweep file) or a name in tune_configs/
+    name: str = ""  # "" = the sweep file's stem; the sweep directory is <output_dir>/<name>
+    output_dir: str = "sweeps"
+    set: dict = field(default_factory=dict)  # fixed overrides of the base config (dotted keys)
+    space: dict = field(default_factory=dict)  # dotted key -> {grid|choice: [...]} | {uniform|loguniform|randint: [lo, hi]}
+    num_samples: int = 1  # repetitions of the grid (each with fresh samples of the random entries)
+    seed: int = 0  # seed of the random search
+    metric: str = "meta_loss"  # what the scheduler / search algorithm optimise
+    mode: str = "min"
+    max_concurrent_trials: int = 0  # 0 = as many as the cluster's resources allow
+    max_failures: int = 2  # retries of a failing trial, each from its last checkpoint
+    resources: Resources = field(default_factory=Resources)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    search: SearchSpec = field(default_factory=SearchSpec)
+    report: ReportSpec = field(default_factory=ReportSpec)
+    pack: PackSpec = field(default_factory=PackSpec)
+
+
+@dataclass
+class Sweep:
+    """A validated sweep: its spec, the base experiment config (with `set` applied) as a dict, and
+    the space with every value coerced to its key's type."""
+
+    spec: SweepConfig
+    base: dict
+    space: dict
+    path: Path
+    packed: list[str] = field(default_factory=list)  # swept keys packed into populations ([] = none)
+    unpacked_because: str = ""  # why a sweep with packable keys runs one trial per run
+
+    @property
+    def swept_keys(self) -> list[str]:
+        return list(self.space)
+
+    def trial_count(self) -> int:
+        """Trials in the sweep: num_samples repetitions of the grid (other entries are sampled)."""
+        n = self.spec.num_samples
+        for entry in self.space.values():
+            n *= len(entry["grid"]) if "grid" in entry else 1
+        return n
+
+    def to_dict(self) -> dict:
+        return {**to_dict(self.spec), "base_config": self.base, "space": self.space}
+
+    def populations(self) -> list[list[dict]]:
+        """The packed keys' grid, every combination once, cut into populations of nearly equal
+        size (at most pack.max_members each); [] when the sweep is not packed."""
+        if not self.packed:
+            return []
+        combos = [dict(zip(self.packed, values))
+                  for values in itertools.product(*(self.space[k]["grid"] for k in self.packed))]
+        count = math.ceil(len(combos) / self.spec.pack.max_members)
+        size = math.ceil(len(combos) / count)
+        return [combos[i:i + size] for i in range(0, len(combos), size)]
+
+
+def _config_value(cfg: Config, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_key(dotted: str, what: str = "space") -> None:
+    obj = Config()
+    for i, part in enumerate(dotted.split(".")):
+        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+            where = ".".join(dotted.split(".")[:i]) or "the experiment config"
+            allowed = ", ".join(f.name for f in dataclasses.fields(obj)) if dataclasses.is_dataclass(obj) else ""
+            raise ConfigError(f"{what}: {dotted} is not a config key (no {part!r} in {where}; allowed: {allowed})")
+        obj = getattr(obj, part)
+    if dataclasses.is_dataclass(obj):
+        raise ConfigError(f"{what}: {dotted} is a section, not a key")
+
+
+def _validated_value(base: dict, key: str, value, local: bool):
+    """`value` coerced to the type of `key`, or a one-line error naming the swept key."""
+    try:
+        return _config_value(load_config(copy.deepcopy(base), {key: value}, local=local), key)
+    except ConfigError as e:
+        raise ConfigError(f"space: {e}") from None
+
+
+def _check_entry(key: str, entry, base: dict, local: bool) -> dict:
+    if key in SWEEP_OWNED or key.split(".")[0] == "ray":
+        raise ConfigError(f"space: {key} is set by the sweep itself (see its resources section); "
+                          f"swept keys may not be one of {', '.join(SWEEP_OWNED)}")
+    _check_key(key)
+    if not isinstance(entry, dict) or len(entry) != 1 or next(iter(entry)) not in SPACE_KINDS:
+        raise ConfigError(f"space.{key}: expected one of {', '.join(f'{{{k}: ...}}' for k in SPACE_KINDS)}, "
+                          f"got {entry!r}")
+    kind, values = next(iter(entry.items()))
+    if kind in ("grid", "choice"):
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"space.{key}.{kind}: expected a non-empty list of values, got {values!r}")
+        return {kind: [_validated_value(base, key, v, local) for v in values]}
+    if not (isinstance(values, list) and len(values) == 2):
+        raise ConfigError(f"space.{key}.{kind}: expected [low, high], got {values!r}")
+    try:
+        lo, hi = (int(v) if kind == "randint" else float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ConfigError(f"space.{key}.{kind}: bounds must be numbers, got {values!r}") from None
+    if kind == "randint" and any(isinstance(v, float) and not float(v).is_integer() for v in values):
+        raise ConfigError(f"space.{key}.randint: bounds must be integers, got {values!r}")
+    if not lo < hi:
+        raise ConfigError(f"space.{key}.{kind}: low must be < high, got {values!r}")
+    if kind == "loguniform" and lo <= 0:
+        raise ConfigError(f"space.{key}.loguniform: low must be > 0, got {values!r}")
+    # Every value the distribution can produce lies between these two, so checking them is enough.
+    for v in (lo, hi - 1 if kind == "randint" else hi):
+        _validated_value(base, key, v, local)
+    return {kind: [lo, hi]}
+
+
+def resolve_base(base: str, sweep_path: Path) -> Path:
+    if not base:
+        raise ConfigError("base: missing; name the experiment config to sweep (a path or a name in tune_configs/, "
+                          f"e.g. {', '.join(sorted(p.stem for p in CONFIG_DIR.glob('sine_*.yaml'))[:3])})")
+    local = (sweep_path.parent / base)
+    for candidate in (local, local.with_suffix(".yaml")):
+        if candidate.is_file():
+            return candidate
+    try:
+        return resolve_path(base)
+    except ConfigError as e:
+        raise ConfigError(f"base: {str(e).split(': ', 1)[1]}") from None
+
+
+def load_sweep(path: str | Path, *, local: bool = True) -> Sweep:
+    """The validated sweep; local=False for a sweep sent to a cluster (see config.load_config)."""
+
+    try:
+        path = resolve_path(path)
+    except ConfigError as e:
+        raise ConfigError(f"sweep: {str(e).split(': ', 1)[1]}") from None
+    raw = load_yaml(path, "sweep")
+    if "base" not in raw and "method" in raw:
+        raise ConfigError(f"sweep: {path} is an experiment config; train it with `metatrain train {path}`, or "
+                          "sweep it from a sweep file whose base: names it")
+    spec: SweepConfig = build(SweepConfig, raw)
+    spec.name = spec.name or path.stem
+    base_path = resolve_base(spec.base, path)
+    fixed = dict(spec.set)
+    for key in fixed:
+        if key in SWEEP_OWNED:
+            raise ConfigError(f"set: {key} is set by the sweep itself; it may not be one of {', '.join(SWEEP_OWNED)}")
+    base_cfg = load_config(base_path, fixed, local=local)  # every fixed key checked here
+    base = to_dict(base_cfg)
+    if not spec.space:
+        raise ConfigError("space: empty; a sweep needs at least one swept key, e.g. alpha: {grid: [0.01, 0.1]}")
+    both = [k for k in spec.space if k in fixed]
+    if both:
+        raise ConfigError(f"space: {both[0]} is both fixed (set) and swept (space); keep one")
+    space = {key: _check_entry(key, entry, base, local) for key, entry in spec.space.items()}
+    _check_spec(spec, space, base_cfg)
+    sweep = Sweep(spec, base, space, path)
+    _decide_packing(sweep, base_cfg, explicit="pack" in raw)
+    return sweep
+
+
+def _decide_packing(sweep: Sweep, base_cfg: Config, explicit: bool) -> None:
+    """Pack the packable grid keys unless something needs one Tune trial per run; where the sweep
+    file asked for packing explicitly, that is a one-line error, else a note in the start line."""
+    spec, keys = sweep.spec, [k for k in sweep.space if k in PACKABLE]
+    if spec.pack.max_members < 0:
+        raise ConfigError(f"pack.max_members: must be >= 0 (0 = no packing), got {spec.pack.max_members}")
+    if spec.pack.max_members < 2 or not keys:
+        return
+    sampled = [k for k, e in sweep.space.items() if "grid" not in e]
+    methods = [base_cfg.method, *(m for e in sweep.space.get("method", {}).values() for m in e)]
+    why = ("the asha scheduler stops runs one at a time" if spec.scheduler.name != "none" else
+           "the optuna search proposes runs one at a time" if spec.search.name != "random" else
+           f"space.{sampled[0]} is sampled, not a grid" if sampled else
+           "learned optimizers train one run at a time" if not all(family_of(m).packs for m in methods)
+           else "")
+    if why and explicit:
+        raise ConfigError(f"pack: cannot pack this sweep ({why}); remove pack, or set pack.max_members: 0")
+    if why:
+        sweep.unpacked_because = why
+    else:
+        sweep.packed = keys
+
+
+def _check_spec(spec: SweepConfig, space: dict, base_cfg: Config) -> None:
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise ConfigError(msg)
+
+    need("/" not in spec.name and spec.name not in (".", ".."), f"name: must be a plain directory name, got {spec.name!r}")
+    need(spec.num_samples >= 1, f"num_samples: must be >= 1, got {spec.num_samples}")
+    need(spec.seed >= 0, f"seed: must be >= 0, got {spec.seed}")
+    need(spec.max_concurrent_trials >= 0, f"max_concurrent_trials: must be >= 0 (0 = no limit), got {spec.max_concurrent_trials}")
+    need(spec.max_failures >= 0, f"max_failures: must be >= 0, got {spec.max_failures}")
+    need(spec.mode in ("min", "max"), f"mode: unknown mode {spec.mode!r}; allowed: min, max")
+    shots = sorted({k for k in base_cfg.eval.shots} | {k for e in space.get("eval.shots", {}).values() for v in e for k in v})
+    methods = [base_cfg.method, *(m for e in space.get("method", {}).values() for m in e)]
+    final_metrics = family_of(base_cfg.method).final_metrics(base_cfg, methods, shots)
+    allowed = (*PER_ITERATION_METRICS, *final_metrics)
+    need(spec.metric in allowed, f"metric: unknown metric {spec.metric!r}; allowed: {', '.join(allowed)}")
+    r = spec.resources
+    need(r.cpus > 0, f"resources.cpus: must be > 0, got {r.cpus}")
+    need(r.workers >= 0, f"resources.workers: must be >= 0 (0 = compute in the trial process), got {r.workers}")
+    need(r.cpus_per_worker > 0, f"resources.cpus_per_worker: must be > 0, got {r.cpus_per_worker}")
+    need(r.gpus_per_worker >= 0, f"resources.gpus_per_worker: must be >= 0, got {r.gpus_per_worker}")
+    s = spec.scheduler
+    need(s.name in SCHEDULERS, f"scheduler.name: unknown scheduler {s.name!r}; allowed: {', '.join(SCHEDULERS)}")
+    need(s.grace_period >= 0, f"scheduler.grace_period: must be >= 0, got {s.grace_period}")
+    need(s.reduction_factor > 1, f"scheduler.reduction_factor: must be > 1, got {s.reduction_factor}")
+    need(s.name != "asha" or spec.metric in PER_ITERATION_METRICS,
+         f"metric: the asha scheduler compares trials during training; allowed: {', '.join(PER_ITERATION_METRICS)}")
+    need(spec.search.name in SEARCHERS, f"search.name: unknown search {spec.search.name!r}; allowed: {', '.join(SEARCHERS)}")
+    if spec.search.name == "optuna":
+        grids = [k for k, e in space.items() if "grid" in e]
+        need(not grids, f"space.{grids[0] if grids else ''}: optuna does not take grid entries; use choice")
+    for key in spec.report.rows:
+        _check_key(key, "report.rows")
+    for k in spec.report.shots:
+        need(k in shots, f"report.shots: K={k} is not evaluated; allowed: {', '.join(map(str, shots))}")

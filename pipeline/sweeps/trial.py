@@ -1,0 +1,152 @@
+"""The trial side of a sweep: what runs inside each Ray Tune trial's process. A trial builds its
+config from the sweep's base and its sampled values, trains one run directory with the same Trainer
+as `metatrain train`, reports progress and checkpoints to Tune, and resumes from Tune's checkpoint
+when it is retried. The driver side (the Tuner, progress, the trial record, the report) is
+`pipeline/sweeps/driver.py`; the two share only `TrialContext` and the trial's name."""
+from __future__ import annotations
+
+from pipeline.tracking import MlflowTracker
+
+import copy
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from ray import tune
+
+from pipeline.driver import checkpoint
+from pipeline.config import load_config
+from pipeline.shards.compiled import use_cpus
+from pipeline.sweeps.spec import Resources
+from pipeline.sweeps.record import TRIALS
+from pipeline.driver.population import Population, PopulationHook
+from pipeline.driver.trainer import Trainer, TrainerHook, eval_scalars, iteration_scalars
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs besides its sampled values (shipped once with tune.with_parameters)."""
+
+    base: dict
+    swept: tuple[str, ...]
+    sweep_dir: str
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    resources: dict
+    metric: str = "meta_loss"  # the scheduler's / search algorithm's metric
+
+
+def _short(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value).replace(" ", "")
+
+
+def trial_run_name(trial_id: str, config: dict, swept) -> str:
+    """'00003-method=maml,alpha=0.01': the trial's index and its swept values, as a directory name."""
+    desc = ",".join(f"{k.rsplit('.', 1)[-1]}={_short(config[k])}" for k in swept)
+    return f"{trial_id.rsplit('_', 1)[-1]}-{desc}".replace("/", "_")[:120]
+
+
+def trial_config(ctx: TrialContext, config: dict, run_name: str):
+    r = Resources(**ctx.resources)
+    overrides = {**{k: config[k] for k in ctx.swept}, "output_dir": str(Path(ctx.sweep_dir) / TRIALS),
+                 "run_name": run_name, "backend": "ray" if r.workers else "local", "ray.workers": r.workers,
+                 "ray.cpus_per_worker": r.cpus_per_worker, "ray.gpus_per_worker": r.gpus_per_worker,
+                 "tracking.uri": ctx.uri, "tracking.enabled": True}
+    return load_config(copy.deepcopy(ctx.base), overrides)
+
+
+MEMBER_FILE = "member_{:03d}.pt"  # a Tune checkpoint: every run's state, one file per run
+
+
+def member_id(trial_id: str, index: int) -> str:
+    """A population member's id: its Tune trial's id and its index ('..._00002.003')."""
+    return f"{trial_id}.{index:03d}"
+
+
+def member_values(config: dict, index: int, swept) -> dict:
+    """Member `index`'s swept values: the Tune trial's (unpacked keys) and its own (packed keys)."""
+    return {**{k: config[k] for k in swept if k in config}, **config["members"][index]}
+
+
+class TuneReporter(TrainerHook, PopulationHook):
+    """Tune's view of a trial: one run (as a Trainer's hook) or a packed population (as its
+    reporter). Progress reports, checkpoints that hold every run's state, and a final report with
+    each run's status and evaluation (`members_final`; a one-run trial's also flat, for the
+    scheduler and the search algorithm). `source` is the Trainer or the Population."""
+
+    def __init__(self, metric: str = "meta_loss"):
+        self.last, self.metric = {}, metric
+
+    def _report(self, source, extra: dict | None = None, checkpoint=None) -> None:
+        # The sweep's metric is in every report, NaN until it exists (an evaluation metric before
+        # the final report; meta_loss when all steps were skipped): schedulers and search
+        # algorithms read it from every result.
+        tune.report({"meta_loss": math.nan, "query_metric": math.nan, self.metric: math.nan, **self.last,
+                     "iteration": source.iteration, **(extra or {})}, checkpoint=checkpoint)
+
+    # Nothing is reported at the last iteration before the final report: a scheduler (ASHA) acting on
+    # it could stop a trial that has trained to the end, before its evaluation.
+    def on_log(self, source, entry: dict) -> None:
+        self.last = {**iteration_scalars(entry), "logged_at": entry["iteration"]}
+        cfg = _first_config(source)
+        if entry["iteration"] % cfg.train.checkpoint_every and entry["iteration"] < cfg.iterations:
+            self._report(source)  # else on_checkpoint reports it
+
+    def on_checkpoint(self, source) -> None:
+        if source.iteration >= _first_config(source).iterations:
+            return
+        with tempfile.TemporaryDirectory() as d:
+            for i, state in enumerate(source.states()):
+                torch.save(state, Path(d) / MEMBER_FILE.format(i))
+            self._report(source, checkpoint=tune.Checkpoint.from_directory(d))
+
+    def on_finish(self, source, results: dict | list[dict]) -> None:
+        runs = results if isinstance(results, list) else [results]
+        finals = [{"status": r["status"], **eval_scalars(r)} for r in runs]
+        extra = {"final": True, "status": "completed", "members_final": json.dumps(finals)}
+        self._report(source, {**extra, **(finals[0] if len(finals) == 1 else {})})
+
+
+def _first_config(source):
+    return source.cfg if hasattr(source, "cfg") else source.cfgs[0]
+
+
+def run_trial(config: dict, ctx: TrialContext) -> None:
+    """The Tune function trainable: one meta-training run, or a packed population of runs
+    (config["members"]: each member's own values), each in its own run directory with its own MLflow
+    child run; resumed from the trial's checkpoint when Tune restarts it."""
+    # Tune runs the next trial in this process (reuse_actors, pipeline/sweeps/driver.py): Dynamo's caches
+    # start empty, so earlier trials' graphs neither count against its recompile limit (8 graphs
+    # per code object, and every trial compiles the same code objects) nor add guard checks to calls.
+    torch._dynamo.reset()
+    trial_id = tune.get_context().get_trial_id()
+    packed = "members" in config
+    values = [member_values(config, i, ctx.swept) for i in range(len(config["members"]))] if packed else [config]
+    ids = [member_id(trial_id, i) for i in range(len(values))] if packed else [trial_id]
+    names = [trial_run_name(run_id, v, ctx.swept) for run_id, v in zip(ids, values)]
+    cfgs = [trial_config(ctx, v, n) for v, n in zip(values, names)]
+    states = None
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            states = [checkpoint.read(Path(d) / MEMBER_FILE.format(i)) for i in range(len(cfgs))]
+    if packed or not cfgs[0].ray.workers:  # computing in this process
+        use_cpus(ctx.resources["cpus"])
+
+    def hooks(i):
+        tags = {"trial_id": ids[i], "sweep_dir": ctx.sweep_dir, **({"population": trial_id} if packed else {})}
+        return (MlflowTracker(cfgs[i], ctx.uri, run_name=names[i], experiment_id=ctx.experiment_id,
+                              parent_run_id=ctx.parent_run_id, tags=tags),)
+
+    log, reporter = (lambda m: print(m, flush=True)), TuneReporter(ctx.metric)
+    run_dirs = [Path(c.output_dir) / n for c, n in zip(cfgs, names)]
+    if packed:
+        with Population(cfgs, run_dirs, log=log, hooks=hooks, reporter=reporter) as population:
+            population.train(states=states)
+    else:
+        with Trainer(cfgs[0], run_dirs[0], log=log, hooks=(*hooks(0), reporter)) as trainer:
+            trainer.train(state=states[0] if states else None)

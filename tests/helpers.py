@@ -1,0 +1,246 @@
+"""Plain helpers for tests/unit and tests/integration (pytest.ini puts tests/ on sys.path):
+small learners and task batches for the algebra checks, where the real Omniglot data is, and the
+helpers that both halves of a test module split across the two folders use. Fixtures and hooks
+are in conftest.py."""
+import math
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.config import load_config
+from pipeline.core.learners import conv4, loss_and_metric, mlp
+from pipeline.core.meta_batch import Learner, inner_adapt, shard_meta_gradient
+from pipeline.core.reference import task_slice
+from pipeline.core.rules import get_rule
+from pipeline.shards.experiment import Experiment
+from tasks.regression import Sinusoid
+from tasks.sampling import sample_batch
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+
+
+# -- the real data and learners for the algebra checks -------------------------------------------
+def _omniglot_root() -> Path | None:
+    """The real partial Omniglot (DESIGN section 3): $METATRAIN_OMNIGLOT, else ../shared/data/omniglot."""
+    for c in (os.environ.get("METATRAIN_OMNIGLOT"), ROOT.parent / "shared/data/omniglot"):
+        if c and (Path(c) / "images_background_small1.zip").is_file():
+            return Path(c)
+    return None
+
+
+OMNIGLOT = _omniglot_root()
+needs_omniglot = pytest.mark.skipif(OMNIGLOT is None, reason="real Omniglot data not found: set METATRAIN_OMNIGLOT")
+SMALL1_ALPHABETS = ["Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"]
+NEW_IN_SMALL2 = ["Japanese_(katakana)", "Sanskrit", "Tagalog"]
+
+ALL_METHODS = ("maml", "fomaml", "metasgd", "tnet", "mnet", "mnet_full", "mtnet", "mtnet_full", "mc1", "mc2",
+               "metalstm")
+
+
+def make_learner(method, hidden=(40, 40), init_std=0.01):
+    return Learner(mlp(1, list(hidden), 1, init_std), get_rule(method))
+
+
+def sine_batch(learner, params, n=4, shots=10, seed=0, iteration=0, dtype=torch.float64):
+    return sample_batch(Sinusoid(), seed=seed, split="train", iteration=iteration, indices=range(n), shots=shots,
+                        query=10, noise_shapes=learner.rule.noise_shapes(params), dtype=dtype)
+
+
+class ImageTasks:
+    """Random N-way K-shot image tasks, only for checking algebra on conv cells."""
+
+    def __init__(self, ways=3, size=8):
+        self.ways, self.size = ways, size
+
+    def sample(self, streams, shots, query, split="train"):
+        n_s, n_q = self.ways * shots, self.ways * query
+        return {"x_support": streams.normal((n_s, 1, self.size, self.size)),
+                "y_support": streams.permutation(n_s) % self.ways,
+                "x_query": streams.normal((n_q, 1, self.size, self.size)),
+                "y_query": streams.permutation(n_q) % self.ways}
+
+
+def conv_learner(method, filters=4, size=8, ways=3, strided=True):
+    return Learner(conv4(1, ways, size, filters=filters, strided=strided), get_rule(method))
+
+
+def conv_batch(learner, params, n=3, ways=3, size=8, dtype=torch.float64):
+    return sample_batch(ImageTasks(ways, size), seed=1, split="train", iteration=0, indices=range(n), shots=2,
+                        query=2, noise_shapes=learner.rule.noise_shapes(params), dtype=dtype)
+
+
+def perturbed_params(learner, seed=0, dtype=torch.float64, scale=0.1):
+    """Initial params with every meta-only tensor moved off its identity/zero init, so algebra
+    tests exercise non-trivial T, zeta, step sizes and curvature matrices."""
+    params = learner.init_params(seed, dtype)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for k, v in params.items():
+        role = k.rsplit(".", 1)[1]
+        if role not in ("W", "b"):
+            noise = torch.randn(v.shape, generator=gen, dtype=dtype)
+            params[k] = v + (2.0 * noise if role.endswith("zeta") else scale * noise)
+    return params
+
+
+# -- test_batched (unit and integration) -----------------------------------------------------------
+def assert_same(batched, loop_losses, loop_grads, n):
+    assert batched.n_tasks == n
+    assert batched.loss_sum == pytest.approx(loop_losses.sum().item(), rel=1e-10)
+    assert set(batched.grads) == set(loop_grads)
+    for k, g in loop_grads.items():
+        torch.testing.assert_close(batched.grads[k], g, rtol=1e-8, atol=1e-10, msg=lambda m: f"{k}: {m}")
+
+
+# -- test_checkpoints (unit and integration) -------------------------------------------------------
+def damage(path, how):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncated" else b"\x00garbage" * 64)
+
+
+# -- test_gradients (unit and integration) ---------------------------------------------------------
+def summed_query_loss(learner, inner, params, batch) -> float:
+    return shard_meta_gradient(learner, inner, params, batch).loss_sum
+
+
+def directional_fd(learner, inner, params, batch, direction, eps=1e-6) -> float:
+    plus = {k: v + eps * direction[k] for k, v in params.items()}
+    minus = {k: v - eps * direction[k] for k, v in params.items()}
+    return (summed_query_loss(learner, inner, plus, batch)
+            - summed_query_loss(learner, inner, minus, batch)) / (2 * eps)
+
+
+def random_direction(params, seed, skip=("zeta",)):
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.zeros_like(v) if k.endswith(skip) else torch.randn(v.shape, generator=gen, dtype=v.dtype)
+            for k, v in params.items()}
+
+
+# -- test_images (unit and integration) and integration/test_distributed ---------------------------
+def write_mini_folder(root, classes_per_split=(("train", 3), ("val", 1), ("test", 2)), per_class=6):
+    """A tiny miniImageNet-shaped folder: <root>/<wnid>/<file>.jpg and train/val/test.csv."""
+    rng = np.random.default_rng(0)
+    n = 0
+    for split, count in classes_per_split:
+        rows = ["filename,label"]
+        for _ in range(count):
+            wnid = f"n{n:08d}"
+            (root / wnid).mkdir(parents=True)
+            colour = rng.integers(0, 256, 3)
+            for j in range(per_class):
+                pixels = np.clip(colour + rng.integers(-20, 20, (90, 100, 3)), 0, 255).astype(np.uint8)
+                name = f"{wnid}{j:08d}.jpg"
+                Image.fromarray(pixels).save(root / wnid / name, quality=95)
+                rows.append(f"{name},{wnid}")
+            n += 1
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+
+
+# -- test_jobs (unit and integration) --------------------------------------------------------------
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+# -- test_learned_optimizer (unit and integration) -------------------------------------------------
+def quad_cfg(tmp_path=None, **over):
+    sets = {"method": "l2l", "task.name": "quadratic", "inner_steps": 12, "train.unroll": 4, "iterations": 12,
+            "meta_batch_size": 6, "alpha": 0.1, "beta": 0.01, "backend": "local", "tracking.enabled": False,
+            "eval.tasks": 30, "eval.inner_steps": 12, "train.log_every": 3, "train.checkpoint_every": 3,
+            "output_dir": str(tmp_path or "runs")}
+    sets.update(over)
+    return load_config(None, sets)
+
+
+# -- test_meta_lstm (unit and integration) ---------------------------------------------------------
+def forced_gates(params, alpha):
+    """f = 1 and i = alpha exactly: W_F = W_I = 0, b_F = +inf, b_I = logit(alpha)."""
+    p = dict(params)
+    p["lstm.W_f"], p["lstm.W_i"] = torch.zeros_like(p["lstm.W_f"]), torch.zeros_like(p["lstm.W_i"])
+    p["lstm.b_f"] = torch.full_like(p["lstm.b_f"], math.inf)
+    p["lstm.b_i"] = torch.full_like(p["lstm.b_i"], math.log(alpha / (1 - alpha)))
+    return p
+
+
+def sgd(learner, params, task, keys, alpha, steps):
+    fast = {k: params[k].clone().requires_grad_(True) for k in keys}
+    for _ in range(steps):
+        loss = loss_and_metric(learner.net, {**params, **fast}, task["x_support"], task["y_support"])[0]
+        grads = torch.autograd.grad(loss, list(fast.values()))
+        fast = {k: (v - alpha * g).detach().requires_grad_(True) for (k, v), g in zip(fast.items(), grads)}
+    return fast
+
+
+# -- test_population (unit and integration) --------------------------------------------------------
+BASE = {"meta_batch_size": 4, "model.hidden": [20, 20], "eval.tasks": 20, "eval.shots": [10],
+        "tracking.enabled": False, "backend": "local", "train.log_every": 50, "train.compile": "never",
+        "train.plots": False}
+MEMBERS = [{"alpha": 0.01, "beta": 0.001, "seed": 0}, {"alpha": 0.05, "beta": 0.003, "seed": 1},
+           {"alpha": 0.02, "beta": 0.002, "seed": 0, "gumbel_temperature": 0.5, "eval.seed": 3}]
+
+
+def configs(tmp_path, method, members=MEMBERS, **over):
+    return [load_config("sine_quick", {**BASE, "method": method, "output_dir": str(tmp_path), **over, **m,
+                                       "run_name": f"m{i}"}) for i, m in enumerate(members)]
+
+
+# -- test_reductions (unit and integration) --------------------------------------------------------
+WB = ("W", "b")
+
+
+def adapted(learner, inner, params, batch):
+    return [inner_adapt(learner, inner, params, task_slice(batch, i))[0] for i in range(batch["x_support"].shape[0])]
+
+
+def assert_reduces(reduced, reference, inner, batch, params_reduced, params_reference, keys_equal=WB, exact=False):
+    near = dict(rtol=1e-12, atol=1e-14)
+    for fa, fb in zip(adapted(reduced, inner, params_reduced, batch),
+                      adapted(reference, inner, params_reference, batch)):
+        assert fa.keys() == fb.keys()
+        for k in fa:
+            torch.testing.assert_close(fa[k], fb[k], **(dict(rtol=0, atol=0) if exact else near))
+    ga = shard_meta_gradient(reduced, inner, params_reduced, batch)
+    gb = shard_meta_gradient(reference, inner, params_reference, batch)
+    assert ga.loss_sum == pytest.approx(gb.loss_sum, rel=1e-12)
+    for k in params_reference:
+        if k.rsplit(".", 1)[1] in keys_equal:
+            # Meta-gradients of the two graphs go through differently shaped backward kernels,
+            # whose float64 summation order depends on the CPU (bit-equal on some, a few ulp apart
+            # on others, e.g. AMD EPYC): equal to 1e-12 relative.
+            torch.testing.assert_close(ga.grads[k], gb.grads[k], **near)
+    return ga, gb
+
+
+# -- a run's evaluation tasks as a user's files (the adaptation and serving tests) --------------
+def eval_task(run_dir, shots, index=0):
+    """Test task `index` of the run's in-run evaluation (eval.seed), as the evaluation samples it."""
+    cfg = load_config(run_dir / "config.yaml")
+    exp = Experiment(cfg)
+    params = exp.learner.init_params(0)
+    batch = exp.sample(params, split="test", seed=cfg.eval.seed, iteration=0, indices=[index], shots=shots)
+    return {k: v[0] for k, v in batch.items() if k != "noise"}
+
+
+def save_grey(path, pixels):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def episode_files(tmp_path, run_dir, shots=1):
+    """Eval task 0 of the run written as files (raw Omniglot convention: dark strokes, so un-inverted)."""
+    task = eval_task(run_dir, shots)
+    names = ["cat", "dog", "emu"]
+    for i, (x, y) in enumerate(zip(task["x_support"], task["y_support"])):
+        save_grey(tmp_path / "support" / names[y] / f"{i}.png", (255 - np.rint(x[0].numpy() * 255)).astype(np.uint8))
+    for i, x in enumerate(task["x_query"]):
+        save_grey(tmp_path / "query" / f"q{i}.png", (255 - np.rint(x[0].numpy() * 255)).astype(np.uint8))
+    return task, names

@@ -1,0 +1,196 @@
+"""Remote jobs against a real Ray head node that this module starts (`ray start --head` on 127.0.0.1,
+token authentication on, free ports, its own temporary directory) and stops (without a cluster, and
+the cluster definitions validated offline: tests/unit)."""
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.cli import main
+from pipeline.jobs import Jobs
+
+from helpers import ROOT, free_ports
+
+TOKEN = "metatrain-test-token-0123456789abcdef"
+TINY = ["--set", "backend=local", "--set", "iterations=20", "--set", "meta_batch_size=4", "--set", "eval.tasks=20",
+        "--set", "eval.shots=[10]", "--set", "train.log_every=10", "--set", "model.hidden=[16,16]",
+        "--set", "tracking.log_model=false"]
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """A one-node Ray cluster: every port chosen free (other Ray instances may run on this machine),
+    bound to 127.0.0.1, token auth on; stopped with its whole process group at the end."""
+    tmp = Path(tempfile_dir := tmp_path_factory.mktemp("head"))
+    temp_dir = Path("/tmp") / f"rayhead-{os.getpid()}"  # short: Unix socket paths are limited
+    gcs, dash, agent_http, agent_grpc, metrics, env_agent, client, node_mgr, obj_mgr = free_ports(9)
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent_http}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+           f"--runtime-env-agent-port={env_agent}", f"--ray-client-server-port={client}",
+           f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}", "--num-cpus=2",
+           f"--temp-dir={temp_dir}", "--include-dashboard=true"]
+    log = open(tmp / "head.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=tempfile_dir)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 180
+        while True:  # ready when the jobs API accepts a listing
+            assert proc.poll() is None, (tmp / "head.log").read_text()[-3000:]
+            try:
+                os.environ["RAY_AUTH_TOKEN"] = TOKEN
+                Jobs(address).client.list_jobs()
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                assert time.time() < deadline, "head node not ready in 180 s"
+                time.sleep(2)
+        yield address, temp_dir
+    finally:
+        stop_everything(address, proc, temp_dir)
+
+
+def stop_everything(address, proc, temp_dir):
+    """Stop jobs still running (a failed test may leave one), the head's process group, and any job
+    process that outlived it (job drivers run in sessions of their own, in the head's temp dir)."""
+    os.environ["RAY_AUTH_TOKEN"] = TOKEN
+    try:
+        jobs = Jobs(address)
+        for job in jobs.client.list_jobs():
+            if job.status.value not in ("SUCCEEDED", "FAILED", "STOPPED"):
+                jobs.client.stop_job(job.submission_id)
+    except Exception:  # noqa: BLE001 - the head may be gone already
+        pass
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:  # a graceful stop of the whole head takes ~45 s on 2 cores; nothing of it is kept
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    for p in psutil.process_iter(["cwd"]):
+        if (p.info["cwd"] or "").startswith(str(temp_dir)):
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def token(monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+
+
+def test_a_training_job_succeeds_and_leaves_an_mlflow_run(head, token, tmp_path, capsys):
+    address, _ = head
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    code = main(["submit", "train", "sine_quick", *TINY, "--set", f"output_dir={tmp_path}/runs", "--set",
+                 "run_name=remote", "--address", address, "--tracking-uri", uri, "--follow", "--no-pip"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    job_id = out.split("submitted ", 1)[1].split()[0]
+    assert f"{job_id}: SUCCEEDED" in out and "it 20/20" in out  # the job's own progress, streamed
+    assert "python -m pipeline.cli train tune_configs/sine_quick.yaml --set backend=local" in out
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("metatrain").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "remote" and run.data.metrics["eval_K10_mean"] > 0
+    assert (tmp_path / "runs" / "remote" / "results.json").is_file()
+    # the jobs commands see it
+    assert main(["jobs", "list", "--address", address]) == 0
+    assert job_id in capsys.readouterr().out
+    assert main(["jobs", "status", job_id, "--address", address]) == 0
+    assert f"{job_id}: SUCCEEDED" in capsys.readouterr().out
+    assert main(["jobs", "logs", job_id, "--address", address]) == 0
+    assert "query MSE" in capsys.readouterr().out
+
+
+def test_a_bad_config_fails_on_the_cluster_with_its_one_line_error(head, token, capsys):
+    address, _ = head
+    # valid here (data paths are the cluster's), missing on the cluster: the job fails there
+    code = main(["submit", "train", "sine_quick", "--set", "task.name=omniglot", "--set",
+                 "task.data=[/nonexistent/omniglot.zip]", "--address", address, "--no-pip"])
+    out = capsys.readouterr().out
+    assert code == 1 and ": FAILED" in out
+    job_id = out.split("submitted ", 1)[1].split()[0]
+    assert main(["jobs", "logs", job_id, "--address", address]) == 0
+    logs = capsys.readouterr().out
+    assert "metatrain: error: task.data: /nonexistent/omniglot.zip does not exist" in logs
+    # a config that is wrong anywhere is refused here, before anything is sent
+    assert main(["submit", "train", "sine_quick", "--set", "alpha=-1", "--address", address]) == 2
+    assert "alpha: must be > 0" in capsys.readouterr().err
+
+
+def test_stop_ends_a_running_job(head, token, tmp_path, capsys):
+    address, _ = head
+    code = main(["submit", "train", "sine_quick", "--set", "backend=local", "--set", "iterations=1000000",
+                 "--set", "train.compile=never", "--set", "train.log_every=50", "--set", f"output_dir={tmp_path}",
+                 "--set", "tracking.enabled=false",
+                 "--address", address, "--no-wait", "--no-pip"])
+    out = capsys.readouterr().out
+    assert code == 0 and "metatrain jobs logs" in out
+    job_id = out.split("submitted ", 1)[1].split()[0]
+    jobs = Jobs(address)
+    deadline = time.time() + 120
+    while not re.search(r"it +50/1000000", jobs.client.get_job_logs(job_id)):  # really training
+        assert time.time() < deadline and jobs.status(job_id) in ("PENDING", "RUNNING")
+        time.sleep(1)
+    assert main(["jobs", "stop", job_id, "--address", address]) == 0
+    assert f"{job_id}: STOPPED" in capsys.readouterr().out and jobs.status(job_id) == "STOPPED"
+
+
+@pytest.mark.parametrize("token_value,message", [
+    (None, "requires a token and none was sent (401 Unauthorized); set RAY_AUTH_TOKEN"),
+    ("wrong-token", "refused the token from RAY_AUTH_TOKEN (403 Forbidden): it is not this cluster's token")])
+def test_a_missing_or_wrong_token_is_refused_clearly(head, monkeypatch, tmp_path, capsys, token_value, message):
+    address, _ = head
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token either
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    if token_value:
+        monkeypatch.setenv("RAY_AUTH_TOKEN", token_value)
+    else:
+        monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    assert main(["submit", "train", "sine_quick", "--address", address, "--no-pip"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert main(["jobs", "list", "--address", address]) == 2
+
+
+def test_the_token_file_is_used_when_the_variable_is_unset(head, monkeypatch, tmp_path, capsys):
+    address, _ = head
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text(TOKEN + "\n")
+    assert main(["jobs", "list", "--address", address]) == 0
+
+
+def enough_disk_for_a_pip_environment() -> bool:
+    # Ray clones the virtualenv it runs in (torch included, several GB) for a job's pip environment.
+    return shutil.disk_usage("/tmp").free > 25 * 2**30
+
+
+@pytest.mark.skipif(not enough_disk_for_a_pip_environment(), reason="less than 25 GiB free in /tmp for the job's "
+                    "pip environment (a clone of this virtualenv)")
+def test_a_job_with_its_pip_environment(head, token, tmp_path, capsys):
+    address, _ = head
+    code = main(["submit", "train", "sine_quick", *TINY, "--set", f"output_dir={tmp_path}", "--set",
+                 "tracking.enabled=false", "--address", address])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    job_id = out.split("submitted ", 1)[1].split()[0]
+    info = Jobs(address).client.get_job_info(job_id)
+    assert info.runtime_env["pip"]["packages"] == [l for l in (ROOT / "requirements.txt").read_text().splitlines()
+                                                   if l and not l.startswith("#")]
+    address, ray_tmp = head
+    # the job ran in the environment Ray built for it (a virtualenv with those requirements)
+    assert list(ray_tmp.glob("session_*/runtime_resources/pip/*/virtualenv/bin/python"))

@@ -1,0 +1,54 @@
+"""A simulated 3-node cluster (ray.cluster_utils.Cluster): a node hosting workers is removed
+mid-run; its workers are re-created on the remaining nodes and the run completes unchanged."""
+import pytest
+import ray
+import torch
+from ray.cluster_utils import Cluster
+
+from pipeline.config import load_config
+from pipeline.driver.trainer import Trainer
+
+SMALL = 80 * 2**20
+
+
+@pytest.fixture
+def three_nodes():
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": SMALL,
+                                                            "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=2, object_store_memory=SMALL) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="ERROR")
+    yield cluster, workers
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_removed_node_workers_are_recreated_and_the_run_completes(three_nodes, tmp_path):
+    cluster, worker_nodes = three_nodes
+    sets = {"method": "maml", "iterations": 16, "meta_batch_size": 6, "model.hidden": "[20,20]", "eval.tasks": 20,
+            "eval.shots": "[5]", "train.log_every": 4, "output_dir": str(tmp_path), "ray.workers": 3}
+    cfg = load_config(None, [f"{k}={v}" for k, v in sets.items()])
+    with Trainer(cfg, tmp_path / "undisturbed", log=lambda m: None) as t:
+        t.train()
+        reference = {k: v.detach().clone() for k, v in t.params.items()}
+
+    removed, holder, logs = [], {}, []
+
+    def remove_at_8(msg):
+        logs.append(msg)
+        if "it  8/16" in msg:
+            hosting = {w["node_id"] for w in holder["trainer"].backend.worker_info()}
+            victim = next(n for n in worker_nodes if n.node_id in hosting)
+            cluster.remove_node(victim)
+            removed.append(victim.node_id)
+
+    with Trainer(cfg, tmp_path / "disturbed", log=remove_at_8) as t:
+        holder["trainer"] = t
+        results = t.train()
+        assert removed, "no worker node was removed"
+        assert results["status"] == "completed" and results["iterations"] == 16
+        assert t.backend.restarts >= 1
+        assert removed[0] not in {w["node_id"] for w in t.backend.worker_info()}
+        for k, v in reference.items():
+            assert torch.equal(v, t.params[k]), k
+    assert any("lost" in m and "re-running" in m for m in logs)

@@ -1,0 +1,190 @@
+"""Populations (pipeline/driver/population.py): members trained as one program equal their solo runs.
+
+References here are independent of the population code: solo runs of the ordinary Trainer (with
+torch.optim.Adam). The functional per-member update against torch.optim.Adam itself: tests/unit."""
+import json
+
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.driver import checkpoint
+from pipeline.driver.population import Population
+from pipeline.driver.trainer import Trainer, TrainerHook
+from pipeline.yaml_dataclasses import to_dict
+
+from helpers import MEMBERS, configs
+
+
+def solo(cfg, run_dir) -> tuple[dict, dict]:
+    with Trainer(cfg, run_dir, log=lambda m: None, backend="local") as t:
+        results = t.train()
+        return {k: v.detach().clone() for k, v in t.params.items()}, results
+
+
+def assert_rel_close(got: dict, want: dict, rel: float, what: str) -> None:
+    for k, v in want.items():
+        err = ((got[k] - v).abs().max() / v.abs().max().clamp_min(1e-12)).item()
+        assert err <= rel, f"{what} {k}: relative difference {err:.2e} > {rel}"
+
+
+@pytest.mark.parametrize("method", ["maml", "mtnet", "metasgd"])
+def test_each_member_equals_its_solo_run(tmp_path, method):
+    """Members differ in alpha, beta, temperature, seed and eval seed; after 200 iterations every
+    member's parameters equal those of the same config trained alone (1e-5 relative), and so do
+    its evaluation and its run directory's files."""
+    cfgs = configs(tmp_path, method, iterations=200, **{"train.checkpoint_every": 100})
+    with Population(cfgs, [tmp_path / f"pop{i}" for i in range(3)], log=lambda m: None) as pop:
+        results = pop.train()
+        members = [{k: v.clone() for k, v in m.params.items()} for m in pop.members]
+    for i, cfg in enumerate(cfgs):
+        want, want_results = solo(cfg, tmp_path / f"solo{i}")
+        assert_rel_close(members[i], want, 1e-5, f"member {i}")
+        got_mse, want_mse = results[i]["results"]["10"]["mean"], want_results["results"]["10"]["mean"]
+        assert got_mse == pytest.approx(want_mse, rel=1e-5)
+        assert results[i]["status"] == "completed" and results[i]["iterations"] == 200
+        on_disk = json.loads((tmp_path / f"pop{i}" / "results.json").read_text())
+        assert on_disk["results"]["10"]["mean"] == pytest.approx(got_mse, rel=1e-12)
+        lines = (tmp_path / f"pop{i}" / "metrics.jsonl").read_text().splitlines()
+        solo_lines = (tmp_path / f"solo{i}" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(l)["iteration"] for l in lines] == [json.loads(l)["iteration"] for l in solo_lines]
+        assert json.loads(lines[-1])["meta_loss"] == pytest.approx(json.loads(solo_lines[-1])["meta_loss"], rel=1e-4)
+    assert members[0]["l0.W"].shape == (20, 1)
+
+
+def test_a_diverging_member_is_frozen_and_the_others_equal_their_solo_runs(tmp_path):
+    """alpha = 1000 with 3 inner steps overflows float32 within a few iterations (the solo run of
+    the same config diverges at the same iteration: checked below)."""
+    members = [{"alpha": 0.01, "seed": 0}, {"alpha": 1000.0, "seed": 1}, {"alpha": 0.02, "seed": 2}]
+    cfgs = configs(tmp_path, "maml", members, iterations=120, inner_steps=3, **{"train.max_bad_steps": 5,
+                                                                                 "train.checkpoint_every": 60})
+    logs = []
+    with Population(cfgs, [tmp_path / f"pop{i}" for i in range(3)], log=logs.append) as pop:
+        results = pop.train()
+        members_params = [{k: v.clone() for k, v in m.params.items()} for m in pop.members]
+    assert [r["status"] for r in results] == ["completed", "diverged", "completed"]
+    assert results[1]["iterations"] < 120 and results[1]["skipped_steps"] >= 5
+    assert all(torch.isfinite(v).all() for v in members_params[1].values())  # kept from the last finite step
+    assert any(l.startswith("pop1: diverged: 5 consecutive non-finite") for l in logs), logs
+    for i in (0, 2):
+        want, _ = solo(cfgs[i], tmp_path / f"solo{i}")
+        assert_rel_close(members_params[i], want, 1e-5, f"member {i}")
+    diverged_solo, solo_results = solo(cfgs[1], tmp_path / "solo1")
+    assert solo_results["status"] == "diverged" and solo_results["iterations"] == results[1]["iterations"]
+
+
+class StopAt(TrainerHook):
+    """Simulates a kill: raises once the member has saved the checkpoint of `iteration`."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def on_checkpoint(self, trainer):
+        if trainer.iteration == self.iteration:
+            raise KeyboardInterrupt
+
+
+def test_a_killed_population_resumes_to_the_undisturbed_parameters_and_members_resume_alone(tmp_path):
+    """Killed while saving the checkpoint of iteration 100 (members 0 and 1 saved it, member 2 not):
+    resumed, every member equals the undisturbed population. A member's checkpoint is a solo
+    checkpoint: `Trainer.train(resume=True)` of member 2 alone reaches the undisturbed parameters."""
+    cfgs = configs(tmp_path, "mtnet", iterations=150, **{"train.checkpoint_every": 50})
+    with Population(cfgs, [tmp_path / f"calm{i}" for i in range(3)], log=lambda m: None) as pop:
+        pop.train()
+        calm = [{k: v.clone() for k, v in m.params.items()} for m in pop.members]
+
+    dirs = [tmp_path / f"hit{i}" for i in range(3)]
+    with Population(cfgs, dirs, log=lambda m: None, hooks=lambda i: (StopAt(100),) if i == 1 else ()) as pop:
+        with pytest.raises(KeyboardInterrupt):
+            pop.train()
+    assert [checkpoint.load(d)["iteration"] for d in dirs] == [100, 100, 50]
+
+    alone = tmp_path / "alone"  # member 2's run directory, continued by a solo trainer
+    alone.mkdir()
+    for name in ("checkpoint.pt", "config.yaml", "metrics.jsonl"):
+        (alone / name).write_bytes((dirs[2] / name).read_bytes())
+    with Trainer(cfgs[2], alone, log=lambda m: None, backend="local") as t:
+        t.train(resume=True)
+        assert_rel_close({k: v.detach() for k, v in t.params.items()}, calm[2], 1e-5, "member 2 resumed alone")
+
+    logs = []
+    with Population(cfgs, dirs, log=logs.append) as pop:
+        results = pop.train(resume=True)
+        for i, m in enumerate(pop.members):
+            assert_rel_close(m.params, calm[i], 1e-5, f"member {i}")
+    assert all(r["status"] == "completed" and r["iterations"] == 150 for r in results)
+    assert sum("resuming" in l and "at iteration 50/150" in l for l in logs) == 3, logs
+
+
+def test_members_clip_their_own_meta_gradient_norm_as_solo_runs_do(tmp_path):
+    """train.grad_clip: each member's global norm is clipped on its own (the solo trainer's rule)."""
+    cfgs = configs(tmp_path, "maml", iterations=100, **{"train.grad_clip": 0.5, "train.checkpoint_every": 100})
+    with Population(cfgs, [tmp_path / f"pop{i}" for i in range(3)], log=lambda m: None) as pop:
+        pop.train()
+        members = [{k: v.clone() for k, v in m.params.items()} for m in pop.members]
+    for i, cfg in enumerate(cfgs):
+        assert_rel_close(members[i], solo(cfg, tmp_path / f"solo{i}")[0], 1e-5, f"member {i}")
+    unclipped = solo(load_config(to_dict(cfgs[0]), ["train.grad_clip=0"]), tmp_path / "unclipped")[0]
+    assert max((members[0][k] - v).abs().max().item() for k, v in unclipped.items()) > 1e-3  # the clip acted
+
+
+def test_one_and_two_ray_workers_give_the_populations_in_process_parameters(local_ray, tmp_path):
+    """Ray shard workers each compute every member on their range of task indices, exactly as a
+    solo run's workers compute its shards (meta-batch 5: ranges of 3 and 2 tasks with 2 workers)."""
+    over = {"iterations": 40, "meta_batch_size": 5}
+    with Population(configs(tmp_path / "here", "mtnet", **over), [tmp_path / f"here{i}" for i in range(3)],
+                    log=lambda m: None) as pop:
+        pop.train()
+        here = [{k: v.clone() for k, v in m.params.items()} for m in pop.members]
+    for n in (1, 2):
+        logs = []
+        cfgs = configs(tmp_path / f"w{n}", "mtnet", backend="ray", **over, **{"ray.workers": n})
+        with Population(cfgs, [tmp_path / f"w{n}-{i}" for i in range(3)], log=logs.append) as pop:
+            results = pop.train()
+            assert len(pop.backend.actors) == n
+            for i, m in enumerate(pop.members):
+                assert_rel_close(m.params, here[i], 1e-5, f"{n} workers, member {i}")
+        assert any(l.startswith(f"ray: {n} shard worker(s)") for l in logs), logs
+        assert all(r["status"] == "completed" for r in results)
+
+
+def test_the_per_task_loop_inside_the_member_vmap_equals_the_whole_shard(tmp_path):
+    """train.tasks_per_vmap: 1 in a population: the loop over tasks runs inside the vmap over members
+    (its inner gradient then stays torch.func's)."""
+    params = {}
+    for tpv in (0, 1):
+        cfgs = configs(tmp_path / str(tpv), "mtnet", members=MEMBERS[:2], iterations=30,
+                       **{"train.tasks_per_vmap": tpv})
+        with Population(cfgs, [tmp_path / f"{tpv}-{i}" for i in range(2)], log=lambda m: None) as pop:
+            pop.train()
+            params[tpv] = [{k: v.clone() for k, v in m.params.items()} for m in pop.members]
+    for i in range(2):
+        assert_rel_close(params[1][i], params[0][i], 1e-5, f"member {i}")
+
+
+def test_members_in_groups_equal_one_call(tmp_path, monkeypatch):
+    """On a CPU a compiled shard function takes members in groups (CPU_MEMBERS_PER_CALL), the last
+    group padded with member 0: every member's loss, metric and gradients equal one call
+    over all of them. 5 members in groups of at most 2: three groups of 2, one padding row dropped."""
+    from pipeline.shards import population as population_shards
+    from pipeline.shards.population import PopulationShards, member_groups
+
+    members = [{"alpha": 0.01 * (i + 1), "seed": i % 2, "gumbel_temperature": 0.5 + i} for i in range(5)]
+    logs = []
+    shards = PopulationShards(configs(tmp_path, "mtnet", members=members, **{"train.compile": "always"}),
+                              log=logs.append)
+    params = {k: torch.stack([v + 0.01 * i for i in range(5)]) for k, v in shards.experiment.init_params().items()}
+    results = {}
+    for most in (0, 2):
+        monkeypatch.setattr(population_shards, "CPU_MEMBERS_PER_CALL", most)
+        results[most] = shards.train_shard(params, 98, range(4))  # no curve: the compiled function
+    assert [g.tolist() for g in member_groups(5, 2)] == [[0, 1], [2, 3], [4, 0]]
+    assert not shards.fns[False].eager and not any("failed" in line for line in logs), logs  # compiled groups
+    one, grouped = results[0], results[2]
+    assert one.curve_sum is None and grouped.curve_sum is None
+    for name in ("loss_sum", "metric_sum"):
+        assert getattr(grouped, name).shape == getattr(one, name).shape
+        torch.testing.assert_close(getattr(grouped, name), getattr(one, name), rtol=1e-6, atol=1e-7)
+    for k, g in one.grads.items():
+        assert g.shape[0] == 5 and g.abs().sum() > 0, k
+        torch.testing.assert_close(grouped.grads[k], g, rtol=1e-6, atol=1e-7, msg=lambda m: f"{k}: {m}")
