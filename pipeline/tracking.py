@@ -23,8 +23,6 @@ from pipeline.config import Config, ConfigError
 from pipeline.core import learners
 from pipeline.driver.run_dir import CHECKPOINT, CONFIG, METRICS, MLFLOW_RUN, PLOTS, RESULTS
 from pipeline.driver.trainer import TrainerHook, eval_scalars, iteration_scalars
-from pipeline.serve import serving
-from pipeline.serve.adaptation import MetaLearnedRun
 from pipeline.yaml_dataclasses import flatten, to_dict
 
 RUN_FILE = MLFLOW_RUN
@@ -186,6 +184,10 @@ def log_model(uri: str, run_id: str, trainer) -> str:
 def log_adapt_model(uri: str, run_id: str, trainer) -> str:
     """Log the pyfunc model that adapts to a posted episode (`pipeline.serve.serving`)."""
     import mlflow
+
+    # imported here: defining the pyfunc model class loads mlflow.pyfunc (and its warnings) at start-up
+    from pipeline.serve import serving
+    from pipeline.serve.adaptation import MetaLearnedRun
 
     run = MetaLearnedRun(trainer.cfg, {k: v.detach().cpu() for k, v in trainer.params.items()}, trainer.iteration)
     mlflow.set_tracking_uri(uri)

@@ -75,7 +75,7 @@ TASKS: dict[str, TaskSpec] = {
     "miniimagenet": TaskSpec("images", _miniimagenet, channels=3, default_size=84,
                              data="a folder of class sub-folders with train/val/test.csv",
                              read_folders=_read_miniimagenet),
-    "synthetic_images": TaskSpec("images", lambda task, model: SyntheticImages(ways=task.ways),
+    "synthetic_images": TaskSpec("images", lambda task, model: SyntheticImages(task.ways, image_format(task)[1]),
                                  channels=SyntheticImages.channels, default_size=SyntheticImages.image_size),
     "quadratic": TaskSpec("optimizee", _quadratic),
     "mnist_mlp": TaskSpec("optimizee", _mnist_mlp,

@@ -13,13 +13,6 @@ parent run), trials.json (the driver's record of every trial), trials/, tune/ (T
 """
 from __future__ import annotations
 
-from pipeline.sweeps.report import write_report
-
-from pipeline.config import Config
-from pipeline.yaml_dataclasses import to_dict
-from pipeline.sweeps.spec import SweepConfig
-from pipeline.tracking import check_reachable, client_for, close_recorded_run, ensure_experiment, log_scalars, resolve_uri, start_run
-
 import json
 import os
 from dataclasses import asdict
@@ -28,13 +21,31 @@ from pathlib import Path
 import yaml
 from ray import tune
 
-from pipeline.config import ConfigError
-from pipeline.yaml_dataclasses import flatten
-from pipeline.sweeps.spec import Sweep, load_sweep
-from pipeline.sweeps.record import (FINISHED, MANIFEST, SPEC, STATE, TRIAL_STATUSES, TRIALS, TUNE_DIR,  # noqa: F401
-                                read_manifest, write_manifest)
+from pipeline.config import Config, ConfigError
+from pipeline.sweeps.record import (  # noqa: F401
+    FINISHED,
+    MANIFEST,
+    SPEC,
+    STATE,
+    TRIAL_STATUSES,
+    TRIALS,
+    TUNE_DIR,
+    read_manifest,
+    write_manifest,
+)
+from pipeline.sweeps.report import write_report
+from pipeline.sweeps.spec import Sweep, SweepConfig, load_sweep
 from pipeline.sweeps.trial import TrialContext, member_id, member_values, run_trial, trial_run_name
-
+from pipeline.tracking import (
+    check_reachable,
+    client_for,
+    close_recorded_run,
+    ensure_experiment,
+    log_scalars,
+    resolve_uri,
+    start_run,
+)
+from pipeline.yaml_dataclasses import flatten, to_dict
 
 
 # -- the driver's record of the trials ---------------------------------------------------------
@@ -116,10 +127,10 @@ class SweepProgress(tune.Callback):
         # where it ran: with reuse_actors a process runs trial after trial (Tune fills in pid and hostname)
         process = {"host": last["hostname"], "pid": last["pid"]} if "pid" in last else None
         manifest = read_manifest(self.sweep_dir)
-        for (run_id, name, _), final in zip(runs, finals):
+        for (run_id, _, _), final in zip(runs, finals):
             manifest.setdefault(run_id, {}).update({"status": final["status"], "process": process})
         write_manifest(self.sweep_dir, manifest)
-        for (run_id, name, _), final in zip(runs, finals):
+        for (_, name, _), final in zip(runs, finals):
             if final["status"] == "stopped":
                 _close_trial_run(self.sweep_dir, name, self.uri, "stopped", "KILLED")
                 shown = f"stopped by the scheduler at iteration {last.get('iteration', 0)}"
@@ -140,8 +151,8 @@ class SweepProgress(tune.Callback):
         for _, name, _ in self._runs(trial):
             _close_trial_run(self.sweep_dir, name, self.uri, "error", "FAILED", error)
         self._update_runs(trial, status="error", error=error)
-        print(f"[{self._label(trial)}] error after {trial.num_failures} attempt(s): {error} ({self._done()} trials done)",
-              flush=True)
+        print(f"[{self._label(trial)}] error after {trial.num_failures} attempt(s): {error} "
+              f"({self._done()} trials done)", flush=True)
 
 
 def _error_line(trial) -> str:

@@ -22,10 +22,10 @@ import numpy as np
 import yaml
 
 from pipeline.config import ConfigError
-from pipeline.yaml_dataclasses import flatten
 from pipeline.driver.evaluation import mean_ci95
 from pipeline.driver.run_dir import CONFIG, RESULTS
 from pipeline.sweeps.record import FINISHED, MANIFEST, SPEC, TRIALS, read_manifest
+from pipeline.yaml_dataclasses import flatten
 
 
 @dataclass
@@ -202,20 +202,22 @@ def build_report(sweep_dir: Path, shots: list[int] | None = None):
                    f"unless swept); evaluated on {n_tasks} fresh optimizees of the {split} split, "
                    f"{base['eval']['inner_steps']} steps each.")
     else:
-        setting = (f"Task {base['task']['name']}, trained with K = {base['task']['shots']}, {base['inner_steps']} inner "
-                   f"step(s) (α = {_fmt(base['alpha'])}, β = {_fmt(base['beta'])}, meta-batch {base['meta_batch_size']}, "
+        setting = (f"Task {base['task']['name']}, trained with K = {base['task']['shots']}, "
+                   f"{base['inner_steps']} inner step(s) (α = {_fmt(base['alpha'])}, β = {_fmt(base['beta'])}, "
+                   f"meta-batch {base['meta_batch_size']}, "
                    f"{base['iterations']} iterations, unless swept); evaluated on {n_tasks} test tasks with "
                    f"{base['eval']['inner_steps']} inner step(s), mask mode {base['eval']['mask']}.")
     md = [f"# Sweep `{sweep['name']}`", "",
           f"{setting} Swept: {', '.join(f'{k} ∈ {_space_text(space[k])}' for k in swept)}.",
           "", f"Trials: {len(trials)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}).", ""]
     cell_rows = []
-    pooled = (f"mean ± 95% CI over {n_tasks} {'optimizees' if optimizer else 'test tasks'}" + (f", each task's loss averaged over {len(seeds)} seeds "
-              "(trained models)" if len(seeds) > 1 else ""))
+    pooled = (f"mean ± 95% CI over {n_tasks} {'optimizees' if optimizer else 'test tasks'}"
+              + (f", each task's loss averaged over {len(seeds)} seeds (trained models)" if len(seeds) > 1 else ""))
     tables = [(k, [k]) for k in shots] if col_key else [(None, shots)]
     for k_title, ks in tables:
         if col_key:
-            title = f"{metric} after {k_title} optimizee steps" if optimizer else f"Post-adaptation {metric}, K = {k_title}"
+            title = (f"{metric} after {k_title} optimizee steps" if optimizer
+                     else f"Post-adaptation {metric}, K = {k_title}")
             md += [f"## {title}", "", pooled, ""]
             header = [*row_keys, *[_fmt(c) for c in cols]]
             body = [[*map(_fmt, row), *[cells[(row, c, k_title)].text() for c in cols]] for row in rows]
@@ -294,7 +296,8 @@ def _figure(fig: dict, out_dir: Path) -> list[Path]:
     if not shots:
         return []
     k = fig["train_k"] if fig["train_k"] in shots else shots[0]
-    y_label = f"{fig['metric']} after {k} steps" if fig.get("optimizer") else f"post-adaptation {fig['metric']} (K = {k})"
+    y_label = (f"{fig['metric']} after {k} steps" if fig.get("optimizer")
+               else f"post-adaptation {fig['metric']} (K = {k})")
     numeric = len(row_keys) == 1 and all(isinstance(r[0], (int, float)) and not isinstance(r[0], bool) for r in rows)
     paths = []
     if numeric and len(rows) > 1:

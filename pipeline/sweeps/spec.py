@@ -3,19 +3,17 @@ keys, and how Tune runs the trials. Checked completely - every swept value again
 schema - before any Ray work starts; errors are one line naming the key and what is allowed."""
 from __future__ import annotations
 
-import itertools
-import math
-from pipeline.config import resolve_path
-
 import copy
 import dataclasses
+import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import CONFIG_DIR, Config, ConfigError, load_config
-from pipeline.yaml_dataclasses import build, load_yaml, to_dict
+from pipeline.config import CONFIG_DIR, Config, ConfigError, load_config, resolve_path
 from pipeline.driver.families import family_of
 from pipeline.driver.population import PACKABLE
+from pipeline.yaml_dataclasses import build, load_yaml, to_dict
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("none", "asha")
@@ -69,7 +67,8 @@ class SweepConfig:
     name: str = ""  # "" = the sweep file's stem; the sweep directory is <output_dir>/<name>
     output_dir: str = "sweeps"
     set: dict = field(default_factory=dict)  # fixed overrides of the base config (dotted keys)
-    space: dict = field(default_factory=dict)  # dotted key -> {grid|choice: [...]} | {uniform|loguniform|randint: [lo, hi]}
+    # dotted key -> {grid|choice: [...]} | {uniform|loguniform|randint: [lo, hi]}
+    space: dict = field(default_factory=dict)
     num_samples: int = 1  # repetitions of the grid (each with fresh samples of the random entries)
     seed: int = 0  # seed of the random search
     metric: str = "meta_loss"  # what the scheduler / search algorithm optimise
@@ -253,13 +252,16 @@ def _check_spec(spec: SweepConfig, space: dict, base_cfg: Config) -> None:
         if not ok:
             raise ConfigError(msg)
 
-    need("/" not in spec.name and spec.name not in (".", ".."), f"name: must be a plain directory name, got {spec.name!r}")
+    need("/" not in spec.name and spec.name not in (".", ".."),
+         f"name: must be a plain directory name, got {spec.name!r}")
     need(spec.num_samples >= 1, f"num_samples: must be >= 1, got {spec.num_samples}")
     need(spec.seed >= 0, f"seed: must be >= 0, got {spec.seed}")
-    need(spec.max_concurrent_trials >= 0, f"max_concurrent_trials: must be >= 0 (0 = no limit), got {spec.max_concurrent_trials}")
+    need(spec.max_concurrent_trials >= 0,
+         f"max_concurrent_trials: must be >= 0 (0 = no limit), got {spec.max_concurrent_trials}")
     need(spec.max_failures >= 0, f"max_failures: must be >= 0, got {spec.max_failures}")
     need(spec.mode in ("min", "max"), f"mode: unknown mode {spec.mode!r}; allowed: min, max")
-    shots = sorted({k for k in base_cfg.eval.shots} | {k for e in space.get("eval.shots", {}).values() for v in e for k in v})
+    swept_shots = {k for e in space.get("eval.shots", {}).values() for v in e for k in v}
+    shots = sorted(set(base_cfg.eval.shots) | swept_shots)
     methods = [base_cfg.method, *(m for e in space.get("method", {}).values() for m in e)]
     final_metrics = family_of(base_cfg.method).final_metrics(base_cfg, methods, shots)
     allowed = (*PER_ITERATION_METRICS, *final_metrics)
@@ -275,7 +277,8 @@ def _check_spec(spec: SweepConfig, space: dict, base_cfg: Config) -> None:
     need(s.reduction_factor > 1, f"scheduler.reduction_factor: must be > 1, got {s.reduction_factor}")
     need(s.name != "asha" or spec.metric in PER_ITERATION_METRICS,
          f"metric: the asha scheduler compares trials during training; allowed: {', '.join(PER_ITERATION_METRICS)}")
-    need(spec.search.name in SEARCHERS, f"search.name: unknown search {spec.search.name!r}; allowed: {', '.join(SEARCHERS)}")
+    need(spec.search.name in SEARCHERS,
+         f"search.name: unknown search {spec.search.name!r}; allowed: {', '.join(SEARCHERS)}")
     if spec.search.name == "optuna":
         grids = [k for k, e in space.items() if "grid" in e]
         need(not grids, f"space.{grids[0] if grids else ''}: optuna does not take grid entries; use choice")

@@ -5,8 +5,6 @@ when it is retried. The driver side (the Tuner, progress, the trial record, the 
 `pipeline/sweeps/driver.py`; the two share only `TrialContext` and the trial's name."""
 from __future__ import annotations
 
-from pipeline.tracking import MlflowTracker
-
 import copy
 import json
 import math
@@ -17,13 +15,14 @@ from pathlib import Path
 import torch
 from ray import tune
 
-from pipeline.driver import checkpoint
 from pipeline.config import load_config
-from pipeline.shards.compiled import use_cpus
-from pipeline.sweeps.spec import Resources
-from pipeline.sweeps.record import TRIALS
+from pipeline.driver import checkpoint
 from pipeline.driver.population import Population, PopulationHook
 from pipeline.driver.trainer import Trainer, TrainerHook, eval_scalars, iteration_scalars
+from pipeline.shards.compiled import use_cpus
+from pipeline.sweeps.record import TRIALS
+from pipeline.sweeps.spec import Resources
+from pipeline.tracking import MlflowTracker
 
 
 @dataclass(frozen=True)
