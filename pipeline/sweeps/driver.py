@@ -22,6 +22,7 @@ import yaml
 from ray import tune
 
 from pipeline.config import Config, ConfigError
+from pipeline.sweeps import draws
 from pipeline.sweeps.record import (  # noqa: F401
     FINISHED,
     MANIFEST,
@@ -165,16 +166,14 @@ def _error_line(trial) -> str:
 
 
 # -- the sweep ---------------------------------------------------------------------------------
+def _drawn(sweep: Sweep) -> bool:
+    """A random search draws its runs before Tune starts (draws.py); Optuna and ASHA sample and
+    stop trials as they go, in Tune."""
+    return sweep.spec.search.name == "random" and sweep.spec.scheduler.name == "none"
+
+
 def _param_space(sweep: Sweep) -> dict:
-    """Tune's space: the swept keys, except packed ones, whose grid becomes the `members` of each
-    population (a grid over the populations)."""
-    make = {"grid": tune.grid_search, "choice": tune.choice, "uniform": lambda v: tune.uniform(*v),
-            "loguniform": lambda v: tune.loguniform(*v), "randint": lambda v: tune.randint(*v)}
-    space = {k: make[kind](values) for k, e in sweep.space.items() for kind, values in e.items()
-             if k not in sweep.packed}
-    if sweep.packed:
-        space["members"] = tune.grid_search(sweep.populations())
-    return space
+    return draws.param_space(draws.trials(sweep)) if _drawn(sweep) else draws.tune_space(sweep.space)
 
 
 def _tune_config(sweep: Sweep):
@@ -184,7 +183,8 @@ def _tune_config(sweep: Sweep):
     # reuse_actors: a finished trial's process runs the next trial (of the same resources), instead
     # of a new process importing Python, torch and MLflow again: ~10 s per trial change before,
     # a large share of a sweep of short trials such as populations (benchmarks/RESULTS.md, "End to end").
-    kw = {"num_samples": spec.num_samples, "trial_dirname_creator": _trial_dirname, "reuse_actors": True}
+    kw = {"num_samples": 1 if _drawn(sweep) else spec.num_samples, "trial_dirname_creator": _trial_dirname,
+          "reuse_actors": True}
     if spec.scheduler.name == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
@@ -275,10 +275,10 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
         log(f"sweep {spec.name}: {total} trial(s) of {sweep.base['method']} on {sweep.base['task']['name']} "
             f"over {', '.join(sweep.swept_keys)} | {sweep_dir} | MLflow {uri} (parent run {state['parent_run_id']})")
         if sweep.packed:
-            pops = sweep.populations()
+            pops = draws.trials(sweep)
             log(f"packed: trials that differ only in {', '.join(sweep.packed)} train as populations of "
-                f"{'/'.join(map(str, sorted({len(p) for p in pops})))} run(s), "
-                f"{total // sum(map(len, pops)) * len(pops)} Tune trial(s) (pack.max_members: {spec.pack.max_members})")
+                f"{'/'.join(map(str, sorted({len(p['members']) for p in pops})))} run(s), "
+                f"{len(pops)} Tune trial(s) (pack.max_members: {spec.pack.max_members})")
         elif sweep.unpacked_because:
             log(f"not packed: {sweep.unpacked_because}; one Tune trial per run")
         tune_path = sweep_dir / TUNE_DIR

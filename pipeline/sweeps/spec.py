@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,7 +89,7 @@ class Sweep:
     base: dict
     space: dict
     path: Path
-    packed: list[str] = field(default_factory=list)  # swept keys packed into populations ([] = none)
+    packed: list[str] = field(default_factory=list)  # swept keys packed into populations ([] = none; draws.py)
     unpacked_because: str = ""  # why a sweep with packable keys runs one trial per run
 
     @property
@@ -107,17 +105,6 @@ class Sweep:
 
     def to_dict(self) -> dict:
         return {**to_dict(self.spec), "base_config": self.base, "space": self.space}
-
-    def populations(self) -> list[list[dict]]:
-        """The packed keys' grid, every combination once, cut into populations of nearly equal
-        size (at most pack.max_members each); [] when the sweep is not packed."""
-        if not self.packed:
-            return []
-        combos = [dict(zip(self.packed, values))
-                  for values in itertools.product(*(self.space[k]["grid"] for k in self.packed))]
-        count = math.ceil(len(combos) / self.spec.pack.max_members)
-        size = math.ceil(len(combos) / count)
-        return [combos[i:i + size] for i in range(0, len(combos), size)]
 
 
 def _config_value(cfg: Config, dotted: str):
@@ -225,18 +212,19 @@ def load_sweep(path: str | Path, *, local: bool = True) -> Sweep:
 
 
 def _decide_packing(sweep: Sweep, base_cfg: Config, explicit: bool) -> None:
-    """Pack the packable grid keys unless something needs one Tune trial per run; where the sweep
-    file asked for packing explicitly, that is a one-line error, else a note in the start line."""
+    """Pack the packable keys (grid or sampled) unless something needs one Tune trial per run; where
+    the sweep file asked for packing explicitly, that is a one-line error, else a note in the start line."""
     spec, keys = sweep.spec, [k for k in sweep.space if k in PACKABLE]
     if spec.pack.max_members < 0:
         raise ConfigError(f"pack.max_members: must be >= 0 (0 = no packing), got {spec.pack.max_members}")
     if spec.pack.max_members < 2 or not keys:
         return
-    sampled = [k for k, e in sweep.space.items() if "grid" not in e]
+    # a sampled key outside PACKABLE gives every run a population of its own: nothing to pack
+    sampled = [k for k, e in sweep.space.items() if "grid" not in e and k not in PACKABLE]
     methods = [base_cfg.method, *(m for e in sweep.space.get("method", {}).values() for m in e)]
     why = ("the asha scheduler stops runs one at a time" if spec.scheduler.name != "none" else
            "the optuna search proposes runs one at a time" if spec.search.name != "random" else
-           f"space.{sampled[0]} is sampled, not a grid" if sampled else
+           f"space.{sampled[0]} is sampled and not packable (packable: {', '.join(PACKABLE)})" if sampled else
            "learned optimizers train one run at a time" if not all(family_of(m).packs for m in methods)
            else "")
     if why and explicit:

@@ -21,6 +21,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.driver import checkpoint
 from pipeline.driver.evaluation import mean_ci95
+from pipeline.sweeps import draws
 from pipeline.sweeps.report import pool
 from pipeline.yaml_dataclasses import to_dict
 
@@ -239,6 +240,44 @@ def test_a_packed_sweep_gives_the_unpacked_sweeps_runs_and_report(local_ray, tmp
         assert got[0] == pytest.approx(mean, rel=1e-5) and got[1] == pytest.approx(ci, rel=1e-4) and got[2] == n
 
 
+def test_a_packed_random_search_trains_the_runs_of_its_unpacked_twin(local_ray, tmp_path, capsys):
+    """loguniform alpha x uniform temperature, 3 samples each of 2 seeds: packed, the six drawn runs
+    train as one population (one Tune trial); with pack.max_members: 0, as six Tune trials. The same
+    configurations are drawn, and each run's parameters and the report's cells agree (1e-5)."""
+    space = {"alpha": {"loguniform": [0.005, 0.1]}, "gumbel_temperature": {"uniform": [0.5, 2.0]},
+             "seed": {"grid": [0, 1]}}
+    dirs, cells = {}, {}
+    for name, pack in (("packed", 8), ("single", 0)):
+        (tmp_path / name).mkdir()
+        path, dirs[name] = write_sweep(tmp_path / name, "rs", space, set_={"method": "mtnet", "iterations": 30},
+                                       num_samples=3, seed=11, pack={"max_members": pack}, resources={"cpus": 1},
+                                       max_concurrent_trials=1, report={"rows": ["seed"]})
+        sweep_ok(path, dirs[name])
+        manifest = json.loads((dirs[name] / "trials.json").read_text())
+        assert sorted(t["status"] for t in manifest.values()) == ["completed"] * 6
+        runs = {(t["config"]["alpha"], t["config"]["gumbel_temperature"], t["config"]["seed"]):
+                dirs[name] / "trials" / t["name"] for t in manifest.values()}
+        cells[name] = {"params": {k: checkpoint.load(d)["params"] for k, d in runs.items()},
+                       "report": {r["seed"]: (r["mean"], r["ci95"], r["n"])
+                                  for r in pq.read_table(dirs[name] / "report.parquet").to_pylist()}}
+        _, _, children = mlflow_runs(f"sqlite:///{(tmp_path / name / 'sweeps').resolve()}/mlflow.db", "rs")
+        logged = {(float(r.data.params["alpha"]), float(r.data.params["gumbel_temperature"]),
+                   int(r.data.params["seed"])) for r in children.values()}
+        assert logged == set(runs), "MLflow holds every run's drawn values"
+    out = capsys.readouterr().out
+    assert "packed: trials that differ only in alpha, gumbel_temperature, seed train as populations of 6 run(s), " \
+           "1 Tune trial(s)" in out
+    drawn = set(cells["single"]["params"])
+    assert drawn == set(cells["packed"]["params"]) and len(drawn) == 6
+    assert len({a for a, _, _ in drawn}) == 6 and all(0.005 <= a <= 0.1 and 0.5 <= t <= 2.0 for a, t, _ in drawn)
+    for key, params in cells["single"]["params"].items():
+        for k, v in params.items():
+            torch.testing.assert_close(cells["packed"]["params"][key][k], v, rtol=1e-5, atol=1e-7)
+    for seed, (mean, ci, n) in cells["single"]["report"].items():
+        got = cells["packed"]["report"][seed]
+        assert got[0] == pytest.approx(mean, rel=1e-5) and got[1] == pytest.approx(ci, rel=1e-4) and got[2] == n
+
+
 def test_optuna_samples_every_kind_of_entry_within_its_bounds(local_ray, tmp_path):
     space = {"method": {"choice": ["maml", "mtnet"]}, "alpha": {"loguniform": [0.001, 0.1]},
              "beta": {"uniform": [0.0005, 0.005]}, "inner_steps": {"randint": [1, 3]}}
@@ -332,9 +371,11 @@ def test_shipped_sweep_files_validate_and_are_not_experiment_configs(capsys):
     for name, n in counts.items():
         sweep = load_sweep(name)
         assert sweep.trial_count() == n and sweep.base["iterations"] == 60000 and sweep.base["meta_batch_size"] == 4
-        assert sweep.packed and sum(map(len, sweep.populations())) * (n // sum(map(len, sweep.populations()))) == n
-    assert load_sweep("robustness_alpha").populations() == [[{"alpha": a, "seed": s} for a in
-                                                             (10.0, 1.0, 0.1, 0.01, 0.001, 0.0001) for s in (0, 1, 2)]]
+        assert sweep.packed and sum(len(t["members"]) for t in draws.trials(sweep)) == n
+    robustness = draws.trials(load_sweep("robustness_alpha"))  # one population of 18 per method
+    assert [t["method"] for t in robustness] == ["maml", "tnet", "mtnet"]
+    assert all(t["members"] == [{"alpha": a, "seed": s} for a in (10.0, 1.0, 0.1, 0.01, 0.001, 0.0001)
+                                for s in (0, 1, 2)] for t in robustness)
     assert load_sweep("robustness_alpha").space["alpha"] == {"grid": [10.0, 1.0, 0.1, 0.01, 0.001, 0.0001]}
     assert load_sweep("polynomial_subspace").base["task"]["name"] == "polynomial"
     assert main(["train", "robustness_alpha"]) == 2
