@@ -92,6 +92,7 @@ class Trainer:
         # train.validate_every: [[iteration, validation loss], ...] and the best-scoring parameters
         # ({iteration, loss, params}), which the run is evaluated with
         self.validations, self.selected, self._validation = [], None, None
+        self.last_scalars: dict[str, float] = {}  # the last logged window's iteration_scalars
 
     def __enter__(self):
         return self
@@ -292,6 +293,7 @@ class Trainer:
             entry["updated_fraction"] = fraction
         with open(self.run_dir / METRICS, "a") as f:
             f.write(json.dumps(entry) + "\n")
+        self.last_scalars = iteration_scalars(entry)
         self._emit("on_log", entry)
         second = self.family.curve_label
         loss_txt = f"meta-loss {entry['meta_loss']:.4f}" if window else "meta-loss n/a (all steps skipped)"

@@ -51,12 +51,18 @@ def trials(sweep: Sweep) -> list[dict]:
     out = []
     for runs in groups.values():
         runs = sorted(runs, key=lambda d: [sweep.space[k]["grid"].index(d[k]) for k in grid])  # stable
-        count = math.ceil(len(runs) / sweep.spec.pack.max_members)
-        size = math.ceil(len(runs) / count)
-        for i in range(0, len(runs), size):
-            members = [{k: d[k] for k in sweep.packed} for d in runs[i:i + size]]
+        start = 0
+        for size in population_sizes(len(runs), sweep.spec.pack.max_members):
+            members = [{k: d[k] for k in sweep.packed} for d in runs[start:start + size]]
             out.append({**{k: runs[0][k] for k in unpacked}, "members": members})
+            start += size
     return out
+
+
+def population_sizes(runs: int, most: int) -> list[int]:
+    """`runs` cut into populations of nearly equal size, at most `most` each (the larger ones first)."""
+    count = math.ceil(runs / most)
+    return [runs // count + (i < runs % count) for i in range(count)]
 
 
 def param_space(configs: list[dict]) -> dict:

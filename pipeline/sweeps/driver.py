@@ -23,6 +23,8 @@ from ray import tune
 
 from pipeline.config import Config, ConfigError
 from pipeline.sweeps import draws
+from pipeline.sweeps.draws import population_sizes
+from pipeline.sweeps.optuna_populations import PopulationSearch
 from pipeline.sweeps.record import (  # noqa: F401
     FINISHED,
     MANIFEST,
@@ -173,10 +175,12 @@ def _drawn(sweep: Sweep) -> bool:
 
 
 def _param_space(sweep: Sweep) -> dict:
-    return draws.param_space(draws.trials(sweep)) if _drawn(sweep) else draws.tune_space(sweep.space)
+    if _drawn(sweep):
+        return draws.param_space(draws.trials(sweep))
+    return {} if sweep.packed else draws.tune_space(sweep.space)  # packed Optuna: its searcher proposes
 
 
-def _tune_config(sweep: Sweep):
+def _tune_config(sweep: Sweep, sweep_dir: str):
     spec = sweep.spec
     swept_iterations = next(iter(sweep.space.get("iterations", {"grid": [0]}).values()))
     iterations = max(sweep.base["iterations"], *swept_iterations)  # ASHA's horizon: the longest trial
@@ -192,7 +196,13 @@ def _tune_config(sweep: Sweep):
         kw["scheduler"] = ASHAScheduler(time_attr="iteration", max_t=iterations + 1,
                                         grace_period=spec.scheduler.grace_period or max(1, iterations // 10),
                                         reduction_factor=spec.scheduler.reduction_factor)
-    if spec.search.name == "optuna":
+    if spec.search.name == "optuna" and sweep.packed:  # a population per Tune trial, its members Optuna's
+        sizes = population_sizes(sweep.trial_count(), spec.pack.max_members)
+        kw["search_alg"] = PopulationSearch(sweep.space, sizes, spec.metric, spec.mode, spec.seed,
+                                            spec.max_concurrent_trials, sweep_dir)
+        kw["num_samples"] = len(sizes)
+        kw["max_concurrent_trials"] = spec.max_concurrent_trials or None
+    elif spec.search.name == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         kw["search_alg"] = OptunaSearch(seed=spec.seed)
@@ -275,10 +285,12 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
         log(f"sweep {spec.name}: {total} trial(s) of {sweep.base['method']} on {sweep.base['task']['name']} "
             f"over {', '.join(sweep.swept_keys)} | {sweep_dir} | MLflow {uri} (parent run {state['parent_run_id']})")
         if sweep.packed:
-            pops = draws.trials(sweep)
+            sizes = ([len(p["members"]) for p in draws.trials(sweep)] if _drawn(sweep)
+                     else population_sizes(total, spec.pack.max_members))
+            by = "" if _drawn(sweep) else "; members proposed by optuna"
             log(f"packed: trials that differ only in {', '.join(sweep.packed)} train as populations of "
-                f"{'/'.join(map(str, sorted({len(p['members']) for p in pops})))} run(s), "
-                f"{len(pops)} Tune trial(s) (pack.max_members: {spec.pack.max_members})")
+                f"{'/'.join(map(str, sorted(set(sizes))))} run(s), {len(sizes)} Tune trial(s) "
+                f"(pack.max_members: {spec.pack.max_members}{by})")
         elif sweep.unpacked_because:
             log(f"not packed: {sweep.unpacked_because}; one Tune trial per run")
         tune_path = sweep_dir / TUNE_DIR
@@ -288,7 +300,8 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
                                        resume_errored=True)
         else:
             progress = SweepProgress(str(sweep_dir), ctx.swept, sweep.base["iterations"], total, uri)
-            tuner = tune.Tuner(trainable, param_space=_param_space(sweep), tune_config=_tune_config(sweep),
+            tuner = tune.Tuner(trainable, param_space=_param_space(sweep),
+                               tune_config=_tune_config(sweep, str(sweep_dir)),
                                run_config=tune.RunConfig(
                                    name=TUNE_DIR, storage_path=str(sweep_dir), callbacks=[progress], verbose=0,
                                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),

@@ -221,9 +221,11 @@ def _decide_packing(sweep: Sweep, base_cfg: Config, explicit: bool) -> None:
         return
     # a sampled key outside PACKABLE gives every run a population of its own: nothing to pack
     sampled = [k for k, e in sweep.space.items() if "grid" not in e and k not in PACKABLE]
+    unpackable = [k for k in sweep.space if k not in PACKABLE]
     methods = [base_cfg.method, *(m for e in sweep.space.get("method", {}).values() for m in e)]
     why = ("the asha scheduler stops runs one at a time" if spec.scheduler.name != "none" else
-           "the optuna search proposes runs one at a time" if spec.search.name != "random" else
+           f"space.{unpackable[0]} is not packable and the optuna search proposes every key per run (packable: "
+           f"{', '.join(PACKABLE)})" if spec.search.name == "optuna" and unpackable else
            f"space.{sampled[0]} is sampled and not packable (packable: {', '.join(PACKABLE)})" if sampled else
            "learned optimizers train one run at a time" if not all(family_of(m).packs for m in methods)
            else "")

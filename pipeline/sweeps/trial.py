@@ -105,7 +105,8 @@ class TuneReporter(TrainerHook, PopulationHook):
 
     def on_finish(self, source, results: dict | list[dict]) -> None:
         runs = results if isinstance(results, list) else [results]
-        finals = [{"status": r["status"], **eval_scalars(r)} for r in runs]
+        trainers = getattr(source, "members", [source])  # a population's members, or the run itself
+        finals = [{"status": r["status"], **t.last_scalars, **eval_scalars(r)} for t, r in zip(trainers, runs)]
         extra = {"final": True, "status": "completed", "members_final": json.dumps(finals)}
         self._report(source, {**extra, **(finals[0] if len(finals) == 1 else {})})
 

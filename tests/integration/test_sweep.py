@@ -52,6 +52,12 @@ BAD_SWEEPS = [
     ({"pack": {"max_members": 8}, "scheduler": {"name": "asha"}},
      "pack: cannot pack this sweep (the asha scheduler stops runs one at a time); remove pack, or set "
      "pack.max_members: 0"),
+    ({"pack": {"max_members": 8}, "search": {"name": "optuna"},
+      "space": {"alpha": {"uniform": [0.01, 0.1]}, "inner_steps": {"randint": [1, 3]}}},
+     "pack: cannot pack this sweep (space.inner_steps is not packable and the optuna search proposes every key "
+     "per run (packable: alpha, beta, gumbel_temperature, seed, eval.seed, run_name, output_dir)); remove pack"),
+    ({"pack": {"max_members": 8}, "space": {"alpha": {"uniform": [0.01, 0.1]}, "inner_steps": {"randint": [1, 3]}}},
+     "pack: cannot pack this sweep (space.inner_steps is sampled and not packable (packable: alpha, beta, "),
 ]
 
 
@@ -276,6 +282,35 @@ def test_a_packed_random_search_trains_the_runs_of_its_unpacked_twin(local_ray, 
     for seed, (mean, ci, n) in cells["single"]["report"].items():
         got = cells["packed"]["report"][seed]
         assert got[0] == pytest.approx(mean, rel=1e-5) and got[1] == pytest.approx(ci, rel=1e-4) and got[2] == n
+
+
+def test_a_packed_optuna_search_proposes_populations_the_same_way_twice_and_tells_every_member(local_ray, tmp_path,
+                                                                                                capsys):
+    """Optuna over alpha, beta and the temperature, 6 runs in populations of 3 (two Tune trials, the
+    second proposed after the first is told): the same sweep twice proposes the same members in the
+    same order, and Optuna's study holds every member's final metric, as the member's run reports it."""
+    space = {"alpha": {"loguniform": [0.005, 0.1]}, "beta": {"uniform": [0.0005, 0.005]},
+             "gumbel_temperature": {"uniform": [0.5, 2.0]}}
+    proposed = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        path, sweep_dir = write_sweep(tmp_path / name, "opt", space, set_={"method": "mtnet", "iterations": 20},
+                                      num_samples=6, seed=3, pack={"max_members": 3}, max_concurrent_trials=1,
+                                      search={"name": "optuna"}, metric="eval_K10_mean")
+        sweep_ok(path, sweep_dir)
+        manifest = json.loads((sweep_dir / "trials.json").read_text())
+        assert sorted(t["status"] for t in manifest.values()) == ["completed"] * 6
+        told = json.loads((sweep_dir / "optuna.json").read_text())  # in the order Optuna proposed them
+        assert [r["state"] for r in told] == ["COMPLETE"] * 6
+        proposed.append([r["params"] for r in told])
+        assert sorted(map(str, proposed[-1])) == sorted(str(t["config"]) for t in manifest.values())
+        finals = {json.dumps(t["config"], sort_keys=True): json.loads(
+            (sweep_dir / "trials" / t["name"] / "results.json").read_text())["results"]["10"]["mean"]
+            for t in manifest.values()}
+        assert {json.dumps(r["params"], sort_keys=True): r["value"] for r in told} == finals
+    assert proposed[0] == proposed[1] and len({m["alpha"] for m in proposed[0]}) == 6
+    out = capsys.readouterr().out
+    assert "train as populations of 3 run(s), 2 Tune trial(s) (pack.max_members: 3; members proposed by optuna)" in out
 
 
 def test_optuna_samples_every_kind_of_entry_within_its_bounds(local_ray, tmp_path):
