@@ -85,6 +85,9 @@ class EvalConfig:
     # call each (within a chunk, train.tasks_per_vmap tasks per vectorised call)
     batch_size: int = 200
     split: str = "test"  # the split test tasks are drawn from; "train" to tune hand-designed baselines on it
+    # few-shot populations under a sweep's halving scheduler: validation tasks that rank the members
+    # (val_loss), drawn from the training distribution on a stream no run trains on
+    val_tasks: int = 200
     # learned optimizers: hand-designed optimizers (sgd, rmsprop, adam, nag) -> learning rate, evaluated
     # on the same optimizees as the run's method (eval.inner_steps is the horizon of every trajectory)
     baselines: dict = field(default_factory=dict)
@@ -259,6 +262,7 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
          f"{', '.join(repr(q) for q in QUERY_BN)}")
     need(0 <= cfg.eval.seed < 2**64, f"eval.seed: must be in [0, 2**64), got {cfg.eval.seed}")
     need(cfg.eval.batch_size >= 1, f"eval.batch_size: must be >= 1, got {cfg.eval.batch_size}")
+    need(cfg.eval.val_tasks >= 1, f"eval.val_tasks: must be >= 1, got {cfg.eval.val_tasks}")
     need(cfg.eval.split in EVAL_SPLITS,
          f"eval.split: unknown split {cfg.eval.split!r}; allowed: {', '.join(EVAL_SPLITS)}")
     need(cfg.train.checkpoint_every >= 1, f"train.checkpoint_every: must be >= 1, got {cfg.train.checkpoint_every}")

@@ -45,6 +45,10 @@ class LocalBackend:
     def set_chunk_size(self, tasks_per_vmap: int) -> None:
         self.experiment.set_chunk_size(tasks_per_vmap)
 
+    def select_members(self, rows: list[int]) -> None:
+        """A population's source keeps only these members (a halving rung stopped the others)."""
+        self.experiment.select(rows)
+
     def close(self) -> None:
         pass
 
@@ -251,6 +255,12 @@ class RayBackend:
     def set_chunk_size(self, tasks_per_vmap: int) -> None:
         self._cfg_dict = self._worker_config()  # replacement workers start with the resolved value
         self.ray.get([a.set_chunk_size.remote(tasks_per_vmap) for a in self.actors])
+
+    def select_members(self, rows: list[int]) -> None:
+        """Every worker's population source keeps only these members; replacement workers start so."""
+        self.configs = [self.configs[i] for i in rows]
+        self._cfg_dict = self._worker_config()
+        self.ray.get([a.select_members.remote(rows) for a in self.actors])
 
     def worker_info(self) -> list[dict]:
         return self.ray.get([a.where.remote() for a in self.actors])

@@ -46,5 +46,8 @@ class ShardWorker:
     def set_chunk_size(self, tasks_per_vmap: int) -> None:
         self.source.set_chunk_size(tasks_per_vmap)
 
+    def select_members(self, rows: list[int]) -> None:
+        self.source.select(rows)
+
     def where(self) -> dict:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "device": self.device}

@@ -3,6 +3,7 @@ meta-gradient norm clip and Adam, for P stacked runs at once (a solo run is P = 
 written to checkpoints in torch.optim.Adam's format, so a member's checkpoint is a solo checkpoint."""
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -65,6 +66,16 @@ class StackedAdam:
             self.flat.copy_(torch.where(a, new, self.flat))
             self.steps.copy_(steps)
         return finite
+
+    def select(self, rows: list[int]) -> StackedAdam:
+        """A new stacked step over these rows only (copies): the survivors of a halving rung, or
+        one row that leaves the stack and keeps its own state."""
+        new = copy.copy(self)
+        idx = torch.tensor(rows, dtype=torch.long, device=self.flat.device)
+        new.flat, new.exp_avg, new.exp_avg_sq = (x[idx].clone() for x in (self.flat, self.exp_avg, self.exp_avg_sq))
+        new.steps, new.beta = self.steps[idx].clone(), self.beta[idx].clone()
+        new.params = new.views(new.flat)
+        return new
 
     # -- torch.optim.Adam's state-dict format, one row (run) at a time -------------------------
     def row_state(self, row: int, beta: float) -> dict:

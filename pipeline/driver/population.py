@@ -68,10 +68,11 @@ class Population:
     run directory is what its solo `metatrain train` would write. Use as a context manager."""
 
     def __init__(self, cfgs: list[Config], run_dirs: list[Path], log=print, hooks=None, reporter=None,
-                 device: str = "cpu"):
+                 device: str = "cpu", halving: tuple[int, float] | None = None):
         """hooks(i): member i's TrainerHooks (its MLflow run); reporter: a PopulationHook (Tune);
         device: where the stacked members train ("cuda": the whole population on one GPU; tasks
-        are sampled on the CPU as in every run, and members evaluate on the CPU)."""
+        are sampled on the CPU as in every run, and members evaluate on the CPU); halving:
+        (grace_period, reduction_factor) of synchronous successive halving (`_halve`)."""
         self.device = torch.device(device)
         check_packable(cfgs)
         self.cfgs, self.log, self.reporter = list(cfgs), log, reporter or PopulationHook()
@@ -86,10 +87,17 @@ class Population:
         self.beta = torch.tensor([c.beta for c in cfgs], dtype=torch.float64, device=self.device)
         # Every member's shards: computed here, or by Ray shard workers (ray.workers > 0), each
         # computing every member on its range of task indices exactly as a solo run's workers do.
+        # The in-process source also ranks the members at halving rungs (validate).
+        self.shards = PopulationShards(cfgs, device, log)
         if cfgs[0].backend == "ray" and cfgs[0].ray.workers:
             self.backend = RayBackend(cfgs[0], None, log, build=population_from_dicts, configs=cfgs)
         else:
-            self.backend = LocalBackend(cfgs[0], PopulationShards(cfgs, device, log))
+            self.backend = LocalBackend(cfgs[0], self.shards)
+        self.live = list(range(len(cfgs)))  # the members in the stacked computation, in row order
+        iterations = cfgs[0].iterations
+        self.rungs = [] if halving is None else sorted(
+            {int(halving[0] * halving[1] ** k) for k in range(64) if halving[0] * halving[1] ** k < iterations})
+        self.reduction = halving[1] if halving else 0.0
 
     def _resolve_chunk_size(self, resumed: bool) -> None:
         """train.tasks_per_vmap: auto, timed once on the population's own first shard (every member's
@@ -113,26 +121,73 @@ class Population:
     def _stack_members(self) -> None:
         """Stacked parameters and Adam state from the members' (fresh or loaded) trainers; then
         every member's params become views into the stacked tensors."""
-        self.adam = StackedAdam(self._stacked_params(), self.beta, self.cfgs[0].train.grad_clip,
+        stopped = [i for i, m in enumerate(self.members) if m.status == "stopped"]  # by an earlier rung
+        if stopped:
+            self._narrow([i for i in self.live if i not in stopped])
+        live = [self.members[i] for i in self.live]
+        self.adam = StackedAdam(self._stacked_params(), self.beta[self.live], self.cfgs[0].train.grad_clip,
                                 compile=self.members[0].family.compiles(self.cfgs[0]), log=self.log)
         self.params = self.adam.params
-        for i, m in enumerate(self.members):  # from now on each member's outer step is row i of this one
-            self.adam.load_row_state(i, m.adam.row_state(m.row, m.cfg.beta))
-            m.adam, m.row = self.adam, i
-            m.params = {k: self.params[k][i] for k in self.params}
+        for row, m in enumerate(live):  # from now on each member's outer step is a row of this one
+            self.adam.load_row_state(row, m.adam.row_state(m.row, m.cfg.beta))
+            m.adam, m.row = self.adam, row
+            m.params = {k: self.params[k][row] for k in self.params}
 
     def _stacked_params(self) -> dict:
-        return {k: torch.stack([m.params[k].detach() for m in self.members]).to(self.device)
-                for k in self.members[0].params}
+        live = [self.members[i] for i in self.live]
+        return {k: torch.stack([m.params[k].detach() for m in live]).to(self.device) for k in live[0].params}
+
+    def _narrow(self, keep: list[int]) -> None:
+        """Only members `keep` (indices, in row order) stay in the stacked computation: the shard
+        sources drop the others' rows, so the population gets cheaper as it narrows."""
+        rows = [self.live.index(i) for i in keep]
+        self.backend.select_members(rows)
+        if isinstance(self.backend, RayBackend):  # else the backend's source is self.shards
+            self.shards.select(rows)
+        self.live = list(keep)
+
+    def _halve(self, done: int) -> None:
+        """A rung of synchronous successive halving: every running member is ranked by val_loss
+        (PopulationShards.validate); the ceil(n / reduction_factor) best continue, ties to the lower
+        member index, and the rest stop: each keeps its state and checkpoint, and its rows leave
+        the stacked computation, with those of members that diverged."""
+        live = [self.members[i] for i in self.live]
+        val_loss, val_metric = (v.tolist() for v in self.shards.validate(self.params, self.cfgs[0].eval.val_tasks))
+        running = [r for r, m in enumerate(live) if m.status == "running"]
+        ranked = sorted(running, key=lambda r: (not math.isfinite(val_loss[r]), val_loss[r], self.live[r]))
+        kept = set(ranked[:math.ceil(len(running) / self.reduction)])
+        for r in running:
+            m = live[r]
+            m.rungs.append({"iteration": done, "val_loss": val_loss[r], "val_metric": val_metric[r], "kept": r in kept})
+            m._emit("on_log", {"iteration": done, "val_loss": val_loss[r], "val_metric": val_metric[r]})
+        leaving = [r for r, m in enumerate(live) if r not in kept]  # the stopped, and the diverged
+        for r in leaving:
+            m = live[r]
+            m.adam, m.row = self.adam.select([r]), 0  # its own state from now on
+            m.params = {k: v[0] for k, v in m.adam.params.items()}
+            if m.status == "running":
+                m.status = "stopped"
+                m.save()
+        stayed = sorted(kept)
+        if leaving:
+            self.adam = self.adam.select(stayed)
+            self.params = self.adam.params
+            for row, r in enumerate(stayed):
+                live[r].adam, live[r].row = self.adam, row
+                live[r].params = {k: self.params[k][row] for k in self.params}
+            self._narrow([self.live[r] for r in stayed])
+        names = ", ".join(live[r].run_dir.name for r in leaving if live[r].status == "stopped") or "none"
+        self.log(f"halving at it {done}: {len(kept)} of {len(running)} running members continue by val_loss on "
+                 f"{self.cfgs[0].eval.val_tasks} validation tasks; stopped: {names}")
 
     def _resume_states(self) -> list[dict]:
         """Each member's checkpoint at one common iteration: members are saved one after another,
         so a population killed between two saves has some members one checkpoint ahead; their
         previous checkpoint is at the common iteration."""
         states = [checkpoint.load(m.run_dir, m.log) for m in self.members]
-        common = min(s["iteration"] for s in states)
+        common = min(s["iteration"] for s in states if s["status"] != "stopped")  # stopped ones stay behind
         for i, m in enumerate(self.members):
-            if states[i]["iteration"] != common:
+            if states[i]["iteration"] != common and states[i]["status"] != "stopped":
                 prev = checkpoint.read(m.run_dir / checkpoint.PREVIOUS_CHECKPOINT)
                 if prev["iteration"] != common:
                     raise ConfigError(f"population: member {m.run_dir} has checkpoints at iterations "
@@ -159,7 +214,7 @@ class Population:
             self._loop()
             for m in self.members:  # evaluation and plots run where every solo run's do
                 m.params = {k: v.cpu() for k, v in m.params.items()}
-            results = [m.finish() for m in self.members]
+            results = [m.stopped_results() if m.status == "stopped" else m.finish() for m in self.members]
             self.reporter.on_finish(self, results)
             return results
         except BaseException as e:
@@ -168,12 +223,13 @@ class Population:
             raise
 
     def _loop(self) -> None:
-        members, cfg = self.members, self.cfgs[0]
-        for m in members:
+        cfg = self.cfgs[0]
+        for m in self.members:
             m.start_clock()
-        t0, it0 = time.perf_counter(), min(m.iteration for m in members)
-        while any(m.status == "running" and m.iteration < cfg.iterations for m in members):
+        t0, it0 = time.perf_counter(), min(self.members[i].iteration for i in self.live)
+        while any(m.status == "running" and m.iteration < cfg.iterations for m in self.members):
             # running members move in lockstep; a diverged one is frozen at its last iteration
+            members = [self.members[i] for i in self.live]  # the stacked rows
             iteration = next(m.iteration for m in members if m.status == "running")
             running = torch.tensor([m.status == "running" for m in members], device=self.device)
             result = self.backend.meta_gradient(self.params, iteration)
@@ -187,25 +243,32 @@ class Population:
                 if m.status == "running":
                     m.after_step(finite[i], losses[i], curves[i], metrics[i])
             done = iteration + 1
+            if done in self.rungs:
+                self._halve(done)
             if done % cfg.train.log_every == 0 or done == cfg.iterations:
-                self._progress(done, losses, t0, it0)
+                self._progress(done, members, losses, t0, it0)
             if done % cfg.train.checkpoint_every == 0 and done < cfg.iterations:
                 self.reporter.on_checkpoint(self)  # every running member has saved this iteration
-        for m in members:
-            m.end_loop()
+        for m in self.members:
+            if m.status != "stopped":
+                m.end_loop()
 
-    def _progress(self, done: int, losses: list[float], t0: float, it0: int) -> None:
-        cfg, members = self.cfgs[0], self.members
+    def _progress(self, done: int, members: list, losses: list[float], t0: float, it0: int) -> None:
+        """members: the stacked rows' members (losses' order) this iteration."""
+        cfg = self.cfgs[0]
         running = [l for m, l in zip(members, losses) if m.status == "running" and math.isfinite(l)]
-        diverged = sum(m.status == "diverged" for m in members)
+        diverged = sum(m.status == "diverged" for m in self.members)
+        stopped = sum(m.status == "stopped" for m in self.members)
         dt = time.perf_counter() - t0
         rate = (done - it0) * len(members) / dt if dt > 0 else float("nan")
         spread = (f"meta-loss min {min(running):.4f} median {sorted(running)[len(running) // 2]:.4f} "
                   f"max {max(running):.4f}") if running else "no running member"
-        self.log(f"[population of {len(members)} {cfg.method}] it {done:>{len(str(cfg.iterations))}}/{cfg.iterations}"
-                 f" | {spread} | diverged {diverged} | {rate:,.0f} member-iterations/s")
+        narrowed = f" | live {len(self.live)}, stopped {stopped}" if self.rungs else ""
+        self.log(f"[population of {len(self.members)} {cfg.method}] it {done:>{len(str(cfg.iterations))}}/"
+                 f"{cfg.iterations} | {spread} | diverged {diverged}{narrowed} | {rate:,.0f} member-iterations/s")
         self.reporter.on_log(self, {"iteration": done, "meta_loss": sorted(running)[len(running) // 2] if running
-                                    else math.nan, "tasks_per_s": rate * cfg.meta_batch_size, "diverged": diverged})
+                                    else math.nan, "tasks_per_s": rate * cfg.meta_batch_size, "diverged": diverged,
+                                    "stopped": stopped})
 
     @property
     def iteration(self) -> int:

@@ -39,7 +39,8 @@ def iteration_scalars(entry: dict) -> dict[str, float]:
     """A metrics.jsonl entry (or a population's progress entry) as flat scalars: the names MLflow
     and Tune both see."""
     names = {"skipped": "skipped_steps", "tasks_per_s": "tasks_per_s", "validation_loss": "validation_loss",
-             "meta_loss": "meta_loss", "metric": "query_metric", "diverged": "diverged"}
+             "meta_loss": "meta_loss", "metric": "query_metric", "diverged": "diverged", "stopped": "stopped",
+             "val_loss": "val_loss", "val_metric": "val_metric"}
     out = {name: entry[key] for key, name in names.items() if key in entry}
     out.update({f"query_loss_step{s}": v for s, v in enumerate(entry.get("query_loss_per_step", []))})
     for cell, v in (entry.get("updated_fraction") or {}).items():
@@ -93,6 +94,7 @@ class Trainer:
         # ({iteration, loss, params}), which the run is evaluated with
         self.validations, self.selected, self._validation = [], None, None
         self.last_scalars: dict[str, float] = {}  # the last logged window's iteration_scalars
+        self.rungs: list[dict] = []  # a halving scheduler's decisions on this run: iteration, val_loss, kept
 
     def __enter__(self):
         return self
@@ -115,6 +117,8 @@ class Trainer:
             state["validations"] = [list(v) for v in self.validations]
         if self.selected is not None:
             state["selected"] = {**self.selected, "params": {k: v.clone() for k, v in self.selected["params"].items()}}
+        if self.rungs:
+            state["rungs"] = [dict(r) for r in self.rungs]
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -125,6 +129,7 @@ class Trainer:
             self.adam.load_row_state(self.row, state["optimizer"])
         self.carry = state.get("carry")
         self.validations, self.selected = [list(v) for v in state.get("validations", [])], state.get("selected")
+        self.rungs = [dict(r) for r in state.get("rungs", [])]
         torch.set_rng_state(state["torch_rng"])
         self.iteration, self.skipped = state["iteration"], state["skipped"]
         self.bad_streak, self.status = state["bad_streak"], state["status"]
@@ -348,6 +353,8 @@ class Trainer:
             results["validation"] = {"every": cfg.train.validate_every, "tasks": cfg.train.validate_tasks,
                                      "selected_iteration": self.selected["iteration"] if self.selected else None,
                                      "history": [[i, finite_or_none(v)] for i, v in self.validations]}
+        if self.rungs:
+            results["halving"] = self.rungs
         # Results before decorations: results.json is on disk before any plot is drawn or model
         # logged, so a failing plot or a full disk loses nothing that was computed.
         results["plots"] = []
@@ -363,6 +370,16 @@ class Trainer:
             self.log(f"plots: not written ({_one_line(e)}); {RESULTS} and {CHECKPOINT} are saved in "
                      f"{self.run_dir}; free space and run `metatrain resume {self.run_dir}` to re-evaluate and plot")
         self._emit("on_finish", results)
+        return results
+
+    def stopped_results(self) -> dict:
+        """results.json of a run a halving scheduler stopped: its status, iteration and rungs, no
+        evaluation (its checkpoint evaluates with `metatrain eval`, or continues with `resume`)."""
+        cfg = self.cfg
+        results = {"status": self.status, "method": cfg.method, "family": self.family.name, "task": cfg.task.name,
+                   "seed": cfg.seed, "iterations": self.iteration, "skipped_steps": self.skipped,
+                   "metric": metric_name(self.experiment), "results": {}, "halving": self.rungs, "plots": []}
+        self._write_results(results)
         return results
 
     def _write_results(self, results: dict) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch.func import vmap
 
 from pipeline.config import Config, load_config
-from pipeline.core.meta_batch import ShardResult, map_tree, shard_sums
+from pipeline.core.meta_batch import InnerSettings, ShardResult, map_tree, shard_sums
 from pipeline.shards.chunking import time_chunk_sizes
 from pipeline.shards.compiled import CompiledShardFunction, curve_at, should_compile, training_shard_functions
 from pipeline.shards.experiment import Experiment
@@ -137,11 +137,39 @@ class PopulationShards:
                            None if outs[0].curve_sum is None else cat([o.curve_sum for o in outs]),
                            cat([o.metric_sum for o in outs]))
 
+    def select(self, rows: list[int]) -> None:
+        """Keep only these members (the others left the stacked computation): their configs, step
+        sizes and temperatures; tasks drawn ahead are dropped (they are drawn again as needed)."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        self.cfgs = [self.cfgs[i] for i in rows]
+        self.alpha, self.temperature, self._block = self.alpha[idx], self.temperature[idx], None
+
+    def validate(self, params: dict, tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every member's mean post-adaptation query loss and metric (P,) on validation tasks 0..tasks-1:
+        the training distribution on a stream of its own (VAL_SEED, VAL_ITERATION; the same tasks
+        for every member), each member's own step size and temperature, the evaluation's inner loop
+        (eval.inner_steps, eval.mask, eval.query_bn); one call vmapped over the members."""
+        cfg = self.cfgs[0]
+        params = {k: v.detach().to(self.device) for k, v in params.items()}
+        tasks_ = self.experiment.sample(self._shapes, split="train", seed=VAL_SEED, iteration=VAL_ITERATION,
+                                        indices=range(tasks), shots=cfg.task.shots)
+        members = len(self.cfgs)
+        batch = map_tree(lambda x: x.to(self.device).expand(members, *x.shape), tasks_)
+        inner = replace(InnerSettings.for_eval(cfg), curve=False)
+        with torch.no_grad():
+            loss, _, metric = _population_sums(self.learner, inner, params,
+                                               {**batch, "alpha": self.alpha, "temperature": self.temperature},
+                                               self.chunk)
+        return loss / tasks, metric / tasks
+
     def time_chunk_sizes(self, params: dict, indices) -> dict[int, float]:
         """Eager shard-call times of the population's first shard at each tasks_per_vmap choice."""
         params = {k: v.to(self.device) for k, v in params.items()}
         batch = self.sample(0, indices)
         return time_chunk_sizes(lambda c: self._shard_fn(c, compile=False, curve=False)(params, batch), len(indices))
+
+
+VAL_SEED, VAL_ITERATION = 0, 2**63  # the validation tasks' stream: training iterations stay below 2**63
 
 
 def population_from_dicts(member_dicts: list[dict], device: str = "cpu") -> PopulationShards:

@@ -117,6 +117,8 @@ class SweepProgress(tune.Callback):
         its = trial.config.get("iterations", self.iterations)
         what = "median meta-loss" if "members" in trial.config else "meta-loss"
         diverged = f" | diverged {result['diverged']}" if "members" in trial.config else ""
+        if result.get("stopped"):
+            diverged += f" | stopped {result['stopped']} of {len(trial.config['members'])}"
         print(f"[{self._label(trial)}] it {result['iteration']}/{its} | {what} {result['meta_loss']:.4f} | "
               f"{result['tasks_per_s']:,.0f} tasks/s{diverged}", flush=True)
 
@@ -131,12 +133,14 @@ class SweepProgress(tune.Callback):
         process = {"host": last["hostname"], "pid": last["pid"]} if "pid" in last else None
         manifest = read_manifest(self.sweep_dir)
         for (run_id, _, _), final in zip(runs, finals):
-            manifest.setdefault(run_id, {}).update({"status": final["status"], "process": process})
+            stopped = final["status"] == "stopped" and "iteration" in final
+            stopped_at = {"stopped_at": final["iteration"]} if stopped else {}
+            manifest.setdefault(run_id, {}).update({"status": final["status"], "process": process, **stopped_at})
         write_manifest(self.sweep_dir, manifest)
         for (_, name, _), final in zip(runs, finals):
             if final["status"] == "stopped":
                 _close_trial_run(self.sweep_dir, name, self.uri, "stopped", "KILLED")
-                shown = f"stopped by the scheduler at iteration {last.get('iteration', 0)}"
+                shown = f"stopped by the scheduler at iteration {final.get('iteration', last.get('iteration', 0))}"
             else:
                 shown = _shown(final)
             print(f"[{name}] {final['status']}: {shown} ({self._done()} trials done)", flush=True)
@@ -171,7 +175,7 @@ def _error_line(trial) -> str:
 def _drawn(sweep: Sweep) -> bool:
     """A random search draws its runs before Tune starts (draws.py); Optuna and ASHA sample and
     stop trials as they go, in Tune."""
-    return sweep.spec.search.name == "random" and sweep.spec.scheduler.name == "none"
+    return sweep.spec.search.name == "random" and sweep.spec.scheduler.name in ("none", "halving")
 
 
 def _param_space(sweep: Sweep) -> dict:
@@ -277,8 +281,9 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
             (sweep_dir / SPEC).write_text(yaml.safe_dump(sweep.to_dict(), sort_keys=False))
         state = _start_parent_run(sweep, sweep_dir, uri, state)
         (sweep_dir / STATE).write_text(json.dumps(state, indent=2))
+        halving = spec.scheduler.rungs_from(sweep.base["iterations"]) if spec.scheduler.name == "halving" else None
         ctx = TrialContext(sweep.base, tuple(sweep.swept_keys), str(sweep_dir), uri, state["experiment_id"],
-                           state["parent_run_id"], asdict(spec.resources), spec.metric)
+                           state["parent_run_id"], asdict(spec.resources), spec.metric, halving)
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                         tune.PlacementGroupFactory(spec.resources.bundles()))
         total = sweep.trial_count()

@@ -37,6 +37,7 @@ class Trial:
     config: dict  # the run's flattened config
     results: dict | None  # results.json of a finished run
     error: str = ""
+    stopped_at: int | None = None  # the iteration a scheduler stopped the run at
 
 
 @dataclass
@@ -66,8 +67,21 @@ def load_trials(sweep_dir: Path) -> tuple[dict, list[Trial]]:
                 own = results["results"][results["method"]]
                 results = {**results, "results": {str(results["eval"]["inner_steps"]): own}}
         trials.append(Trial(trial_id, t["name"], t.get("status", "unfinished"), t.get("config", {}), config, results,
-                            t.get("error", "")))
+                            t.get("error", ""), t.get("stopped_at")))
     return sweep, trials
+
+
+def _best(trials: list[Trial], shots: list, metric: str) -> str:
+    """The best finished run at the first tabulated K (accuracy: highest; a loss: lowest), by its run directory."""
+    k = str(shots[0]) if shots else None
+    done = [t for t in trials
+            if t.results and k in t.results["results"] and t.results["results"][k]["mean"] is not None]
+    if not done:
+        return ""
+    pick = max if "accuracy" in metric else min
+    t = pick(done, key=lambda t: t.results["results"][k]["mean"])
+    r = t.results["results"][k]
+    return f"Best run at K = {k}: trials/{t.name} ({metric} {r['mean']:.4f} ± {r['ci95']:.4f})."
 
 
 def pool(parts: list[tuple[float, float, int]]) -> tuple[float, float, int]:
@@ -240,8 +254,14 @@ def build_report(sweep_dir: Path, shots: list[int] | None = None):
         md += ["## Fraction of weights updated (mean of sigmoid(ζ), averaged over seeds)", "", fraction_md, ""]
     bad = [t for t in trials if t.status not in FINISHED]
     if bad:
-        md += ["Not in the table: " + "; ".join(f"{t.name} ({t.status}{': ' + t.error if t.error else ''})"
-                                                 for t in bad), ""]
+        def why(t):
+            at = f" at iteration {t.stopped_at}" if t.stopped_at is not None else ""
+            return f"{t.name} ({t.status}{at}{': ' + t.error if t.error else ''})"
+
+        md += ["Not in the table: " + "; ".join(why(t) for t in bad), ""]
+    best = _best(trials, shots, metric)
+    if best:
+        md += [best, ""]
     trial_rows = [_trial_row(t, swept) for t in trials]
     figure = dict(rows=rows, cols=cols, row_keys=row_keys, col_key=col_key, cells=cells, shots=shots,
                   metric=metric, train_k=str(base["task"]["shots"]), name=sweep["name"], optimizer=optimizer)

@@ -14,7 +14,7 @@ from pipeline.driver.population import PACKABLE
 from pipeline.yaml_dataclasses import build, load_yaml, to_dict
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
-SCHEDULERS = ("none", "asha")
+SCHEDULERS = ("none", "asha", "halving")
 SEARCHERS = ("random", "optuna")
 PER_ITERATION_METRICS = ("meta_loss", "query_metric")
 # Keys the sweep itself decides for every trial (where it writes, how it is placed and tracked).
@@ -36,9 +36,17 @@ class Resources:
 
 @dataclass
 class SchedulerSpec:
-    name: str = "none"  # none | asha (stops weak trials at rungs of meta-iterations)
-    grace_period: int = 0  # asha: meta-iterations before a trial may be stopped; 0 = a tenth of the run
+    # none | asha: Tune's asynchronous successive halving, one Tune trial per run, by `metric` |
+    # halving: synchronous successive halving inside each population, by val_loss (eval.val_tasks
+    # validation tasks): at grace_period * reduction_factor^k meta-iterations the
+    # ceil(n / reduction_factor) best members continue and the others stop, leaving the stacked computation
+    name: str = "none"
+    grace_period: int = 0  # meta-iterations before the first rung; 0 = a tenth of the run
     reduction_factor: float = 3.0
+
+    def rungs_from(self, iterations: int) -> tuple[int, float]:
+        """(grace period, reduction factor) with the default grace period resolved."""
+        return self.grace_period or max(1, iterations // 10), self.reduction_factor
 
 
 @dataclass
@@ -218,17 +226,23 @@ def _decide_packing(sweep: Sweep, base_cfg: Config, explicit: bool) -> None:
     if spec.pack.max_members < 0:
         raise ConfigError(f"pack.max_members: must be >= 0 (0 = no packing), got {spec.pack.max_members}")
     if spec.pack.max_members < 2 or not keys:
+        if spec.scheduler.name == "halving":
+            raise ConfigError("scheduler.name: halving stops members inside populations, and this sweep packs none "
+                              f"({'pack.max_members < 2' if keys else 'no packable key is swept'}); use asha")
         return
     # a sampled key outside PACKABLE gives every run a population of its own: nothing to pack
     sampled = [k for k, e in sweep.space.items() if "grid" not in e and k not in PACKABLE]
     unpackable = [k for k in sweep.space if k not in PACKABLE]
     methods = [base_cfg.method, *(m for e in sweep.space.get("method", {}).values() for m in e)]
-    why = ("the asha scheduler stops runs one at a time" if spec.scheduler.name != "none" else
+    why = ("the asha scheduler stops runs one at a time" if spec.scheduler.name == "asha" else
            f"space.{unpackable[0]} is not packable and the optuna search proposes every key per run (packable: "
            f"{', '.join(PACKABLE)})" if spec.search.name == "optuna" and unpackable else
            f"space.{sampled[0]} is sampled and not packable (packable: {', '.join(PACKABLE)})" if sampled else
            "learned optimizers train one run at a time" if not all(family_of(m).packs for m in methods)
            else "")
+    if why and spec.scheduler.name == "halving":
+        raise ConfigError(f"scheduler.name: halving stops members inside populations, and this sweep cannot pack "
+                          f"({why}); use asha")
     if why and explicit:
         raise ConfigError(f"pack: cannot pack this sweep ({why}); remove pack, or set pack.max_members: 0")
     if why:

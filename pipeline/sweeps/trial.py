@@ -37,6 +37,7 @@ class TrialContext:
     parent_run_id: str
     resources: dict
     metric: str = "meta_loss"  # the scheduler's / search algorithm's metric
+    halving: tuple[int, float] | None = None  # (grace period, reduction factor) inside each population
 
 
 def _short(value) -> str:
@@ -106,7 +107,8 @@ class TuneReporter(TrainerHook, PopulationHook):
     def on_finish(self, source, results: dict | list[dict]) -> None:
         runs = results if isinstance(results, list) else [results]
         trainers = getattr(source, "members", [source])  # a population's members, or the run itself
-        finals = [{"status": r["status"], **t.last_scalars, **eval_scalars(r)} for t, r in zip(trainers, runs)]
+        finals = [{"status": r["status"], "iteration": r["iterations"], **t.last_scalars, **eval_scalars(r)}
+                  for t, r in zip(trainers, runs)]
         extra = {"final": True, "status": "completed", "members_final": json.dumps(finals)}
         self._report(source, {**extra, **(finals[0] if len(finals) == 1 else {})})
 
@@ -145,7 +147,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     log, reporter = (lambda m: print(m, flush=True)), TuneReporter(ctx.metric)
     run_dirs = [Path(c.output_dir) / n for c, n in zip(cfgs, names)]
     if packed:
-        with Population(cfgs, run_dirs, log=log, hooks=hooks, reporter=reporter) as population:
+        with Population(cfgs, run_dirs, log=log, hooks=hooks, reporter=reporter, halving=ctx.halving) as population:
             population.train(states=states)
     else:
         with Trainer(cfgs[0], run_dirs[0], log=log, hooks=(*hooks(0), reporter)) as trainer:

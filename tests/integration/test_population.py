@@ -188,3 +188,75 @@ def test_members_in_groups_equal_one_call(tmp_path, monkeypatch):
     for k, g in one.grads.items():
         assert g.shape[0] == 5 and g.abs().sum() > 0, k
         torch.testing.assert_close(grouped.grads[k], g, rtol=1e-6, atol=1e-7, msg=lambda m: f"{k}: {m}")
+
+
+HALVING = [{"alpha": a, "seed": s} for a, s in ((0.001, 0), (0.01, 1), (0.05, 0), (0.3, 1), (2.0, 0), (0.02, 1))]
+
+
+def test_successive_halving_stops_the_worst_members_and_the_survivors_train_as_if_alone(tmp_path):
+    """6 MT-nets, 40 iterations, grace period 8, reduction factor 2: rungs at 8, 16 and 32 keep 3, 2
+    and 1 members. At every rung the kept members are the best by their recorded val_loss (ties to
+    the lower index), computed here from the records alone; a stopped member's run ends `stopped` at
+    its rung with a checkpoint that `metatrain eval` evaluates; the survivor's parameters equal those
+    of a population that never had the others (1e-5)."""
+    from pipeline.cli import main
+
+    cfgs = configs(tmp_path / "halving", "mtnet", members=HALVING, iterations=40, **{"eval.val_tasks": 50})
+    run_dirs = [tmp_path / "halving" / c.run_name for c in cfgs]
+    lines = []
+    with Population(cfgs, run_dirs, log=lines.append, halving=(8, 2.0)) as pop:
+        results = pop.train()
+    assert [line.split(":")[0] for line in lines if line.startswith("halving at it")] == [
+        "halving at it 8", "halving at it 16", "halving at it 32"]
+    rungs = {i: {r["iteration"]: r for r in res["halving"]} for i, res in enumerate(results)}
+    alive = set(range(len(cfgs)))
+    for it, keep in ((8, 3), (16, 2), (32, 1)):
+        assert {i for i in rungs if it in rungs[i]} == alive  # every running member was ranked there
+        ranked = sorted(alive, key=lambda i: (rungs[i][it]["val_loss"], i))
+        assert {i for i in alive if rungs[i][it]["kept"]} == set(ranked[:keep])
+        for i in set(ranked[keep:]):
+            assert results[i]["status"] == "stopped" and results[i]["iterations"] == it
+            assert checkpoint.load(run_dirs[i])["status"] == "stopped"
+        alive = set(ranked[:keep])
+    (survivor,) = alive
+    assert results[survivor]["status"] == "completed" and results[survivor]["iterations"] == 40
+    stopped = next(i for i in range(len(cfgs)) if results[i]["status"] == "stopped")
+    assert main(["eval", str(run_dirs[stopped]), "--local", "--tasks", "20"]) == 0
+
+    alone = configs(tmp_path / "alone", "mtnet", members=[HALVING[survivor]], iterations=40)
+    with Population(alone, [tmp_path / "alone" / "m0"], log=lambda m: None) as pop:
+        pop.train()
+    want = checkpoint.load(tmp_path / "alone" / "m0")["params"]
+    got = checkpoint.load(run_dirs[survivor])["params"]
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-7)
+
+
+def test_a_halving_population_killed_after_a_rung_resumes_to_the_undisturbed_members(tmp_path):
+    """Stopped at iteration 24 (after the rungs at 8 and 16) and resumed from the run directories:
+    the members stopped before stay stopped, and every member ends as in the undisturbed run."""
+    from pipeline.driver.population import PopulationHook
+
+    class Crash(PopulationHook):
+        def on_log(self, population, entry):
+            if entry["iteration"] == 24:
+                raise KeyboardInterrupt
+
+    over = {"iterations": 40, "eval.val_tasks": 50, "train.log_every": 8, "train.checkpoint_every": 8}
+    results = {}
+    for name in ("undisturbed", "resumed"):
+        cfgs = configs(tmp_path / name, "mtnet", members=HALVING, **over)
+        dirs = [tmp_path / name / c.run_name for c in cfgs]
+        if name == "resumed":
+            with pytest.raises(KeyboardInterrupt), Population(cfgs, dirs, log=lambda m: None, reporter=Crash(),
+                                                              halving=(8, 2.0)) as pop:
+                pop.train()
+            assert sum(checkpoint.load(d)["status"] == "stopped" for d in dirs) == 4
+        with Population(cfgs, dirs, log=lambda m: None, halving=(8, 2.0)) as pop:
+            results[name] = pop.train(resume=name == "resumed")
+        results[name + "_params"] = [checkpoint.load(d)["params"] for d in dirs]
+    assert [(r["status"], r["iterations"]) for r in results["resumed"]] == [
+        (r["status"], r["iterations"]) for r in results["undisturbed"]]
+    for got, want in zip(results["resumed_params"], results["undisturbed_params"]):
+        for k, v in want.items():
+            torch.testing.assert_close(got[k], v, rtol=1e-6, atol=1e-8)

@@ -37,7 +37,8 @@ BAD_SWEEPS = [
     ({"space": {"inner_steps": {"randint": [0, 3]}}}, "space: inner_steps: must be >= 1, got 0"),
     ({"space": {"ray.workers": {"grid": [1, 2]}}}, "space: ray.workers is set by the sweep itself"),
     ({"space": {}}, "space: empty; a sweep needs at least one swept key"),
-    ({"scheduler": {"name": "hyperband"}}, "scheduler.name: unknown scheduler 'hyperband'; allowed: none, asha"),
+    ({"scheduler": {"name": "hyperband"}},
+     "scheduler.name: unknown scheduler 'hyperband'; allowed: none, asha, halving"),
     ({"search": {"name": "optuna"}}, "space.alpha: optuna does not take grid entries; use choice"),
     ({"metric": "accuracy"}, "metric: unknown metric 'accuracy'; allowed: meta_loss, query_metric, eval_K10_mean"),
     ({"metric": "eval_K10_mean", "scheduler": {"name": "asha"}}, "metric: the asha scheduler compares trials"),
@@ -56,6 +57,14 @@ BAD_SWEEPS = [
       "space": {"alpha": {"uniform": [0.01, 0.1]}, "inner_steps": {"randint": [1, 3]}}},
      "pack: cannot pack this sweep (space.inner_steps is not packable and the optuna search proposes every key "
      "per run (packable: alpha, beta, gumbel_temperature, seed, eval.seed, run_name, output_dir)); remove pack"),
+    ({"scheduler": {"name": "halving"}, "pack": {"max_members": 0}},
+     "scheduler.name: halving stops members inside populations, and this sweep packs none (pack.max_members < 2); "
+     "use asha"),
+    ({"scheduler": {"name": "halving"}, "space": {"alpha": {"grid": [0.01, 0.1]}, "inner_steps": {"grid": [1, 2]},
+                                                  "task.shots": {"randint": [5, 10]}}},
+     "scheduler.name: halving stops members inside populations, and this sweep cannot pack (space.task.shots is "
+     "sampled and not packable"),
+    ({"scheduler": {"name": "halving", "reduction_factor": 1}}, "scheduler.reduction_factor: must be > 1, got 1.0"),
     ({"pack": {"max_members": 8}, "space": {"alpha": {"uniform": [0.01, 0.1]}, "inner_steps": {"randint": [1, 3]}}},
      "pack: cannot pack this sweep (space.inner_steps is sampled and not packable (packable: alpha, beta, "),
 ]
@@ -311,6 +320,26 @@ def test_a_packed_optuna_search_proposes_populations_the_same_way_twice_and_tell
     assert proposed[0] == proposed[1] and len({m["alpha"] for m in proposed[0]}) == 6
     out = capsys.readouterr().out
     assert "train as populations of 3 run(s), 2 Tune trial(s) (pack.max_members: 3; members proposed by optuna)" in out
+
+
+def test_a_halving_sweep_narrows_each_population_and_reports_the_survivors(local_ray, tmp_path, capsys):
+    """alpha x seed, 4 runs in one population, halving with grace period 10 and reduction factor 2 over
+    40 iterations: rungs at 10 and 20 keep 2, then 1. trials.json records the three stopped runs and
+    the iteration each stopped at; the report tables the survivor, lists the others with their
+    iteration, and names the best run."""
+    space = {"alpha": {"grid": [0.003, 0.03]}, "seed": {"grid": [0, 1]}}
+    path, sweep_dir = write_sweep(tmp_path, "halve", space, set_={"method": "mtnet", "eval.val_tasks": 40},
+                                  scheduler={"name": "halving", "grace_period": 10, "reduction_factor": 2})
+    sweep_ok(path, sweep_dir)
+    manifest = json.loads((sweep_dir / "trials.json").read_text())
+    statuses = sorted(t["status"] for t in manifest.values())
+    assert statuses == ["completed", "stopped", "stopped", "stopped"]
+    assert sorted(t["stopped_at"] for t in manifest.values() if t["status"] == "stopped") == [10, 10, 20]
+    out = capsys.readouterr().out
+    assert " | stopped 3 of 4" in out  # the population's progress line
+    report = (sweep_dir / "report.md").read_text()
+    survivor = next(t["name"] for t in manifest.values() if t["status"] == "completed")
+    assert f"Best run at K = 10: trials/{survivor}" in report and report.count("(stopped at iteration") == 3
 
 
 def test_optuna_samples_every_kind_of_entry_within_its_bounds(local_ray, tmp_path):
