@@ -301,8 +301,9 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
         tune_path = sweep_dir / TUNE_DIR
         if resume and tune.Tuner.can_restore(str(tune_path)):
             log(f"resuming from {tune_path}")
+            # param_space again: Tune stores its functions (draws.param_space's lookups) as placeholders
             tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
+                                       resume_errored=True, param_space=_param_space(sweep))
         else:
             progress = SweepProgress(str(sweep_dir), ctx.swept, sweep.base["iterations"], total, uri)
             tuner = tune.Tuner(trainable, param_space=_param_space(sweep),
