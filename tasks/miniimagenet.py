@@ -10,9 +10,9 @@ from tasks.images import FewShotImages, ImageSet, read_class_folders, read_packe
 
 
 @functools.lru_cache(maxsize=2)
-def load(root: str, split_dir: str, size: int, plain: bool = False) -> ImageSet:
+def load(root: str, split_dir: str, size: int, name: str, plain: bool = False) -> ImageSet:
     if root.endswith(".arrow"):
-        return read_packed(root, "miniimagenet", size)
+        return read_packed(root, name, size)
     if plain:
         return read_plain_class_folders(root, size)
     return read_class_folders(root, split_dir, size)
@@ -25,7 +25,7 @@ def miniimagenet(task, size: int) -> FewShotImages:
     root = Path(task.data[0]).expanduser()
     # split "all" (another data set to evaluate on): a plain folder of class sub-folders will do
     plain = task.split == "all" and root.is_dir() and not (Path(task.split_dir or root) / "train.csv").is_file()
-    images = load(str(root), task.split_dir, size, plain)
+    images = load(str(root), task.split_dir, size, task.name, plain)
     group = images.group_of()
     splits = {s: sorted(c for c, g in group.items() if g == s) for s in ("train", "val", "test")}
     if task.split == "all":

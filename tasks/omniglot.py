@@ -13,10 +13,11 @@ from tasks.images import FewShotImages, ImageSet, read_alphabets, read_packed
 
 
 @functools.lru_cache(maxsize=4)
-def load(data: tuple[str, ...], size: int) -> ImageSet:
-    """Images of the given roots (folders / zips) or of one packed .arrow file, read once per process."""
+def load(data: tuple[str, ...], size: int, name: str) -> ImageSet:
+    """Images of the given roots (folders / zips) or of one packed .arrow file (packed as data set
+    `name`), read once per process."""
     if len(data) == 1 and data[0].endswith(".arrow"):
-        return read_packed(data[0], "omniglot", size)
+        return read_packed(data[0], name, size)
     if any(d.endswith(".arrow") for d in data):
         raise ConfigError("task.data: a packed .arrow file is the only entry of task.data")
     return read_alphabets(list(data), size, invert=True)
@@ -53,5 +54,5 @@ def split_classes(images: ImageSet, task) -> dict[str, list[str]]:
 
 def omniglot(task, size: int) -> FewShotImages:
     """The Omniglot task distribution of a task config, its images `size` pixels square."""
-    images = load(tuple(str(Path(d).expanduser()) for d in task.data), size)
+    images = load(tuple(str(Path(d).expanduser()) for d in task.data), size, task.name)
     return FewShotImages(images, split_classes(images, task), task.ways, task.rotations, task.within_group)

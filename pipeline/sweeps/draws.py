@@ -68,6 +68,11 @@ def population_sizes(runs: int, most: int) -> list[int]:
 def param_space(configs: list[dict]) -> dict:
     """Tune's space for fixed trial configs: a grid over their index, each key looked up by it (the
     values appear in every trial's config, as if Tune had drawn them)."""
+    def lookup(key: str):
+        def value(spec):  # Tune hands over the trial's spec, {"config": ...} (older releases: an object)
+            config = spec["config"] if isinstance(spec, dict) and "config" in spec else spec
+            return configs[config[DRAW]][key]
+        return value
+
     keys = dict.fromkeys(k for c in configs for k in c)
-    return {DRAW: tune.grid_search(list(range(len(configs)))),
-            **{k: tune.sample_from(lambda spec, k=k: configs[spec.config[DRAW]][k]) for k in keys}}
+    return {DRAW: tune.grid_search(list(range(len(configs)))), **{k: tune.sample_from(lookup(k)) for k in keys}}
