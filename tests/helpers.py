@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from pipeline.config import load_config
-from pipeline.core.learners import conv4, loss_and_metric, mlp
-from pipeline.core.meta_batch import Learner, inner_adapt, shard_meta_gradient
-from pipeline.core.reference import task_slice
+from pipeline.core.learners import conv4, loss_and_metric, mlp, pre_activation
+from pipeline.core.meta_batch import InnerSettings, Learner, inner_adapt, shard_meta_gradient
+from pipeline.core.reference import loop_meta_gradient, task_slice
 from pipeline.core.rules import get_rule
 from pipeline.shards.experiment import Experiment
 from tasks.regression import Sinusoid
@@ -244,3 +244,134 @@ def episode_files(tmp_path, run_dir, shots=1):
     for i, x in enumerate(task["x_query"]):
         save_grey(tmp_path / "query" / f"q{i}.png", (255 - np.rint(x[0].numpy() * 255)).astype(np.uint8))
     return task, names
+
+
+# -- the bodies of tests that run in both folders (cheap parameters in unit/, costly ones in integration/) --
+def check_batched_matches_per_task_loop_mlp(method, steps):
+    learner = make_learner(method, hidden=(16, 16), init_std=0.3)
+    params = perturbed_params(learner)
+    batch = sine_batch(learner, params, n=5)
+    inner = InnerSettings(alpha=0.05, steps=steps, temperature=0.7)
+    losses, grads = loop_meta_gradient(learner, inner, params, batch)
+    assert_same(shard_meta_gradient(learner, inner, params, batch), losses, grads, 5)
+    # Gradients are not all zero (the comparison is not vacuous).
+    assert sum(g.abs().sum() for g in grads.values()) > 0
+
+
+def check_maml_meta_gradient_matches_finite_differences(steps):
+    learner = make_learner("maml", hidden=(20, 20), init_std=0.5)
+    params = learner.init_params(0, torch.float64)
+    batch = sine_batch(learner, params, n=4)
+    inner = InnerSettings(alpha=0.1, steps=steps)
+    grads = shard_meta_gradient(learner, inner, params, batch).grads
+    for seed in range(4):
+        d = random_direction(params, seed)
+        analytic = sum((grads[k] * d[k]).sum() for k in params).item()
+        assert analytic == pytest.approx(directional_fd(learner, inner, params, batch, d), rel=1e-5)
+    # A few individual coordinates as well.
+    for key, idx in [("l0.W", (3, 0)), ("l1.W", (5, 7)), ("l2.b", (0,)), ("l1.b", (11,))]:
+        d = {k: torch.zeros_like(v) for k, v in params.items()}
+        d[key][idx] = 1.0
+        assert grads[key][idx].item() == pytest.approx(directional_fd(learner, inner, params, batch, d),
+                                                       rel=1e-5, abs=1e-9)
+
+
+def check_forced_gates_give_sgd_with_step_alpha(conv):
+    learner = conv_learner("metalstm") if conv else make_learner("metalstm", init_std=0.3)
+    alpha, steps = 0.05, 4
+    params = forced_gates(perturbed_params(learner), alpha)
+    batch = conv_batch(learner, params) if conv else sine_batch(learner, params, n=3)
+    keys = learner.rule.fast_keys(params)
+    if conv:  # the learner's batch-norm scale/shift are learner parameters (cell state) too
+        assert any(k.endswith("bn_scale") for k in keys) and any(k.endswith("bn_shift") for k in keys)
+    for i in range(3):
+        task = task_slice(batch, i)
+        fast, _ = inner_adapt(learner, InnerSettings(alpha=0.123, steps=steps), params, task)  # alpha unused
+        expected = sgd(learner, params, task, keys, alpha, steps)
+        for k in keys:
+            torch.testing.assert_close(fast[k], expected[k], rtol=1e-12, atol=1e-14)
+
+
+def check_c0_and_every_meta_learner_weight_receive_gradients(conv):
+    learner = conv_learner("metalstm") if conv else make_learner("metalstm", init_std=0.3)
+    params = learner.init_params(0, torch.float64)
+    batch = conv_batch(learner, params) if conv else sine_batch(learner, params, n=3)
+    grads = shard_meta_gradient(learner, InnerSettings(alpha=0.1, steps=3), params, batch).grads
+    for k in learner.rule.fast_keys(params):  # c0: the learned initialisation
+        assert grads[k].abs().sum() > 0, k
+    for k in ("lstm.W_ih", "lstm.W_hh", "lstm.bias", "lstm.W_f", "lstm.b_f", "lstm.W_i", "lstm.b_i"):
+        assert grads[k].abs().sum() > 0, k
+    # initialised as plain SGD with a small step: f close to 1, i small
+    trace = []
+    with torch.no_grad():
+        inner_adapt(learner, InnerSettings(alpha=0.1, steps=2), params, task_slice(batch, 0), trace=trace)
+    f, i = trace[0]["f"], trace[0]["i"]
+    assert 0.97 < f.min() and f.max() < 1 and 0.005 < i.min() and i.max() < 0.02
+
+
+def check_tnet_with_identity_T_is_maml(steps):
+    maml, tnet = make_learner("maml", init_std=0.3), make_learner("tnet", init_std=0.3)
+    p_maml = maml.init_params(0, torch.float64)
+    p_tnet = tnet.init_params(0, torch.float64)  # same seed: same W, b; T = I
+    assert all(torch.equal(p_tnet[f"{c.name}.T"], torch.eye(c.fan_out, dtype=torch.float64)) for c in tnet.net.cells)
+    batch = sine_batch(maml, p_maml, n=5)
+    g_tnet, _ = assert_reduces(tnet, maml, InnerSettings(0.1, steps), batch, p_tnet, p_maml, exact=True)
+    assert any(g_tnet.grads[f"{c.name}.T"].abs().sum() > 0 for c in tnet.net.cells), "T must be learnable"
+
+
+def check_mtnet_with_saturated_mask_is_tnet(full, conv):
+    name = "mtnet_full" if full else "mtnet"
+    tnet = conv_learner("tnet") if conv else make_learner("tnet", init_std=0.3)
+    mtnet = conv_learner(name) if conv else make_learner(name, init_std=0.3)
+    p_tnet = perturbed_params(tnet)  # non-identity T
+    p_mtnet = {**p_tnet, **{k: torch.full_like(v, math.inf) for k, v in mtnet.init_params(0, torch.float64).items()
+                            if k.endswith("zeta")}}
+    batch = conv_batch(mtnet, p_mtnet) if conv else sine_batch(mtnet, p_mtnet, n=5)
+    assert_reduces(mtnet, tnet, InnerSettings(0.1, 2, temperature=0.5), batch, p_mtnet, p_tnet,
+                   keys_equal=("W", "b", "T", "bn_scale", "bn_shift"), exact=True)
+
+
+def check_proposition_1_update_stays_in_span_of_first_d_columns_of_T(learner_fn):
+    """Mask fixed to the first d rows, T invertible: after one inner step, the change of every
+    cell's pre-activation y = T(Wx + b) lies in span(T[:, :d])."""
+    learner = learner_fn()
+    params = perturbed_params(learner, scale=0.3)
+    batch = conv_batch(learner, params) if learner.net.loss != "mse" else sine_batch(learner, params, n=2)
+    d = 3
+    for cell in learner.net.cells:
+        zeta = torch.full((cell.fan_out,), -math.inf, dtype=torch.float64)
+        zeta[:d] = math.inf
+        params[f"{cell.name}.zeta"] = zeta
+    task = task_slice(batch, 0)
+    fast, _ = inner_adapt(learner, InnerSettings(0.5, 1, mask_mode="argmax"), params, task)
+    for cell in learner.net.cells:
+        T = params[f"{cell.name}.T"]
+        assert torch.linalg.matrix_rank(T) == cell.fan_out
+        inp = torch.randn((7, cell.fan_in) if cell.kind == "dense" else (2, cell.fan_in, 6, 6), dtype=torch.float64)
+        dy = pre_activation(cell, {**params, **fast}, inp) - pre_activation(cell, params, inp)
+        dy = dy.movedim(1, -1).reshape(-1, cell.fan_out)  # rows: vectors in output space
+        basis, _ = torch.linalg.qr(T[:, :d])
+        residual = dy - dy @ basis @ basis.T
+        assert dy.norm() > 1e-3
+        assert residual.norm() < 1e-10 * dy.norm()
+
+
+def check_meta_sgd_with_uniform_step_is_maml(conv):
+    maml = conv_learner("maml") if conv else make_learner("maml", init_std=0.3)
+    msgd = conv_learner("metasgd") if conv else make_learner("metasgd", init_std=0.3)
+    p_maml = maml.init_params(0, torch.float64)
+    p_msgd = {**p_maml, **{k: torch.full_like(v, 0.07) for k, v in msgd.init_params(0, torch.float64).items()
+                           if k.endswith("_lr")}}
+    batch = conv_batch(maml, p_maml) if conv else sine_batch(maml, p_maml, n=5)
+    assert_reduces(msgd, maml, InnerSettings(0.07, 2), batch, p_msgd, p_maml,
+                   keys_equal=("W", "b", "bn_scale", "bn_shift") if conv else WB)
+
+
+def check_meta_curvature_with_identity_matrices_is_maml(method, conv):
+    maml = conv_learner("maml") if conv else make_learner("maml", init_std=0.3)
+    mc = conv_learner(method) if conv else make_learner(method, init_std=0.3)
+    p_maml, p_mc = maml.init_params(0, torch.float64), mc.init_params(0, torch.float64)
+    batch = conv_batch(maml, p_maml) if conv else sine_batch(maml, p_maml, n=5)
+    g_mc, _ = assert_reduces(mc, maml, InnerSettings(0.1, 2), batch, p_mc, p_maml)
+    assert ("l0.W_mc_out" in p_mc or "conv0.W_mc_out" in p_mc) == (method == "mc2")
+    assert any(g.abs().sum() > 0 for k, g in g_mc.grads.items() if "_mc" in k)

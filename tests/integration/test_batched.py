@@ -6,20 +6,20 @@ import torch
 from pipeline.core.meta_batch import InnerSettings, shard_evaluate, shard_meta_gradient
 from pipeline.core.reference import loop_meta_gradient
 
-from helpers import ALL_METHODS, assert_same, conv_batch, conv_learner, make_learner, perturbed_params, sine_batch
+from helpers import (
+    ALL_METHODS,
+    assert_same,
+    check_batched_matches_per_task_loop_mlp,
+    conv_batch,
+    conv_learner,
+    perturbed_params,
+)
 
 
 @pytest.mark.parametrize("steps", [3])
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_batched_matches_per_task_loop_mlp(method, steps):
-    learner = make_learner(method, hidden=(16, 16), init_std=0.3)
-    params = perturbed_params(learner)
-    batch = sine_batch(learner, params, n=5)
-    inner = InnerSettings(alpha=0.05, steps=steps, temperature=0.7)
-    losses, grads = loop_meta_gradient(learner, inner, params, batch)
-    assert_same(shard_meta_gradient(learner, inner, params, batch), losses, grads, 5)
-    # Gradients are not all zero (the comparison is not vacuous).
-    assert sum(g.abs().sum() for g in grads.values()) > 0
+    check_batched_matches_per_task_loop_mlp(method, steps)
 
 
 # conv cells in float64: 10-40 s each on 2 busy cores

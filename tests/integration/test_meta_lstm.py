@@ -5,58 +5,30 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.core.meta_batch import InnerSettings, inner_adapt, shard_evaluate, shard_meta_gradient
-from pipeline.core.reference import task_slice
+from pipeline.core.meta_batch import InnerSettings, shard_evaluate
 from pipeline.driver.trainer import Trainer
 
 from helpers import (
     NEW_IN_SMALL2,
     OMNIGLOT,
     SMALL1_ALPHABETS,
+    check_c0_and_every_meta_learner_weight_receive_gradients,
+    check_forced_gates_give_sgd_with_step_alpha,
     conv_batch,
     conv_learner,
-    forced_gates,
-    make_learner,
     needs_omniglot,
     perturbed_params,
-    sgd,
-    sine_batch,
 )
 
 
 @pytest.mark.parametrize("conv", [True], ids=["conv"])
 def test_forced_gates_give_sgd_with_step_alpha(conv):
-    learner = conv_learner("metalstm") if conv else make_learner("metalstm", init_std=0.3)
-    alpha, steps = 0.05, 4
-    params = forced_gates(perturbed_params(learner), alpha)
-    batch = conv_batch(learner, params) if conv else sine_batch(learner, params, n=3)
-    keys = learner.rule.fast_keys(params)
-    if conv:  # the learner's batch-norm scale/shift are learner parameters (cell state) too
-        assert any(k.endswith("bn_scale") for k in keys) and any(k.endswith("bn_shift") for k in keys)
-    for i in range(3):
-        task = task_slice(batch, i)
-        fast, _ = inner_adapt(learner, InnerSettings(alpha=0.123, steps=steps), params, task)  # alpha unused
-        expected = sgd(learner, params, task, keys, alpha, steps)
-        for k in keys:
-            torch.testing.assert_close(fast[k], expected[k], rtol=1e-12, atol=1e-14)
+    check_forced_gates_give_sgd_with_step_alpha(conv)
 
 
 @pytest.mark.parametrize("conv", [True], ids=["conv"])
 def test_c0_and_every_meta_learner_weight_receive_gradients(conv):
-    learner = conv_learner("metalstm") if conv else make_learner("metalstm", init_std=0.3)
-    params = learner.init_params(0, torch.float64)
-    batch = conv_batch(learner, params) if conv else sine_batch(learner, params, n=3)
-    grads = shard_meta_gradient(learner, InnerSettings(alpha=0.1, steps=3), params, batch).grads
-    for k in learner.rule.fast_keys(params):  # c0: the learned initialisation
-        assert grads[k].abs().sum() > 0, k
-    for k in ("lstm.W_ih", "lstm.W_hh", "lstm.bias", "lstm.W_f", "lstm.b_f", "lstm.W_i", "lstm.b_i"):
-        assert grads[k].abs().sum() > 0, k
-    # initialised as plain SGD with a small step: f close to 1, i small
-    trace = []
-    with torch.no_grad():
-        inner_adapt(learner, InnerSettings(alpha=0.1, steps=2), params, task_slice(batch, 0), trace=trace)
-    f, i = trace[0]["f"], trace[0]["i"]
-    assert 0.97 < f.min() and f.max() < 1 and 0.005 < i.min() and i.max() < 0.02
+    check_c0_and_every_meta_learner_weight_receive_gradients(conv)
 
 
 # conv cells

@@ -7,26 +7,20 @@ from pipeline.core.learners import loss_and_metric
 from pipeline.core.meta_batch import InnerSettings, shard_meta_gradient
 from pipeline.core.reference import loop_adapt, task_slice
 
-from helpers import ALL_METHODS, directional_fd, make_learner, perturbed_params, random_direction, sine_batch
+from helpers import (
+    ALL_METHODS,
+    check_maml_meta_gradient_matches_finite_differences,
+    directional_fd,
+    make_learner,
+    perturbed_params,
+    random_direction,
+    sine_batch,
+)
 
 
 @pytest.mark.parametrize("steps", [1])
 def test_maml_meta_gradient_matches_finite_differences(steps):
-    learner = make_learner("maml", hidden=(20, 20), init_std=0.5)
-    params = learner.init_params(0, torch.float64)
-    batch = sine_batch(learner, params, n=4)
-    inner = InnerSettings(alpha=0.1, steps=steps)
-    grads = shard_meta_gradient(learner, inner, params, batch).grads
-    for seed in range(4):
-        d = random_direction(params, seed)
-        analytic = sum((grads[k] * d[k]).sum() for k in params).item()
-        assert analytic == pytest.approx(directional_fd(learner, inner, params, batch, d), rel=1e-5)
-    # A few individual coordinates as well.
-    for key, idx in [("l0.W", (3, 0)), ("l1.W", (5, 7)), ("l2.b", (0,)), ("l1.b", (11,))]:
-        d = {k: torch.zeros_like(v) for k, v in params.items()}
-        d[key][idx] = 1.0
-        assert grads[key][idx].item() == pytest.approx(directional_fd(learner, inner, params, batch, d),
-                                                       rel=1e-5, abs=1e-9)
+    check_maml_meta_gradient_matches_finite_differences(steps)
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
