@@ -45,7 +45,9 @@ def _load_run(run_dir: str, overrides: list[str] = ()):
     path = Path(run_dir)
     if not (path / CONFIG).is_file():
         raise ConfigError(f"RUN_DIR: {path} is not a run directory (no {CONFIG})")
-    return path, load_config(path / CONFIG, overrides)
+    from pipeline.driver.checkpoint import with_hyperparams
+
+    return path, with_hyperparams(load_config(path / CONFIG, overrides), path)
 
 
 def _placement(args) -> list[str]:

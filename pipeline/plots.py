@@ -225,3 +225,31 @@ def bar_figure(groups: list[str], series: dict[str, list[tuple[float, float]]], 
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
     return _save(fig, path)
+
+
+def pbt_schedules(schedules: dict[str, dict], keys: list[str], path: Path, *, title: str, metric: str) -> Path:
+    """PBT's schedules: one panel per mutated key, one step line per run (its value over meta-iterations,
+    a jump at each exploit), coloured by the run's final metric (a colour bar; grey: not evaluated).
+    schedules: run name -> {"iterations": [...], key: [...], "final": float | None}."""
+    from matplotlib import cm, colormaps, colors
+
+    fig = Figure(figsize=(6.5, 2.6 * len(keys) + 0.6))
+    axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
+    finals = [s["final"] for s in schedules.values() if s["final"] is not None and math.isfinite(s["final"])]
+    norm = colors.Normalize(min(finals), max(finals)) if finals else colors.Normalize(0, 1)
+    cmap = colormaps["viridis"]
+    for ax, key in zip(axes, keys):
+        for s in schedules.values():
+            final = s["final"]
+            colour = cmap(norm(final)) if final is not None and math.isfinite(final) else "0.7"
+            ax.step(s["iterations"], s[key], where="post", color=colour, alpha=0.8, lw=1.2)
+        values = [v for s in schedules.values() for v in s[key] if v > 0]
+        if values and max(values) / min(values) >= 20:
+            ax.set_yscale("log")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3, which="both")
+    axes[-1].set_xlabel("meta-iteration")
+    axes[0].set_title(title)
+    if finals:
+        fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), label=f"final {metric}")
+    return _save(fig, path)

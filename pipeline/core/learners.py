@@ -134,7 +134,9 @@ def loss_and_metric(net: Network, p: dict, x: torch.Tensor, y: torch.Tensor,
     """Mean loss and the reported metric: MSE for regression, accuracy for classification."""
     out = forward(net, p, x, batch_stats)
     if net.loss == "mse":
-        loss = F.mse_loss(out, y)
+        # not F.mse_loss: its batching rule fixes vmap's batch size in a compiled graph, which must keep
+        # a population's member count dynamic to narrow without recompiling (the same bits in eager)
+        loss = (out - y).square().mean()
         return loss, loss
     loss = F.cross_entropy(out, y)
     return loss, (out.argmax(-1) == y).to(out.dtype).mean()

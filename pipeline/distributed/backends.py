@@ -49,6 +49,10 @@ class LocalBackend:
         """A population's source keeps only these members (a halving rung stopped the others)."""
         self.experiment.select(rows)
 
+    def set_member_values(self, configs: list[Config]) -> None:
+        """A population's source takes its members' current step sizes and temperatures (PBT)."""
+        self.experiment.set_values(configs)
+
     def close(self) -> None:
         pass
 
@@ -261,6 +265,13 @@ class RayBackend:
         self.configs = [self.configs[i] for i in rows]
         self._cfg_dict = self._worker_config()
         self.ray.get([a.select_members.remote(rows) for a in self.actors])
+
+    def set_member_values(self, configs: list[Config]) -> None:
+        """Every worker's population source takes these members' step sizes and temperatures (PBT's
+        explore); replacement workers start with them."""
+        self.configs = list(configs)
+        self._cfg_dict = self._worker_config()
+        self.ray.get([a.set_member_values.remote(self._cfg_dict) for a in self.actors])
 
     def worker_info(self) -> list[dict]:
         return self.ray.get([a.where.remote() for a in self.actors])

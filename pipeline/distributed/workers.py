@@ -11,6 +11,7 @@ import numpy as np
 import ray
 import torch
 
+from pipeline.config import load_config
 from pipeline.core.meta_batch import ShardResult
 from pipeline.shards.compiled import use_cpus
 
@@ -48,6 +49,9 @@ class ShardWorker:
 
     def select_members(self, rows: list[int]) -> None:
         self.source.select(rows)
+
+    def set_member_values(self, member_dicts: list[dict]) -> None:
+        self.source.set_values([load_config(d) for d in member_dicts])
 
     def where(self) -> dict:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "device": self.device}

@@ -92,3 +92,23 @@ def load(run_dir: Path, log=print, keys: tuple[str, ...] = KEYS) -> dict:
             log(f"checkpoint: {'; '.join(problems)}; using {prev.name} (iteration {state['iteration']}) instead")
         return state
     raise CheckpointError(f"RUN_DIR: no usable checkpoint in {run_dir}: {'; '.join(problems)}")
+
+
+HYPERPARAMS = "hyperparams"  # a PBT member's current values (pipeline/driver/pbt.py); config.yaml holds its start
+
+
+def apply_hyperparams(cfg, state: dict):
+    """cfg with the alpha, beta and Gumbel temperature a checkpoint state carries, if any (a member
+    of a PBT population trains on with values its config.yaml does not hold)."""
+    for key, value in state.get(HYPERPARAMS, {}).items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def with_hyperparams(cfg, run_dir: Path):
+    """cfg with the values of the run directory's newest usable checkpoint, where it has one: what
+    `metatrain eval` / `resume` / `serve` build their run from."""
+    try:
+        return apply_hyperparams(cfg, load(run_dir, log=lambda m: None, keys=PARAMS_KEYS))
+    except CheckpointError:
+        return cfg  # the command that needs the checkpoint says so itself

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from pipeline.shards.compiled import CompiledWithFallback
+from pipeline.shards.compiled import CompiledWithFallback, mark_dynamic_rows
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
 
@@ -22,14 +22,17 @@ class StackedAdam:
     before it are one fused torch.compile kernel instead of ~20 passes over the buffers, which
     are as large as the population's parameters."""
 
-    def __init__(self, params: dict, beta: torch.Tensor, grad_clip: float = 0.0, compile: bool = False, log=print):
+    def __init__(self, params: dict, beta: torch.Tensor, grad_clip: float = 0.0, compile: bool = False, log=print,
+                 dynamic_members: bool = False):
+        """dynamic_members: the compiled update keeps the member count symbolic (a population that
+        narrows: one graph for every count; a single row runs eagerly)."""
         self.shapes = {k: v.shape[1:] for k, v in params.items()}
         self.beta, self.grad_clip = beta, grad_clip
         self.flat = self.flatten(params).clone()
         self.params = self.views(self.flat)
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
         self.steps = torch.zeros(len(self.flat), dtype=torch.long, device=self.flat.device)
-        self._update = CompiledAdamUpdate(log, compile)
+        self._update = CompiledAdamUpdate(log, compile, dynamic_members)
 
     def flatten(self, tree: dict) -> torch.Tensor:
         return torch.cat([tree[k].reshape(len(tree[k]), -1) for k in self.shapes], 1)
@@ -77,6 +80,15 @@ class StackedAdam:
         new.params = new.views(new.flat)
         return new
 
+    def copy_row(self, src: int, dst: int) -> None:
+        """Row `dst` becomes row `src`, bitwise: parameters, moments and step count (PBT's exploit)."""
+        with torch.no_grad():
+            for x in (self.flat, self.exp_avg, self.exp_avg_sq, self.steps):
+                x[dst] = x[src]
+
+    def set_beta(self, row: int, beta: float) -> None:
+        self.beta[row] = beta
+
     # -- torch.optim.Adam's state-dict format, one row (run) at a time -------------------------
     def row_state(self, row: int, beta: float) -> dict:
         """Row `row`'s state as torch.optim.Adam.state_dict() over its parameters in key order
@@ -105,10 +117,16 @@ class CompiledAdamUpdate(CompiledWithFallback):
 
     what = "Adam update"
 
-    def __init__(self, log=print, compile: bool = False):
+    def __init__(self, log=print, compile: bool = False, dynamic_members: bool = False):
         super().__init__(log, compile)
+        self.dynamic_members = dynamic_members
         self._compiled = torch.compile(StackedAdam._step, dynamic=False, fullgraph=True) if compile else None
 
     def __call__(self, adam: StackedAdam, grad, loss, n, running):
-        return self._run(lambda: self._compiled(adam, grad, loss, n, running),
-                         lambda: StackedAdam._step(adam, grad, loss, n, running))
+        eager = lambda: StackedAdam._step(adam, grad, loss, n, running)  # noqa: E731
+        if self.dynamic_members:
+            if len(grad) == 1:  # a size-1 dimension cannot stay symbolic
+                return eager()
+            mark_dynamic_rows({"g": grad, "l": loss, "r": running, "p": adam.flat, "m": adam.exp_avg,
+                               "v": adam.exp_avg_sq, "s": adam.steps, "b": adam.beta})
+        return self._run(lambda: self._compiled(adam, grad, loss, n, running), eager)

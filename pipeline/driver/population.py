@@ -17,6 +17,7 @@ float rounding (tests/integration/test_population.py: 1e-5).
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from pipeline.distributed.backends import LocalBackend, RayBackend
 from pipeline.driver import checkpoint
 from pipeline.driver.families import family_of
 from pipeline.driver.meta_step import StackedAdam
+from pipeline.driver.pbt import Pbt, explore, quantiles
 from pipeline.driver.trainer import Trainer
 from pipeline.shards.population import PopulationShards, population_from_dicts
 from pipeline.yaml_dataclasses import flatten, to_dict
@@ -68,11 +70,12 @@ class Population:
     run directory is what its solo `metatrain train` would write. Use as a context manager."""
 
     def __init__(self, cfgs: list[Config], run_dirs: list[Path], log=print, hooks=None, reporter=None,
-                 device: str = "cpu", halving: tuple[int, float] | None = None):
+                 device: str = "cpu", halving: tuple[int, float] | None = None, pbt: Pbt | None = None):
         """hooks(i): member i's TrainerHooks (its MLflow run); reporter: a PopulationHook (Tune);
         device: where the stacked members train ("cuda": the whole population on one GPU; tasks
         are sampled on the CPU as in every run, and members evaluate on the CPU); halving:
-        (grace_period, reduction_factor) of synchronous successive halving (`_halve`)."""
+        (grace_period, reduction_factor) of synchronous successive halving (`_halve`); pbt: Population
+        Based Training's settings (`_exploit`, pipeline/driver/pbt.py)."""
         self.device = torch.device(device)
         check_packable(cfgs)
         self.cfgs, self.log, self.reporter = list(cfgs), log, reporter or PopulationHook()
@@ -88,9 +91,10 @@ class Population:
         # Every member's shards: computed here, or by Ray shard workers (ray.workers > 0), each
         # computing every member on its range of task indices exactly as a solo run's workers do.
         # The in-process source also ranks the members at halving rungs (validate).
-        self.shards = PopulationShards(cfgs, device, log)
+        self.shards = PopulationShards(cfgs, device, log, narrows=halving is not None)
         if cfgs[0].backend == "ray" and cfgs[0].ray.workers:
-            self.backend = RayBackend(cfgs[0], None, log, build=population_from_dicts, configs=cfgs)
+            build = functools.partial(population_from_dicts, narrows=halving is not None)
+            self.backend = RayBackend(cfgs[0], None, log, build=build, configs=cfgs)
         else:
             self.backend = LocalBackend(cfgs[0], self.shards)
         self.live = list(range(len(cfgs)))  # the members in the stacked computation, in row order
@@ -98,6 +102,7 @@ class Population:
         self.rungs = [] if halving is None else sorted(
             {int(halving[0] * halving[1] ** k) for k in range(64) if halving[0] * halving[1] ** k < iterations})
         self.reduction = halving[1] if halving else 0.0
+        self.pbt, self.exploits = pbt, []  # exploits: (iteration, how many) of each PBT decision
 
     def _resolve_chunk_size(self, resumed: bool) -> None:
         """train.tasks_per_vmap: auto, timed once on the population's own first shard (every member's
@@ -125,13 +130,23 @@ class Population:
         if stopped:
             self._narrow([i for i in self.live if i not in stopped])
         live = [self.members[i] for i in self.live]
+        self._set_values()  # a resumed PBT member's checkpoint carries its current values
         self.adam = StackedAdam(self._stacked_params(), self.beta[self.live], self.cfgs[0].train.grad_clip,
-                                compile=self.members[0].family.compiles(self.cfgs[0]), log=self.log)
+                                compile=self.members[0].family.compiles(self.cfgs[0]), log=self.log,
+                                dynamic_members=bool(self.rungs))
         self.params = self.adam.params
         for row, m in enumerate(live):  # from now on each member's outer step is a row of this one
             self.adam.load_row_state(row, m.adam.row_state(m.row, m.cfg.beta))
             m.adam, m.row = self.adam, row
             m.params = {k: self.params[k][row] for k in self.params}
+
+    def _set_values(self) -> None:
+        """Per-member step sizes and temperatures from the members' configs, wherever shards run."""
+        self.beta = torch.tensor([m.cfg.beta for m in self.members], dtype=torch.float64, device=self.device)
+        cfgs = [self.members[i].cfg for i in self.live]
+        self.shards.set_values(cfgs)
+        if isinstance(self.backend, RayBackend):
+            self.backend.set_member_values(cfgs)
 
     def _stacked_params(self) -> dict:
         live = [self.members[i] for i in self.live]
@@ -179,6 +194,40 @@ class Population:
         names = ", ".join(live[r].run_dir.name for r in leaving if live[r].status == "stopped") or "none"
         self.log(f"halving at it {done}: {len(kept)} of {len(running)} running members continue by val_loss on "
                  f"{self.cfgs[0].eval.val_tasks} validation tasks; stopped: {names}")
+
+    def _exploit(self, done: int) -> None:
+        """A PBT decision (pipeline/driver/pbt.py): every running member is ranked by val_loss; each
+        member of the bottom quantile copies a random top-quantile member's row (parameters, Adam
+        moments, step count: bitwise, in memory) and explores from the donor's values. Runs before
+        the members save this iteration, so their checkpoints hold the decision. Every running member
+        records its val_loss and values (metrics.jsonl, MLflow); an exploited one also the event."""
+        cfg, live = self.cfgs[0], [self.members[i] for i in self.live]
+        val_loss, val_metric = (v.tolist() for v in self.shards.validate(self.params, cfg.eval.val_tasks))
+        running = {r: val_loss[r] for r, m in enumerate(live) if m.status == "running"}
+        bottom, top = quantiles(running, self.pbt.quantile_fraction)
+        rng, events = self.pbt.rng(done), {}
+        for r in sorted(bottom):
+            d = top[int(rng.integers(len(top)))]
+            new, ops = explore(live[d].hyperparams(), self.pbt, rng)
+            old = live[r].hyperparams()
+            self.adam.copy_row(d, r)
+            for key, value in new.items():
+                setattr(live[r].cfg, key, value)
+            self.adam.set_beta(r, new["beta"])
+            events[r] = {"iteration": done, "donor": live[d].run_dir.name, "val_loss": val_loss[r],
+                         "donor_val_loss": val_loss[d], "old": old, "new": new, "ops": ops}
+            live[r].lineage.append(events[r])
+        if events:
+            self._set_values()
+        for r in running:
+            entry = {"iteration": done, "val_loss": val_loss[r], "val_metric": val_metric[r], **live[r].hyperparams()}
+            live[r].record({**entry, **({"exploit": events[r]} if r in events else {})})
+        self.exploits.append((done, len(events)))
+        moves = "; ".join(f"{live[r].run_dir.name} <- {e['donor']} ("
+                          + ", ".join(f"{k} {_g(e['old'][k])} -> {_g(e['new'][k])} ({e['ops'][k]})" for k in e["ops"])
+                          + ")" for r, e in events.items())
+        self.log(f"pbt at it {done}: {len(events)} of {len(running)} running members exploit the top {len(top)} "
+                 f"by val_loss on {cfg.eval.val_tasks} validation tasks{': ' + moves if moves else ''}")
 
     def _resume_states(self) -> list[dict]:
         """Each member's checkpoint at one common iteration: members are saved one after another,
@@ -239,10 +288,12 @@ class Population:
             curves = [None] * len(members) if result.curve_sum is None else (result.curve_sum / n).tolist()
             metrics = (result.metric_sum / n).tolist()
             losses = loss.tolist()
+            done = iteration + 1
+            if self.pbt and self.pbt.due(done, cfg.iterations):
+                self._exploit(done)
             for i, m in enumerate(members):
                 if m.status == "running":
                     m.after_step(finite[i], losses[i], curves[i], metrics[i])
-            done = iteration + 1
             if done in self.rungs:
                 self._halve(done)
             if done % cfg.train.log_every == 0 or done == cfg.iterations:
@@ -264,11 +315,14 @@ class Population:
         spread = (f"meta-loss min {min(running):.4f} median {sorted(running)[len(running) // 2]:.4f} "
                   f"max {max(running):.4f}") if running else "no running member"
         narrowed = f" | live {len(self.live)}, stopped {stopped}" if self.rungs else ""
+        if self.exploits:
+            narrowed += f" | pbt: {self.exploits[-1][1]} exploited at it {self.exploits[-1][0]}"
         self.log(f"[population of {len(self.members)} {cfg.method}] it {done:>{len(str(cfg.iterations))}}/"
                  f"{cfg.iterations} | {spread} | diverged {diverged}{narrowed} | {rate:,.0f} member-iterations/s")
         self.reporter.on_log(self, {"iteration": done, "meta_loss": sorted(running)[len(running) // 2] if running
                                     else math.nan, "tasks_per_s": rate * cfg.meta_batch_size, "diverged": diverged,
-                                    "stopped": stopped})
+                                    "stopped": stopped, **({"exploits": sum(n for _, n in self.exploits)}
+                                                           if self.pbt else {})})
 
     @property
     def iteration(self) -> int:
@@ -278,6 +332,10 @@ class Population:
     def states(self) -> list[dict]:
         """Every member's checkpoint state (what a Tune checkpoint of the population holds)."""
         return [m.state_dict() for m in self.members]
+
+
+def _g(v: float) -> str:
+    return f"{v:.4g}"
 
 
 class PopulationHook:

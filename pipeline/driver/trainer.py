@@ -40,7 +40,9 @@ def iteration_scalars(entry: dict) -> dict[str, float]:
     and Tune both see."""
     names = {"skipped": "skipped_steps", "tasks_per_s": "tasks_per_s", "validation_loss": "validation_loss",
              "meta_loss": "meta_loss", "metric": "query_metric", "diverged": "diverged", "stopped": "stopped",
-             "val_loss": "val_loss", "val_metric": "val_metric"}
+             "val_loss": "val_loss", "val_metric": "val_metric",
+             "alpha": "alpha", "beta": "beta", "gumbel_temperature": "gumbel_temperature",  # PBT's schedules
+             "exploits": "pbt_exploits"}
     out = {name: entry[key] for key, name in names.items() if key in entry}
     out.update({f"query_loss_step{s}": v for s, v in enumerate(entry.get("query_loss_per_step", []))})
     for cell, v in (entry.get("updated_fraction") or {}).items():
@@ -95,6 +97,7 @@ class Trainer:
         self.validations, self.selected, self._validation = [], None, None
         self.last_scalars: dict[str, float] = {}  # the last logged window's iteration_scalars
         self.rungs: list[dict] = []  # a halving scheduler's decisions on this run: iteration, val_loss, kept
+        self.lineage: list[dict] = []  # PBT's exploits of this run: iteration, donor, old -> new values
 
     def __enter__(self):
         return self
@@ -119,7 +122,14 @@ class Trainer:
             state["selected"] = {**self.selected, "params": {k: v.clone() for k, v in self.selected["params"].items()}}
         if self.rungs:
             state["rungs"] = [dict(r) for r in self.rungs]
+        if self.lineage:  # the values differ from config.yaml's from the first exploit on
+            state["lineage"] = [dict(e) for e in self.lineage]
+            state[checkpoint.HYPERPARAMS] = self.hyperparams()
         return state
+
+    def hyperparams(self) -> dict:
+        """The values PBT may change (pipeline/driver/pbt.py MUTABLE)."""
+        return {"alpha": self.cfg.alpha, "beta": self.cfg.beta, "gumbel_temperature": self.cfg.gumbel_temperature}
 
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
@@ -130,6 +140,8 @@ class Trainer:
         self.carry = state.get("carry")
         self.validations, self.selected = [list(v) for v in state.get("validations", [])], state.get("selected")
         self.rungs = [dict(r) for r in state.get("rungs", [])]
+        self.lineage = [dict(e) for e in state.get("lineage", [])]
+        checkpoint.apply_hyperparams(self.cfg, state)
         torch.set_rng_state(state["torch_rng"])
         self.iteration, self.skipped = state["iteration"], state["skipped"]
         self.bad_streak, self.status = state["bad_streak"], state["status"]
@@ -280,6 +292,13 @@ class Trainer:
             self.status = "completed"
         self.save()
 
+    def record(self, entry: dict) -> None:
+        """A scheduler's entry (PBT's val_loss and values at a decision) in metrics.jsonl and to the
+        hooks (MLflow's metric series)."""
+        with open(self.run_dir / METRICS, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        self._emit("on_log", entry)
+
     def _log_window(self, window, dt, elapsed, done) -> None:
         cfg = self.cfg
         tasks_per_s = len(window) * cfg.meta_batch_size / dt if dt > 0 else float("nan")
@@ -355,6 +374,8 @@ class Trainer:
                                      "history": [[i, finite_or_none(v)] for i, v in self.validations]}
         if self.rungs:
             results["halving"] = self.rungs
+        if self.lineage:
+            results["pbt"] = {"lineage": self.lineage, "final": self.hyperparams()}
         # Results before decorations: results.json is on disk before any plot is drawn or model
         # logged, so a failing plot or a full disk loses nothing that was computed.
         results["plots"] = []

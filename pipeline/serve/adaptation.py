@@ -42,8 +42,8 @@ def load_run(run_dir: str | Path) -> MetaLearnedRun:
     if not (path / checkpoint.CHECKPOINT).is_file():
         raise ConfigError(f"RUN_DIR: {path} has no {checkpoint.CHECKPOINT}")
     # local=False: the training data need not exist here (a served model carries no data)
-    cfg = load_config(path / CONFIG, local=False)
     state = checkpoint.load(path, keys=checkpoint.PARAMS_KEYS)  # torch.load(weights_only=True)
+    cfg = checkpoint.apply_hyperparams(load_config(path / CONFIG, local=False), state)
     return MetaLearnedRun(cfg, state["params"], state.get("iteration", 0))
 
 

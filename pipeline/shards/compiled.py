@@ -89,9 +89,13 @@ class CompiledShardFunction(CompiledWithFallback):
     what = "shard function"
 
     def __init__(self, learner: Learner, inner: InnerSettings, chunk_size: int | None = None, log=print, *,
-                 sums=None, result=None, compile: bool = True):
-        # sums/result: a population's forward and ShardResult (pipeline/shards/population.py)
+                 sums=None, result=None, compile: bool = True, dynamic_members: bool = False):
+        # sums/result: a population's forward and ShardResult (pipeline/shards/population.py);
+        # dynamic_members: the leading (member) dimension of every input stays symbolic in the graph,
+        # so a population that narrows (halving) keeps one graph; it costs 10-25% per call
+        # (benchmarks/RESULTS.md), and a size-1 dimension would be specialised: callers pass >= 2 rows
         super().__init__(log, compile)
+        self.dynamic_members = dynamic_members
         sums, self._result = sums or shard_sums, result or shard_result
         self._eager_forward = lambda leaves, batch: sums(learner, inner, leaves, batch, chunk_size)
 
@@ -112,11 +116,22 @@ class CompiledShardFunction(CompiledWithFallback):
         return self._result(*autograd_gradient(self._eager_forward, params, batch), batch)
 
     def _compiled_call(self, params: dict, batch: dict) -> ShardResult:
-        grads, (_, (loss, metric, *curve)) = self._forward({k: v.detach() for k, v in params.items()}, batch)
+        params = {k: v.detach() for k, v in params.items()}
+        if self.dynamic_members:  # contiguous: rows of a flat buffer and gathered groups alike (strides are guarded)
+            params = {k: v.contiguous() for k, v in params.items()}
+            mark_dynamic_rows(params, batch)
+        grads, (_, (loss, metric, *curve)) = self._forward(params, batch)
         return self._result(grads, loss, curve[0] if curve else None, metric, batch)
 
     def __call__(self, params: dict, batch: dict) -> ShardResult:
         return self._run(lambda: self._compiled_call(params, batch), lambda: self._eager_call(params, batch))
+
+
+def mark_dynamic_rows(*trees) -> None:
+    """The leading dimension of every tensor in these (nested) dicts, symbolic for torch.compile."""
+    for tree in trees:
+        for v in tree.values():
+            mark_dynamic_rows(v) if isinstance(v, dict) else torch._dynamo.mark_dynamic(v, 0)
 
 
 def training_shard_functions(learner: Learner, inner: InnerSettings, chunk_size: int | None, compile: bool,

@@ -73,28 +73,30 @@ class PopulationShards:
     the population's counterpart of `Experiment.train_shard`, with the same interface, so the
     backends (this process, or Ray shard workers) run it as they run a solo run's."""
 
-    def __init__(self, cfgs: list[Config], device: str = "cpu", log=print):
-        self.cfgs, self.device, self.log = cfgs, torch.device(device), log
+    def __init__(self, cfgs: list[Config], device: str = "cpu", log=print, narrows: bool = False):
+        """narrows: members will leave (halving), so compiled shard functions keep the member
+        dimension dynamic (one graph whatever the count) instead of recompiling at every rung."""
+        self.cfgs, self.device, self.log, self.narrows = cfgs, torch.device(device), log, narrows
         self.experiment = Experiment(cfgs[0])  # the shared model and task sampler (samples on the CPU)
         self.learner, self.inner = self.experiment.learner, self.experiment.train_inner
         self._shapes = self.experiment.init_params()  # noise shapes only
-        dtype = next(iter(self._shapes.values())).dtype
-        self.alpha = torch.tensor([c.alpha for c in cfgs], dtype=dtype, device=self.device)
-        self.temperature = torch.tensor([c.gumbel_temperature for c in cfgs], dtype=dtype, device=self.device)
+        self.set_values(cfgs)
         tpv = cfgs[0].train.tasks_per_vmap
         self.set_chunk_size(0 if tpv == "auto" else tpv)
         self._block, self._depth = None, None  # tasks drawn ahead (sample)
 
     def _shard_fn(self, chunk: int | None, compile: bool, curve: bool) -> CompiledShardFunction:
         return CompiledShardFunction(self.learner, replace(self.inner, curve=curve), chunk, log=self.log,
-                                     sums=_population_sums, result=_population_result, compile=compile)
+                                     sums=_population_sums, result=_population_result, compile=compile,
+                                     dynamic_members=self.narrows)
 
     def set_chunk_size(self, tasks_per_vmap: int) -> None:
         # with and without the query-loss curve (curve_at), as a solo run's experiment
         self.chunk = tasks_per_vmap or None
         compile = should_compile(self.cfgs[0], Experiment.compile_auto_from)
         self.fns = training_shard_functions(self.learner, self.inner, self.chunk, compile, log=self.log,
-                                            sums=_population_sums, result=_population_result)
+                                            sums=_population_sums, result=_population_result,
+                                            dynamic_members=self.narrows)
 
     def sample(self, iteration: int, indices) -> dict:
         """Every member's tasks `indices` of its own stream, (P, len(indices), ...). Tasks are drawn
@@ -128,6 +130,8 @@ class PopulationShards:
         batch, fn = self.sample(iteration, indices), self.fns[curve_at(self.cfgs[0], iteration)]
         grouped = self.device.type == "cpu" and not fn.eager  # an eager call is dispatch-bound: all at once
         groups = member_groups(len(self.cfgs), CPU_MEMBERS_PER_CALL if grouped else 0)
+        if self.narrows and not fn.eager and len(self.cfgs) == 1:  # a dynamic dimension needs >= 2 rows
+            groups = [torch.zeros(2, dtype=torch.long)]
         if groups is None:
             return fn(params, batch)
         outs = [fn(map_tree(lambda x: x[g], params), map_tree(lambda x: x[g], batch)) for g in groups]
@@ -136,6 +140,13 @@ class PopulationShards:
                            cat([o.loss_sum for o in outs]), outs[0].n_tasks,
                            None if outs[0].curve_sum is None else cat([o.curve_sum for o in outs]),
                            cat([o.metric_sum for o in outs]))
+
+    def set_values(self, cfgs: list[Config]) -> None:
+        """The members' step sizes and temperatures from these configs (at start, and after PBT's
+        explore): values in per-member tensors, so no graph changes."""
+        dtype = next(iter(self._shapes.values())).dtype
+        self.alpha = torch.tensor([c.alpha for c in cfgs], dtype=dtype, device=self.device)
+        self.temperature = torch.tensor([c.gumbel_temperature for c in cfgs], dtype=dtype, device=self.device)
 
     def select(self, rows: list[int]) -> None:
         """Keep only these members (the others left the stacked computation): their configs, step
@@ -172,6 +183,6 @@ class PopulationShards:
 VAL_SEED, VAL_ITERATION = 0, 2**63  # the validation tasks' stream: training iterations stay below 2**63
 
 
-def population_from_dicts(member_dicts: list[dict], device: str = "cpu") -> PopulationShards:
+def population_from_dicts(member_dicts: list[dict], device: str = "cpu", narrows: bool = False) -> PopulationShards:
     """A population's shard source built on a worker from its members' configs (plain dicts on the wire)."""
-    return PopulationShards([load_config(d) for d in member_dicts], device=device)
+    return PopulationShards([load_config(d) for d in member_dicts], device=device, narrows=narrows)

@@ -22,6 +22,7 @@ import yaml
 from ray import tune
 
 from pipeline.config import Config, ConfigError
+from pipeline.driver.pbt import Pbt
 from pipeline.sweeps import draws
 from pipeline.sweeps.draws import population_sizes
 from pipeline.sweeps.optuna_populations import PopulationSearch
@@ -37,7 +38,7 @@ from pipeline.sweeps.record import (  # noqa: F401
     write_manifest,
 )
 from pipeline.sweeps.report import write_report
-from pipeline.sweeps.spec import Sweep, SweepConfig, load_sweep
+from pipeline.sweeps.spec import IN_POPULATIONS, Sweep, SweepConfig, load_sweep
 from pipeline.sweeps.trial import TrialContext, member_id, member_values, run_trial, trial_run_name
 from pipeline.tracking import (
     check_reachable,
@@ -119,6 +120,8 @@ class SweepProgress(tune.Callback):
         diverged = f" | diverged {result['diverged']}" if "members" in trial.config else ""
         if result.get("stopped"):
             diverged += f" | stopped {result['stopped']} of {len(trial.config['members'])}"
+        if "pbt_exploits" in result:
+            diverged += f" | pbt exploits {result['pbt_exploits']:.0f}"
         print(f"[{self._label(trial)}] it {result['iteration']}/{its} | {what} {result['meta_loss']:.4f} | "
               f"{result['tasks_per_s']:,.0f} tasks/s{diverged}", flush=True)
 
@@ -135,7 +138,10 @@ class SweepProgress(tune.Callback):
         for (run_id, _, _), final in zip(runs, finals):
             stopped = final["status"] == "stopped" and "iteration" in final
             stopped_at = {"stopped_at": final["iteration"]} if stopped else {}
-            manifest.setdefault(run_id, {}).update({"status": final["status"], "process": process, **stopped_at})
+            lineage = {"lineage": final["pbt"]["lineage"], "final_values": final["pbt"]["final"]} if "pbt" in final \
+                else {}
+            manifest.setdefault(run_id, {}).update({"status": final["status"], "process": process, **stopped_at,
+                                                    **lineage})
         write_manifest(self.sweep_dir, manifest)
         for (_, name, _), final in zip(runs, finals):
             if final["status"] == "stopped":
@@ -175,7 +181,7 @@ def _error_line(trial) -> str:
 def _drawn(sweep: Sweep) -> bool:
     """A random search draws its runs before Tune starts (draws.py); Optuna and ASHA sample and
     stop trials as they go, in Tune."""
-    return sweep.spec.search.name == "random" and sweep.spec.scheduler.name in ("none", "halving")
+    return sweep.spec.search.name == "random" and sweep.spec.scheduler.name in ("none", *IN_POPULATIONS)
 
 
 def _param_space(sweep: Sweep) -> dict:
@@ -281,9 +287,12 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
             (sweep_dir / SPEC).write_text(yaml.safe_dump(sweep.to_dict(), sort_keys=False))
         state = _start_parent_run(sweep, sweep_dir, uri, state)
         (sweep_dir / STATE).write_text(json.dumps(state, indent=2))
-        halving = spec.scheduler.rungs_from(sweep.base["iterations"]) if spec.scheduler.name == "halving" else None
+        s = spec.scheduler
+        halving = s.rungs_from(sweep.base["iterations"]) if s.name == "halving" else None
+        pbt = Pbt(s.interval_from(sweep.base["iterations"]), s.quantile_fraction, s.resample_probability,
+                  tuple(s.perturbation_factors), s.hyperparam_mutations, (spec.seed,)) if s.name == "pbt" else None
         ctx = TrialContext(sweep.base, tuple(sweep.swept_keys), str(sweep_dir), uri, state["experiment_id"],
-                           state["parent_run_id"], asdict(spec.resources), spec.metric, halving)
+                           state["parent_run_id"], asdict(spec.resources), spec.metric, halving, pbt)
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                         tune.PlacementGroupFactory(spec.resources.bundles()))
         total = sweep.trial_count()

@@ -38,6 +38,7 @@ class Trial:
     results: dict | None  # results.json of a finished run
     error: str = ""
     stopped_at: int | None = None  # the iteration a scheduler stopped the run at
+    lineage: list = field(default_factory=list)  # PBT's exploits of this run (pipeline/driver/pbt.py)
 
 
 @dataclass
@@ -66,8 +67,9 @@ def load_trials(sweep_dir: Path) -> tuple[dict, list[Trial]]:
                 # is the evaluation horizon (optimizee steps)
                 own = results["results"][results["method"]]
                 results = {**results, "results": {str(results["eval"]["inner_steps"]): own}}
+        lineage = t.get("lineage") or ((results or {}).get("pbt") or {}).get("lineage") or []
         trials.append(Trial(trial_id, t["name"], t.get("status", "unfinished"), t.get("config", {}), config, results,
-                            t.get("error", ""), t.get("stopped_at")))
+                            t.get("error", ""), t.get("stopped_at"), lineage))
     return sweep, trials
 
 
@@ -259,13 +261,75 @@ def build_report(sweep_dir: Path, shots: list[int] | None = None):
             return f"{t.name} ({t.status}{at}{': ' + t.error if t.error else ''})"
 
         md += ["Not in the table: " + "; ".join(why(t) for t in bad), ""]
+    scheduler = sweep.get("scheduler") or {}
+    if scheduler.get("name") == "pbt":
+        md += _pbt_section(scheduler, base, trials, shots, metric)
     best = _best(trials, shots, metric)
     if best:
         md += [best, ""]
     trial_rows = [_trial_row(t, swept) for t in trials]
     figure = dict(rows=rows, cols=cols, row_keys=row_keys, col_key=col_key, cells=cells, shots=shots,
-                  metric=metric, train_k=str(base["task"]["shots"]), name=sweep["name"], optimizer=optimizer)
+                  metric=metric, train_k=str(base["task"]["shots"]), name=sweep["name"], optimizer=optimizer,
+                  pbt=list(scheduler.get("hyperparam_mutations") or {}) if scheduler.get("name") == "pbt" else [],
+                  trials=trials)
     return "\n".join(md), cell_rows, trial_rows, figure
+
+
+def _final(t: Trial, shots: list) -> float | None:
+    r = ((t.results or {}).get("results") or {}).get(shots[0]) if shots else None
+    return r["mean"] if r else None
+
+
+def _pbt_section(scheduler: dict, base: dict, trials: list[Trial], shots: list, metric: str) -> list[str]:
+    """Each run's start and final values of the mutated keys, its exploits, its final metric, and
+    its lineage: the iterations at which it copied another run, and the values it explored."""
+    keys = list(scheduler.get("hyperparam_mutations") or {})
+    interval = scheduler.get("perturbation_interval") or max(1, base["iterations"] // 10)
+    md = ["## Population Based Training", "",
+          f"Every {interval} meta-iterations the runs of each population were ranked by val_loss "
+          f"({base['eval'].get('val_tasks', 200)} validation tasks); the bottom {scheduler['quantile_fraction']:g} "
+          f"copied a random run of the top {scheduler['quantile_fraction']:g} (parameters and Adam state) and "
+          f"explored {', '.join(keys)} (resample probability {scheduler['resample_probability']:g}, factors "
+          f"{', '.join(f'{f:g}' for f in scheduler['perturbation_factors'])}). Start and final values, "
+          f"{metric} at K = {shots[0] if shots else '-'}:", ""]
+    body = []
+    for t in trials:
+        final = (t.results or {}).get("pbt", {}).get("final") or (t.lineage[-1]["new"] if t.lineage else {})
+        start = [t.config.get(k) for k in keys]
+        end = [final.get(k, v) for k, v in zip(keys, start)]
+        value = _final(t, shots)
+        body.append([t.name, *(f"{_fmt(a)} → {_fmt(b)}" if a != b else _fmt(a) for a, b in zip(start, end)),
+                     str(len(t.lineage)), "—" if value is None else f"{value:.4f}"])
+    md += [_md_table(["run", *keys, "exploits", f"K = {shots[0]}" if shots else "final"], body), ""]
+    lines = [f"- {t.name}: " + "; ".join(
+        f"it {e['iteration']} ← {e['donor']} (" + ", ".join(f"{k} {_fmt(e['new'][k])} ({e['ops'][k]})"
+                                                          for k in e["ops"]) + ")" for e in t.lineage)
+        for t in trials if t.lineage]
+    if lines:
+        md += ["Lineage (iteration, donor, explored values):", "", *lines, ""]
+    return md
+
+
+def _pbt_figure(fig: dict, out_dir: Path) -> list[Path]:
+    """plots/pbt_schedules.png from each run's metrics.jsonl (its values at every decision)."""
+    from pipeline.driver.trainer import read_metrics
+    from pipeline.plots import pbt_schedules
+
+    keys, schedules = fig["pbt"], {}
+    for t in fig["trials"]:
+        decisions = [e for e in read_metrics(out_dir / TRIALS / t.name) if "val_loss" in e and keys[0] in e]
+        start = {k: t.config.get(k) for k in keys}
+        if any(v is None for v in start.values()):
+            continue
+        end = (t.results or {}).get("iterations") or (decisions[-1]["iteration"] if decisions else 0)
+        its = [0, *(e["iteration"] for e in decisions), end]
+        schedules[t.name] = {"iterations": its, "final": _final(t, fig["shots"]),
+                             **{k: [start[k], *(e[k] for e in decisions), (decisions[-1] if decisions else start)[k]]
+                                for k in keys}}
+    if not schedules:
+        return []
+    return [pbt_schedules(schedules, keys, out_dir / "plots" / "pbt_schedules.png", metric=fig["metric"],
+                          title=f"{fig['name']}: PBT schedules ({len(schedules)} runs)")]
 
 
 def _space_text(entry: dict) -> str:
@@ -353,4 +417,6 @@ def write_report(sweep_dir: Path, shots: list[int] | None = None) -> Report:
     pq.write_table(pa.Table.from_pylist(cell_rows), files[1])
     pq.write_table(pa.Table.from_pylist(trial_rows), files[2])
     files += _figure(fig, sweep_dir)
+    if fig["pbt"]:
+        files += _pbt_figure(fig, sweep_dir)
     return Report(text, files)

@@ -10,11 +10,13 @@ from pathlib import Path
 
 from pipeline.config import CONFIG_DIR, Config, ConfigError, load_config, resolve_path
 from pipeline.driver.families import family_of
+from pipeline.driver.pbt import MUTABLE, MUTATION_KINDS
 from pipeline.driver.population import PACKABLE
 from pipeline.yaml_dataclasses import build, load_yaml, to_dict
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
-SCHEDULERS = ("none", "asha", "halving")
+SCHEDULERS = ("none", "asha", "halving", "pbt")
+IN_POPULATIONS = ("halving", "pbt")  # schedulers that act inside packed populations
 SEARCHERS = ("random", "optuna")
 PER_ITERATION_METRICS = ("meta_loss", "query_metric")
 # Keys the sweep itself decides for every trial (where it writes, how it is placed and tracked).
@@ -40,9 +42,21 @@ class SchedulerSpec:
     # halving: synchronous successive halving inside each population, by val_loss (eval.val_tasks
     # validation tasks): at grace_period * reduction_factor^k meta-iterations the
     # ceil(n / reduction_factor) best members continue and the others stop, leaving the stacked computation
+    # pbt: Population Based Training inside each population, Tune's semantics made synchronous
+    # (pipeline/driver/pbt.py): every perturbation_interval meta-iterations the members are ranked by
+    # val_loss and the bottom quantile_fraction copies the top's state, then explores hyperparam_mutations
     name: str = "none"
     grace_period: int = 0  # meta-iterations before the first rung; 0 = a tenth of the run
     reduction_factor: float = 3.0
+    perturbation_interval: int = 0  # pbt: meta-iterations between decisions; 0 = a tenth of the run
+    quantile_fraction: float = 0.25
+    resample_probability: float = 0.25
+    perturbation_factors: list[float] = field(default_factory=lambda: [0.8, 1.2])
+    # key (alpha, beta, gumbel_temperature) -> {choice: [...]} | {uniform: [lo, hi]} | {loguniform: [lo, hi]}
+    hyperparam_mutations: dict = field(default_factory=dict)
+
+    def interval_from(self, iterations: int) -> int:
+        return self.perturbation_interval or max(1, iterations // 10)
 
     def rungs_from(self, iterations: int) -> tuple[int, float]:
         """(grace period, reduction factor) with the default grace period resolved."""
@@ -226,9 +240,9 @@ def _decide_packing(sweep: Sweep, base_cfg: Config, explicit: bool) -> None:
     if spec.pack.max_members < 0:
         raise ConfigError(f"pack.max_members: must be >= 0 (0 = no packing), got {spec.pack.max_members}")
     if spec.pack.max_members < 2 or not keys:
-        if spec.scheduler.name == "halving":
-            raise ConfigError("scheduler.name: halving stops members inside populations, and this sweep packs none "
-                              f"({'pack.max_members < 2' if keys else 'no packable key is swept'}); use asha")
+        if spec.scheduler.name in IN_POPULATIONS:
+            raise ConfigError(f"scheduler.name: {spec.scheduler.name} acts inside populations, and this sweep packs "
+                              f"none ({'pack.max_members < 2' if keys else 'no packable key is swept'}); use asha")
         return
     # a sampled key outside PACKABLE gives every run a population of its own: nothing to pack
     sampled = [k for k, e in sweep.space.items() if "grid" not in e and k not in PACKABLE]
@@ -240,15 +254,51 @@ def _decide_packing(sweep: Sweep, base_cfg: Config, explicit: bool) -> None:
            f"space.{sampled[0]} is sampled and not packable (packable: {', '.join(PACKABLE)})" if sampled else
            "learned optimizers train one run at a time" if not all(family_of(m).packs for m in methods)
            else "")
-    if why and spec.scheduler.name == "halving":
-        raise ConfigError(f"scheduler.name: halving stops members inside populations, and this sweep cannot pack "
-                          f"({why}); use asha")
+    if why and spec.scheduler.name in IN_POPULATIONS:
+        raise ConfigError(f"scheduler.name: {spec.scheduler.name} acts inside populations, and this sweep cannot "
+                          f"pack ({why}); use asha")
     if why and explicit:
         raise ConfigError(f"pack: cannot pack this sweep ({why}); remove pack, or set pack.max_members: 0")
     if why:
         sweep.unpacked_because = why
     else:
         sweep.packed = keys
+
+
+def _check_pbt(s: SchedulerSpec, iterations: int) -> None:
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise ConfigError(msg)
+
+    need(0 < s.quantile_fraction <= 0.5, f"scheduler.quantile_fraction: must be in (0, 0.5], got {s.quantile_fraction}")
+    need(0 <= s.resample_probability <= 1,
+         f"scheduler.resample_probability: must be in [0, 1], got {s.resample_probability}")
+    need(s.perturbation_interval >= 0, f"scheduler.perturbation_interval: must be >= 0, got {s.perturbation_interval}")
+    need(s.interval_from(iterations) < iterations,
+         f"scheduler.perturbation_interval: {s.perturbation_interval} is not shorter than the run ({iterations} "
+         "iterations): no decision would be taken")
+    need(bool(s.perturbation_factors) and all(isinstance(f, (int, float)) and f > 0 for f in s.perturbation_factors),
+         f"scheduler.perturbation_factors: must be a non-empty list of positive numbers, got {s.perturbation_factors}")
+    need(bool(s.hyperparam_mutations),
+         f"scheduler.hyperparam_mutations: empty; give at least one of {', '.join(MUTABLE)}, e.g. "
+         "alpha: {loguniform: [0.0001, 1.0]}")
+    for key, entry in s.hyperparam_mutations.items():
+        need(key in MUTABLE, f"scheduler.hyperparam_mutations.{key}: not mutable inside a population; allowed: "
+                             f"{', '.join(MUTABLE)}")
+        kinds = list(entry) if isinstance(entry, dict) else []
+        need(len(kinds) == 1 and kinds[0] in MUTATION_KINDS,
+             f"scheduler.hyperparam_mutations.{key}: must be one of {{{' | '.join(MUTATION_KINDS)}: ...}}, "
+             f"got {entry!r}")
+        values = entry[kinds[0]]
+        ok = isinstance(values, list) and values and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                         and v >= 0 for v in values)
+        if kinds[0] == "choice":
+            need(ok, f"scheduler.hyperparam_mutations.{key}.choice: must be a non-empty list of numbers >= 0")
+        else:
+            low = 0 if kinds[0] == "uniform" else 1e-300  # a log range starts above 0
+            need(ok and len(values) == 2 and low <= values[0] < values[1],
+                 f"scheduler.hyperparam_mutations.{key}.{kinds[0]}: must be [low, high] with "
+                 f"{'0 <=' if kinds[0] == 'uniform' else '0 <'} low < high, got {values!r}")
 
 
 def _check_spec(spec: SweepConfig, space: dict, base_cfg: Config) -> None:
@@ -279,6 +329,8 @@ def _check_spec(spec: SweepConfig, space: dict, base_cfg: Config) -> None:
     need(s.name in SCHEDULERS, f"scheduler.name: unknown scheduler {s.name!r}; allowed: {', '.join(SCHEDULERS)}")
     need(s.grace_period >= 0, f"scheduler.grace_period: must be >= 0, got {s.grace_period}")
     need(s.reduction_factor > 1, f"scheduler.reduction_factor: must be > 1, got {s.reduction_factor}")
+    if s.name == "pbt":
+        _check_pbt(s, base_cfg.iterations)
     need(s.name != "asha" or spec.metric in PER_ITERATION_METRICS,
          f"metric: the asha scheduler compares trials during training; allowed: {', '.join(PER_ITERATION_METRICS)}")
     need(spec.search.name in SEARCHERS,

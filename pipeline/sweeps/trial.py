@@ -9,7 +9,7 @@ import copy
 import json
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from ray import tune
 
 from pipeline.config import load_config
 from pipeline.driver import checkpoint
+from pipeline.driver.pbt import Pbt
 from pipeline.driver.population import Population, PopulationHook
 from pipeline.driver.trainer import Trainer, TrainerHook, eval_scalars, iteration_scalars
 from pipeline.shards.compiled import use_cpus
@@ -38,6 +39,7 @@ class TrialContext:
     resources: dict
     metric: str = "meta_loss"  # the scheduler's / search algorithm's metric
     halving: tuple[int, float] | None = None  # (grace period, reduction factor) inside each population
+    pbt: Pbt | None = None  # PBT inside each population; its seed is completed per population (run_trial)
 
 
 def _short(value) -> str:
@@ -107,8 +109,8 @@ class TuneReporter(TrainerHook, PopulationHook):
     def on_finish(self, source, results: dict | list[dict]) -> None:
         runs = results if isinstance(results, list) else [results]
         trainers = getattr(source, "members", [source])  # a population's members, or the run itself
-        finals = [{"status": r["status"], "iteration": r["iterations"], **t.last_scalars, **eval_scalars(r)}
-                  for t, r in zip(trainers, runs)]
+        finals = [{"status": r["status"], "iteration": r["iterations"], **t.last_scalars, **eval_scalars(r),
+                   **({"pbt": r["pbt"]} if "pbt" in r else {})} for t, r in zip(trainers, runs)]
         extra = {"final": True, "status": "completed", "members_final": json.dumps(finals)}
         self._report(source, {**extra, **(finals[0] if len(finals) == 1 else {})})
 
@@ -147,7 +149,10 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     log, reporter = (lambda m: print(m, flush=True)), TuneReporter(ctx.metric)
     run_dirs = [Path(c.output_dir) / n for c, n in zip(cfgs, names)]
     if packed:
-        with Population(cfgs, run_dirs, log=log, hooks=hooks, reporter=reporter, halving=ctx.halving) as population:
+        # each population its own decisions: the sweep seed and the population's index
+        pbt = replace(ctx.pbt, seed=(*ctx.pbt.seed, int(trial_id.rsplit("_", 1)[-1]))) if ctx.pbt else None
+        with Population(cfgs, run_dirs, log=log, hooks=hooks, reporter=reporter, halving=ctx.halving,
+                        pbt=pbt) as population:
             population.train(states=states)
     else:
         with Trainer(cfgs[0], run_dirs[0], log=log, hooks=(*hooks(0), reporter)) as trainer:

@@ -260,3 +260,81 @@ def test_a_halving_population_killed_after_a_rung_resumes_to_the_undisturbed_mem
     for got, want in zip(results["resumed_params"], results["undisturbed_params"]):
         for k, v in want.items():
             torch.testing.assert_close(got[k], v, rtol=1e-6, atol=1e-8)
+
+
+def test_compiled_halving_keeps_one_graph_as_the_population_narrows_and_equals_eager(tmp_path):
+    """train.compile: always with halving: the member dimension stays symbolic, so the rungs (6 -> 3
+    -> 2 -> 1 members) recompile nothing (Dynamo told to fail on any recompile: a fallback to eager
+    would say so), and the members end where the eager population's end (1e-5)."""
+    params, lines = {}, []
+    torch._dynamo.reset()
+    try:
+        for mode in ("always", "never"):
+            cfgs = configs(tmp_path / mode, "mtnet", members=HALVING, iterations=40,
+                           **{"eval.val_tasks": 50, "train.compile": mode})
+            dirs = [tmp_path / mode / c.run_name for c in cfgs]
+            with torch._dynamo.config.patch(error_on_recompile=True), \
+                    Population(cfgs, dirs, log=lines.append, halving=(8, 2.0)) as pop:
+                pop.train()
+            params[mode] = [checkpoint.load(d)["params"] for d in dirs]
+    finally:
+        torch._dynamo.reset()  # no graph of this test counts against a later test's recompile limit
+    assert not [line for line in lines if "compilation failed" in line], lines
+    assert sum("shard function compiled" in line for line in lines) == 1
+    for got, want in zip(params["always"], params["never"]):
+        for k, v in want.items():
+            torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
+
+
+PBT_MEMBERS = [{"alpha": a, "beta": b, "seed": i % 2} for i, (a, b) in enumerate(
+    [(0.001, 0.001), (0.01, 0.002), (0.05, 0.001), (0.3, 0.003), (2.0, 0.001), (0.02, 0.001), (0.1, 0.0005),
+     (0.005, 0.002)])]
+BETAS = [0.0005, 0.001, 0.002, 0.003]
+
+
+def test_pbt_exploits_copy_the_donors_state_bitwise_and_decide_the_same_way_twice(tmp_path):
+    """8 MT-nets, 20 iterations, one PBT decision at 10 (quantile 0.25: 2 exploit), every member saving
+    right after it. Checked from the records alone (metrics.jsonl's val_loss, Tune's `_quantiles` rule
+    written out here): the exploited members are the 2 worst, each donor one of the 2 best; an exploited
+    member's checkpoint at 10 equals its donor's bitwise (parameters, Adam moments, step count); its
+    values are the donor's explored (alpha: resampled in range or times 0.8 / 1.2; beta: resampled from
+    the list or one place left or right). The same population trained again takes the same decisions."""
+    from pipeline.driver.pbt import Pbt
+
+    pbt = Pbt(10, 0.25, 0.25, (0.8, 1.2), {"alpha": {"loguniform": [1e-3, 1.0]}, "beta": {"choice": BETAS}}, (7, 0))
+    lineages = []
+    for name in ("first", "again"):
+        cfgs = configs(tmp_path / name, "mtnet", members=PBT_MEMBERS, iterations=20,
+                       **{"eval.val_tasks": 50, "train.checkpoint_every": 10})
+        dirs = [tmp_path / name / c.run_name for c in cfgs]
+        with Population(cfgs, dirs, log=lambda m: None, pbt=pbt) as pop:
+            results = pop.train()
+        lineages.append([r.get("pbt", {}).get("lineage", []) for r in results])
+    dirs = [tmp_path / "first" / f"m{i}" for i in range(len(PBT_MEMBERS))]
+    decision = [next(e for e in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "val_loss" in e)
+                for d in dirs]
+    ranked = sorted(range(len(dirs)), key=lambda i: (decision[i]["val_loss"], i))
+    worst, best = set(ranked[-2:]), {f"m{i}" for i in ranked[:2]}
+    exploited = {i for i, lineage in enumerate(lineages[0]) if lineage}
+    assert exploited == worst
+    at_10 = [checkpoint.read(d / checkpoint.PREVIOUS_CHECKPOINT) for d in dirs]
+    assert all(s["iteration"] == 10 for s in at_10)
+    for i in exploited:
+        (event,) = lineages[0][i]
+        assert event["iteration"] == 10 and event["donor"] in best
+        donor = int(event["donor"][1:])
+        for k in at_10[i]["params"]:
+            assert torch.equal(at_10[i]["params"][k], at_10[donor]["params"][k]), k
+        mine, theirs = at_10[i]["optimizer"]["state"], at_10[donor]["optimizer"]["state"]
+        for j in theirs:
+            for part in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(mine[j][part], theirs[j][part]), (j, part)
+        was = PBT_MEMBERS[donor]
+        alpha, beta = event["new"]["alpha"], event["new"]["beta"]
+        assert alpha in (was["alpha"] * 0.8, was["alpha"] * 1.2) or (event["ops"]["alpha"] == "resample"
+                                                                     and 1e-3 <= alpha <= 1.0)
+        assert beta in BETAS and (event["ops"]["beta"] == "resample"
+                                  or abs(BETAS.index(beta) - BETAS.index(was["beta"])) <= 1)
+        assert at_10[i]["hyperparams"] == {"alpha": alpha, "beta": beta, "gumbel_temperature": 1.0}
+        assert decision[i]["alpha"] == alpha and decision[i]["exploit"] == event  # metrics.jsonl
+    assert lineages[0] == lineages[1] and exploited

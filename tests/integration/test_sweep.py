@@ -38,7 +38,7 @@ BAD_SWEEPS = [
     ({"space": {"ray.workers": {"grid": [1, 2]}}}, "space: ray.workers is set by the sweep itself"),
     ({"space": {}}, "space: empty; a sweep needs at least one swept key"),
     ({"scheduler": {"name": "hyperband"}},
-     "scheduler.name: unknown scheduler 'hyperband'; allowed: none, asha, halving"),
+     "scheduler.name: unknown scheduler 'hyperband'; allowed: none, asha, halving, pbt"),
     ({"search": {"name": "optuna"}}, "space.alpha: optuna does not take grid entries; use choice"),
     ({"metric": "accuracy"}, "metric: unknown metric 'accuracy'; allowed: meta_loss, query_metric, eval_K10_mean"),
     ({"metric": "eval_K10_mean", "scheduler": {"name": "asha"}}, "metric: the asha scheduler compares trials"),
@@ -58,12 +58,22 @@ BAD_SWEEPS = [
      "pack: cannot pack this sweep (space.inner_steps is not packable and the optuna search proposes every key "
      "per run (packable: alpha, beta, gumbel_temperature, seed, eval.seed, run_name, output_dir)); remove pack"),
     ({"scheduler": {"name": "halving"}, "pack": {"max_members": 0}},
-     "scheduler.name: halving stops members inside populations, and this sweep packs none (pack.max_members < 2); "
+     "scheduler.name: halving acts inside populations, and this sweep packs none (pack.max_members < 2); "
      "use asha"),
     ({"scheduler": {"name": "halving"}, "space": {"alpha": {"grid": [0.01, 0.1]}, "inner_steps": {"grid": [1, 2]},
                                                   "task.shots": {"randint": [5, 10]}}},
-     "scheduler.name: halving stops members inside populations, and this sweep cannot pack (space.task.shots is "
+     "scheduler.name: halving acts inside populations, and this sweep cannot pack (space.task.shots is "
      "sampled and not packable"),
+    ({"scheduler": {"name": "pbt", "hyperparam_mutations": {"task.shots": {"choice": [5, 10]}}}},
+     "scheduler.hyperparam_mutations.task.shots: not mutable inside a population; allowed: alpha, beta, "
+     "gumbel_temperature"),
+    ({"scheduler": {"name": "pbt", "quantile_fraction": 0.6, "hyperparam_mutations": {"alpha": {"choice": [0.1]}}}},
+     "scheduler.quantile_fraction: must be in (0, 0.5], got 0.6"),
+    ({"scheduler": {"name": "pbt", "perturbation_interval": 40, "hyperparam_mutations": {"alpha": {"choice": [0.1]}}}},
+     "scheduler.perturbation_interval: 40 is not shorter than the run (40 iterations): no decision would be taken"),
+    ({"scheduler": {"name": "pbt", "hyperparam_mutations": {"alpha": {"loguniform": [0, 1]}}}},
+     "scheduler.hyperparam_mutations.alpha.loguniform: must be [low, high] with 0 < low < high, got [0, 1]"),
+    ({"scheduler": {"name": "pbt"}}, "scheduler.hyperparam_mutations: empty; give at least one of alpha, beta, "),
     ({"scheduler": {"name": "halving", "reduction_factor": 1}}, "scheduler.reduction_factor: must be > 1, got 1.0"),
     ({"pack": {"max_members": 8}, "space": {"alpha": {"uniform": [0.01, 0.1]}, "inner_steps": {"randint": [1, 3]}}},
      "pack: cannot pack this sweep (space.inner_steps is sampled and not packable (packable: alpha, beta, "),

@@ -27,34 +27,7 @@ def test_a_failed_trial_is_retried_from_its_checkpoint(local_ray, tmp_path, max_
                                   set_={"iterations": 60, "train.checkpoint_every": 20}, max_concurrent_trials=1,
                                   pack={"max_members": max_members})
     killed = []
-
-    def checkpoint_registered() -> bool:
-        """Tune's driver has processed a report that carried a checkpoint (its result.json line
-        names the checkpoint): only then does a retry restore it. The checkpoint's directory alone
-        appears earlier, while the report is still in flight."""
-        for path in sweep_dir.glob("tune/*/result.json"):
-            for line in path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("checkpoint_dir_name"):
-                        return True
-                except ValueError:  # a line being written
-                    pass
-        return False
-
-    def kill_after_first_checkpoint():
-        deadline = time.time() + 300
-        while time.time() < deadline and not killed:
-            if checkpoint_registered():
-                for p in psutil.Process().children(recursive=True):  # this test's Ray only
-                    try:
-                        if (p.cmdline() or [""])[0].startswith("ray::ImplicitFunc"):
-                            p.kill()
-                            killed.append(p.pid)
-                    except psutil.Error:  # gone meanwhile
-                        pass
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    watcher = threading.Thread(target=_kill_trial_after_first_checkpoint, args=(sweep_dir, killed), daemon=True)
     watcher.start()
     sweep_ok(path, sweep_dir)
     watcher.join()
@@ -112,3 +85,87 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     _, parent, children = mlflow_runs(f"sqlite:///{(tmp_path / 'sweeps').resolve()}/mlflow.db", "intr")
     assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children.values())
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_completed"] == 3
+
+
+PBT_SCHEDULER = {"name": "pbt", "perturbation_interval": 10, "quantile_fraction": 0.25,
+                 "hyperparam_mutations": {"alpha": {"loguniform": [0.001, 1.0]}, "beta": {"choice": [0.0005, 0.001,
+                                                                                                       0.003]}}}
+
+
+def test_a_pbt_sweep_killed_mid_way_resumes_to_the_undisturbed_lineage_and_parameters(local_ray, tmp_path):
+    """One population of 8 runs (loguniform alpha, choice beta; seed 5), 60 iterations, a PBT decision
+    every 10. The same sweep file run undisturbed and with its trial process SIGKILLed after its first
+    checkpoint (Tune retries it from there): the same lineage in trials.json and the same final
+    parameters (1e-6). The undisturbed sweep also records every decision where users look: each
+    exploited run's results.json and metrics.jsonl, MLflow's alpha / beta series (one point per
+    decision), the report's lineage lines and plots/pbt_schedules.png."""
+    space = {"alpha": {"loguniform": [0.001, 1.0]}, "beta": {"choice": [0.0005, 0.001, 0.003]}}
+    over = {"set_": {"iterations": 60, "train.checkpoint_every": 20, "method": "mtnet", "eval.val_tasks": 40},
+            "scheduler": PBT_SCHEDULER, "num_samples": 8, "seed": 5, "max_concurrent_trials": 1}
+    path, calm = write_sweep(tmp_path, "calm", space, **over)
+    sweep_ok(path, calm)
+    path, killed_dir = write_sweep(tmp_path, "killed", space, **over)
+    killed = []
+    watcher = threading.Thread(target=_kill_trial_after_first_checkpoint, args=(killed_dir, killed), daemon=True)
+    watcher.start()
+    sweep_ok(path, killed_dir)
+    watcher.join()
+    assert killed, "the trial was never killed"
+
+    runs = {}
+    for sweep_dir in (calm, killed_dir):
+        manifest = json.loads((sweep_dir / "trials.json").read_text())
+        runs[sweep_dir.name] = {t["name"].split("-", 1)[1]: t for t in manifest.values()}
+    assert list(runs["calm"]) == list(runs["killed"]) and len(runs["calm"]) == 8
+    assert any(t.get("retries") == 1 for t in runs["killed"].values())
+    lineage = {name: t.get("lineage", []) for name, t in runs["calm"].items()}
+    assert sum(map(len, lineage.values())) >= 5 * 2  # 5 decisions, 2 exploits each
+    for name, t in runs["calm"].items():
+        assert t.get("lineage", []) == runs["killed"][name].get("lineage", []), name
+        a = checkpoint.load(calm / "trials" / t["name"])["params"]
+        b = checkpoint.load(killed_dir / "trials" / runs["killed"][name]["name"])["params"]
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7)
+
+    name, t = next((n, t) for n, t in runs["calm"].items() if t.get("lineage"))
+    run_dir = calm / "trials" / t["name"]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["pbt"]["lineage"] == t["lineage"] and results["pbt"]["final"] == t["final_values"]
+    decisions = [e for e in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "val_loss" in e]
+    assert [e["iteration"] for e in decisions] == [10, 20, 30, 40, 50]
+    assert [e["exploit"] for e in decisions if "exploit" in e] == t["lineage"]
+    client, _, children = mlflow_runs(f"sqlite:///{(tmp_path / 'sweeps').resolve()}/mlflow.db", "calm")
+    history = client.get_metric_history(children[t["name"]].info.run_id, "alpha")
+    assert [(m.step, m.value) for m in history] == [(e["iteration"], e["alpha"]) for e in decisions]
+    report = (calm / "report.md").read_text()
+    assert "## Population Based Training" in report and f"- {t['name']}: it {t['lineage'][0]['iteration']} ←" in report
+    assert (calm / "plots" / "pbt_schedules.png").stat().st_size > 10_000
+
+
+def _kill_trial_after_first_checkpoint(sweep_dir, killed: list) -> None:
+    """SIGKILL this test's trial processes once Tune's driver has processed a report that carried a
+    checkpoint (its result.json line names the checkpoint): only then does a retry restore it. The
+    checkpoint's directory alone appears earlier, while the report is still in flight."""
+    deadline = time.time() + 300
+    while time.time() < deadline and not killed:
+        if any(json.loads(line).get("checkpoint_dir_name") for path in sweep_dir.glob("tune/*/result.json")
+               for line in _whole_lines(path)):
+            for p in psutil.Process().children(recursive=True):
+                try:
+                    if (p.cmdline() or [""])[0].startswith("ray::ImplicitFunc"):
+                        p.kill()
+                        killed.append(p.pid)
+                except psutil.Error:
+                    pass
+        time.sleep(0.05)
+
+
+def _whole_lines(path) -> list[str]:
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            json.loads(line)
+            lines.append(line)
+        except ValueError:  # a line being written
+            pass
+    return lines
