@@ -12,6 +12,8 @@ each (`metatrain sweep`, real Ray, Tune and MLflow). Prints the best and the med
 run; copies PBT's plots/pbt_schedules.png next to the log.
 
 Usage: python benchmarks/bench_pbt.py [--members 32] [--iterations 60000] [--interval 5000] [--out DIR]
+       python benchmarks/bench_pbt.py --summary DIR   (the tables again from a finished --out DIR, and the
+                                                       five best runs of each sweep with their final values)
 """
 from __future__ import annotations
 
@@ -63,7 +65,11 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=60000)
     p.add_argument("--interval", type=int, default=5000)
     p.add_argument("--out", default="")
+    p.add_argument("--summary", default="", help="summarise a finished --out directory instead of running")
     args = p.parse_args()
+    if args.summary:
+        summarise(Path(args.summary), args)
+        return
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_pbt_"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
@@ -86,7 +92,11 @@ def main() -> None:
               flush=True)
         if code != 0:
             raise SystemExit((out / f"{name}.log").read_text()[-3000:])
-    results = {name: runs(out / name) for name in procs}
+    summarise(out, args)
+
+
+def summarise(out: Path, args) -> None:
+    results = {name: runs(out / name) for name in ("random", "pbt")}
     assert [r["start"] for r in results["random"]] == [r["start"] for r in results["pbt"]], "the same draws"
     print("\n| sweep | best run: start alpha, beta | final alpha, beta | MSE at K = 10 (95% CI) | median MSE | "
           "diverged |")
@@ -110,8 +120,17 @@ def main() -> None:
     for e in a["lineage"]:
         print(f"  it {e['iteration']}: copied {e['donor']} -> alpha {e['new']['alpha']:.4g} ({e['ops'].get('alpha')}), "
               f"beta {e['new']['beta']:.4g} ({e['ops'].get('beta')})")
+    for name, rs in results.items():
+        done = sorted((r for r in rs if r["mean"] is not None), key=lambda r: r["mean"])
+        print(f"\n{name}: the five best runs (final alpha, beta; exploits; MSE at K = 10)")
+        for r in done[:5]:
+            print(f"  {r['final']['alpha']:.4g}, {r['final']['beta']:.4g}; {len(r['lineage'])}; {r['mean']:.4f}")
+        half = [r["final"]["alpha"] for r in done[:len(done) // 2]]
+        print(f"  final alpha of the better half: median {statistics.median(half):.4g}, range {min(half):.4g} to "
+              f"{max(half):.4g}; runs with MSE above 1.0: {sum(r['mean'] > 1.0 for r in done)}; worst "
+              f"{done[-1]['mean']:.4f}")
     figure = out / "pbt" / "plots" / "pbt_schedules.png"
-    if figure.is_file():
+    if figure.is_file() and not args.summary:
         shutil.copy(figure, ROOT / "benchmarks" / "sweeps" / "pbt_schedules.png")
         print("figure: benchmarks/sweeps/pbt_schedules.png")
 

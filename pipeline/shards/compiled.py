@@ -92,8 +92,8 @@ class CompiledShardFunction(CompiledWithFallback):
                  sums=None, result=None, compile: bool = True, dynamic_members: bool = False):
         # sums/result: a population's forward and ShardResult (pipeline/shards/population.py);
         # dynamic_members: the leading (member) dimension of every input stays symbolic in the graph,
-        # so a population that narrows (halving) keeps one graph; it costs 10-25% per call
-        # (benchmarks/RESULTS.md), and a size-1 dimension would be specialised: callers pass >= 2 rows
+        # so a population that narrows (halving) keeps one graph; it costs 3-7% per call
+        # (benchmarks/bench_dynamic_members.py), and a size-1 dimension would be specialised: callers pass >= 2 rows
         super().__init__(log, compile)
         self.dynamic_members = dynamic_members
         sums, self._result = sums or shard_sums, result or shard_result

@@ -21,3 +21,24 @@ def test_compile_setting_resolves_by_run_length_and_family():
     assert compiles(load_config("l2l_quadratic_cpu"))  # 2,000 unrolls
     assert not compiles(load_config("l2l_quadratic_cpu", ["iterations=500"]))
     assert compiles(load_config("l2l_quadratic_cpu", ["iterations=500", "train.compile=always"]))
+
+
+def test_the_learners_mse_gives_f_mse_loss_bit_for_bit_in_eager():
+    """The learners compute MSE as (out - y).square().mean(), not F.mse_loss (whose batching rule fixes
+    a population's member count in a compiled graph): the same value and gradient to the last bit,
+    so eager runs are unchanged by it."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.core.learners import Network, loss_and_metric
+
+    gen = torch.Generator().manual_seed(0)
+    net = Network(cells=(), loss="mse")
+    for n in (1, 5, 10, 20, 50, 100, 1000, 4097):
+        for _ in range(20):
+            out = torch.randn(n, 1, generator=gen, requires_grad=True)
+            y = torch.randn(n, 1, generator=gen)
+            want = F.mse_loss(out, y)
+            got = loss_and_metric(net, {}, out, y)[0]  # a network without cells: its output is its input
+            assert torch.equal(got, want), n
+            assert torch.equal(torch.autograd.grad(got, out)[0], torch.autograd.grad(want, out)[0]), n
