@@ -2,6 +2,7 @@
 code runs (each may import only the wings below it; tests/unit/test_structure.py enforces it):
 
     core/         adaptation math, networks, update rules            (imports tasks only)
+    storage       whole-file writes that a full disk cannot leave half done
     config        the experiment-config schema                      (+ core's registries)
     shards/       what a worker computes: experiments, compile, chunk timing
     distributed/  where shards run: backends, Ray workers

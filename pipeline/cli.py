@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline import storage
 from pipeline.config import ConfigError, load_config
+from pipeline.storage import StorageError
 from tasks import TASKS
 
 
@@ -176,7 +178,7 @@ def cmd_eval(args) -> int:
                                                  ("name", "data", "split", "ways", "query", "within_group", "order")},
            "results": table}
     path = run_dir / f"eval-{target.tag + '-' if target.tag else ''}seed{seed}-tasks{tasks}.json"
-    path.write_text(json.dumps(out, indent=2))
+    storage.write_text(path, json.dumps(out, indent=2))
     print(f"data: {target.data}\nprotocol: {target.protocol}; seed {seed}")
     print(format_table(table, out["metric"], header=f"{cfg.method} at iteration {trainer.iteration}: {tasks} test "
                        f"tasks (seed {seed}), {cfg.eval.inner_steps} inner step(s)"))
@@ -222,9 +224,7 @@ def cmd_adapt(args) -> int:
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(table.to_string(index=False))
     if out is not None:
-        tmp = out.with_name(out.name + ".tmp")
-        table.to_csv(tmp, index=False)
-        tmp.replace(out)
+        storage.write_file(out, lambda f: table.to_csv(f, index=False))
         print(f"written {out}")
     return 0
 
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except ConfigError as e:
+    except (ConfigError, StorageError) as e:
         print(f"metatrain: error: {e}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import storage
 from pipeline.core.rules import METHODS, RULES
 from pipeline.core.rules.masked import MASK_MODES
 from pipeline.yaml_dataclasses import build, float_fields, load_yaml, set_key, to_dict
@@ -334,4 +335,4 @@ def _validate_family(cfg: Config, check_paths: bool) -> None:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    storage.write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from pipeline import storage
 from pipeline.core.learners import forward
 from pipeline.core.meta_batch import InnerSettings, inner_adapt
 from pipeline.core.rules import step_label
@@ -17,8 +18,7 @@ from pipeline.core.rules import step_label
 
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
+    return storage.write_file(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"), binary=True)
 
 
 def learning_curves(entries: list[dict], path: Path, title: str, classification: bool) -> Path:

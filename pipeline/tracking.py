@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from pipeline import storage
 from pipeline.config import Config, ConfigError
 from pipeline.core import learners
 from pipeline.driver.run_dir import CHECKPOINT, CONFIG, METRICS, MLFLOW_RUN, PLOTS, RESULTS
@@ -218,7 +219,7 @@ class MlflowTracker(TrainerHook):
                 tags["mlflow.parentRunId"] = self.parent_run_id
             self.run_id = start_run(self.client, self.experiment_id, run_name=self.run_name, tags=tags,
                                     params=flatten(to_dict(cfg)))
-            (run_dir / RUN_FILE).write_text(json.dumps(
+            storage.write_text(run_dir / RUN_FILE, json.dumps(
                 {"tracking_uri": self.uri, "experiment_id": self.experiment_id, "run_id": self.run_id}, indent=2))
             reopened = False
         else:

@@ -2,6 +2,7 @@
 small learners and task batches for the algebra checks, where the real Omniglot data is, and the
 helpers that both halves of a test module split across the two folders use. Fixtures and hooks
 are in conftest.py."""
+import errno
 import math
 import os
 import socket
@@ -375,3 +376,44 @@ def check_meta_curvature_with_identity_matrices_is_maml(method, conv):
     g_mc, _ = assert_reduces(mc, maml, InnerSettings(0.1, 2), batch, p_mc, p_maml)
     assert ("l0.W_mc_out" in p_mc or "conv0.W_mc_out" in p_mc) == (method == "mc2")
     assert any(g.abs().sum() > 0 for k, g in g_mc.grads.items() if "_mc" in k)
+
+
+# -- storage faults (unit and integration) ----------------------------------------------------------
+def full_disk_after(capacity: int, name: str, code: int = errno.ENOSPC, nth: int = 1):
+    """A stand-in for pipeline.storage._open: the nth file opened under this name takes `capacity`
+    characters (or bytes), writes what fits and then fails with `code`, as a full disk does; every
+    other file opens normally."""
+    seen = {"n": 0}
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.left = f, capacity
+
+        def write(self, data):
+            if len(data) > self.left:
+                self.f.write(data[:self.left])
+                self.f.flush()
+                self.left = 0
+                raise OSError(code, os.strerror(code))
+            self.left -= len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, attr):
+            return getattr(self.f, attr)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def opener(path, mode):
+        f = open(path, mode)
+        if os.path.basename(path) != name:
+            return f
+        seen["n"] += 1
+        if seen["n"] != nth:
+            return f
+        return Full(f)
+
+    return opener

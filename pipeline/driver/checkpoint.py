@@ -5,11 +5,13 @@ mid-write leaves both intact; a newest file damaged afterwards (truncated, overw
 detected on load, named in one line, and the previous one is used instead."""
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import torch
 
+from pipeline import storage
 from pipeline.config import ConfigError
 from pipeline.driver.run_dir import CHECKPOINT, PREVIOUS_CHECKPOINT
 
@@ -62,11 +64,17 @@ def save(run_dir: Path, state: dict) -> Path:
     damaged (then the previous good one is kept)."""
     run_dir = Path(run_dir)
     path, prev = run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT
-    tmp = run_dir / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    if path.is_file() and (_WRITTEN.get(os.path.abspath(path)) == _stamp(path) or _usable(path)):
-        os.replace(path, prev)  # between the two renames a loader finds prev alone: still a good state
-    os.replace(tmp, path)
+
+    def install(tmp: Path, path: Path) -> None:
+        if path.is_file() and (_WRITTEN.get(os.path.abspath(path)) == _stamp(path) or _usable(path)):
+            os.replace(path, prev)  # between the two renames a loader finds prev alone: still a good state
+        os.replace(tmp, path)
+
+    # Serialised in memory first: torch's zip writer turns a failed write into a RuntimeError that
+    # hides the OSError; written so, a disk that fills leaves the checkpoints as they were (StorageError).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    storage.write_file(path, lambda f: f.write(buffer.getbuffer()), binary=True, install=install)
     _WRITTEN[os.path.abspath(path)] = _stamp(path)
     return path
 

@@ -32,6 +32,7 @@ from pipeline.driver.meta_step import StackedAdam
 from pipeline.driver.pbt import Pbt, explore, quantiles
 from pipeline.driver.trainer import Trainer
 from pipeline.shards.population import PopulationShards, population_from_dicts
+from pipeline.storage import StorageError
 from pipeline.yaml_dataclasses import flatten, to_dict
 
 # Keys in which the members of a population may differ: numbers that enter the computation as
@@ -267,9 +268,19 @@ class Population:
             self.reporter.on_finish(self, results)
             return results
         except BaseException as e:
+            fault = self._storage_fault(e) if isinstance(e, StorageError) else None
             for m in self.members:
-                m._emit("on_abort", e)
+                m._emit("on_abort", fault or e)
+            if fault is not None:
+                raise fault from None
             raise
+
+    def _storage_fault(self, e: StorageError) -> StorageError:
+        saved = {m.saved_at for m in self.members if m.status != "stopped"}
+        root = self.members[0].run_dir.parent
+        kept = (f"every member's checkpoint of iteration {min(saved)} in {root} is intact" if None not in saved
+                else f"the members in {root} were not all saved yet")
+        return e.finished_by(kept, "resume the population (`metatrain sweep FILE --resume` for a sweep's)")
 
     def _loop(self) -> None:
         cfg = self.cfgs[0]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline import storage
 from pipeline.config import Config, ConfigError, save_config
 from pipeline.distributed.backends import LocalBackend, make_backend
 from pipeline.driver import checkpoint
@@ -18,6 +19,7 @@ from pipeline.driver.families import family_of
 from pipeline.driver.meta_step import StackedAdam
 from pipeline.driver.run_dir import CHECKPOINT, CONFIG, METRICS, PLOTS, RESULTS
 from pipeline.shards.chunking import describe_chunk_times, pick_chunk_size
+from pipeline.storage import StorageError
 from pipeline.yaml_dataclasses import load_yaml
 
 
@@ -98,6 +100,7 @@ class Trainer:
         self.last_scalars: dict[str, float] = {}  # the last logged window's iteration_scalars
         self.rungs: list[dict] = []  # a halving scheduler's decisions on this run: iteration, val_loss, kept
         self.lineage: list[dict] = []  # PBT's exploits of this run: iteration, donor, old -> new values
+        self.saved_at: int | None = None  # the iteration of the newest checkpoint this process wrote or loaded
 
     def __enter__(self):
         return self
@@ -144,6 +147,7 @@ class Trainer:
         checkpoint.apply_hyperparams(self.cfg, state)
         torch.set_rng_state(state["torch_rng"])
         self.iteration, self.skipped = state["iteration"], state["skipped"]
+        self.saved_at = state["iteration"]
         self.bad_streak, self.status = state["bad_streak"], state["status"]
 
     def states(self) -> list[dict]:
@@ -152,12 +156,23 @@ class Trainer:
 
     def save(self) -> None:
         checkpoint.save(self.run_dir, self.state_dict())
+        self.saved_at = self.iteration
+
+    def storage_fault(self, e: StorageError) -> StorageError:
+        """A full or failing disk, said in one line with what is kept and how to finish the run."""
+        kept = (f"the checkpoint of iteration {self.saved_at} in {self.run_dir} is intact" if self.saved_at is not None
+                else f"nothing of {self.run_dir} was saved yet")
+        return e.finished_by(kept, f"metatrain resume {self.run_dir}" if self.saved_at is not None
+                             else "run the command again")
 
     # -- training ----------------------------------------------------------------------------
     def train(self, resume: bool = False, state: dict | None = None) -> dict:
         """Train to cfg.iterations and evaluate. resume=True continues from the run directory's
         checkpoint; `state` continues from a given checkpoint state (a Tune trial's)."""
-        resumed = self.begin(resume, state)
+        try:
+            resumed = self.begin(resume, state)
+        except StorageError as e:
+            raise self.storage_fault(e) from None
         try:
             self._emit("on_start", resumed)
             if self.status == "running" and self.adam is None:
@@ -167,7 +182,10 @@ class Trainer:
                 self._loop()
             return self.finish()
         except BaseException as e:
-            self._emit("on_abort", e)
+            fault = self.storage_fault(e) if isinstance(e, StorageError) else None
+            self._emit("on_abort", fault or e)
+            if fault is not None:
+                raise fault from None
             raise
 
     def begin(self, resume: bool = False, state: dict | None = None) -> bool:
@@ -295,8 +313,7 @@ class Trainer:
     def record(self, entry: dict) -> None:
         """A scheduler's entry (PBT's val_loss and values at a decision) in metrics.jsonl and to the
         hooks (MLflow's metric series)."""
-        with open(self.run_dir / METRICS, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        storage.append_line(self.run_dir / METRICS, json.dumps(entry))
         self._emit("on_log", entry)
 
     def _log_window(self, window, dt, elapsed, done) -> None:
@@ -315,8 +332,7 @@ class Trainer:
         fraction = self.experiment.updated_fraction(self.params)
         if fraction is not None:
             entry["updated_fraction"] = fraction
-        with open(self.run_dir / METRICS, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        storage.append_line(self.run_dir / METRICS, json.dumps(entry))
         self.last_scalars = iteration_scalars(entry)
         self._emit("on_log", entry)
         second = self.family.curve_label
@@ -339,7 +355,7 @@ class Trainer:
                         keep.append(line)
                 except (ValueError, KeyError):  # a line cut short by the crash
                     pass
-            path.write_text("".join(l + "\n" for l in keep))
+            storage.write_text(path, "".join(l + "\n" for l in keep))
 
     def training_backend(self):
         """Where the meta-gradients were computed (a population member's: the population's backend)."""
@@ -404,10 +420,7 @@ class Trainer:
         return results
 
     def _write_results(self, results: dict) -> None:
-        path = self.run_dir / RESULTS
-        tmp = path.with_name(RESULTS + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(path)  # never a half-written results.json
+        storage.write_text(self.run_dir / RESULTS, json.dumps(results, indent=2))  # never a half-written one
 
     def header(self, results: dict) -> str:
         return self.family.header(results, self.experiment)

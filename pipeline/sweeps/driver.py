@@ -21,8 +21,10 @@ from pathlib import Path
 import yaml
 from ray import tune
 
+from pipeline import storage
 from pipeline.config import Config, ConfigError
 from pipeline.driver.pbt import Pbt
+from pipeline.storage import StorageError
 from pipeline.sweeps import draws
 from pipeline.sweeps.draws import population_sizes
 from pipeline.sweeps.optuna_populations import PopulationSearch
@@ -284,9 +286,9 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
         _check_resources(sweep, started_ray, log)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
-            (sweep_dir / SPEC).write_text(yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+            storage.write_text(sweep_dir / SPEC, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
         state = _start_parent_run(sweep, sweep_dir, uri, state)
-        (sweep_dir / STATE).write_text(json.dumps(state, indent=2))
+        storage.write_text(sweep_dir / STATE, json.dumps(state, indent=2))
         s = spec.scheduler
         halving = s.rungs_from(sweep.base["iterations"]) if s.name == "halving" else None
         pbt = Pbt(s.interval_from(sweep.base["iterations"]), s.quantile_fraction, s.resample_probability,
@@ -323,6 +325,11 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
                                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
         grid = tuner.fit()
         return _finish(sweep, sweep_dir, grid, uri, state["parent_run_id"], path, log)
+    except StorageError as e:
+        if e.finished:  # the report's own line
+            raise
+        raise e.finished_by(f"the trials' run directories and Tune's state in {sweep_dir} are kept",
+                            f"metatrain sweep {path} --resume") from None
     finally:
         if started_ray:
             ray.shutdown()
@@ -388,7 +395,11 @@ def _finish(sweep: Sweep, sweep_dir: Path, grid, uri: str, parent_run_id: str, p
         log(f"sweep interrupted: {counts['unfinished']} trial(s) unfinished; continue it with: "
             f"metatrain sweep {path} --resume")
         return 130
-    report = write_report(sweep_dir)
+    try:
+        report = write_report(sweep_dir)
+    except StorageError as e:
+        raise e.finished_by(f"every trial's run directory and {MANIFEST} in {sweep_dir} are kept",
+                            f"metatrain report {sweep_dir}") from None
     log(report.text)
     for p in report.files:
         client.log_artifact(parent_run_id, str(p), "report")

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 from pathlib import Path
 
 import optuna
 from ray.tune.search import Searcher
+
+from pipeline import storage
 
 RECORD = "optuna.json"
 
@@ -69,9 +70,7 @@ class PopulationSearch(Searcher):
     def _write_record(self) -> None:
         rows = [{"number": t.number, "params": t.params, "value": t.value, "state": t.state.name}
                 for t in self.study.get_trials(deepcopy=False)]
-        tmp = self.record + ".tmp"
-        Path(tmp).write_text(json.dumps(rows, indent=2))
-        os.replace(tmp, self.record)
+        storage.write_text(Path(self.record), json.dumps(rows, indent=2))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

@@ -3,8 +3,9 @@ report` reads sweep directories without loading Ray Tune."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from pipeline import storage
 
 SPEC, STATE, MANIFEST, TUNE_DIR, TRIALS = "sweep.yaml", "sweep.json", "trials.json", "tune", "trials"
 FINISHED = ("completed", "diverged")  # trials that ran to the end and were evaluated
@@ -17,6 +18,4 @@ def read_manifest(sweep_dir: Path) -> dict:
 
 
 def write_manifest(sweep_dir: Path, manifest: dict) -> None:
-    tmp = Path(sweep_dir) / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, Path(sweep_dir) / MANIFEST)
+    storage.write_text(Path(sweep_dir) / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))

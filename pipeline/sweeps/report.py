@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from pipeline import storage
 from pipeline.config import ConfigError
 from pipeline.driver.evaluation import mean_ci95
 from pipeline.driver.run_dir import CONFIG, RESULTS
@@ -413,9 +414,9 @@ def write_report(sweep_dir: Path, shots: list[int] | None = None) -> Report:
     sweep_dir = Path(sweep_dir)
     text, cell_rows, trial_rows, fig = build_report(sweep_dir, shots)
     files = [sweep_dir / "report.md", sweep_dir / "report.parquet", sweep_dir / "trials.parquet"]
-    files[0].write_text(text + "\n")
-    pq.write_table(pa.Table.from_pylist(cell_rows), files[1])
-    pq.write_table(pa.Table.from_pylist(trial_rows), files[2])
+    storage.write_text(files[0], text + "\n")
+    for path, rows in ((files[1], cell_rows), (files[2], trial_rows)):
+        storage.write_file(path, lambda f, rows=rows: pq.write_table(pa.Table.from_pylist(rows), f), binary=True)
     files += _figure(fig, sweep_dir)
     if fig["pbt"]:
         files += _pbt_figure(fig, sweep_dir)
