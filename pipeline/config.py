@@ -102,6 +102,12 @@ class TrainConfig:
     # tasks per vectorised call: 0 = the whole shard; "auto" = the fastest, timed on the first shard at
     # the start of a run (pipeline/core/meta_batch.py) and written into the run's config.yaml
     tasks_per_vmap: int | str = "auto"
+    # tasks per block: > 0 makes the run bitwise the same whatever the number of shard workers (of one
+    # kind: the same threads per worker, the same device model, the same torch). The meta-batch is cut
+    # into fixed blocks of this many tasks (the last holds the remainder), each computed by one
+    # shard-function call wherever it runs, and the block sums are added in a fixed pairwise tree
+    # over block index. 0 = each worker sums one contiguous range (bitwise only at a fixed worker count)
+    block_tasks: int = 0
     grad_clip: float = 0.0  # clip the meta-gradient's global norm to this before the Adam step; 0 = off
     unroll: int = 0  # learned optimizers: optimizee steps per truncated-BPTT unroll (paper 20); 0 = inner_steps
     # under torch.compile: the few-shot shard function (the whole training step), or a learned
@@ -271,6 +277,9 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     tpv = cfg.train.tasks_per_vmap
     need(tpv == "auto" or (isinstance(tpv, int) and tpv >= 0),
          f"train.tasks_per_vmap: must be an integer >= 0 (0 = whole shard) or 'auto', got {tpv!r}")
+    need(0 <= cfg.train.block_tasks <= cfg.meta_batch_size,
+         f"train.block_tasks: must be in [0, meta_batch_size = {cfg.meta_batch_size}] (0 = one contiguous range per "
+         f"worker), got {cfg.train.block_tasks}")
     need(cfg.train.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 = off), got {cfg.train.grad_clip}")
     need(cfg.train.compile in COMPILE,
          f"train.compile: unknown choice {cfg.train.compile!r}; allowed: {', '.join(COMPILE)}")

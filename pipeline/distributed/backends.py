@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.config import Config, ConfigError
 from pipeline.core.meta_batch import ShardResult, to_numpy
-from pipeline.distributed.ranges import split
+from pipeline.distributed.ranges import blocks, split, tree_sum
 from pipeline.shards.sources import ShardSource, experiment_from_dict
 from pipeline.yaml_dataclasses import to_dict
 
@@ -25,6 +25,16 @@ class WorkersLostError(ConfigError):
 RESUME_HINT = "checkpoints are intact: continue with `metatrain resume RUN_DIR` once the cluster is healthy"
 
 
+def carry_part(carry: dict | None, r: range) -> dict | None:
+    return None if carry is None else {k: v[r.start:r.stop] for k, v in carry.items()}
+
+
+def merge_blocks(results: list[ShardResult]) -> ShardResult:
+    """Block results, in block order, added in the fixed pairwise tree (ranges.tree_sum); a per-task
+    carry stays in task order (adjacent blocks are joined in order)."""
+    return tree_sum(results, lambda a, b: ShardResult.merge([a, b]))
+
+
 class LocalBackend:
     name = "local"
     placement = "in process"
@@ -34,6 +44,9 @@ class LocalBackend:
         self.workers, self.restarts = 1, 0
 
     def meta_gradient(self, params: dict, iteration: int, carry: dict | None = None) -> ShardResult:
+        if self.cfg.train.block_tasks:  # the blocks one after another, added as every backend adds them
+            return merge_blocks([self.experiment.train_shard(params, iteration, r, carry_part(carry, r))
+                                 for r in blocks(self.cfg.meta_batch_size, self.cfg.train.block_tasks)])
         return self.experiment.train_shard(params, iteration, range(self.cfg.meta_batch_size), carry)
 
     def eval_chunks(self, params: dict, chunks: list[range], **kw) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -238,9 +251,18 @@ class RayBackend:
 
     def meta_gradient(self, params: dict, iteration: int, carry: dict | None = None) -> ShardResult:
         ref = self.ray.put(to_numpy(params))  # one broadcast per iteration
+        carry_np = None if carry is None else to_numpy(carry)
+        if self.cfg.train.block_tasks:
+            # each worker a contiguous run of whole blocks, one result per block; any worker count (or
+            # reassignment after a failure) gives the same block results, added in the same tree
+            every = blocks(self.cfg.meta_batch_size, self.cfg.train.block_tasks)
+            jobs = [[(r.start, r.stop) for r in every[g.start:g.stop]] for g in split(len(every), self.workers)]
+            parts = (lambda job: None) if carry_np is None else (
+                lambda job: [{k: v[a:b] for k, v in carry_np.items()} for a, b in job])
+            results = self._run(jobs, lambda a, job: a.train_blocks.remote(ref, iteration, job, parts(job)))
+            return merge_blocks([ShardResult.from_wire(r) for worker in results for r in worker])
         ranges = split(self.cfg.meta_batch_size, self.workers)
         # a per-task carry (learned optimizers' optimizee state) travels with its task range
-        carry_np = None if carry is None else to_numpy(carry)
         part = (lambda r: None) if carry_np is None else (lambda r: {k: v[r.start:r.stop] for k, v in carry_np.items()})
         results = self._run(ranges, lambda a, r: a.train_shard.remote(ref, iteration, r.start, r.stop, part(r)))
         return ShardResult.merge([ShardResult.from_wire(r) for r in results])

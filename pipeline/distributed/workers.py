@@ -36,6 +36,15 @@ class ShardWorker:
         carry = None if carry_np is None else self._params(carry_np)
         return self.source.train_shard(self._params(params_np), iteration, range(start, stop), carry).to_wire()
 
+    def train_blocks(self, params_np: dict, iteration: int, blocks: list[tuple[int, int]],
+                     carries: list[dict] | None = None) -> list[ShardResult]:
+        """One ShardResult (wire form) per block of task indices, each one shard-function call:
+        what a block computes does not depend on the worker (train.block_tasks)."""
+        params = self._params(params_np)
+        return [self.source.train_shard(params, iteration, range(a, b),
+                                        None if carries is None else self._params(carries[i])).to_wire()
+                for i, (a, b) in enumerate(blocks)]
+
     def eval_shard(self, params_np: dict, start: int, stop: int, **kw) -> tuple[np.ndarray, np.ndarray]:
         """The source's eval_shard on tasks start..stop-1; kw as the source takes them."""
         m, c = self.source.eval_shard(self._params(params_np), range(start, stop), **kw)

@@ -217,6 +217,10 @@ class Trainer:
         recorded = load_yaml(path).get("train", {}).get("tasks_per_vmap") if resumed and path.is_file() else None
         if isinstance(recorded, int) and not isinstance(recorded, bool):
             return recorded
+        if self.cfg.train.block_tasks:  # a timed choice would make the bits depend on the machine's load
+            (log or self.log)("train.tasks_per_vmap: auto -> whole block (train.block_tasks: blocks are the "
+                              "vectorised unit)")
+            return 0
         if not any(cell.kind == "conv" for cell in self.experiment.learner.net.cells):
             # Dense shards (sine MLPs) are dispatch-bound: one vmap is the fastest (benchmarks/RESULTS.md),
             # and a timed choice would make the run's float rounding, hence its numbers after
