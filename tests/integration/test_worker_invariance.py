@@ -48,3 +48,20 @@ def test_one_two_three_and_five_workers_give_the_same_parameters_bitwise(local_r
     for n in WORKERS[1:]:
         for k, v in params[1].items():
             assert torch.equal(params[n][k], v), f"{n} workers, {k}: max diff {(params[n][k] - v).abs().max():.3g}"
+
+
+def test_a_population_on_one_or_three_workers_gives_the_same_parameters_bitwise(local_ray, tmp_path):
+    """The same blocks serve a packed population (every member's tasks of a block in one call)."""
+    from pipeline.driver.population import Population
+
+    from helpers import configs
+
+    params = {}
+    for n in (1, 3):
+        cfgs = configs(tmp_path / f"w{n}", "mtnet", iterations=30, **{"backend": "ray", "ray.workers": n,
+                                                                       "train.block_tasks": 2,
+                                                                       "ray.cpus_per_worker": 0.5})
+        with Population(cfgs, [tmp_path / f"w{n}" / c.run_name for c in cfgs], log=lambda m: None) as pop:
+            pop.train()
+            params[n] = {k: v.clone() for k, v in pop.params.items()}
+    assert all(torch.equal(params[3][k], v) for k, v in params[1].items())

@@ -29,6 +29,9 @@ BAD = [
     (["--set", "inner_steps=0"], "inner_steps: must be >= 1"),
     (["--set", "backend=spark"], "backend: unknown backend 'spark'; allowed: ray, local"),
     (["--workers", "-1"], "ray.workers: must be >= 0"),
+    (["--set", "train.block_tasks=26"], "train.block_tasks: must be in [0, meta_batch_size = 25] (0 = one contiguous "
+                                        "range per worker), got 26"),
+    (["--set", "train.block_tasks=-1"], "train.block_tasks: must be in [0, meta_batch_size = 25]"),
     (["--set", "ray.gpus_per_worker=-0.5"], "ray.gpus_per_worker: must be >= 0"),
     (["--set", "alpha=inf"], "alpha: must be a finite number, got inf"),
     (["--set", "alpha=.nan"], "alpha: must be a finite number, got nan"),
