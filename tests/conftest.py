@@ -19,8 +19,8 @@ from pipeline.core.meta_batch import InnerSettings  # noqa: E402
 # collection order (--no-loadscope-reorder: xdist's default puts files with many tests first, and
 # the chaos file, two long tests, then ran alone at the end for 4 minutes). All of them are in
 # tests/integration; the unit halves of split modules keep their place.
-LONG_FIRST = ("test_chaos.py", "test_sweep.py", "test_sweep_recovery.py", "test_meta_lstm.py", "test_jobs.py",
-              "test_learned_optimizer.py", "test_images.py", "test_distributed.py")
+LONG_FIRST = ("test_chaos.py", "test_worker_invariance.py", "test_sweep.py", "test_sweep_recovery.py",
+              "test_meta_lstm.py", "test_jobs.py", "test_learned_optimizer.py", "test_images.py", "test_distributed.py")
 
 
 def pytest_collection_modifyitems(items):
