@@ -101,3 +101,22 @@ def test_a_damaged_run_config_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert (err.count("\n") == 1
                 and f"config: {run / 'config.yaml'} cannot be read as text (UnicodeDecodeError" in err)
+
+
+def test_every_argument_of_every_command_has_help_text():
+    import argparse
+
+    from pipeline.cli import build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    walk(sub, [*path, name])
+            elif a.dest != "help" and not a.help:
+                missing.append(f"metatrain {' '.join(path)} {'/'.join(a.option_strings) or a.dest}")
+
+    walk(build_parser(), [])
+    assert not missing, missing
