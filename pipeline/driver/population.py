@@ -233,11 +233,14 @@ class Population:
     def _resume_states(self) -> list[dict]:
         """Each member's checkpoint at one common iteration: members are saved one after another,
         so a population killed between two saves has some members one checkpoint ahead; their
-        previous checkpoint is at the common iteration."""
+        previous checkpoint is at the common iteration. Members that were stopped or diverged stay
+        where they ended (a diverged member is saved when it diverges)."""
         states = [checkpoint.load(m.run_dir, m.log) for m in self.members]
-        common = min(s["iteration"] for s in states if s["status"] != "stopped")  # stopped ones stay behind
+        frozen = ("stopped", "diverged")
+        moving = [s["iteration"] for s in states if s["status"] not in frozen]
+        common = min(moving) if moving else None
         for i, m in enumerate(self.members):
-            if states[i]["iteration"] != common and states[i]["status"] != "stopped":
+            if common is not None and states[i]["iteration"] != common and states[i]["status"] not in frozen:
                 prev = checkpoint.read(m.run_dir / checkpoint.PREVIOUS_CHECKPOINT)
                 if prev["iteration"] != common:
                     raise ConfigError(f"population: member {m.run_dir} has checkpoints at iterations "
@@ -303,8 +306,8 @@ class Population:
             if self.pbt and self.pbt.due(done, cfg.iterations):
                 self._exploit(done)
             for i, m in enumerate(members):
-                if m.status == "running":
-                    m.after_step(finite[i], losses[i], curves[i], metrics[i])
+                if m.status == "running" and not m.after_step(finite[i], losses[i], curves[i], metrics[i]):
+                    m.save()  # diverged: its checkpoint says so at once, as a solo run's does when it stops
             if done in self.rungs:
                 self._halve(done)
             if done % cfg.train.log_every == 0 or done == cfg.iterations:

@@ -71,6 +71,40 @@ def test_a_diverging_member_is_frozen_and_the_others_equal_their_solo_runs(tmp_p
         assert_rel_close(members_params[i], want, 1e-5, f"member {i}")
     diverged_solo, solo_results = solo(cfgs[1], tmp_path / "solo1")
     assert solo_results["status"] == "diverged" and solo_results["iterations"] == results[1]["iterations"]
+    # saved when it diverged, not only at the population's end (the end saved it once more)
+    at_divergence = checkpoint.read(tmp_path / "pop1" / checkpoint.PREVIOUS_CHECKPOINT)
+    assert (at_divergence["status"], at_divergence["iteration"]) == ("diverged", results[1]["iterations"])
+
+
+def test_a_population_killed_after_a_member_diverged_resumes_to_the_undisturbed_members(tmp_path):
+    """The diverging population above, killed at iteration 90 (after the member diverged and the
+    others saved at 60) and resumed from the run directories: the diverged member stays as it was
+    saved when it diverged, the others resume from 60, and all end as in the undisturbed run."""
+    from pipeline.driver.population import PopulationHook
+
+    class Crash(PopulationHook):
+        def on_log(self, population, entry):
+            if entry["iteration"] == 90:
+                raise KeyboardInterrupt
+
+    members = [{"alpha": 0.01, "seed": 0}, {"alpha": 1000.0, "seed": 1}, {"alpha": 0.02, "seed": 2}]
+    over = {"iterations": 120, "inner_steps": 3, "train.max_bad_steps": 5, "train.checkpoint_every": 60,
+            "train.log_every": 30}
+    ends = {}
+    for name in ("undisturbed", "resumed"):
+        cfgs = configs(tmp_path / name, "maml", members, **over)
+        dirs = [tmp_path / name / c.run_name for c in cfgs]
+        if name == "resumed":
+            with pytest.raises(KeyboardInterrupt), Population(cfgs, dirs, log=lambda m: None,
+                                                              reporter=Crash()) as pop:
+                pop.train()
+        with Population(cfgs, dirs, log=lambda m: None) as pop:
+            results = pop.train(resume=name == "resumed")
+        ends[name] = ([(r["status"], r["iterations"]) for r in results], [checkpoint.load(d)["params"] for d in dirs])
+    assert ends["resumed"][0] == ends["undisturbed"][0] and ends["undisturbed"][0][1][0] == "diverged"
+    for got, want in zip(ends["resumed"][1], ends["undisturbed"][1]):
+        for k, v in want.items():
+            torch.testing.assert_close(got[k], v, rtol=1e-6, atol=1e-8)
 
 
 class StopAt(TrainerHook):
