@@ -14,7 +14,10 @@ learner's initialisation (its W, b and batch-norm scale/shift: every learner par
 paper). grad_t and loss_t enter as constants (first order). Small uniform weights, b_F in [4, 6]
 and b_I in [-5, -4] start the learner as plain SGD with a small step (i ~ 0.01, f ~ 0.99).
 The inner loop uses the whole support set at each of its T steps (the paper's learner batch is
-the N x K support set); batch norm uses that batch's statistics, so no statistic outlives a task.
+the N x K support set); batch norm normalises each support pass with that batch's statistics, and
+at meta-test time the query set with the averages of the support passes' statistics (`query_bn =
+"support"`, the paper's section 3.4; training queries use their own batch's). No statistic outlives
+a task.
 """
 from __future__ import annotations
 
