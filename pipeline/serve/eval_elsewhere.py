@@ -90,5 +90,6 @@ def retarget(run_cfg: Config, *, data: list[str] | None = None, ways: int | None
     else:
         data_text = t.name + (f" of order {t.order}" if TASKS[t.name].takes_order else "") + \
             (" (the run's own task)" if t.name == run_cfg.task.name and t.order == run_cfg.task.order else "")
-        protocol = f"{t.query} query point(s) per task"
+        protocol = (f"fresh optimizees, {cfg.eval.inner_steps} optimizer steps each"
+                    if TASKS[t.name].kind == "optimizee" else f"{t.query} query point(s) per task")
     return Retargeted(cfg, data_text, protocol, "-".join(tag))

@@ -12,7 +12,7 @@ from pipeline.driver.trainer import Trainer
 from helpers import quad_cfg
 
 
-def test_short_meta_training_lowers_the_final_loss_of_fresh_quadratics(tmp_path):
+def test_short_meta_training_lowers_the_final_loss_of_fresh_quadratics(tmp_path, capsys):
     cfg = quad_cfg(tmp_path, iterations=150, meta_batch_size=16, inner_steps=20, alpha=0.1, beta=0.01,
                    **{"train.unroll": 5, "eval.inner_steps": 20, "eval.tasks": 100, "train.checkpoint_every": 50,
                       "train.log_every": 50})
@@ -24,6 +24,12 @@ def test_short_meta_training_lowers_the_final_loss_of_fresh_quadratics(tmp_path)
     assert results["status"] == "completed" and after["n"] == 100
     assert after["mean"] + after["ci95"] < before["mean"] - before["ci95"], (before["mean"], after["mean"])
     assert (tmp_path / "trained" / "plots" / "optimizee_loss.png").is_file()
+    # `metatrain eval` of the run says its own protocol, not a few-shot one
+    from pipeline.cli import main
+
+    assert main(["eval", str(tmp_path / "trained"), "--local", "--tasks", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "protocol: fresh optimizees, 20 optimizer steps each" in out and "query point" not in out
 
 
 def test_resume_mid_trajectory_matches_an_uninterrupted_run(tmp_path):
