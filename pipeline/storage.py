@@ -50,9 +50,9 @@ def write_file(path: Path, write, binary: bool = False, install=os.replace) -> P
             f.flush()
             os.fsync(f.fileno())
         install(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # whatever failed (a full disk, a figure that cannot be drawn): no temporary left
         tmp.unlink(missing_ok=True)
-        fault = _fault(e, path)
+        fault = _fault(e, path) if isinstance(e, OSError) else None
         if fault is None:
             raise
         raise fault from None

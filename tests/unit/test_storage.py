@@ -51,3 +51,16 @@ def test_the_injected_file_fails_part_way(tmp_path):
         f.write("cd")
     f.close()
     assert (tmp_path / "x").read_text() == "abc"  # the disk took what fit
+
+
+def test_a_writer_that_fails_otherwise_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "report.png"
+    storage.write_text(path, "old")
+
+    def broken(f):
+        f.write("half")
+        raise ValueError("cannot draw")
+
+    with pytest.raises(ValueError, match="cannot draw"):
+        storage.write_file(path, broken)
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.png"]
