@@ -26,6 +26,7 @@ RESUME_HINT = "checkpoints are intact: continue with `metatrain resume RUN_DIR` 
 
 
 def carry_part(carry: dict | None, r: range) -> dict | None:
+    """The per-task carry of tasks r (tensors or arrays), or None where nothing carries over."""
     return None if carry is None else {k: v[r.start:r.stop] for k, v in carry.items()}
 
 
@@ -258,13 +259,13 @@ class RayBackend:
             every = blocks(self.cfg.meta_batch_size, self.cfg.train.block_tasks)
             jobs = [[(r.start, r.stop) for r in every[g.start:g.stop]] for g in split(len(every), self.workers)]
             parts = (lambda job: None) if carry_np is None else (
-                lambda job: [{k: v[a:b] for k, v in carry_np.items()} for a, b in job])
+                lambda job: [carry_part(carry_np, range(a, b)) for a, b in job])
             results = self._run(jobs, lambda a, job: a.train_blocks.remote(ref, iteration, job, parts(job)))
             return merge_blocks([ShardResult.from_wire(r) for worker in results for r in worker])
         ranges = split(self.cfg.meta_batch_size, self.workers)
         # a per-task carry (learned optimizers' optimizee state) travels with its task range
-        part = (lambda r: None) if carry_np is None else (lambda r: {k: v[r.start:r.stop] for k, v in carry_np.items()})
-        results = self._run(ranges, lambda a, r: a.train_shard.remote(ref, iteration, r.start, r.stop, part(r)))
+        results = self._run(ranges, lambda a, r: a.train_shard.remote(ref, iteration, r.start, r.stop,
+                                                                     carry_part(carry_np, r)))
         return ShardResult.merge([ShardResult.from_wire(r) for r in results])
 
     def eval_chunks(self, params: dict, chunks: list[range], **kw) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -145,9 +145,9 @@ class Population:
         """Per-member step sizes and temperatures from the members' configs, wherever shards run."""
         self.beta = torch.tensor([m.cfg.beta for m in self.members], dtype=torch.float64, device=self.device)
         cfgs = [self.members[i].cfg for i in self.live]
-        self.shards.set_values(cfgs)
-        if isinstance(self.backend, RayBackend):
-            self.backend.set_member_values(cfgs)
+        self.backend.set_member_values(cfgs)
+        if isinstance(self.backend, RayBackend):  # else the backend's source is self.shards
+            self.shards.set_values(cfgs)
 
     def _stacked_params(self) -> dict:
         live = [self.members[i] for i in self.live]

@@ -17,6 +17,7 @@ from pipeline.driver import checkpoint
 from pipeline.driver.evaluation import finite_or_none, format_table
 from pipeline.driver.families import family_of
 from pipeline.driver.meta_step import StackedAdam
+from pipeline.driver.pbt import MUTABLE
 from pipeline.driver.run_dir import CHECKPOINT, CONFIG, METRICS, PLOTS, RESULTS
 from pipeline.shards.chunking import describe_chunk_times, pick_chunk_size
 from pipeline.storage import StorageError
@@ -131,8 +132,8 @@ class Trainer:
         return state
 
     def hyperparams(self) -> dict:
-        """The values PBT may change (pipeline/driver/pbt.py MUTABLE)."""
-        return {"alpha": self.cfg.alpha, "beta": self.cfg.beta, "gumbel_temperature": self.cfg.gumbel_temperature}
+        """The values PBT may change (pipeline/driver/pbt.py)."""
+        return {k: getattr(self.cfg, k) for k in MUTABLE}
 
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
