@@ -2,6 +2,7 @@
 small learners and task batches for the algebra checks, where the real Omniglot data is, and the
 helpers that both halves of a test module split across the two folders use. Fixtures and hooks
 are in conftest.py."""
+import contextlib
 import errno
 import math
 import os
@@ -417,3 +418,24 @@ def full_disk_after(capacity: int, name: str, code: int = errno.ENOSPC, nth: int
         return Full(f)
 
     return opener
+
+
+# -- simulated clusters (node failure, node loss in sweeps) -----------------------------------------
+@contextlib.contextmanager
+def simulated_cluster(head_cpus: int, node_cpus: list[int], log_to_driver: bool = True):
+    """A ray.cluster_utils.Cluster with a head of `head_cpus` CPUs and one node per entry of
+    `node_cpus`, this process its driver; yields (cluster, nodes)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    small = 80 * 2**20
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "object_store_memory": small,
+                                                            "include_dashboard": False})
+    nodes = [cluster.add_node(num_cpus=c, object_store_memory=small) for c in node_cpus]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=log_to_driver)
+    try:
+        yield cluster, nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

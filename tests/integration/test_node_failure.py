@@ -1,26 +1,18 @@
 """A simulated 3-node cluster (ray.cluster_utils.Cluster): a node hosting workers is removed
 mid-run; its workers are re-created on the remaining nodes and the run completes unchanged."""
 import pytest
-import ray
 import torch
-from ray.cluster_utils import Cluster
 
 from pipeline.config import load_config
 from pipeline.driver.trainer import Trainer
 
-SMALL = 80 * 2**20
+from helpers import simulated_cluster
 
 
 @pytest.fixture
 def three_nodes():
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": SMALL,
-                                                            "include_dashboard": False})
-    workers = [cluster.add_node(num_cpus=2, object_store_memory=SMALL) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="ERROR")
-    yield cluster, workers
-    ray.shutdown()
-    cluster.shutdown()
+    with simulated_cluster(1, [2, 2]) as (cluster, workers):
+        yield cluster, workers
 
 
 def test_removed_node_workers_are_recreated_and_the_run_completes(three_nodes, tmp_path):

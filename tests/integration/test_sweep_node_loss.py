@@ -3,31 +3,20 @@ population mid-trial: Tune restarts the trial from its last checkpoint on the ot
 sweep's max_failures), no member is lost or duplicated, and the report equals the undisturbed
 sweep's, cell for cell."""
 import json
-import threading
-import time
 
 import psutil
 import pyarrow.parquet as pq
 import pytest
-import ray
-from ray.cluster_utils import Cluster
 
-from sweep_runs import sweep_ok, write_sweep
-
-SMALL = 80 * 2**20
+from helpers import simulated_cluster
+from sweep_runs import after_first_checkpoint, sweep_ok, write_sweep
 
 
 @pytest.fixture
 def two_worker_nodes():
     # the head holds no CPU: the trial (1 CPU) runs on one of the two worker nodes
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": SMALL,
-                                                            "include_dashboard": False})
-    nodes = [cluster.add_node(num_cpus=1, object_store_memory=SMALL) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
-    yield cluster, nodes
-    ray.shutdown()
-    cluster.shutdown()
+    with simulated_cluster(0, [1, 1], log_to_driver=False) as (cluster, nodes):
+        yield cluster, nodes
 
 
 def node_of_trial(nodes) -> object | None:
@@ -44,44 +33,27 @@ def node_of_trial(nodes) -> object | None:
     return None
 
 
-def checkpoint_registered(sweep_dir) -> bool:
-    for path in sweep_dir.glob("tune/*/result.json"):
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line).get("checkpoint_dir_name"):
-                    return True
-            except ValueError:
-                pass
-    return False
-
-
 def test_a_packed_sweep_that_loses_its_node_resumes_elsewhere_and_reports_the_same(two_worker_nodes, tmp_path):
     cluster, nodes = two_worker_nodes
     space = {"alpha": {"grid": [0.003, 0.03]}, "seed": {"grid": [0, 1]}}
     over = {"set_": {"iterations": 60, "train.checkpoint_every": 20, "method": "mtnet"}, "max_concurrent_trials": 1,
             "max_failures": 2}
+
+    def remove_the_trials_node():
+        node = node_of_trial(nodes)
+        if node is not None:
+            cluster.remove_node(node)
+        return node
+
     reports = {}
     for name in ("calm", "lost"):
         (tmp_path / name).mkdir()
         path, sweep_dir = write_sweep(tmp_path / name, "node_loss", space, **over)
-        removed = []
-
-        def remove_the_trials_node():
-            deadline = time.time() + 300
-            while time.time() < deadline and not removed:
-                if checkpoint_registered(sweep_dir):
-                    node = node_of_trial(nodes)
-                    if node is not None:
-                        cluster.remove_node(node)
-                        removed.append(node)
-                time.sleep(0.05)
-
-        watcher = threading.Thread(target=remove_the_trials_node, daemon=True)
-        if name == "lost":
-            watcher.start()
-        sweep_ok(path, sweep_dir)
-        if name == "lost":
-            watcher.join()
+        if name == "calm":
+            sweep_ok(path, sweep_dir)
+        else:
+            with after_first_checkpoint(sweep_dir, remove_the_trials_node) as removed:
+                sweep_ok(path, sweep_dir)
             assert removed, "the trial's node was never removed"
         manifest = json.loads((sweep_dir / "trials.json").read_text())
         assert sorted(t["status"] for t in manifest.values()) == ["completed"] * 4  # none lost, none twice

@@ -6,10 +6,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
-import psutil
 import pytest
 import torch
 
@@ -17,7 +15,7 @@ from pipeline.config import load_config
 from pipeline.driver import checkpoint
 from pipeline.driver.trainer import Trainer
 
-from sweep_runs import mlflow_runs, sweep_ok, write_sweep
+from sweep_runs import after_first_checkpoint, kill_trial_processes, mlflow_runs, sweep_ok, write_sweep
 
 
 @pytest.mark.parametrize("max_members", [0, 8], ids=["one-trial-per-run", "packed"])
@@ -26,11 +24,8 @@ def test_a_failed_trial_is_retried_from_its_checkpoint(local_ray, tmp_path, max_
     path, sweep_dir = write_sweep(tmp_path, "retry", {"seed": {"grid": [3]}},
                                   set_={"iterations": 60, "train.checkpoint_every": 20}, max_concurrent_trials=1,
                                   pack={"max_members": max_members})
-    killed = []
-    watcher = threading.Thread(target=_kill_trial_after_first_checkpoint, args=(sweep_dir, killed), daemon=True)
-    watcher.start()
-    sweep_ok(path, sweep_dir)
-    watcher.join()
+    with after_first_checkpoint(sweep_dir, kill_trial_processes) as killed:
+        sweep_ok(path, sweep_dir)
     assert killed, "the trial was never killed"
     manifest = json.loads((sweep_dir / "trials.json").read_text())
     (trial,) = manifest.values()
@@ -105,11 +100,8 @@ def test_a_pbt_sweep_killed_mid_way_resumes_to_the_undisturbed_lineage_and_param
     path, calm = write_sweep(tmp_path, "calm", space, **over)
     sweep_ok(path, calm)
     path, killed_dir = write_sweep(tmp_path, "killed", space, **over)
-    killed = []
-    watcher = threading.Thread(target=_kill_trial_after_first_checkpoint, args=(killed_dir, killed), daemon=True)
-    watcher.start()
-    sweep_ok(path, killed_dir)
-    watcher.join()
+    with after_first_checkpoint(killed_dir, kill_trial_processes) as killed:
+        sweep_ok(path, killed_dir)
     assert killed, "the trial was never killed"
 
     runs = {}
@@ -140,32 +132,3 @@ def test_a_pbt_sweep_killed_mid_way_resumes_to_the_undisturbed_lineage_and_param
     report = (calm / "report.md").read_text()
     assert "## Population Based Training" in report and f"- {t['name']}: it {t['lineage'][0]['iteration']} ←" in report
     assert (calm / "plots" / "pbt_schedules.png").stat().st_size > 10_000
-
-
-def _kill_trial_after_first_checkpoint(sweep_dir, killed: list) -> None:
-    """SIGKILL this test's trial processes once Tune's driver has processed a report that carried a
-    checkpoint (its result.json line names the checkpoint): only then does a retry restore it. The
-    checkpoint's directory alone appears earlier, while the report is still in flight."""
-    deadline = time.time() + 300
-    while time.time() < deadline and not killed:
-        if any(json.loads(line).get("checkpoint_dir_name") for path in sweep_dir.glob("tune/*/result.json")
-               for line in _whole_lines(path)):
-            for p in psutil.Process().children(recursive=True):
-                try:
-                    if (p.cmdline() or [""])[0].startswith("ray::ImplicitFunc"):
-                        p.kill()
-                        killed.append(p.pid)
-                except psutil.Error:
-                    pass
-        time.sleep(0.05)
-
-
-def _whole_lines(path) -> list[str]:
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            json.loads(line)
-            lines.append(line)
-        except ValueError:  # a line being written
-            pass
-    return lines
