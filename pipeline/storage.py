@@ -16,16 +16,16 @@ FAULTS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exc
 class StorageError(OSError):
     """A write that failed for lack of space or a failing device; the CLI prints it as one line."""
 
-    def __init__(self, message: str, path: Path | None = None, finished: bool = False):
+    def __init__(self, message: str, finished: bool = False):
         super().__init__(message)
-        self.message, self.path, self.finished = message, path, finished  # finished: says how to finish
+        self.message, self.finished = message, finished  # finished: the message says how to finish the job
 
     def __str__(self) -> str:
         return self.message
 
     def finished_by(self, kept: str, command: str) -> StorageError:
         """The same fault, saying what was kept and the command that finishes the job."""
-        return StorageError(f"{self.message}; {kept}; once space is freed: {command}", self.path, True)
+        return StorageError(f"{self.message}; {kept}; once space is freed: {command}", True)
 
 
 def _open(path: Path, mode: str):
@@ -36,7 +36,7 @@ def _open(path: Path, mode: str):
 def _fault(e: OSError, path: Path) -> StorageError | None:
     if e.errno not in FAULTS:
         return None
-    return StorageError(f"{Path(path).name} not written ({FAULTS[e.errno]}: {Path(path).parent})", Path(path))
+    return StorageError(f"{Path(path).name} not written ({FAULTS[e.errno]}: {Path(path).parent})")
 
 
 def write_file(path: Path, write, binary: bool = False, install=os.replace) -> Path:
