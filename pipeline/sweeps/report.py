@@ -26,6 +26,7 @@ from pipeline.config import ConfigError
 from pipeline.driver.evaluation import mean_ci95
 from pipeline.driver.run_dir import CONFIG, RESULTS
 from pipeline.sweeps.record import FINISHED, MANIFEST, SPEC, TRIALS, read_manifest
+from pipeline.sweeps.spec import SchedulerSpec
 from pipeline.yaml_dataclasses import flatten
 
 
@@ -285,7 +286,7 @@ def _pbt_section(scheduler: dict, base: dict, trials: list[Trial], shots: list, 
     """Each run's start and final values of the mutated keys, its exploits, its final metric, and
     its lineage: the iterations at which it copied another run, and the values it explored."""
     keys = list(scheduler.get("hyperparam_mutations") or {})
-    interval = scheduler.get("perturbation_interval") or max(1, base["iterations"] // 10)
+    interval = SchedulerSpec(**scheduler).interval_from(base["iterations"])
     md = ["## Population Based Training", "",
           f"Every {interval} meta-iterations the runs of each population were ranked by val_loss "
           f"({base['eval'].get('val_tasks', 200)} validation tasks); the bottom {scheduler['quantile_fraction']:g} "
