@@ -126,13 +126,25 @@ class TrainConfig:
 
 @dataclass
 class RayConfig:
-    workers: int = 0  # shard workers; 0 = sized to the cluster (free CPUs / cpus_per_worker, <= meta-batch)
+    # shard workers: N; 0 = sized to the cluster (free CPUs / cpus_per_worker, <= meta-batch); or
+    # {min: M, max: N}, elastic (pipeline/distributed/pool.py): starts with what the cluster can place
+    # (at least M), grows when capacity appears, shrinks when a worker is lost (needs train.block_tasks)
+    workers: int | dict = 0
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0  # fractional allowed; ignored (CPU) where the node has no GPU
     address: str = ""  # "" = RAY_ADDRESS if set, else a local Ray started in process
     object_store_mb: int = 0  # local Ray only; 0 = Ray's default
     max_worker_restarts: int = 3  # per shard and iteration, before the run fails
     start_timeout_s: float = 600.0  # how long to wait for workers Ray cannot place yet (an autoscaler adding nodes)
+    # how long a run may have fewer workers than ray.workers' min (lost ones not replaced) before it
+    # stops in one line, its checkpoints intact
+    replace_timeout_s: float = 300.0
+
+
+def worker_bounds(rc: RayConfig) -> tuple[int, int]:
+    """(min, max) shard workers of ray.workers: a number N is (N, N)."""
+    w = rc.workers
+    return (w["min"], w["max"]) if isinstance(w, dict) else (w, w)
 
 
 @dataclass
@@ -279,17 +291,29 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
          f"train.tasks_per_vmap: must be an integer >= 0 (0 = whole shard) or 'auto', got {tpv!r}")
     need(0 <= cfg.train.block_tasks <= cfg.meta_batch_size,
          f"train.block_tasks: must be in [0, meta_batch_size = {cfg.meta_batch_size}] (0 = one contiguous range per "
-         f"worker), got {cfg.train.block_tasks}")
+         f"worker; a size that does not divide the meta-batch leaves a smaller last block), got "
+         f"{cfg.train.block_tasks}")
     need(cfg.train.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 = off), got {cfg.train.grad_clip}")
     need(cfg.train.compile in COMPILE,
          f"train.compile: unknown choice {cfg.train.compile!r}; allowed: {', '.join(COMPILE)}")
     need(cfg.train.max_bad_steps >= 1, f"train.max_bad_steps: must be >= 1, got {cfg.train.max_bad_steps}")
     need(cfg.backend in BACKENDS, f"backend: unknown backend {cfg.backend!r}; allowed: {', '.join(BACKENDS)}")
-    need(cfg.ray.workers >= 0, f"ray.workers: must be >= 0 (0 = sized to the cluster), got {cfg.ray.workers}")
+    workers = cfg.ray.workers
+    if isinstance(workers, dict):
+        need(set(workers) == {"min", "max"} and all(type(v) is int for v in workers.values()),
+             f"ray.workers: elastic workers are {{min: M, max: N}} with integers, got {workers}")
+        need(workers["min"] >= 1, f"ray.workers: min must be >= 1, got {workers['min']}")
+        need(workers["min"] <= workers["max"], f"ray.workers: min ({workers['min']}) must be <= max ({workers['max']})")
+        need(cfg.train.block_tasks > 0 or cfg.backend != "ray",
+             "ray.workers: elastic workers ({min, max}) need train.block_tasks > 0, so that the result does not "
+             f"depend on how many workers run (e.g. train.block_tasks={-(-cfg.meta_batch_size // workers['max'])})")
+    else:
+        need(workers >= 0, f"ray.workers: must be >= 0 (0 = sized to the cluster), got {workers}")
     need(cfg.ray.cpus_per_worker > 0, f"ray.cpus_per_worker: must be > 0, got {cfg.ray.cpus_per_worker}")
     need(cfg.ray.gpus_per_worker >= 0, f"ray.gpus_per_worker: must be >= 0, got {cfg.ray.gpus_per_worker}")
     need(cfg.ray.object_store_mb >= 0, f"ray.object_store_mb: must be >= 0, got {cfg.ray.object_store_mb}")
     need(cfg.ray.start_timeout_s > 0, f"ray.start_timeout_s: must be > 0, got {cfg.ray.start_timeout_s}")
+    need(cfg.ray.replace_timeout_s > 0, f"ray.replace_timeout_s: must be > 0, got {cfg.ray.replace_timeout_s}")
     need(cfg.ray.max_worker_restarts >= 0, f"ray.max_worker_restarts: must be >= 0, got {cfg.ray.max_worker_restarts}")
     need(bool(cfg.tracking.experiment.strip()), "tracking.experiment: must be a non-empty MLflow experiment name")
     need("/" not in cfg.run_name and cfg.run_name not in (".", ".."),

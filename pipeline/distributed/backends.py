@@ -6,23 +6,15 @@ to float summation order.
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config, ConfigError, worker_bounds
 from pipeline.core.meta_batch import ShardResult, to_numpy
+from pipeline.distributed.pool import RESUME_HINT, WorkerPool, WorkersLostError  # noqa: F401 (re-exported)
 from pipeline.distributed.ranges import blocks, split, tree_sum
 from pipeline.shards.sources import ShardSource, experiment_from_dict
 from pipeline.yaml_dataclasses import to_dict
-
-
-class WorkersLostError(ConfigError):
-    """Shard workers that keep dying (more than ray.max_worker_restarts times for one shard): a
-    fault, not bad input, but shown the same way, as one line; the checkpoints are untouched."""
-
-
-RESUME_HINT = "checkpoints are intact: continue with `metatrain resume RUN_DIR` once the cluster is healthy"
 
 
 def carry_part(carry: dict | None, r: range) -> dict | None:
@@ -39,10 +31,11 @@ def merge_blocks(results: list[ShardResult]) -> ShardResult:
 class LocalBackend:
     name = "local"
     placement = "in process"
+    workers = eval_spread = 1
+    restarts, changes = 0, []
 
     def __init__(self, cfg: Config, experiment: ShardSource, log=print):
         self.cfg, self.experiment = cfg, experiment
-        self.workers, self.restarts = 1, 0
 
     def meta_gradient(self, params: dict, iteration: int, carry: dict | None = None) -> ShardResult:
         if self.cfg.train.block_tasks:  # the blocks one after another, added as every backend adds them
@@ -81,9 +74,6 @@ def _local_cpus() -> int:
         return os.cpu_count() or 1
 
 
-PROGRESS_S = 10.0  # seconds between "waiting for workers" lines
-
-
 class RayBackend:
     name = "ray"
 
@@ -107,7 +97,7 @@ class RayBackend:
                 kwargs["object_store_memory"] = cfg.ray.object_store_mb * 2**20
             if address == "local" and cfg.ray.workers:
                 # the CPUs a local Ray would have, known before spending seconds starting it
-                self._check_fits(cfg.ray.workers, 0.0, {"CPU": float(_local_cpus())}, own_cluster=True)
+                self._check_fits(worker_bounds(cfg.ray)[0], 0.0, {"CPU": float(_local_cpus())}, own_cluster=True)
             ray.init(address=address, **kwargs)
             self.started_ray, self.own_cluster = True, address == "local"
         rc = cfg.ray
@@ -115,8 +105,9 @@ class RayBackend:
         if self.gpus and not ray.cluster_resources().get("GPU", 0):
             log(f"ray: ray.gpus_per_worker={self.gpus:g} but the cluster has no GPU: workers run on CPU")
             self.gpus = 0.0
-        self.workers = rc.workers or self._auto_workers()
-        self.actors, self.restarts = [], 0
+        # a number N is min = max = N; 0 sizes the workers to the cluster's free CPUs now
+        self.low, self.high = worker_bounds(rc) if rc.workers else (self._auto_workers(),) * 2
+        self.pool, self._changes, self._marks = None, [], {}
         try:
             self._start_workers(log)
         except BaseException:
@@ -132,24 +123,58 @@ class RayBackend:
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
             strategy = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
+            wanted = self.low
         else:
             strategy = "SPREAD"
-            self._check_fits(self.workers, self.gpus, self.ray.cluster_resources(), self.own_cluster)
+            self._check_fits(self.low, self.gpus, self.ray.cluster_resources(), self.own_cluster)
+            wanted = max(self.low, min(self.high, self._fits_now()))  # elastic: what the cluster can place now
         self.placement = "the trial's placement group" if pg is not None else "spread"
         self._options = {"num_cpus": rc.cpus_per_worker, "num_gpus": self.gpus, "scheduling_strategy": strategy}
         self._cfg_dict = self._worker_config()
-        self.actors = [self._spawn() for _ in range(self.workers)]
-        where = self._wait_started()
+        each = f"{rc.cpus_per_worker:g} CPU{f' + {self.gpus:g} GPU' if self.gpus else ''}"
+        self.pool = WorkerPool(ray, self._spawn, self.low, self.high, rc, log, each, on_join=self._catch_up)
+        self.pool.start(wanted)
+        where = [self.pool.info[a] for a in self.pool.active]
         nodes = len({w["node_id"] for w in where})
         devices = ",".join(sorted({w["device"] for w in where}))
-        log(f"ray: {self.workers} shard worker(s) on {nodes} node(s) ({self.placement}), {rc.cpus_per_worker:g} CPU"
-            f"{f' + {self.gpus:g} GPU' if self.gpus else ''} each, device {devices}")
+        span = f" (elastic: {self.low} to {self.high})" if self.low < self.high else ""
+        log(f"ray: {len(where)} shard worker(s){span} on {nodes} node(s) ({self.placement}), {each} each, "
+            f"device {devices}")
+
+    @property
+    def workers(self) -> int:
+        """Shard workers running now (an elastic run's count changes between iterations)."""
+        return len(self.pool.active) if self.pool else 0
+
+    @property
+    def actors(self) -> list:
+        return self.pool.active if self.pool else []
+
+    @property
+    def restarts(self) -> int:
+        return self.pool.restarts if self.pool else 0
+
+    @property
+    def changes(self) -> list[tuple[int, int, str]]:
+        """(workers before, after, why) of every change since the start (WorkerPool)."""
+        return self.pool.changes if self.pool else []
+
+    @property
+    def eval_spread(self) -> int:
+        """The fewest evaluation chunks: one per worker, except with fixed blocks, where the chunks
+        (hence the bits of each per-task result) must not depend on how many workers run."""
+        return 1 if self.cfg.train.block_tasks else self.workers
+
+    def _fits_now(self) -> int:
+        free = self.ray.available_resources()
+        fit = int(free.get("CPU", 0.0) // self.cfg.ray.cpus_per_worker)
+        return min(fit, int(free.get("GPU", 0.0) // self.gpus)) if self.gpus else fit
 
     def _check_fits(self, workers: int, gpus: float, total: dict, own_cluster: bool) -> None:
         """Workers that can never be placed fail here, in one line, instead of waiting forever. That
         is certain only for a Ray this process started (no autoscaler can add nodes to it); on a
         cluster we joined (ray.address, RAY_ADDRESS, an initialised Ray) an autoscaler may add nodes,
-        so there we wait (`_wait_started`)."""
+        so there we wait (WorkerPool.start)."""
         rc = self.cfg.ray
         for unit, each, key in (("CPU", rc.cpus_per_worker, "ray.cpus_per_worker"),
                                 ("GPU", gpus, "ray.gpus_per_worker")):
@@ -164,42 +189,6 @@ class RayBackend:
                 self.log(f"ray: {msg} now; waiting up to ray.start_timeout_s={rc.start_timeout_s:g} s for an "
                          "autoscaler to add nodes")
 
-    def _wait_started(self) -> list[dict]:
-        """Each worker's placement once all have started, with a progress line every
-        `PROGRESS_S` seconds; a one-line error after ray.start_timeout_s."""
-        rc, n = self.cfg.ray, len(self.actors)
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-
-        pending = {a.where.remote(): i for i, a in enumerate(self.actors)}
-        where, t0, lost = [None] * n, time.monotonic(), [0] * n
-        while pending:
-            left = rc.start_timeout_s - (time.monotonic() - t0)
-            done, _ = self.ray.wait(list(pending), num_returns=len(pending), timeout=max(0.0, min(PROGRESS_S, left)))
-            for ref in done:
-                i = pending.pop(ref)
-                try:
-                    where[i] = self.ray.get(ref)
-                except (RayActorError, ActorDiedError, ActorUnavailableError) as e:
-                    # a worker that dies while starting is replaced, like one that dies in a shard call
-                    lost[i] += 1
-                    if lost[i] > rc.max_worker_restarts:
-                        raise WorkersLostError(f"ray.max_worker_restarts: worker {i} died {lost[i]} times while "
-                                               f"starting (limit {rc.max_worker_restarts}); last error: "
-                                               f"{str(e).splitlines()[0]}; {RESUME_HINT}") from None
-                    self.log(f"ray: worker {i} lost while starting ({type(e).__name__}); replacing it")
-                    pending[self._replace(i).where.remote()] = i
-            if not pending:
-                break
-            waited, free = time.monotonic() - t0, self.ray.available_resources().get("CPU", 0.0)
-            state = (f"{len(pending)} of {n} workers ({rc.cpus_per_worker:g} CPU"
-                     f"{f' + {self.gpus:g} GPU' if self.gpus else ''} each) not started after {waited:.0f} s; "
-                     f"{free:g} of {self.ray.cluster_resources().get('CPU', 0.0):g} cluster CPUs free")
-            if waited >= rc.start_timeout_s:
-                raise ConfigError(f"ray.start_timeout_s: {state}; lower ray.workers / ray.cpus_per_worker, add "
-                                  f"nodes, or raise ray.start_timeout_s (now {rc.start_timeout_s:g})")
-            self.log(f"ray: waiting for {state}")
-        return where
-
     def _worker_config(self) -> dict | list[dict]:
         return [to_dict(c) for c in self.configs] if self.configs else to_dict(self.cfg)
 
@@ -211,44 +200,26 @@ class RayBackend:
         return max(1, min(by_cpu, self.cfg.meta_batch_size))
 
     def _spawn(self):
-        return self._cls.options(**self._options).remote(
+        actor = self._cls.options(**self._options).remote(
             self.build, self._cfg_dict, self.cfg.ray.cpus_per_worker, self.gpus > 0)
+        self._marks[actor] = len(self._changes)
+        return actor
 
-    def _replace(self, w: int):
-        """A fresh actor in place of lost worker w (killed for good first, should it linger)."""
-        self.ray.kill(self.actors[w], no_restart=True)
-        self.actors[w] = self._spawn()
-        self.restarts += 1
-        return self.actors[w]
+    def _tell_all(self, method: str, *args) -> None:
+        """Every started worker calls method(*args) (a setting resolved or changed after the start);
+        workers asked for before it and not started yet call it when they join (_catch_up)."""
+        self._cfg_dict = self._worker_config()  # workers asked for from now on start with it
+        if not self.pool.pending:
+            self._changes, self._marks = [], {}
+        self._changes.append((method, args))
+        self.ray.get([getattr(a, method).remote(*args) for a in self.pool.active])
+
+    def _catch_up(self, actor) -> None:
+        todo = self._changes[self._marks.pop(actor, len(self._changes)):]
+        self.ray.get([getattr(actor, method).remote(*args) for method, args in todo])
 
     def _run(self, jobs: list, submit) -> list:
-        """Submit job i to worker i % n; gather in job order. A worker that dies is replaced and
-        its job re-run (the result is a pure function of the job, so it is the same)."""
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
-
-        futures = [submit(self.actors[i % self.workers], job) for i, job in enumerate(jobs)]
-        out = []
-        for i, (future, job) in enumerate(zip(futures, jobs)):
-            for attempt in range(self.cfg.ray.max_worker_restarts + 1):
-                try:
-                    out.append(self.ray.get(future))
-                    break
-                except RayTaskError as e:
-                    # Bad data found by a worker (an image decoded on first use): the worker's one
-                    # line, not Ray's remote traceback.
-                    if isinstance(e.cause, ConfigError):
-                        raise ConfigError(str(e.cause)) from None
-                    raise
-                except (RayActorError, ActorDiedError, ActorUnavailableError) as e:
-                    if attempt == self.cfg.ray.max_worker_restarts:
-                        raise WorkersLostError(f"ray.max_worker_restarts: the worker of shard {job} died "
-                                               f"{attempt + 1} times in a row (limit "
-                                               f"{self.cfg.ray.max_worker_restarts}); last error: "
-                                               f"{str(e).splitlines()[0]}; {RESUME_HINT}") from None
-                    w = i % self.workers
-                    self.log(f"ray: worker {w} lost ({type(e).__name__}); replacing it and re-running {job}")
-                    future = submit(self._replace(w), job)
-        return out
+        return self.pool.run(jobs, submit)
 
     def meta_gradient(self, params: dict, iteration: int, carry: dict | None = None) -> ShardResult:
         ref = self.ray.put(to_numpy(params))  # one broadcast per iteration
@@ -262,7 +233,8 @@ class RayBackend:
                 lambda job: [carry_part(carry_np, range(a, b)) for a, b in job])
             results = self._run(jobs, lambda a, job: a.train_blocks.remote(ref, iteration, job, parts(job)))
             return merge_blocks([ShardResult.from_wire(r) for worker in results for r in worker])
-        ranges = split(self.cfg.meta_batch_size, self.workers)
+        # ranges for a fixed number of workers (not those running now: the sums depend on the ranges)
+        ranges = split(self.cfg.meta_batch_size, self.high)
         # a per-task carry (learned optimizers' optimizee state) travels with its task range
         results = self._run(ranges, lambda a, r: a.train_shard.remote(ref, iteration, r.start, r.stop,
                                                                      carry_part(carry_np, r)))
@@ -275,34 +247,29 @@ class RayBackend:
     def time_chunk_sizes(self, params: dict) -> dict[int, float]:
         """Timed where shards run (worker 0, its device), on worker 0's shard: every worker's shard
         is that size or one task smaller."""
-        first = split(self.cfg.meta_batch_size, self.workers)[0]
+        first = split(self.cfg.meta_batch_size, self.high)[0]
         ref = self.ray.put(to_numpy(params))
         return self._run([first], lambda a, r: a.time_chunk_sizes.remote(ref, r.start, r.stop))[0]
 
     def set_chunk_size(self, tasks_per_vmap: int) -> None:
-        self._cfg_dict = self._worker_config()  # replacement workers start with the resolved value
-        self.ray.get([a.set_chunk_size.remote(tasks_per_vmap) for a in self.actors])
+        self._tell_all("set_chunk_size", tasks_per_vmap)
 
     def select_members(self, rows: list[int]) -> None:
-        """Every worker's population source keeps only these members; replacement workers start so."""
+        """Every worker's population source keeps only these members (a halving rung)."""
         self.configs = [self.configs[i] for i in rows]
-        self._cfg_dict = self._worker_config()
-        self.ray.get([a.select_members.remote(rows) for a in self.actors])
+        self._tell_all("select_members", rows)
 
     def set_member_values(self, configs: list[Config]) -> None:
-        """Every worker's population source takes these members' step sizes and temperatures (PBT's
-        explore); replacement workers start with them."""
+        """Every worker's population source takes these members' step sizes and temperatures (PBT's explore)."""
         self.configs = list(configs)
-        self._cfg_dict = self._worker_config()
-        self.ray.get([a.set_member_values.remote(self._cfg_dict) for a in self.actors])
+        self._tell_all("set_member_values", self._worker_config())
 
     def worker_info(self) -> list[dict]:
         return self.ray.get([a.where.remote() for a in self.actors])
 
     def close(self) -> None:
-        for a in self.actors:
-            self.ray.kill(a, no_restart=True)
-        self.actors = []
+        if self.pool is not None:
+            self.pool.close()
         if self.started_ray:
             self.ray.shutdown()
             self.started_ray = False

@@ -26,7 +26,7 @@ def evaluate(backend, params: dict, *, tasks: int, shots: list[int], seed: int, 
     The same tasks and query sets are used for every K (the sampler draws the task and its query
     before the support points), so the rows of the table differ only in K. Chunks are spread over
     the backend's workers; per-task results do not depend on the chunking."""
-    chunks = eval_ranges(tasks, batch_size, backend.workers)
+    chunks = eval_ranges(tasks, batch_size, backend.eval_spread)
     return {str(k): table_row(backend, params, chunks, shots=k, seed=seed, inner_steps=inner_steps,
                               mask_mode=mask_mode, split=eval_split)[0] for k in shots}
 

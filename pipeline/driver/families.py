@@ -108,7 +108,7 @@ class LearnedOptimizers(Family):
         on optimizees 0..tasks-1 of the evaluation set; every optimizer sees the same optimizees and
         minibatches (eval.inner_steps is each trajectory's horizon)."""
         e = cfg.eval
-        chunks = eval_ranges(tasks, e.batch_size, backend.workers)
+        chunks = eval_ranges(tasks, e.batch_size, backend.eval_spread)
         results = {}
         for name, alpha in self.optimizers(cfg).items():
             row, curve = table_row(backend, params, chunks, optimizer=name, alpha=alpha, seed=seed, split=e.split,
@@ -122,7 +122,7 @@ class LearnedOptimizers(Family):
         """train.validate_every: the learned optimizer's mean final loss on train.validate_tasks
         optimizees of the validation split (the training images, streams of their own), over the
         training horizon; inf if not finite."""
-        chunks = eval_ranges(cfg.train.validate_tasks, cfg.eval.batch_size, backend.workers)
+        chunks = eval_ranges(cfg.train.validate_tasks, cfg.eval.batch_size, backend.eval_spread)
         row, _ = table_row(backend, params, chunks, optimizer=cfg.method, alpha=cfg.alpha, seed=cfg.seed, split="val",
                            steps=cfg.inner_steps)
         return math.inf if row["mean"] is None else row["mean"]

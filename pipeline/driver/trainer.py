@@ -45,7 +45,7 @@ def iteration_scalars(entry: dict) -> dict[str, float]:
              "meta_loss": "meta_loss", "metric": "query_metric", "diverged": "diverged", "stopped": "stopped",
              "val_loss": "val_loss", "val_metric": "val_metric",
              "alpha": "alpha", "beta": "beta", "gumbel_temperature": "gumbel_temperature",  # PBT's schedules
-             "exploits": "pbt_exploits"}
+             "exploits": "pbt_exploits", "workers": "workers"}
     out = {name: entry[key] for key, name in names.items() if key in entry}
     out.update({f"query_loss_step{s}": v for s, v in enumerate(entry.get("query_loss_per_step", []))})
     for cell, v in (entry.get("updated_fraction") or {}).items():
@@ -325,7 +325,8 @@ class Trainer:
         cfg = self.cfg
         tasks_per_s = len(window) * cfg.meta_batch_size / dt if dt > 0 else float("nan")
         eta = (cfg.iterations - self.iteration) * elapsed / max(done, 1)
-        entry = {"iteration": self.iteration, "skipped": self.skipped, "tasks_per_s": tasks_per_s}
+        entry = {"iteration": self.iteration, "skipped": self.skipped, "tasks_per_s": tasks_per_s,
+                 "workers": self.training_backend().workers}
         if self._validation is not None:  # the latest validation in this window
             entry["validation_loss"], self._validation = self._validation, None
         if window:
@@ -383,7 +384,7 @@ class Trainer:
             "seed": cfg.seed,
             "iterations": self.iteration, "skipped_steps": self.skipped, "metric": metric_name(self.experiment),
             "backend": trained_on.name, "workers": trained_on.workers, "placement": trained_on.placement,
-            "worker_restarts": trained_on.restarts,
+            "worker_restarts": trained_on.restarts, "worker_changes": trained_on.changes,
             "eval": {"tasks": cfg.eval.tasks, "inner_steps": cfg.eval.inner_steps, "mask": cfg.eval.mask,
                      "seed": cfg.eval.seed, "split": cfg.eval.split, "seconds": time.perf_counter() - t0},
             "results": table,

@@ -1,19 +1,19 @@
-"""Chaos: a 180-iteration run on 3 Ray shard workers during which workers are SIGKILLed at random
-moments (inside shard calls, between them, while a replacement starts) and the driver itself is
-SIGKILLed twice and resumed with `metatrain resume`. Its final parameters equal those of an
-undisturbed run of the same config to 1e-6 (in practice bit for bit: every shard is a pure function
-of the parameters, the iteration and its task range, and shards merge in a fixed order).
+"""Chaos, elastic: a 180-iteration run with elastic shard workers (ray.workers: {min: 1, max: 4})
+on a real multi-node Ray (ray.cluster_utils.Cluster) during which, at random moments, shard
+workers are SIGKILLed (inside shard calls, between them, while a replacement starts), a second node
+joins and is removed again, and the driver itself is SIGKILLed twice and resumed with `metatrain
+resume`. Its final parameters equal those of an undisturbed one-worker run of the same config bit
+for bit (`torch.equal`): every block is a pure function of the parameters, the iteration and its
+task indices, and the blocks are added in a fixed tree (train.block_tasks), whoever computed them.
 
-Everything is real: each driver is a `metatrain` process with its own local Ray (started in its own
-session, so the test can find its workers and clean up after a killed driver), kills are SIGKILL.
-Four drivers, each with its own Ray: about 2-4 minutes on 2 cores."""
+Everything is real: each driver is a `metatrain` process (in a session of its own, so that a killed
+driver can be cleaned up after), nodes are real raylets, kills are SIGKILL. About 2-4 minutes on 2 cores."""
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,8 +26,8 @@ from pipeline.driver.run_dir import METRICS, RESULTS
 ITERATIONS = 180
 SETTINGS = {"method": "maml", "iterations": ITERATIONS, "meta_batch_size": 24, "inner_steps": 3,
             "model.hidden": "[64,64]", "task.shots": 10, "eval.tasks": 24, "eval.shots": "[5]",
-            "train.checkpoint_every": 10, "train.log_every": 10, "ray.workers": 3,
-            "ray.cpus_per_worker": 0.5,  # three workers on a 2-core machine
+            "train.checkpoint_every": 10, "train.log_every": 5, "ray.workers": 3, "train.block_tasks": 4,
+            "ray.cpus_per_worker": 0.5,  # several workers on a 2-core machine
             "ray.max_worker_restarts": 30, "tracking.enabled": "false", "run_name": "run", "train.plots": "false",
             "train.compile": "never", "train.tasks_per_vmap": 0}  # no compile or chunk timing: not what is tested
 
@@ -78,38 +78,62 @@ def last_iteration(run: Path) -> int:
         return 0
 
 
-class WorkerKiller(threading.Thread):
-    """After every 10-24 iterations of progress, SIGKILLs one of the three shard workers at random,
-    0-0.3 s later: the moment falls inside a shard call (most of a worker's time) or between calls.
-    (Kills paced by progress, not by the clock: a replacement takes seconds to start, and kills
-    faster than that would stall the run rather than test it.)"""
+class Chaos:
+    """After every 3-8 iterations of progress, 0-0.3 s later, SIGKILL a shard worker at random (the
+    moment falls inside a shard call, most of a worker's time, or between calls); with a cluster,
+    every other time instead add a second node when there is none, or remove it. (Paced by
+    progress, not by the clock: a replacement takes seconds to start, and faster chaos would stall
+    the run rather than test it.) `tick()` is called from the test's main thread: Ray starts a
+    node's processes only there."""
 
-    def __init__(self, sid: int, run: Path, rng: random.Random):
-        super().__init__(daemon=True)
-        self.sid, self.run_dir, self.rng, self.kills, self.stop = sid, run, rng, 0, threading.Event()
+    def __init__(self, workers, run: Path, rng: random.Random, cluster=None):
+        self.workers, self.run_dir, self.rng, self.cluster = workers, run, rng, cluster
+        self.kills = self.added = self.removed = self.events = 0
+        self.target, self.at = last_iteration(run) + rng.randint(3, 8), None
 
-    def run(self):
-        target = last_iteration(self.run_dir) + self.rng.randint(10, 24)
-        while not self.stop.wait(0.05):
-            if last_iteration(self.run_dir) < target:
-                continue
-            self.stop.wait(self.rng.uniform(0.0, 0.3))
-            workers = shard_workers(self.sid)
-            if workers:
+    def tick(self) -> None:
+        if self.at is None:
+            if last_iteration(self.run_dir) >= self.target:
+                self.at = time.monotonic() + self.rng.uniform(0.0, 0.3)
+            return
+        if time.monotonic() < self.at:
+            return
+        self.events += 1
+        if self.cluster is not None and self.events % 2 == 0:  # every other event a node joins or leaves
+            if self.cluster.worker_nodes:
+                self.cluster.remove_node(next(iter(self.cluster.worker_nodes)))
+                self.removed += 1
+            else:
+                self.cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20)
+                self.added += 1
+        else:
+            found = self.workers()
+            if found:
                 try:
-                    self.rng.choice(workers).send_signal(signal.SIGKILL)
+                    self.rng.choice(found).send_signal(signal.SIGKILL)
                     self.kills += 1
                 except psutil.NoSuchProcess:
                     pass
-            target = last_iteration(self.run_dir) + self.rng.randint(10, 24)
+        self.target, self.at = last_iteration(self.run_dir) + self.rng.randint(3, 8), None
 
 
-def drive(args, log, run, rng, kill_driver_at: int | None, timeout=420) -> tuple[int, int]:
-    """One driver under fire; returns (worker kills, driver exit code). kill_driver_at: SIGKILL
-    the driver once the run has logged that iteration (None: let it finish)."""
+def cluster_workers(cluster) -> list[psutil.Process]:
+    """The shard workers on the cluster's nodes (children of its raylets)."""
+    found = []
+    for node in [cluster.head_node, *cluster.worker_nodes]:
+        for info in node.all_processes.get("raylet", []):
+            try:
+                found += [p for p in psutil.Process(info.process.pid).children(recursive=True)
+                          if " ".join(p.cmdline()).startswith("ray::ShardWorker")]
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+    return found
+
+
+def drive(args, log, run, chaos: Chaos, kill_driver_at: int | None, timeout=420) -> int:
+    """One driver under fire; returns its exit code. kill_driver_at: SIGKILL the driver once the run
+    has logged that iteration (None: let it finish)."""
     proc = metatrain(args, log)
-    killer = WorkerKiller(proc.pid, run, rng)
-    killer.start()
     t0 = time.monotonic()
     try:
         while proc.poll() is None:
@@ -119,57 +143,68 @@ def drive(args, log, run, rng, kill_driver_at: int | None, timeout=420) -> tuple
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 break
-            time.sleep(0.2)
+            chaos.tick()
+            time.sleep(0.05)
     finally:
-        killer.stop.set()
-        killer.join()
         kill_session(proc.pid)
-    return killer.kills, proc.returncode
+    return proc.returncode
 
 
 def final_params(run: Path) -> dict:
     return checkpoint.load(run, log=lambda m: None, keys=checkpoint.PARAMS_KEYS)["params"]
 
 
-def test_random_worker_and_driver_kills_leave_the_result_unchanged(tmp_path):
+def test_random_worker_node_and_driver_kills_leave_an_elastic_run_bitwise_unchanged(tmp_path):
+    from ray.cluster_utils import Cluster
+
     sets = [a for k, v in SETTINGS.items() for a in ("--set", f"{k}={v}")]
-    calm, chaos = tmp_path / "calm", tmp_path / "chaos"
+    calm, chaotic = tmp_path / "calm", tmp_path / "chaos"
     log = tmp_path / "driver.log"
 
-    ref = metatrain(["train", "sine_quick", *sets, "--set", f"output_dir={calm}"], tmp_path / "calm.log")
+    # the undisturbed run: one worker, a local Ray of its own
+    ref = metatrain(["train", "sine_quick", *sets, "--set", "ray.workers=1", "--set", f"output_dir={calm}"],
+                    tmp_path / "calm.log")
     assert ref.wait(timeout=420) == 0, (tmp_path / "calm.log").read_text()[-3000:]
     kill_session(ref.pid)
     reference = final_params(calm / "run")
     assert json.loads((calm / "run" / RESULTS).read_text())["iterations"] == ITERATIONS
 
-    rng, run = random.Random(1234), chaos / "run"
-    kills = []
-    k, code = drive(["train", "sine_quick", *sets, "--set", f"output_dir={chaos}"], log, run, rng,
-                    kill_driver_at=rng.randint(45, 75))
-    kills.append(k)
-    assert code == -signal.SIGKILL, log.read_text()[-3000:]
-    first_stop = last_iteration(run)
-    k, code = drive(["resume", str(run)], log, run, rng, kill_driver_at=rng.randint(105, 135))
-    kills.append(k)
-    assert code == -signal.SIGKILL, log.read_text()[-3000:]
-    assert last_iteration(run) > first_stop, "the first resume made no progress"
-    k, code = drive(["resume", str(run)], log, run, rng, kill_driver_at=None)
-    kills.append(k)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 80 * 2**20,
+                                                            "include_dashboard": False})
+    try:
+        elastic = ["--set", "ray.workers={min: 1, max: 4}", "--set", f"ray.address={cluster.address}"]
+        rng, run = random.Random(1234), chaotic / "run"
+        drivers = []
+        for args, kill_at in ((["train", "sine_quick", *sets, *elastic, "--set", f"output_dir={chaotic}"],
+                               rng.randint(45, 75)),
+                              (["resume", str(run)], rng.randint(105, 135)),
+                              (["resume", str(run)], None)):
+            before = last_iteration(run)
+            chaos = Chaos(lambda: cluster_workers(cluster), run, rng, cluster)
+            code = drive(args, log, run, chaos, kill_driver_at=kill_at)
+            drivers.append((chaos.kills, chaos.added, chaos.removed))
+            assert code == (-signal.SIGKILL if kill_at else 0), log.read_text()[-3000:]
+            assert last_iteration(run) > before, "a driver made no progress"
+    finally:
+        cluster.shutdown()
     text = log.read_text()
-    assert code == 0, text[-3000:]
 
     results = json.loads((run / RESULTS).read_text())
     assert results["status"] == "completed" and results["iterations"] == ITERATIONS
-    assert min(kills) >= 1 and sum(kills) >= 6, kills
-    # some kills landed inside shard calls: the driver replaced the worker and re-ran its shard
+    kills, added, removed = (sum(d[i] for d in drivers) for i in range(3))
+    assert min(sum(d) for d in drivers) >= 1 and kills >= 3 and added >= 1 and removed >= 1, drivers
+    # kills landed inside shard calls: the driver re-ran the lost blocks on the others at once
     assert text.count("re-running") >= 3, text[-3000:]
     assert "Traceback" not in text, text[-5000:]
+    changes = [tuple(int(n) for n in line.split(":")[1].split()[-3::2]) for line in text.splitlines()
+               if line.startswith("ray: workers ")]
+    assert any(b > a for a, b in changes) and any(b < a for a, b in changes), changes  # grown and shrunk
     disturbed = final_params(run)
     assert set(disturbed) == set(reference)
     for key, value in reference.items():
-        torch.testing.assert_close(disturbed[key], value, rtol=1e-6, atol=1e-6, msg=lambda m: f"{key}: {m}")
-    print(f"worker kills per driver: {kills}; shard re-runs: {text.count('re-running')}; "
-          f"max |difference|: {max((disturbed[k] - v).abs().max().item() for k, v in reference.items()):.3g}")
+        assert torch.equal(disturbed[key], value), f"{key}: max diff {(disturbed[key] - value).abs().max():.3g}"
+    print(f"per driver (worker kills, nodes added, nodes removed): {drivers}; shard re-runs: "
+          f"{text.count('re-running')}; worker count changes: {text.count('ray: workers ')}")
 
 
 def test_a_worker_that_keeps_dying_is_one_line_and_keeps_the_checkpoint(tmp_path):
@@ -191,6 +226,6 @@ def test_a_worker_that_keeps_dying_is_one_line_and_keeps_the_checkpoint(tmp_path
     text = log.read_text()
     errors = [l for l in text.splitlines() if l.startswith("metatrain: error:")]
     assert len(errors) == 1 and "Traceback" not in text, text[-3000:]
-    assert "ray.max_worker_restarts: the worker of shard range(" in errors[0]
+    assert "ray.max_worker_restarts: the worker of shard tasks " in errors[0]
     assert "metatrain resume RUN_DIR" in errors[0]
     assert checkpoint.load(run, log=lambda m: None)["iteration"] >= 20

@@ -85,10 +85,10 @@ def test_gpu_workers_fall_back_to_cpu_on_a_cluster_without_gpus(local_ray, tmp_p
 def test_workers_a_joined_cluster_cannot_place_report_progress_then_time_out(local_ray, tmp_path, monkeypatch):
     """On a cluster we joined (an autoscaler might add nodes) unplaceable workers are waited for,
     with progress lines, until ray.start_timeout_s; then one line, and every started actor is gone."""
-    import pipeline.distributed.backends
+    import pipeline.distributed.pool
     from pipeline.config import ConfigError
 
-    monkeypatch.setattr(pipeline.distributed.backends, "PROGRESS_S", 1.0)
+    monkeypatch.setattr(pipeline.distributed.pool, "PROGRESS_S", 1.0)
     lines = []
     t0 = time.monotonic()
     with pytest.raises(ConfigError) as e:

@@ -30,7 +30,17 @@ BAD = [
     (["--set", "backend=spark"], "backend: unknown backend 'spark'; allowed: ray, local"),
     (["--workers", "-1"], "ray.workers: must be >= 0"),
     (["--set", "train.block_tasks=26"], "train.block_tasks: must be in [0, meta_batch_size = 25] (0 = one contiguous "
-                                        "range per worker), got 26"),
+                                        "range per worker; a size that does not divide the meta-batch leaves a "
+                                        "smaller last block), got 26"),
+    (["--set", "ray.workers={min: 3, max: 2}"], "ray.workers: min (3) must be <= max (2)"),
+    (["--set", "ray.workers={min: 0, max: 2}"], "ray.workers: min must be >= 1, got 0"),
+    (["--set", "ray.workers={min: 1}"], "ray.workers: elastic workers are {min: M, max: N} with integers, got "
+                                        "{'min': 1}"),
+    (["--set", "ray.workers={min: 1, max: 3}"], "ray.workers: elastic workers ({min, max}) need train.block_tasks > 0,"
+                                                " so that the result does not depend on how many workers run (e.g. "
+                                                "train.block_tasks=9)"),
+    (["--set", "ray.workers=many"], "ray.workers: expected int or dict, got 'many'"),
+    (["--set", "ray.replace_timeout_s=0"], "ray.replace_timeout_s: must be > 0, got 0.0"),
     (["--set", "train.block_tasks=-1"], "train.block_tasks: must be in [0, meta_batch_size = 25]"),
     (["--set", "ray.gpus_per_worker=-0.5"], "ray.gpus_per_worker: must be >= 0"),
     (["--set", "alpha=inf"], "alpha: must be a finite number, got inf"),
