@@ -9,6 +9,7 @@ CLI turns it into exit code 2 before any work starts.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,25 @@ QUERY_BN = ("", "batch", "support")
 COMPILE = ("auto", "always", "never")
 
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "tune_configs"
+REPOSITORY = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPOSITORY / "tune_configs"
+
+
+def data_path(d: str) -> Path:
+    """A data path as given (~ expanded); a relative one that is not there from the working
+    directory is taken from the repository root, as a saved config.yaml writes it (portable_path)."""
+    p = Path(d).expanduser()
+    return REPOSITORY / p if not p.is_absolute() and not p.exists() and (REPOSITORY / p).exists() else p
+
+
+def portable_path(d: str) -> str:
+    """A data path as a run's config.yaml records it: relative to the repository root when it lies
+    beside or inside the repository (../shared/data/...), so that no machine's directory layout is
+    written into run directories; other paths as they are."""
+    p = Path(d)
+    if p.is_absolute() and (p == REPOSITORY.parent or REPOSITORY.parent in p.parents):
+        return os.path.relpath(p, REPOSITORY)
+    return d
 
 
 @dataclass
@@ -222,9 +241,9 @@ def load_config(source: str | Path | dict | None = None,
         return cfg
     # Data paths are pinned to absolute paths where the config is loaded: Ray workers and Tune
     # trials run in other working directories.
-    cfg.task.data = [str(Path(d).expanduser().resolve()) for d in cfg.task.data]
+    cfg.task.data = [str(data_path(d).resolve()) for d in cfg.task.data]
     if cfg.task.split_dir:
-        cfg.task.split_dir = str(Path(cfg.task.split_dir).expanduser().resolve())
+        cfg.task.split_dir = str(data_path(cfg.task.split_dir).resolve())
     return cfg
 
 
@@ -271,7 +290,7 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
         need(len(cfg.task.data) == spec.data_files,
              f"task.data: {cfg.task.name} needs {count}: {spec.data}; got {cfg.task.data}")
     for d in cfg.task.data if check_paths and spec.data else ():
-        need(Path(d).expanduser().exists(), f"task.data: {d} does not exist")
+        need(data_path(d).exists(), f"task.data: {d} does not exist")
     need(cfg.eval.tasks >= 1, f"eval.tasks: must be >= 1, got {cfg.eval.tasks}")
     need(len(cfg.eval.shots) > 0 and all(k >= 1 for k in cfg.eval.shots),
          f"eval.shots: every K must be >= 1, got {cfg.eval.shots}")
@@ -368,4 +387,7 @@ def _validate_family(cfg: Config, check_paths: bool) -> None:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    storage.write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    d = to_dict(cfg)
+    d["task"]["data"] = [portable_path(p) for p in d["task"]["data"]]
+    d["task"]["split_dir"] = portable_path(d["task"]["split_dir"]) if d["task"]["split_dir"] else ""
+    storage.write_text(path, yaml.safe_dump(d, sort_keys=False))
