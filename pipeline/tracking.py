@@ -9,10 +9,8 @@ resumed run or a retried sweep trial continues the same MLflow run instead of le
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import subprocess
 import time
 import urllib.request
@@ -164,25 +162,12 @@ class MetaLearnedNetwork(torch.nn.Module):
         return learners.forward(self.net, {k: getattr(self, k.replace(".", "__")) for k in self.names}, x)
 
 
-@contextlib.contextmanager
-def quiet_logging():
-    """No progress bars for the artifacts MLflow downloads back to validate a model it logs (they
-    end every run's console output otherwise)."""
-    before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
-
-
 def log_model(uri: str, run_id: str, trainer) -> str:
     """Log the meta-learned network (MLflow's pt2 format: a torch.export graph, no pickled code)."""
     import mlflow
     from mlflow.models import infer_signature
+
+    from pipeline.serve.serving import quiet_downloads
 
     cfg, exp = trainer.cfg, trainer.experiment
     params = {k: v.detach().cpu() for k, v in trainer.params.items()}
@@ -192,7 +177,7 @@ def log_model(uri: str, run_id: str, trainer) -> str:
     with torch.no_grad():
         y = model(x)
     mlflow.set_tracking_uri(uri)
-    with quiet_logging(), mlflow.start_run(run_id=run_id):
+    with quiet_downloads(), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(model, name="model", input_example=x.numpy(),
                                         signature=infer_signature(x.numpy(), y.numpy()),
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
@@ -203,13 +188,13 @@ def log_adapt_model(uri: str, run_id: str, trainer) -> str:
     """Log the pyfunc model that adapts to a posted episode (`pipeline.serve.serving`)."""
     import mlflow
 
-    # imported here: defining the pyfunc model class loads mlflow.pyfunc (and its warnings) at start-up
+    # imported here: defining the pyfunc model class loads mlflow.pyfunc at start-up
     from pipeline.serve import serving
     from pipeline.serve.adaptation import MetaLearnedRun
 
     run = MetaLearnedRun(trainer.cfg, {k: v.detach().cpu() for k, v in trainer.params.items()}, trainer.iteration)
     mlflow.set_tracking_uri(uri)
-    with quiet_logging(), mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id):
         return serving.log(run)
 
 

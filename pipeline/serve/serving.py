@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
+import os
 import tempfile
 from pathlib import Path
 
@@ -143,13 +145,28 @@ def _model_kwargs(run: MetaLearnedRun, files: Path) -> dict:
                                  "numpy", "pandas", "pillow", "pyyaml"]}
 
 
+@contextlib.contextmanager
+def quiet_downloads():
+    """No progress bars for the artifacts MLflow downloads back to validate a model it saves or
+    logs (they would end every run's and every export's console output)."""
+    before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
+
+
 def save(run: MetaLearnedRun, out: Path) -> Path:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
         mlflow.pyfunc.save_model(str(out), **_model_kwargs(run, Path(tmp)))
     return out
 
 
 def log(run: MetaLearnedRun) -> str:
     """Log into the active MLflow run; returns the model URI."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
         return mlflow.pyfunc.log_model(name=MODEL_NAME, **_model_kwargs(run, Path(tmp))).model_uri
