@@ -19,6 +19,8 @@ from pipeline.config import load_config
 from pipeline.distributed.backends import LocalBackend, RayBackend
 from pipeline.shards.experiment import Experiment
 
+SETTLE_S, WARMUP = 5.0, 3
+
 
 def row(name, sets, reps, cpus):
     """Time every placement on the same iterations, interleaved rep by rep so machine noise hits
@@ -31,12 +33,15 @@ def row(name, sets, reps, cpus):
     for workers, cpw in [(1, float(cpus))] + [(n, 1.0) for n in range(2, cpus + 1)]:
         cfg_r = load_config(None, [*sets, f"ray.workers={workers}", f"ray.cpus_per_worker={cpw}"])
         backends[f"{workers}x{cpw:g}"] = RayBackend(cfg_r, exp, log=lambda m: None)
+    # Ray starts idle worker processes in the background for a few seconds after the actors: let
+    # them settle, or the first workload's in-process times share the cores with their start-up.
+    time.sleep(SETTLE_S)
     times = {k: [] for k in backends}
-    for i in range(reps + 2):
+    for i in range(reps + WARMUP):
         for k, b in backends.items():
             t = time.perf_counter()
             b.meta_gradient(params, i)
-            if i >= 2:  # the first two are warm-up
+            if i >= WARMUP:
                 times[k].append(time.perf_counter() - t)
     for b in backends.values():
         b.close()
