@@ -36,8 +36,8 @@ def curve_at(cfg, iteration: int) -> bool:
 def use_cpus(cpus: float) -> None:
     """Compute on the CPUs a Tune trial or a shard worker was given: torch's threads, and
     torch.compile's compile workers (Inductor's default is one per core of the machine, cores that
-    other trials hold; with one, no pool of compile processes is started: `metatrain sweep
-    sine_models` took 5.9 min cold with the pool, 5.1 min without, benchmarks/RESULTS.md)."""
+    other trials hold; with one, no pool of compile processes is started to compete with them for
+    the cores)."""
     import torch._inductor.config
 
     n = max(1, int(cpus))
@@ -138,8 +138,7 @@ def training_shard_functions(learner: Learner, inner: InnerSettings, chunk_size:
                              **kw) -> dict[bool, CompiledShardFunction]:
     """A run's (or population's) training shard functions, keyed by whether they compute the
     query-loss curve (curve_at). Only the one without it is compiled: curve iterations are
-    1-10% of a run's, and compiling their graph as well cost 7-12 s per sine run or population on a
-    cold cache (a tenth of a population in `metatrain sweep sine_models`), more than running them
-    eagerly costs over 60,000 iterations (benchmarks/RESULTS.md, "End to end")."""
+    1-10% of a run's, and compiling their graph as well costs seconds per sine run or population on
+    a cold cache, more than running them eagerly costs over a 60,000-iteration run."""
     return {curve: CompiledShardFunction(learner, replace(inner, curve=curve), chunk_size,
                                          compile=compile and not curve, **kw) for curve in (True, False)}
