@@ -32,7 +32,11 @@ class LocalBackend:
     name = "local"
     placement = "in process"
     workers = eval_spread = 1
-    restarts, changes = 0, []
+    restarts = 0
+
+    @property
+    def changes(self) -> list:
+        return []
 
     def __init__(self, cfg: Config, experiment: ShardSource, log=print):
         self.cfg, self.experiment = cfg, experiment
@@ -155,15 +159,15 @@ class RayBackend:
         return self.pool.restarts if self.pool else 0
 
     @property
-    def changes(self) -> list[tuple[int, int, str]]:
-        """(workers before, after, why) of every change since the start (WorkerPool)."""
-        return self.pool.changes if self.pool else []
+    def changes(self) -> list[list]:
+        """[workers before, after, why] of every change since the start (WorkerPool)."""
+        return [list(c) for c in self.pool.changes] if self.pool else []
 
     @property
     def eval_spread(self) -> int:
-        """The fewest evaluation chunks: one per worker, except with fixed blocks, where the chunks
-        (hence the bits of each per-task result) must not depend on how many workers run."""
-        return 1 if self.cfg.train.block_tasks else self.workers
+        """The fewest evaluation chunks: one per configured worker (not per worker running now: the
+        chunks set each per-task result's bits), and with fixed blocks none per worker at all."""
+        return 1 if self.cfg.train.block_tasks else self.high
 
     def _fits_now(self) -> int:
         free = self.ray.available_resources()
@@ -209,10 +213,12 @@ class RayBackend:
         """Every started worker calls method(*args) (a setting resolved or changed after the start);
         workers asked for before it and not started yet call it when they join (_catch_up)."""
         self._cfg_dict = self._worker_config()  # workers asked for from now on start with it
-        if not self.pool.pending:
-            self._changes, self._marks = [], {}
+        # keep only the changes that a pending worker has yet to catch up on
+        marks = {a: self._marks[a] for a in self.pool.pending.values() if a in self._marks}
+        first = min(marks.values(), default=len(self._changes))
+        self._changes, self._marks = self._changes[first:], {a: m - first for a, m in marks.items()}
         self._changes.append((method, args))
-        self.ray.get([getattr(a, method).remote(*args) for a in self.pool.active])
+        self.pool.tell(lambda actor: getattr(actor, method).remote(*args))
 
     def _catch_up(self, actor) -> None:
         todo = self._changes[self._marks.pop(actor, len(self._changes)):]
@@ -222,6 +228,7 @@ class RayBackend:
         return self.pool.run(jobs, submit)
 
     def meta_gradient(self, params: dict, iteration: int, carry: dict | None = None) -> ShardResult:
+        self.pool.prepare()  # workers that have started join before the blocks are shared out
         ref = self.ray.put(to_numpy(params))  # one broadcast per iteration
         carry_np = None if carry is None else to_numpy(carry)
         if self.cfg.train.block_tasks:

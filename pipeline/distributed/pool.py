@@ -24,6 +24,17 @@ class WorkersLostError(ConfigError):
 
 RESUME_HINT = "checkpoints are intact: continue with `metatrain resume RUN_DIR` once the cluster is healthy"
 PROGRESS_S = 10.0  # seconds between "waiting for workers" lines
+START_GRACE_S = 30.0  # an elastic start waits this long for workers beyond min that should fit now
+
+
+def one_line(error: BaseException):
+    """A worker's bad-data ConfigError as its one line rather than Ray's remote traceback; None for
+    any other error (re-raised as it is)."""
+    from ray.exceptions import RayTaskError
+
+    if isinstance(error, RayTaskError) and isinstance(error.cause, ConfigError):
+        return ConfigError(str(error.cause))
+    return None
 
 
 def describe(job) -> str:
@@ -60,9 +71,13 @@ class WorkerPool:
             self.pending[actor.where.remote()] = actor
 
     def start(self, wanted: int) -> None:
-        """Ask for `max` workers and wait (progress lines, ray.start_timeout_s) until `wanted` have started."""
+        """Ask for `max` workers and wait (progress lines, ray.start_timeout_s) until min have
+        started; then up to START_GRACE_S more for the `wanted` the cluster could place when asked
+        (capacity that has gone meanwhile does not fail a start that has min)."""
         self._ask()
-        self._await(wanted, self.rc.start_timeout_s, "ray.start_timeout_s", starting=True)
+        self._await(self.low, self.rc.start_timeout_s, "ray.start_timeout_s", starting=True)
+        if wanted > len(self.active):
+            self._await(wanted, min(START_GRACE_S, self.rc.start_timeout_s), "", starting=True, fail=False)
 
     def _settle(self, ref, starting: bool) -> None:
         """A pending worker's `where` call has returned: the worker joins, or (it died while
@@ -74,13 +89,21 @@ class WorkerPool:
         except self.lost_errors as e:
             self.ray.kill(actor, no_restart=True)
             self._failed_starts += 1
-            if self._failed_starts > self.rc.max_worker_restarts:
+            if self._failed_starts <= self.rc.max_worker_restarts:
+                self.log(f"ray: a worker was lost while starting ({type(e).__name__}); asking for another")
+                self._ask()
+            elif len(self.active) < self.low:
                 raise WorkersLostError(f"ray.max_worker_restarts: workers died {self._failed_starts} times in a row "
                                        f"while starting (limit {self.rc.max_worker_restarts}); last error: "
                                        f"{str(e).splitlines()[0]}; {RESUME_HINT}") from None
-            self.log(f"ray: a worker was lost while starting ({type(e).__name__}); asking for another")
-            self._ask()
+            else:  # at least min run: go on without this worker rather than stop a healthy run
+                self.high = max(self.low, self.high - 1)
+                self.log(f"ray: workers died {self._failed_starts} times in a row while starting; going on with at "
+                         f"most {self.high} (last error: {str(e).splitlines()[0]})")
             return
+        except BaseException as e:
+            self.ray.kill(actor, no_restart=True)  # neither pending nor active: nobody else would
+            raise one_line(e) or e from None
         self._failed_starts = 0
         where["name"] = next(self._names)
         why = "node joined" if where["node_id"] not in self._nodes and self._nodes else "worker started"
@@ -94,6 +117,24 @@ class WorkerPool:
         self.changes.append([before, len(self.active), why])
         self.log(f"ray: workers {before} -> {len(self.active)}: {why}")
 
+    def prepare(self) -> None:
+        """Before a call's jobs are cut: started workers join; below min, wait for replacements."""
+        self.admit()
+        if len(self.active) < self.low:
+            self._await(self.low, self.rc.replace_timeout_s, "ray.replace_timeout_s", starting=False)
+
+    def tell(self, call) -> None:
+        """call(worker) (a Ray call: a setting changed) on every active worker, waited for; a
+        worker found dead leaves the pool, as in `run`."""
+        refs = {actor: call(actor) for actor in self.active}
+        for actor, ref in refs.items():
+            try:
+                self.ray.get(ref)
+            except self.lost_errors as e:
+                self._lose(actor, e)
+            except Exception as e:  # noqa: BLE001 - a worker's bad-data line, or Ray's error as it is
+                raise one_line(e) or e from None
+
     def admit(self) -> None:
         """Workers asked for earlier that have started join now (the pool grows); no waiting."""
         if self.pending:
@@ -101,13 +142,18 @@ class WorkerPool:
             for ref in done:
                 self._settle(ref, starting=False)
 
-    def _await(self, wanted: int, timeout_s: float, key: str, starting: bool) -> None:
+    def _await(self, wanted: int, timeout_s: float, key: str, starting: bool, fail: bool = True) -> None:
         """Wait until `wanted` workers are active, with a progress line every PROGRESS_S seconds;
-        one line after timeout_s (`key` names the setting)."""
+        one line after timeout_s (`key` names the setting), or, with fail=False, just return."""
         t0 = time.monotonic()
         next_line = t0 + PROGRESS_S
         while len(self.active) < wanted:
+            self._ask()
             now = time.monotonic()
+            if not fail and (now - t0 >= timeout_s or not self.pending):
+                return
+            if not self.pending:  # fewer allowed than wanted (workers that kept dying while starting)
+                timeout_s = 0.0
             if now - t0 >= timeout_s or now >= next_line:
                 ray = self.ray
                 state = (f"{wanted - len(self.active)} of {wanted} workers ({self.each} each) not started after "
@@ -117,8 +163,9 @@ class WorkerPool:
                     raise ConfigError(f"{key}: {state}; lower ray.workers / ray.cpus_per_worker, add nodes, or raise "
                                       f"{key} (now {timeout_s:g})")
                 if now - t0 >= timeout_s:
-                    raise WorkersLostError(f"{key}: {len(self.active)} workers running, fewer than the {wanted} that "
-                                           f"ray.workers needs, for {timeout_s:g} s ({state}); {RESUME_HINT}")
+                    raise WorkersLostError(f"{key}: {len(self.active)} shard workers running, fewer than the {wanted} "
+                                           f"needed (ray.workers min {self.low}), for {timeout_s:g} s ({state}); "
+                                           f"{RESUME_HINT}")
                 self.log(f"ray: waiting for {state}")
                 next_line += PROGRESS_S
             wait_s = max(0.0, min(next_line, t0 + timeout_s) - time.monotonic())
@@ -135,9 +182,7 @@ class WorkerPool:
         times per job); a replacement is asked for at once."""
         from ray.exceptions import RayTaskError
 
-        self.admit()
-        if len(self.active) < self.low:
-            self._await(self.low, self.rc.replace_timeout_s, "ray.replace_timeout_s", starting=False)
+        self.prepare()
         busy, inflight, out = {a: 0 for a in self.active}, {}, [None] * len(jobs)
 
         def send(i: int, actor, attempt: int) -> None:
@@ -153,11 +198,8 @@ class WorkerPool:
             try:
                 out[i] = self.ray.get(ref)
             except RayTaskError as e:
-                # Bad data found by a worker (an image decoded on first use): the worker's one
-                # line, not Ray's remote traceback.
-                if isinstance(e.cause, ConfigError):
-                    raise ConfigError(str(e.cause)) from None
-                raise
+                # bad data found by a worker (an image decoded on first use): its one line
+                raise one_line(e) or e from None
             except self.lost_errors as e:
                 if attempt == self.rc.max_worker_restarts:
                     raise WorkersLostError(f"ray.max_worker_restarts: the worker of shard {describe(jobs[i])} died "

@@ -149,3 +149,29 @@ def test_an_unreadable_image_met_by_a_worker_is_one_line_naming_the_file(local_r
         t.train()
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"task.data: {bad_class}/") and "is not a readable image" in msg, msg
+
+
+def test_a_worker_dead_when_a_setting_changes_leaves_and_the_run_goes_on(local_ray, tmp_path):
+    """A worker killed between calls is found dead when a setting is sent to every worker (the
+    resolved chunk size, a halving rung, PBT's values): it leaves the pool, a replacement is asked
+    for, and the next iteration equals an undisturbed one's bit for bit (train.block_tasks)."""
+    from pipeline.distributed.backends import RayBackend
+    from pipeline.shards.experiment import Experiment
+
+    cfg = cfg_for(tmp_path, 2, **{"train.block_tasks": 2})
+    exp = Experiment(cfg)
+    params = exp.init_params()
+    lines = []
+    backend = RayBackend(cfg, exp, log=lines.append)
+    try:
+        want = backend.meta_gradient(params, 3)
+        ray.kill(backend.actors[0], no_restart=True)
+        backend.set_chunk_size(0)
+        assert backend.workers == 1 and backend.restarts == 1
+        assert any(line.startswith("ray: workers 2 -> 1: worker 0 lost") for line in lines), lines
+        got = backend.meta_gradient(params, 3)  # the replacement has joined (min = 2) or is awaited
+        assert backend.workers == 2
+        assert got.loss_sum == want.loss_sum
+        assert all(torch.equal(got.grads[k], g) for k, g in want.grads.items())
+    finally:
+        backend.close()

@@ -65,7 +65,8 @@ def test_an_elastic_run_grows_when_a_node_joins_shrinks_when_it_leaves_and_match
     assert lines[0].startswith("ray: 1 shard worker(s) (elastic: 1 to 2) on 1 node(s)"), lines[0]
     assert "ray: workers 1 -> 2: node joined" in text, text[-3000:]
     shrink = [line for line in lines if line.startswith("ray: workers 2 -> 1: worker ")]
-    assert len(shrink) == 1 and "lost with its node" in shrink[0], text[-3000:]
+    # "worker 1 lost with its node" once Ray's control service has marked the node dead, else "lost"
+    assert len(shrink) == 1 and "worker 1 lost" in shrink[0], text[-3000:]
     assert "ray: re-running tasks 4-7 (2 blocks) of lost worker 1 on worker 0" in text, text[-3000:]
     # shrunk at once: the lost blocks ran on the head's worker, not after ray.replace_timeout_s (600 s)
     assert finished - state["removed"] < 120
