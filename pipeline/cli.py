@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -350,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # MLflow's INFO lines (creating its tables, validating a logged model's input example) would
+    # interleave with the run's own; its warnings still show. Set before MLflow is imported (lazily,
+    # by the commands that track), inherited by Ray workers and Tune trials; a user's value wins.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
