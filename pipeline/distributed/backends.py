@@ -145,23 +145,24 @@ class RayBackend:
         log(f"ray: {len(where)} shard worker(s){span} on {nodes} node(s) ({self.placement}), {each} each, "
             f"device {devices}")
 
+    # (a backend exists only once its pool has started: __init__ closes and raises otherwise)
     @property
     def workers(self) -> int:
         """Shard workers running now (an elastic run's count changes between iterations)."""
-        return len(self.pool.active) if self.pool else 0
+        return len(self.pool.active)
 
     @property
     def actors(self) -> list:
-        return self.pool.active if self.pool else []
+        return self.pool.active
 
     @property
     def restarts(self) -> int:
-        return self.pool.restarts if self.pool else 0
+        return self.pool.restarts
 
     @property
     def changes(self) -> list[list]:
         """[workers before, after, why] of every change since the start (WorkerPool)."""
-        return [list(c) for c in self.pool.changes] if self.pool else []
+        return [list(c) for c in self.pool.changes]
 
     @property
     def eval_spread(self) -> int:
@@ -224,39 +225,37 @@ class RayBackend:
         todo = self._changes[self._marks.pop(actor, len(self._changes)):]
         self.ray.get([getattr(actor, method).remote(*args) for method, args in todo])
 
-    def _run(self, jobs: list, submit) -> list:
-        return self.pool.run(jobs, submit)
-
     def meta_gradient(self, params: dict, iteration: int, carry: dict | None = None) -> ShardResult:
-        self.pool.prepare()  # workers that have started join before the blocks are shared out
         ref = self.ray.put(to_numpy(params))  # one broadcast per iteration
         carry_np = None if carry is None else to_numpy(carry)
         if self.cfg.train.block_tasks:
             # each worker a contiguous run of whole blocks, one result per block; any worker count (or
             # reassignment after a failure) gives the same block results, added in the same tree
             every = blocks(self.cfg.meta_batch_size, self.cfg.train.block_tasks)
-            jobs = [[(r.start, r.stop) for r in every[g.start:g.stop]] for g in split(len(every), self.workers)]
+            def groups(n: int) -> list:  # cut for the n workers running once started ones have joined
+                return [[(r.start, r.stop) for r in every[g.start:g.stop]] for g in split(len(every), n)]
+
             parts = (lambda job: None) if carry_np is None else (
                 lambda job: [carry_part(carry_np, range(a, b)) for a, b in job])
-            results = self._run(jobs, lambda a, job: a.train_blocks.remote(ref, iteration, job, parts(job)))
+            results = self.pool.run(groups, lambda a, job: a.train_blocks.remote(ref, iteration, job, parts(job)))
             return merge_blocks([ShardResult.from_wire(r) for worker in results for r in worker])
         # ranges for a fixed number of workers (not those running now: the sums depend on the ranges)
         ranges = split(self.cfg.meta_batch_size, self.high)
         # a per-task carry (learned optimizers' optimizee state) travels with its task range
-        results = self._run(ranges, lambda a, r: a.train_shard.remote(ref, iteration, r.start, r.stop,
+        results = self.pool.run(ranges, lambda a, r: a.train_shard.remote(ref, iteration, r.start, r.stop,
                                                                      carry_part(carry_np, r)))
         return ShardResult.merge([ShardResult.from_wire(r) for r in results])
 
     def eval_chunks(self, params: dict, chunks: list[range], **kw) -> list[tuple[np.ndarray, np.ndarray]]:
         ref = self.ray.put(to_numpy(params))
-        return self._run(chunks, lambda a, c: a.eval_shard.remote(ref, c.start, c.stop, **kw))
+        return self.pool.run(chunks, lambda a, c: a.eval_shard.remote(ref, c.start, c.stop, **kw))
 
     def time_chunk_sizes(self, params: dict) -> dict[int, float]:
         """Timed where shards run (worker 0, its device), on worker 0's shard: every worker's shard
         is that size or one task smaller."""
         first = split(self.cfg.meta_batch_size, self.high)[0]
         ref = self.ray.put(to_numpy(params))
-        return self._run([first], lambda a, r: a.time_chunk_sizes.remote(ref, r.start, r.stop))[0]
+        return self.pool.run([first], lambda a, r: a.time_chunk_sizes.remote(ref, r.start, r.stop))[0]
 
     def set_chunk_size(self, tasks_per_vmap: int) -> None:
         self._tell_all("set_chunk_size", tasks_per_vmap)

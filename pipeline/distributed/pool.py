@@ -175,14 +175,16 @@ class WorkerPool:
 
     # -- running jobs -----------------------------------------------------------------------------------
 
-    def run(self, jobs: list, submit) -> list:
+    def run(self, jobs, submit) -> list:
         """submit(worker, job) for every job, spread round-robin over the active workers (after
-        admitting those that have started); results in job order. A worker lost mid-call leaves
+        admitting those that have started); results in job order. `jobs`: a list, or a function of
+        the number of active workers that cuts them, called once those have joined. A worker lost mid-call leaves
         the pool and its jobs are re-run on the least busy survivor (at most ray.max_worker_restarts
         times per job); a replacement is asked for at once."""
         from ray.exceptions import RayTaskError
 
         self.prepare()
+        jobs = jobs(len(self.active)) if callable(jobs) else jobs
         busy, inflight, out = {a: 0 for a in self.active}, {}, [None] * len(jobs)
 
         def send(i: int, actor, attempt: int) -> None:
