@@ -5,7 +5,8 @@ like every task here from its own generator (a pure function of seed, split, ite
 tasks/sampling.py). `sample` returns numpy arrays: the initial theta and what defines f (W and y;
 or the MLP's minibatch indices, one row per optimizee step). `loss(theta, problem, t)` is the loss
 the optimizer sees at step t, batched over a leading optimizee dimension B; `final_loss` is the
-loss a result table reports after the last step.
+loss a result table reports after the last step, and `unseen_loss` (None where a problem has no
+such notion) the loss on data the optimizee never trained on.
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ class Quadratic:
     def final_loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
         return self.loss(theta, problem, t)
 
+    def unseen_loss(self, theta: torch.Tensor, problem: dict) -> None:
+        return None  # a quadratic has no data beyond W and y
+
 
 class MnistMLP:
     """Cross-entropy of an MLP (784 - hidden - 10, `activation` after each hidden layer) on a fresh
@@ -51,11 +55,16 @@ class MnistMLP:
 
     Splits: the training split's optimizees see the training images (so do the validation split's,
     with streams of their own), the test split's the held-out images (CSV subset: every fifth image
-    is held out, 4,000 / 1,000; torchvision root: the 60,000 / 10,000 MNIST sets). `final_loss` is
-    the loss on the first 1,000 images of the split."""
+    is held out, 4,000 / 1,000; torchvision root: the 60,000 / 10,000 MNIST sets).
+
+    `final_loss` is the loss on a fixed stratified subset of the images the optimizee trains on: the
+    first EVAL_PER_DIGIT images of each digit (the CSV is sorted by label, so a plain "first 1,000"
+    would be digits 0-2 only). `unseen_loss`, for test optimizees, is the loss on the same kind of
+    subset of the training images, which they never see; validation and training optimizees have
+    no unseen images here (the test images stay untouched until the test)."""
 
     loss_name = "cross-entropy"
-    EVAL_IMAGES = 1000
+    EVAL_PER_DIGIT = 100
 
     def __init__(self, data: str, hidden: list[int], activation: str = "sigmoid", minibatch: int = 128,
                  dtype=torch.float32):
@@ -109,8 +118,20 @@ class MnistMLP:
         return self._xent(theta, x[idx], y[idx])
 
     def final_loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
-        x, y = self._data(problem["split"], theta.dtype, theta.device)
-        return self._xent(theta, x[None, :self.EVAL_IMAGES], y[None, :self.EVAL_IMAGES])
+        return self._scored_loss(theta, problem["split"])
+
+    def unseen_loss(self, theta: torch.Tensor, problem: dict) -> torch.Tensor | None:
+        return self._scored_loss(theta, "train") if problem["split"] == "test" else None
+
+    def _scored_loss(self, theta: torch.Tensor, split: str) -> torch.Tensor:
+        x, y = self._data(split, theta.dtype, theta.device)
+        idx = torch.as_tensor(stratified(self.images[self.pool(split)][1], self.EVAL_PER_DIGIT), device=x.device)
+        return self._xent(theta, x[idx][None], y[idx][None])
+
+
+def stratified(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Indices of the first `per_class` images of each class, in the pool's order."""
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
 
 
 @functools.lru_cache(maxsize=4)

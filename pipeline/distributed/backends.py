@@ -47,7 +47,7 @@ class LocalBackend:
                                  for r in blocks(self.cfg.meta_batch_size, self.cfg.train.block_tasks)])
         return self.experiment.train_shard(params, iteration, range(self.cfg.meta_batch_size), carry)
 
-    def eval_chunks(self, params: dict, chunks: list[range], **kw) -> list[tuple[np.ndarray, np.ndarray]]:
+    def eval_chunks(self, params: dict, chunks: list[range], **kw) -> list[tuple[np.ndarray, ...]]:
         return [tuple(t.cpu().numpy() for t in self.experiment.eval_shard(params, c, **kw)) for c in chunks]
 
     def time_chunk_sizes(self, params: dict) -> dict[int, float]:
@@ -246,7 +246,7 @@ class RayBackend:
                                                                      carry_part(carry_np, r)))
         return ShardResult.merge([ShardResult.from_wire(r) for r in results])
 
-    def eval_chunks(self, params: dict, chunks: list[range], **kw) -> list[tuple[np.ndarray, np.ndarray]]:
+    def eval_chunks(self, params: dict, chunks: list[range], **kw) -> list[tuple[np.ndarray, ...]]:
         ref = self.ray.put(to_numpy(params))
         return self.pool.run(chunks, lambda a, c: a.eval_shard.remote(ref, c.start, c.stop, **kw))
 

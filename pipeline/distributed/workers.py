@@ -45,10 +45,9 @@ class ShardWorker:
                                         None if carries is None else self._params(carries[i])).to_wire()
                 for i, (a, b) in enumerate(blocks)]
 
-    def eval_shard(self, params_np: dict, start: int, stop: int, **kw) -> tuple[np.ndarray, np.ndarray]:
+    def eval_shard(self, params_np: dict, start: int, stop: int, **kw) -> tuple[np.ndarray, ...]:
         """The source's eval_shard on tasks start..stop-1; kw as the source takes them."""
-        m, c = self.source.eval_shard(self._params(params_np), range(start, stop), **kw)
-        return m.cpu().numpy(), c.cpu().numpy()
+        return tuple(t.cpu().numpy() for t in self.source.eval_shard(self._params(params_np), range(start, stop), **kw))
 
     def time_chunk_sizes(self, params_np: dict, start: int, stop: int) -> dict[int, float]:
         return self.source.time_chunk_sizes(self._params(params_np), range(start, stop))

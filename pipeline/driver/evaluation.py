@@ -39,15 +39,18 @@ def eval_ranges(tasks: int, batch_size: int, workers: int) -> list[range]:
 def table_row(backend, params: dict, chunks: list[range], **kw) -> tuple[dict, np.ndarray]:
     """One row of an evaluation table from the backend's eval chunks (kw as the experiment's
     eval_shard takes them): {mean, ci95, n, before_adaptation, query_loss_per_step, per_task} of the
-    per-task metric, and the per-task curves (tasks, steps + 1)."""
+    per-task metric, and the per-task curves (tasks, steps + 1). Where eval_shard also returns a loss
+    on data the tasks never trained on (MNIST optimizees), the row has it as "unseen": {mean, ci95}."""
     parts = backend.eval_chunks(params, chunks, **kw)
-    metric = np.concatenate([m for m, _ in parts]).astype(np.float64)
-    curve = np.concatenate([c for _, c in parts]).astype(np.float64)
+    metric, curve, *unseen = (np.concatenate(p).astype(np.float64) for p in zip(*parts))
     mean, ci = mean_ci95(metric)
     row = {"mean": finite_or_none(mean), "ci95": finite_or_none(ci), "n": int(len(metric)),
            "before_adaptation": finite_or_none(float(curve[:, 0].mean())),
            "query_loss_per_step": [finite_or_none(float(v)) for v in curve.mean(0)],
            "per_task": [finite_or_none(float(v)) for v in metric]}
+    if unseen:
+        u_mean, u_ci = mean_ci95(unseen[0])
+        row["unseen"] = {"mean": finite_or_none(u_mean), "ci95": finite_or_none(u_ci)}
     return row, curve
 
 
@@ -58,11 +61,17 @@ def format_table(results: dict, metric_name: str, header: str = "") -> str:
     width = max([4, *(len(k) + 15 for k in results)]) if named else 4
     first, before_name = ("optimizer", "initial loss") if named else ("K", "loss before adapt.")
     col = 30 if named else 26
-    lines.append(f"{first:>{width}}  {metric_name + ' (95% CI)':<{col}}{before_name:>19}")
+    fmt = (lambda v: f"{v:.4g}") if named else (lambda v: f"{v:.4f}")
+
+    def cell(r: dict) -> str:
+        return "diverged" if r["mean"] is None else f"{fmt(r['mean'])} +- {fmt(r['ci95'])}"
+
+    unseen = any("unseen" in r for r in results.values())  # MNIST optimizees: also on images never trained on
+    title = f"{metric_name} (95% CI)" if not unseen else "training loss (95% CI)"
+    lines.append(f"{first:>{width}}  {title:<{col}}{before_name:>19}" + ("  unseen-image loss (95% CI)" if unseen else ""))
     for k, r in results.items():
-        fmt = (lambda v: f"{v:.4g}") if named else (lambda v: f"{v:.4f}")
-        cell = "diverged" if r["mean"] is None else f"{fmt(r['mean'])} +- {fmt(r['ci95'])}"
         before = "n/a" if r["before_adaptation"] is None else f"{r['before_adaptation']:.4f}"
         label = step_label(k, r["alpha"]) if named else k
-        lines.append(f"{label:>{width}}  {cell:<{col}}{before:>19}")
+        extra = f"  {cell(r['unseen'])}" if "unseen" in r else ""
+        lines.append(f"{label:>{width}}  {cell(r):<{col}}{before:>19}{extra}")
     return "\n".join(lines)

@@ -168,10 +168,11 @@ class OptimizerExperiment:
     @flushing_denormals
     @torch.no_grad()
     def eval_shard(self, params: dict, indices: Sequence[int], *, optimizer: str, alpha: float, seed: int,
-                   split: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   split: str, steps: int) -> tuple[torch.Tensor, ...]:
         """Optimizees `indices` of the evaluation set trained for `steps` steps by `optimizer` (this
         run's learned rule or a baseline) with step size alpha: (final loss (B,), the loss f_t(theta_t)
-        at every step t = 0..steps (B, steps + 1))."""
+        at every step t = 0..steps (B, steps + 1)), and the loss on data the optimizees never trained
+        on (B,) where the problem has one."""
         rule = get_rule(optimizer)
         problem = self.sample(split=split, seed=seed, iteration=0, indices=indices, steps=steps)
         theta = problem["theta0"]
@@ -183,7 +184,9 @@ class OptimizerExperiment:
                                      rule.init_carry(params, {"theta": theta}), start=0, steps=steps, alpha=alpha,
                                      update=update)
         curve = torch.stack([first, *losses], 1)
-        return self.distribution.final_loss(theta, problem, steps), curve
+        unseen = self.distribution.unseen_loss(theta, problem)
+        final = self.distribution.final_loss(theta, problem, steps)
+        return (final, curve) if unseen is None else (final, curve, unseen)
 
     def optimizers(self) -> dict[str, float]:
         """Every optimizer the evaluation compares: this run's method, then the baselines."""

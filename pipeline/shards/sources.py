@@ -25,7 +25,8 @@ class ShardSource(Protocol):
     def train_shard(self, params: dict, iteration: int, indices: Sequence[int],
                     carry: dict | None = None) -> ShardResult: ...
 
-    def eval_shard(self, params: dict, indices: Sequence[int], **kw) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def eval_shard(self, params: dict, indices: Sequence[int], **kw) -> tuple[torch.Tensor, ...]:
+        """(per-task metric (B,), per-task curve (B, steps + 1)[, per-task loss on unseen data (B,)])."""
 
     def time_chunk_sizes(self, params: dict, indices: Sequence[int]) -> dict[int, float]: ...
 

@@ -278,6 +278,44 @@ def test_mnist_optimizee_gradient_and_loss():
     assert all(v.abs().sum() > 0 for v in result.grads.values())
 
 
+@needs_mnist
+def test_mnist_scores_every_digit_and_test_optimizees_also_on_images_they_never_saw():
+    """final_loss: 100 images of each digit of the pool the optimizee trains on (the CSV is sorted by
+    label); unseen_loss: for test optimizees, 100 of each digit of the training images. Both against
+    a plain torch forward over images picked by a loop written here."""
+    cfg = load_config(None, {"method": "sgd", "alpha": 1.0, "task.name": "mnist_mlp", "task.data": [str(MNIST_CSV)],
+                             "model.hidden": [20], "inner_steps": 3, "train.unroll": 3, "iterations": 0,
+                             "tracking.enabled": False})
+    exp = make_experiment(cfg, dtype=torch.float64)
+    dist = exp.distribution
+
+    def reference(theta, pool):
+        x, y = dist.images[pool]
+        seen, picked = {}, []
+        for i, label in enumerate(y.tolist()):
+            if seen.get(label, 0) < 100:
+                seen[label] = seen.get(label, 0) + 1
+                picked.append(i)
+        assert sorted(seen.values()) == [100] * 10
+        W1, b1, W2, b2 = dist.unflatten(theta)
+        logits = torch.sigmoid(torch.as_tensor(x[picked], dtype=torch.float64) / 255 @ W1 + b1) @ W2 + b2
+        return torch.nn.functional.cross_entropy(logits, torch.as_tensor(y[picked])).item()
+
+    final, curve, unseen = exp.eval_shard({}, range(2), optimizer="sgd", alpha=1.0, seed=5, split="test", steps=3)
+    assert final.shape == unseen.shape == (2,) and curve.shape == (2, 4)
+    # the scored losses are of the optimizees after their last step: recompute that theta
+    problem = exp.sample(split="test", seed=5, iteration=0, indices=range(2), steps=3)
+    theta = problem["theta0"].clone().requires_grad_(True)
+    for t in range(3):
+        g, = torch.autograd.grad(dist.loss(theta, problem, t).sum(), theta)
+        theta = (theta - 1.0 * g).detach().requires_grad_(True)
+    for b in range(2):
+        assert final[b].item() == pytest.approx(reference(theta[b].detach(), "test"), rel=1e-9)
+        assert unseen[b].item() == pytest.approx(reference(theta[b].detach(), "train"), rel=1e-9)
+    # validation and training optimizees have no unseen images (the test images stay untouched)
+    assert len(exp.eval_shard({}, range(1), optimizer="sgd", alpha=1.0, seed=5, split="val", steps=1)) == 2
+
+
 @pytest.mark.parametrize("sets,message", [
     (["train.unroll=200"], "train.unroll: must divide the horizon inner_steps=100 (and so be at most it), got 200"),
     (["task.name=cubic"], "task.name: unknown task 'cubic'"),
