@@ -68,7 +68,8 @@ def format_table(results: dict, metric_name: str, header: str = "") -> str:
 
     unseen = any("unseen" in r for r in results.values())  # MNIST optimizees: also on images never trained on
     title = f"{metric_name} (95% CI)" if not unseen else "training loss (95% CI)"
-    lines.append(f"{first:>{width}}  {title:<{col}}{before_name:>19}" + ("  unseen-image loss (95% CI)" if unseen else ""))
+    tail = "  unseen-image loss (95% CI)" if unseen else ""
+    lines.append(f"{first:>{width}}  {title:<{col}}{before_name:>19}{tail}")
     for k, r in results.items():
         before = "n/a" if r["before_adaptation"] is None else f"{r['before_adaptation']:.4f}"
         label = step_label(k, r["alpha"]) if named else k
