@@ -29,6 +29,7 @@ OMNIGLOT_SPLITS = ("character", "alphabet", "all")
 EVAL_SPLITS = ("test", "train")
 QUERY_BN = ("", "batch", "support")
 COMPILE = ("auto", "always", "never")
+SAMPLE_ON = ("auto", "cpu", "device")
 
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -76,6 +77,9 @@ class TaskConfig:
     # optimizee distributions (learned optimizers); mnist_mlp reads task.data: the MNIST CSV or a torchvision root
     dim: int = 10  # quadratic: dimension of theta (W is dim x dim)
     minibatch: int = 128  # mnist_mlp: images per optimizee step
+    sample_on: str = "auto"  # where tasks are drawn: "cpu" (numpy, then copied), "device" (torch, on the
+    #   run's device), "auto" = the device when it is an accelerator
+    device_cache_gb: float = 2.0  # image tasks sampled on a device: every image is held there when it fits
 
 
 @dataclass
@@ -282,6 +286,10 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     need(cfg.task.image_size == 0 or cfg.task.image_size >= 16,
          f"task.image_size: must be >= 16 (four conv cells) or 0 for the data set's size, got {cfg.task.image_size}")
     spec = TASKS[cfg.task.name]
+    need(cfg.task.sample_on in SAMPLE_ON, f"task.sample_on: unknown choice {cfg.task.sample_on!r}; allowed: "
+         f"{', '.join(SAMPLE_ON)}")
+    need(cfg.task.device_cache_gb >= 0, f"task.device_cache_gb: must be >= 0 (0 = gather images on the CPU), got "
+         f"{cfg.task.device_cache_gb}")
     if spec.read_folders:  # an image data set on disk
         need(bool(cfg.task.data), f"task.data: {cfg.task.name} needs the data's location: {spec.data}, "
              "or a .arrow file from `metatrain data pack`")

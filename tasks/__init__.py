@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from tasks.errors import ConfigError
 from tasks.regression import Polynomial, Sinusoid
 from tasks.synthetic import SyntheticImages
@@ -102,6 +104,14 @@ def image_format(task_cfg) -> tuple[int, int]:
     if spec.kind != "images":
         raise ValueError(f"task.name: {task_cfg.name!r} is not an image task")
     return spec.channels, task_cfg.image_size or spec.default_size
+
+
+def samples_on_device(task_cfg, device) -> bool:
+    """task.sample_on: whether tasks are drawn with torch on `device` (True) or with numpy (False).
+    auto: on an accelerator; on a CPU numpy is the faster of the two."""
+    if task_cfg.sample_on == "auto":
+        return torch.device(device).type != "cpu"
+    return task_cfg.sample_on == "device"
 
 
 def make_distribution(task_cfg, model_cfg=None):

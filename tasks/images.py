@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from tasks.errors import ConfigError
 from tasks.sampling import Streams
@@ -266,8 +267,10 @@ class FewShotImages:
     loss = "cross_entropy"
 
     def __init__(self, images: ImageSet, splits: dict[str, list[str]], ways: int, rotations: bool,
-                 within_group: bool = False):
+                 within_group: bool = False, device_cache_gb: float = 0.0):
         self.images, self.ways, self.rotations, self.within_group = images, ways, rotations, within_group
+        self.device_cache = device_cache_gb * 2**30  # bytes of images a torch device may hold (task.device_cache_gb)
+        self._cache = {}  # per split and device: index tables; per device: the images held there
         self.channels, self.image_size = images.shape[2], images.shape[0]
         index = images.class_index()
         self._index = index
@@ -301,38 +304,96 @@ class FewShotImages:
                               f"class has only {self.min_images[split]} images")
 
     def sample(self, streams: Streams, shots: int, query: int, split: str = "train") -> dict:
-        classes, ways = self.splits[split], self.ways
-        # Every draw as arrays over the batch; a random choice or permutation = argsort of uniforms.
+        xp, ways, n = streams.xp, self.ways, streams.n
+        table, counts, rotation = self._tables(split, streams.device)
+        # Every draw as arrays over the batch; a random choice or permutation = argsort of uniforms
+        # (keys of 2.0 pad shorter rows: they sort last, so a row's order is its own keys' order).
         if self.within_group:  # a group uniformly among those that can hold a task, then N of its classes
-            groups = self.eligible_groups(split)
-            group = streams.integers(len(groups))
-            member_keys = streams.random(max(len(m) for m in groups))
+            members, sizes = self._group_tables(split, streams.device)
+            group = streams.integers(len(sizes))
+            keys = streams.random(members.shape[1])
+            keys = xp.where(xp.arange(members.shape[1], device=streams.device) < sizes[group][:, None], keys, 2.0)
+            chosen = xp.take_along_axis(members[group], xp.argsort(keys, axis=1, stable=True)[:, :ways], axis=1)
         else:
-            class_keys = streams.random(len(classes))
-        image_keys = streams.random((ways, self.max_images[split]))  # per drawn class, its images' order
-        xs, xq = [], []
-        for t in range(streams.n):
-            if self.within_group:
-                members = groups[group[t]]
-                chosen = members[np.argsort(member_keys[t, :len(members)])[:ways]]
-            else:
-                chosen = np.argsort(class_keys[t])[:ways]
-            for c, label in enumerate(chosen):
-                name, k = classes[label]
-                idx = self._index[name]
-                perm = idx[np.argsort(image_keys[t, c, :len(idx)])]
-                q, s = perm[:query], perm[query:query + shots]
-                xq.append(np.rot90(self.images.images.take(q), k, axes=(1, 2)))
-                xs.append(np.rot90(self.images.images.take(s), k, axes=(1, 2)))
-        labels = lambda per_class: np.tile(np.repeat(np.arange(ways), per_class), (streams.n, 1))  # noqa: E731
-        batched = lambda x: pixels_to_float(np.concatenate(x)).reshape(streams.n, -1, *self.shape)  # noqa: E731
-        return {"x_support": batched(xs), "y_support": labels(shots), "x_query": batched(xq), "y_query": labels(query)}
+            chosen = xp.argsort(streams.random(len(self.splits[split])), axis=1, stable=True)[:, :ways]
+        keys = streams.random((ways, self.max_images[split]))  # per drawn class, its images' order
+        keys = xp.where(xp.arange(keys.shape[2], device=streams.device) < counts[chosen][..., None], keys, 2.0)
+        order = xp.argsort(keys, axis=2, stable=True)[..., :query + shots]
+        ids = xp.take_along_axis(table[chosen], order, axis=2)  # (n, ways, query + shots) image numbers
+        k = rotation[chosen]
+
+        def images(part):  # (n, ways, m) image numbers -> float (n, ways * m, C, H, W), rotated per class
+            x = self._take(part, streams.device)  # (n, ways, m, H, W, C) uint8
+            for turns in (1, 2, 3):
+                turned = k == turns
+                if bool(xp.any(turned)):
+                    x[turned] = _rot90(x[turned], turns)
+            return pixels_to_float(xp.reshape(x, (-1, *x.shape[3:]))).reshape(n, -1, *self.shape)
+
+        labels = lambda per_class: xp.tile(xp.repeat(xp.arange(ways, device=streams.device), per_class),  # noqa: E731
+                                           (n, 1))
+        return {"x_support": images(ids[..., query:]), "y_support": labels(shots),
+                "x_query": images(ids[..., :query]), "y_query": labels(query)}
+
+    def _tables(self, split: str, device):
+        """Per class of the split (in self.splits order): its image numbers padded to the longest
+        (C, max images), their count (C,) and its rotation (C,), as arrays of the streams' kind."""
+        key = (split, None if device is None else str(device))
+        if key not in self._cache:
+            classes = self.splits[split]
+            table = np.zeros((len(classes), max(self.max_images[split], 1)), np.int64)
+            counts = np.array([len(self._index[name]) for name, _ in classes], np.int64)
+            for i, (name, _) in enumerate(classes):
+                table[i, :counts[i]] = self._index[name]
+            rotation = np.array([k for _, k in classes], np.int64)
+            self._cache[key] = tuple(a if device is None else torch.as_tensor(a, device=device)
+                                     for a in (table, counts, rotation))
+        return self._cache[key]
+
+    def _group_tables(self, split: str, device):
+        """The eligible groups' class positions padded to the largest (G, max classes), their sizes (G,)."""
+        key = ("groups", split, None if device is None else str(device))
+        if key not in self._cache:
+            groups = self.eligible_groups(split)
+            members = np.zeros((len(groups), max(len(m) for m in groups)), np.int64)
+            for i, m in enumerate(groups):
+                members[i, :len(m)] = m
+            sizes = np.array([len(m) for m in groups], np.int64)
+            self._cache[key] = tuple(a if device is None else torch.as_tensor(a, device=device)
+                                     for a in (members, sizes))
+        return self._cache[key]
+
+    def _take(self, ids, device):
+        """uint8 images of the image numbers `ids` (any shape), gathered where the ids are: on a torch
+        device from a copy of every image held there when it fits task.device_cache_gb, else read
+        on the CPU and copied over."""
+        if device is None:
+            return self.images.images.take(ids.reshape(-1)).reshape(*ids.shape, *self.images.shape)
+        key = str(device)
+        if key not in self._cache:
+            fits = isinstance(self.images.images, ArrayImages) and self.images.images.array.nbytes <= self.device_cache
+            self._cache[key] = torch.as_tensor(np.ascontiguousarray(self.images.images.array), device=device) \
+                if fits else None
+        held = self._cache[key]
+        if held is not None:
+            return held[ids]
+        flat = self.images.images.take(ids.reshape(-1).cpu().numpy())
+        return torch.as_tensor(flat, device=device).reshape(*ids.shape, *self.images.shape)
 
     def eligible_groups(self, split: str) -> list[np.ndarray]:
         return [m for m in self.groups.get(split, {}).values() if len(m) >= self.ways]
 
 
 
-def pixels_to_float(x: np.ndarray) -> np.ndarray:
+def pixels_to_float(x):
     """Decoded uint8 images (n, H, W, C) as the learner's input: float32 NCHW in [0, 1]."""
+    if isinstance(x, torch.Tensor):
+        return x.permute(0, 3, 1, 2).to(torch.float32).contiguous() / 255.0
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+
+
+def _rot90(x, turns: int):
+    """Images (m, s, H, W, C) turned by turns * 90 degrees in the (H, W) plane, as np.rot90."""
+    if isinstance(x, torch.Tensor):
+        return torch.rot90(x, turns, dims=(2, 3))
+    return np.rot90(x, turns, axes=(2, 3))

@@ -30,4 +30,5 @@ def miniimagenet(task, size: int) -> FewShotImages:
     splits = {s: sorted(c for c, g in group.items() if g == s) for s in ("train", "val", "test")}
     if task.split == "all":
         splits = {"train": [], "val": [], "test": sorted(group)}
-    return FewShotImages(images, splits, task.ways, task.rotations, task.within_group)
+    return FewShotImages(images, splits, task.ways, task.rotations, task.within_group,
+                         task.device_cache_gb)

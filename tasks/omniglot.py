@@ -55,4 +55,5 @@ def split_classes(images: ImageSet, task) -> dict[str, list[str]]:
 def omniglot(task, size: int) -> FewShotImages:
     """The Omniglot task distribution of a task config, its images `size` pixels square."""
     images = load(tuple(str(Path(d).expanduser()) for d in task.data), size, task.name)
-    return FewShotImages(images, split_classes(images, task), task.ways, task.rotations, task.within_group)
+    return FewShotImages(images, split_classes(images, task), task.ways, task.rotations, task.within_group,
+                         task.device_cache_gb)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
+from array_api_compat import array_namespace
 
 from tasks.sampling import Streams
 
@@ -35,16 +35,16 @@ class Sinusoid(_Regression):
     output_dim: int = 1
     loss: str = "mse"
 
-    def draw(self, streams: Streams) -> np.ndarray:
+    def draw(self, streams: Streams):
         u = streams.random(3)
-        return np.stack([low + (high - low) * u[:, i]
-                         for i, (low, high) in enumerate((self.amplitude, self.frequency, self.phase))], 1)
+        return streams.xp.stack([low + (high - low) * u[:, i]
+                                 for i, (low, high) in enumerate((self.amplitude, self.frequency, self.phase))], axis=1)
 
     @staticmethod
-    def target(coeffs: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """coeffs (N, 3), x (N, n, 1)."""
+    def target(coeffs, x):
+        """coeffs (N, 3), x (N, n, 1): numpy arrays or torch tensors."""
         amplitude, frequency, phase = (coeffs[:, i, None, None] for i in range(3))
-        return amplitude * np.sin(frequency * x + phase)
+        return amplitude * array_namespace(x).sin(frequency * x + phase)
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,13 @@ class Polynomial(_Regression):
     output_dim: int = 1
     loss: str = "mse"
 
-    def draw(self, streams: Streams) -> np.ndarray:
+    def draw(self, streams: Streams):
         return streams.uniform(-1.0, 1.0, self.order + 1)
 
     @staticmethod
-    def target(coeffs: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """coeffs (N, order + 1), x (N, n, 1)."""
-        return np.polynomial.polynomial.polyval(x, coeffs.T[..., None, None], tensor=False)
+    def target(coeffs, x):
+        """coeffs (N, order + 1), x (N, n, 1): Horner's rule, as numpy's polyval (the same bits)."""
+        y = coeffs[:, -1, None, None] + x * 0
+        for i in range(coeffs.shape[1] - 2, -1, -1):
+            y = coeffs[:, i, None, None] + y * x
+        return y

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from tasks.sampling import Streams
 
 
@@ -18,7 +16,9 @@ class SyntheticImages:
 
     def sample(self, streams: Streams, shots: int, query: int, split: str = "train") -> dict:
         shape = (self.channels, self.image_size, self.image_size)
-        labels = lambda per_class: np.tile(np.repeat(np.arange(self.ways), per_class), (streams.n, 1))  # noqa: E731
+        xp = streams.xp
+        labels = lambda per_class: xp.tile(xp.repeat(xp.arange(self.ways, device=streams.device), per_class),  # noqa: E731
+                                           (streams.n, 1))
         # query = examples per class, as in N-way K-shot classification.
         return {"x_support": streams.random((self.ways * shots, *shape)), "y_support": labels(shots),
                 "x_query": streams.random((self.ways * query, *shape)), "y_query": labels(query)}

@@ -14,7 +14,7 @@ from pipeline.core.meta_batch import InnerSettings, Learner, ShardResult, shard_
 from pipeline.core.rules import get_rule
 from pipeline.shards.chunking import time_chunk_sizes
 from pipeline.shards.compiled import COMPILE_AUTO_ITERATIONS, curve_at, should_compile, training_shard_functions
-from tasks import TASKS, image_format, make_distribution
+from tasks import TASKS, image_format, make_distribution, samples_on_device
 from tasks.sampling import sample_batch
 
 
@@ -40,6 +40,7 @@ class Experiment:
     def __init__(self, cfg: Config, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         self.cfg, self.dtype, self.device = cfg, dtype, device
         self.distribution = make_distribution(cfg.task)
+        self.sample_on_device = samples_on_device(cfg.task, device)
         d = self.distribution
         if hasattr(d, "check"):  # every K and query size the run will ask for exists in the data
             if cfg.task.split != "all":  # "all": an evaluation-only data set, nothing to train on
@@ -87,7 +88,7 @@ class Experiment:
     def sample(self, params, *, split, seed, iteration, indices, shots) -> dict:
         return sample_batch(self.distribution, seed=seed, split=split, iteration=iteration, indices=indices,
                             shots=shots, query=self.cfg.task.query, noise_shapes=self.noise_shapes(params),
-                            dtype=self.dtype, device=self.device)
+                            dtype=self.dtype, device=self.device, on_device=self.sample_on_device)
 
     def train_shard(self, params: dict, iteration: int, indices: Sequence[int], carry=None) -> ShardResult:
         batch = self.sample(params, split="train", seed=self.cfg.seed, iteration=iteration, indices=indices,

@@ -25,7 +25,7 @@ from pipeline.config import Config
 from pipeline.core.meta_batch import ShardResult, zeros_where_unused
 from pipeline.core.rules import get_rule
 from pipeline.shards.compiled import COMPILE_AUTO_UNROLLS, CompiledWithFallback, should_compile
-from tasks import make_distribution
+from tasks import make_distribution, samples_on_device
 from tasks.sampling import sample_optimizees
 
 
@@ -121,7 +121,8 @@ class OptimizerExperiment:
 
     def sample(self, *, split: str, seed: int, iteration: int, indices: Sequence[int], steps: int) -> dict:
         return sample_optimizees(self.distribution, seed=seed, split=split, iteration=iteration, indices=indices,
-                                 steps=steps, dtype=self.dtype, device=self.device)
+                                 steps=steps, dtype=self.dtype, device=self.device,
+                                 on_device=samples_on_device(self.cfg.task, self.device))
 
     @staticmethod
     def objective(losses: list[torch.Tensor]) -> torch.Tensor:

@@ -77,7 +77,9 @@ class PopulationShards:
         """narrows: members will leave (halving), so compiled shard functions keep the member
         dimension dynamic (one graph whatever the count) instead of recompiling at every rung."""
         self.cfgs, self.device, self.log, self.narrows = cfgs, torch.device(device), log, narrows
-        self.experiment = Experiment(cfgs[0])  # the shared model and task sampler (samples on the CPU)
+        # the shared model and task sampler: tasks are drawn on the population's device where
+        # task.sample_on says so (auto: on an accelerator), with numpy otherwise
+        self.experiment = Experiment(cfgs[0], device=self.device)
         self.learner, self.inner = self.experiment.learner, self.experiment.train_inner
         self._shapes = self.experiment.init_params()  # noise shapes only
         self.set_values(cfgs)
