@@ -30,6 +30,7 @@ EVAL_SPLITS = ("test", "train")
 QUERY_BN = ("", "batch", "support")
 COMPILE = ("auto", "always", "never")
 SAMPLE_ON = ("auto", "cpu", "device")
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -144,6 +145,10 @@ class TrainConfig:
     # reference code keeps such a best checkpoint). 0 = evaluate the last parameters
     validate_every: int = 0
     validate_tasks: int = 20
+    # arithmetic of the learner's network: "fp32"; "tf32" (on CUDA: float32 products rounded to TF32
+    # by cuBLAS / cuDNN; the same as fp32 on a CPU); "bf16" (each conv / dense layer in bfloat16, its
+    # output, batch norm, the loss, meta-gradients and Adam in float32; few-shot methods)
+    precision: str = "fp32"
     plots: bool = True  # draw the run's figures when it ends (a population of 100 members spends minutes on them)
 
 
@@ -323,6 +328,8 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     need(cfg.train.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 = off), got {cfg.train.grad_clip}")
     need(cfg.train.compile in COMPILE,
          f"train.compile: unknown choice {cfg.train.compile!r}; allowed: {', '.join(COMPILE)}")
+    need(cfg.train.precision in PRECISIONS,
+         f"train.precision: unknown choice {cfg.train.precision!r}; allowed: {', '.join(PRECISIONS)}")
     need(cfg.train.max_bad_steps >= 1, f"train.max_bad_steps: must be >= 1, got {cfg.train.max_bad_steps}")
     need(cfg.backend in BACKENDS, f"backend: unknown backend {cfg.backend!r}; allowed: {', '.join(BACKENDS)}")
     workers = cfg.ray.workers
@@ -374,6 +381,9 @@ def _validate_family(cfg: Config, check_paths: bool) -> None:
             raise ConfigError(f"eval.baselines: only learned optimizers compare with baselines; method {cfg.method} "
                               "takes none")
         return
+    if cfg.train.precision == "bf16":
+        raise ConfigError(f"train.precision: bf16 is for the networks of few-shot methods; method {cfg.method} "
+                          "takes fp32 or tf32")
     if cfg.train.unroll > cfg.inner_steps or (cfg.train.unroll and cfg.inner_steps % cfg.train.unroll):
         raise ConfigError(f"train.unroll: must divide the horizon inner_steps={cfg.inner_steps} "
                           f"(and so be at most it), got {cfg.train.unroll}")

@@ -43,6 +43,9 @@ class Network:
     cells: tuple[Cell, ...]
     loss: str = "mse"  # "mse" | "cross_entropy"
     init_std: float = 0.01  # dense weights: truncated normal with this std (MAML's sine MLP)
+    # train.precision "bf16": each cell's convolution / matrix product in bfloat16, its output back in
+    # the parameters' dtype, so batch norm, the loss, the meta-gradient and Adam stay in float32
+    low: torch.dtype | None = None
 
 
 def mlp(in_dim: int, hidden: list[int] | tuple[int, ...], out_dim: int, init_std: float = 0.01) -> Network:
@@ -86,9 +89,17 @@ def init_params(net: Network, t_cells: bool, generator: torch.Generator, dtype=t
     return params
 
 
-def pre_activation(cell: Cell, p: dict, x: torch.Tensor) -> torch.Tensor:
-    """y = T (W x + b): the part of a cell that Proposition 1 is about."""
+def pre_activation(cell: Cell, p: dict, x: torch.Tensor, low: torch.dtype | None = None) -> torch.Tensor:
+    """y = T (W x + b): the part of a cell that Proposition 1 is about (in `low` precision, if given)."""
     W, b, T = p[f"{cell.name}.W"], p[f"{cell.name}.b"], p.get(f"{cell.name}.T")
+    if low is not None:
+        full = W.dtype
+        W, b, x, T = W.to(low), b.to(low), x.to(low), None if T is None else T.to(low)
+        return _pre_activation(cell, W, b, T, x).to(full)
+    return _pre_activation(cell, W, b, T, x)
+
+
+def _pre_activation(cell: Cell, W, b, T, x: torch.Tensor) -> torch.Tensor:
     if cell.kind == "dense":
         y = F.linear(x, W, b)
         return y if T is None else F.linear(y, T)
@@ -107,7 +118,7 @@ def forward(net: Network, p: dict, x: torch.Tensor, batch_stats: dict | None = N
     for cell in net.cells:
         if cell.flatten:
             x = x.flatten(1)
-        x = pre_activation(cell, p, x)
+        x = pre_activation(cell, p, x, net.low)
         if cell.batch_norm:
             scale, shift = p[f"{cell.name}.bn_scale"], p[f"{cell.name}.bn_shift"]
             dims = [0] + list(range(2, x.dim()))  # every axis but the channel

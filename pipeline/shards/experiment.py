@@ -22,10 +22,20 @@ def make_network(cfg: Config) -> Network:
     """The learner's network from the config alone (no data is read): what a checkpoint's
     parameters belong to."""
     if TASKS[cfg.task.name].kind != "images":  # regression: one input, one output
-        return mlp(1, cfg.model.hidden, 1, cfg.model.init_std)
-    channels, size = image_format(cfg.task)
-    return conv4(channels, cfg.model.ways or cfg.task.ways, size, cfg.model.filters, cfg.model.strided,
-                 batch_norm=cfg.model.batch_norm == "batch")
+        net = mlp(1, cfg.model.hidden, 1, cfg.model.init_std)
+    else:
+        channels, size = image_format(cfg.task)
+        net = conv4(channels, cfg.model.ways or cfg.task.ways, size, cfg.model.filters, cfg.model.strided,
+                    batch_norm=cfg.model.batch_norm == "batch")
+    return replace(net, low=torch.bfloat16 if cfg.train.precision == "bf16" else None)
+
+
+def set_precision(precision: str, device) -> None:
+    """train.precision on a CUDA device: "tf32" lets cuBLAS and cuDNN round float32 products to
+    TF32 (torch's default for cuDNN convolutions); "fp32" and "bf16" keep float32 arithmetic
+    float32. Process-wide flags, set where the shards run; nothing to set on a CPU."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
 
 
 def make_learner(cfg: Config) -> Learner:
@@ -39,6 +49,7 @@ class Experiment:
 
     def __init__(self, cfg: Config, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         self.cfg, self.dtype, self.device = cfg, dtype, device
+        set_precision(cfg.train.precision, device)
         self.distribution = make_distribution(cfg.task)
         self.sample_on_device = samples_on_device(cfg.task, device)
         d = self.distribution

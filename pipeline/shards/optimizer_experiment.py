@@ -25,6 +25,7 @@ from pipeline.config import Config
 from pipeline.core.meta_batch import ShardResult, zeros_where_unused
 from pipeline.core.rules import get_rule
 from pipeline.shards.compiled import COMPILE_AUTO_UNROLLS, CompiledWithFallback, should_compile
+from pipeline.shards.experiment import set_precision
 from tasks import make_distribution, samples_on_device
 from tasks.sampling import sample_optimizees
 
@@ -95,6 +96,7 @@ class OptimizerExperiment:
 
     def __init__(self, cfg: Config, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         self.cfg, self.dtype, self.device = cfg, dtype, device
+        set_precision(cfg.train.precision, device)
         self.distribution = make_distribution(cfg.task, cfg.model)
         self.rule = get_rule(cfg.method)
         self.unroll = cfg.train.unroll or cfg.inner_steps
