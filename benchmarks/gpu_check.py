@@ -7,8 +7,20 @@
    workers' device and the largest relative parameter difference after the run.
 3. Timings (CUDA, synchronised): conv4 5-way 1-shot meta-batch 32, the vmap-batched shard function
    against the per-task loop; MAML sine meta-batch 4, eager against torch.compile.
+4. Sampling on the device (task.sample_on): the tasks drawn on CUDA against numpy's (integers and
+   images bitwise, floats within 1 ulp of float32), and the time per draw, numpy + copy against
+   on the device, for a solo shard and for a population's draw.
+5. Precision: conv4 5-way 1-shot meta-batch 32 (MAML, MT-net), ms per training shard (sampling
+   included) in fp32, tf32 and bf16, eager and compiled, and as a fraction of FP32 peak (FLOPs
+   counted by torch.utils.flop_counter on the same shard).
+6. Populations on one GPU: sine populations (MAML, MT-net) at P = 100, 1,000, 10,000 in member-it/s
+   and as a fraction of FP32 peak, tasks drawn on the CPU against on the device, eager against
+   compiled; and 16 conv4 MAML members against one.
 
-    PYTHONPATH=. python benchmarks/gpu_check.py [--iterations 300]
+    PYTHONPATH=. python benchmarks/gpu_check.py [--iterations 300] [--parts 1,2,3,4,5,6] [--sizes 100,1000,10000]
+
+On a machine without a GPU, --cpu-dry-run runs every part on the CPU (small --sizes) to check the
+script itself.
 """
 from __future__ import annotations
 
@@ -162,15 +174,119 @@ def timings() -> None:
               f"| {rel(got.grads, want.grads):.1e} |", flush=True)
 
 
+FP32_PEAK = {"H100": 67e12, "H200": 67e12, "A100": 19.5e12}  # dense FP32 (non-tensor-core), datasheets
+
+
+def peak() -> float:
+    name = torch.cuda.get_device_name() if DEV == "cuda" else ""
+    return next((v for k, v in FP32_PEAK.items() if k in name), float("nan"))
+
+
+def ulps32(a: torch.Tensor, b: torch.Tensor) -> int:
+    ia, ib = (x.detach().cpu().to(torch.float32).view(torch.int32).to(torch.int64) for x in (a, b))
+    ia, ib = (torch.where(i < 0, -(i & 0x7FFFFFFF), i) for i in (ia, ib))
+    return int((ia - ib).abs().max())
+
+
+def device_sampling() -> None:
+    from tasks.sampling import sample_batch as draw
+
+    print("\n## 4. Tasks drawn on the device against numpy's\n")
+    print("| task | tasks | integers / images bitwise | floats: max ulp (float32) | numpy + copy ms | device ms |"
+          "\n|---|---|---|---|---|---|")
+    omniglot = ROOT.parent / "shared/data/omniglot/images_background_small1.zip"
+    cases = [("sine", "sine_quick", [], 25), ("sine, a population's draw", "sine_quick", [], 4000),
+             ("synthetic 5-way 1-shot", "omniglot_5w1s_cpu", CONV, 32)]
+    if omniglot.is_file():
+        cases.append(("Omniglot 5-way 1-shot", "omniglot_5w1s_cpu",
+                      [f"task.data=[{omniglot}]", "task.split=character", "task.train_characters=100",
+                       "task.query=15"], 32))
+    for label, base, extra, n in cases:
+        cfg = load_config(base, extra)
+        dist = make_distribution(cfg.task)
+        seeds = [i % 7 for i in range(n)]
+        kw = dict(seed=seeds, split="train", iteration=3, indices=range(n), shots=cfg.task.shots, query=cfg.task.query,
+                  noise_shapes={"l0.zeta": (40,)}, device=DEV)
+        cpu, dev = draw(dist, **kw), draw(dist, **kw, on_device=True)
+        exact = [k for k in cpu if k != "noise" and (not cpu[k].is_floating_point() or "5-way" in label)]
+        exact = all(torch.equal(cpu[k].cpu(), dev[k].cpu()) for k in exact)  # labels; pixels of image tasks
+        worst = max(ulps32(cpu[k], dev[k]) for k in cpu if k != "noise" and cpu[k].is_floating_point())
+        worst = max(worst, ulps32(cpu["noise"]["l0.zeta"], dev["noise"]["l0.zeta"]))
+        t_cpu, t_dev = timed(lambda: draw(dist, **kw)), timed(lambda: draw(dist, **kw, on_device=True))
+        print(f"| {label} | {n} | {exact} | {worst} | {t_cpu * 1e3:.2f} | {t_dev * 1e3:.2f} |", flush=True)
+
+
+def flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def precision() -> None:
+    from pipeline.shards.experiment import Experiment
+
+    print("\n## 5. Precision: conv4 5-way 1-shot, meta-batch 32, one training shard (sampling included)\n")
+    print("| method | precision | compile | ms | GFLOP | fraction of FP32 peak |\n|---|---|---|---|---|---|")
+    for method in ("maml", "mtnet"):
+        work = None
+        for prec, mode in (("fp32", "never"), ("tf32", "never"), ("bf16", "never"), ("tf32", "always")):
+            cfg = load_config("omniglot_5w1s_cpu", [f"method={method}", *CONV, "meta_batch_size=32",
+                                                    f"train.precision={prec}", f"train.compile={mode}"])
+            exp = Experiment(cfg, device=DEV)
+            params = exp.init_params()
+            step = lambda: exp.train_shard(params, 0, range(32))  # noqa: E731
+            work = work or flops(step)  # the fp32 eager shard's FLOPs: the same arithmetic in every row
+            t = timed(step)
+            print(f"| {method} | {prec} | {mode} | {t * 1e3:.1f} | {work / 1e9:.1f} | {work / t / peak():.2%} |",
+                  flush=True)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+
+def populations(sizes: list[int], iterations: int) -> None:
+    from benchmarks.bench_population import member_cfgs, population_rate
+    from pipeline.shards.experiment import Experiment
+
+    print(f"\n## 6. Populations on one device ({iterations} iterations, the first third a warm-up)\n")
+    print("| population | sampling | compile | member-it/s | fraction of FP32 peak |\n|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in ("maml", "mtnet"):
+            cfg = load_config("sine_quick", [f"method={method}", "meta_batch_size=4", "train.compile=never"])
+            per_iteration = flops(lambda: Experiment(cfg).train_shard(Experiment(cfg).init_params(), 0, range(4)))
+            for size in sizes:
+                for sample_on in ("cpu", "device"):
+                    for mode in ("never", "always"):
+                        cfgs = member_cfgs(method, size, iterations, mode, Path(tmp))
+                        for c in cfgs:
+                            c.task.sample_on = sample_on
+                        rate, _ = population_rate(cfgs, Path(tmp) / f"{method}{size}{sample_on}{mode}",
+                                                  iterations // 3, device=DEV)
+                        print(f"| sine {method} P={size} | {sample_on} | {mode} | {rate:,.0f} | "
+                              f"{rate * per_iteration / peak():.3%} |", flush=True)
+        conv = ["method=maml", *CONV, "meta_batch_size=32", "train.compile=never"]
+        for size in (1, 16):
+            cfgs = [load_config("omniglot_5w1s_cpu", conv + [f"iterations={max(6, iterations // 10)}",
+                                                            "backend=local", "tracking.enabled=false",
+                                                            "train.plots=false", "train.log_every=1000",
+                                                            "train.checkpoint_every=1000000000",
+                                                            f"output_dir={tmp}", f"alpha={0.1 + 0.05 * i}",
+                                                            f"run_name=c{size}_{i}"]) for i in range(size)]
+            rate, _ = population_rate(cfgs, Path(tmp) / f"conv{size}", 2, device=DEV)
+            print(f"| conv4 MAML 5w1s meta-batch 32, P={size} | auto | never | {rate:,.1f} | |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=300)
-    ap.add_argument("--parts", default="1,2,3")
+    ap.add_argument("--parts", default="1,2,3,4,5,6")
+    ap.add_argument("--sizes", default="100,1000,10000", help="part 6: sine population sizes")
     ap.add_argument("--cpu-dry-run", action="store_true")
     args = ap.parse_args()
     global DEV
     if args.cpu_dry_run:  # the script's own check on a machine without a GPU: "CUDA" is the CPU
         DEV = "cpu"
+        CONV[CONV.index("model.filters=64")] = "model.filters=8"  # conv parts at a size a CPU runs in seconds
     elif not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device visible to torch")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if DEV == 'cuda' else 'cpu dry run'}\n")
@@ -181,6 +297,12 @@ def main() -> None:
         ray_gpu_workers(args.iterations)
     if "3" in parts:
         timings()
+    if "4" in parts:
+        device_sampling()
+    if "5" in parts:
+        precision()
+    if "6" in parts:
+        populations([int(n) for n in args.sizes.split(",")], max(30, args.iterations // 10))
 
 
 if __name__ == "__main__":

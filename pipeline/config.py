@@ -28,7 +28,7 @@ NORMS = ("batch", "none")
 OMNIGLOT_SPLITS = ("character", "alphabet", "all")
 EVAL_SPLITS = ("test", "train")
 QUERY_BN = ("", "batch", "support")
-COMPILE = ("auto", "always", "never")
+COMPILE = ("auto", "always", "never", "graphs")
 SAMPLE_ON = ("auto", "cpu", "device")
 PRECISIONS = ("fp32", "tf32", "bf16")
 

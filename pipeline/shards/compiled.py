@@ -18,7 +18,13 @@ COMPILE_AUTO_UNROLLS = 1_000  # a learned optimizer's iteration (an unroll of 20
 def should_compile(cfg, auto_from: int = COMPILE_AUTO_ITERATIONS) -> bool:
     """train.compile resolved ("auto": runs of at least `auto_from` iterations - the family's
     threshold - where the saving outweighs ~20-60 s of compiling, benchmarks/bench_compile.py)."""
-    return cfg.train.compile == "always" or (cfg.train.compile == "auto" and cfg.iterations >= auto_from)
+    return cfg.train.compile in ("always", "graphs") or (cfg.train.compile == "auto" and cfg.iterations >= auto_from)
+
+
+def cuda_graphs(cfg) -> bool:
+    """train.compile "graphs": the compiled shard function is also captured as a CUDA graph and
+    replayed (torch.compile's "reduce-overhead"); on a CPU it is the plain compiled function."""
+    return cfg.train.compile == "graphs"
 
 
 CURVE_SAMPLES = 10
@@ -52,8 +58,13 @@ class CompiledWithFallback:
 
     what = "function"  # how the log lines name it
 
+    graphs = False  # CUDA graphs requested (train.compile: graphs); a failure falls back to plain compiled
+
     def __init__(self, log=print, compile: bool = True):
         self.log, self.eager, self.compiled = log, not compile, False
+
+    def _build(self, graphs: bool) -> None:
+        """(Re)create the compiled callable, with CUDA graphs or without (subclasses that offer them)."""
 
     def _run(self, compiled_call, eager_call):
         if self.eager:
@@ -62,8 +73,14 @@ class CompiledWithFallback:
         try:
             out = compiled_call()
         except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, say so once
-            self.eager = True
             first_line = (str(e).strip().splitlines() or [""])[0][:200]
+            if self.graphs:  # first without CUDA graphs, then eagerly
+                self.graphs = False
+                self._build(False)
+                self.log(f"train.compile: CUDA graphs failed ({type(e).__name__}: {first_line}); running compiled "
+                         "without graphs")
+                return self._run(compiled_call, eager_call)
+            self.eager = True
             self.log(f"train.compile: compilation failed ({type(e).__name__}: {first_line}); running eagerly")
             return eager_call()
         if not self.compiled:
@@ -89,7 +106,7 @@ class CompiledShardFunction(CompiledWithFallback):
     what = "shard function"
 
     def __init__(self, learner: Learner, inner: InnerSettings, chunk_size: int | None = None, log=print, *,
-                 sums=None, result=None, compile: bool = True, dynamic_members: bool = False):
+                 sums=None, result=None, compile: bool = True, dynamic_members: bool = False, graphs: bool = False):
         # sums/result: a population's forward and ShardResult (pipeline/shards/population.py);
         # dynamic_members: the leading (member) dimension of every input stays symbolic in the graph,
         # so a population that narrows (halving) keeps one graph; it costs 3-7% per call
@@ -109,8 +126,14 @@ class CompiledShardFunction(CompiledWithFallback):
         # the same code object): a process that compiles more (a benchmark) gets the fallback line.
         if compile:
             torch._dynamo.config.fail_on_recompile_limit_hit = True
-        self._forward = torch.compile(grad_and_value(total, has_aux=True), dynamic=False,
-                                      fullgraph=True) if compile else None
+        self._total, self.graphs = total, graphs and compile
+        self._forward = None
+        if compile:
+            self._build(self.graphs)
+
+    def _build(self, graphs: bool) -> None:
+        self._forward = torch.compile(grad_and_value(self._total, has_aux=True), dynamic=False, fullgraph=True,
+                                      mode="reduce-overhead" if graphs else None)
 
     def _eager_call(self, params: dict, batch: dict) -> ShardResult:
         return self._result(*autograd_gradient(self._eager_forward, params, batch), batch)
@@ -120,7 +143,13 @@ class CompiledShardFunction(CompiledWithFallback):
         if self.dynamic_members:  # contiguous: rows of a flat buffer and gathered groups alike (strides are guarded)
             params = {k: v.contiguous() for k, v in params.items()}
             mark_dynamic_rows(params, batch)
+        replayed = self.graphs and next(iter(params.values())).is_cuda
+        if replayed:  # a new step of the graph tree: the last replay's outputs may be overwritten now
+            torch.compiler.cudagraph_mark_step_begin()
         grads, (_, (loss, metric, *curve)) = self._forward(params, batch)
+        if replayed:  # outputs live in the graph's memory pool until the next replay: keep copies
+            grads, loss, metric, curve = ({k: v.clone() for k, v in grads.items()}, loss.clone(), metric.clone(),
+                                          [c.clone() for c in curve])
         return self._result(grads, loss, curve[0] if curve else None, metric, batch)
 
     def __call__(self, params: dict, batch: dict) -> ShardResult:

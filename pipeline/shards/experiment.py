@@ -13,7 +13,13 @@ from pipeline.core.learners import Network, conv4, mlp
 from pipeline.core.meta_batch import InnerSettings, Learner, ShardResult, shard_evaluate, shard_meta_gradient
 from pipeline.core.rules import get_rule
 from pipeline.shards.chunking import time_chunk_sizes
-from pipeline.shards.compiled import COMPILE_AUTO_ITERATIONS, curve_at, should_compile, training_shard_functions
+from pipeline.shards.compiled import (
+    COMPILE_AUTO_ITERATIONS,
+    cuda_graphs,
+    curve_at,
+    should_compile,
+    training_shard_functions,
+)
 from tasks import TASKS, image_format, make_distribution, samples_on_device
 from tasks.sampling import sample_batch
 
@@ -69,7 +75,8 @@ class Experiment:
         # iterations that log no query-loss curve skip computing it (curve_at); under
         # train.compile that shard function is compiled on its first call
         self._shard_fns = training_shard_functions(self.learner, self.train_inner, self.chunk,
-                                                   should_compile(self.cfg, self.compile_auto_from))
+                                                   should_compile(self.cfg, self.compile_auto_from),
+                                                   graphs=cuda_graphs(self.cfg))
 
     def time_chunk_sizes(self, params: dict, indices: Sequence[int]) -> dict[int, float]:
         """Eager shard-call times of the run's first training shard at each tasks_per_vmap choice

@@ -13,7 +13,13 @@ from torch.func import vmap
 from pipeline.config import Config, load_config
 from pipeline.core.meta_batch import InnerSettings, ShardResult, map_tree, shard_sums
 from pipeline.shards.chunking import time_chunk_sizes
-from pipeline.shards.compiled import CompiledShardFunction, curve_at, should_compile, training_shard_functions
+from pipeline.shards.compiled import (
+    CompiledShardFunction,
+    cuda_graphs,
+    curve_at,
+    should_compile,
+    training_shard_functions,
+)
 from pipeline.shards.experiment import Experiment
 
 
@@ -97,6 +103,7 @@ class PopulationShards:
         self.chunk = tasks_per_vmap or None
         compile = should_compile(self.cfgs[0], Experiment.compile_auto_from)
         self.fns = training_shard_functions(self.learner, self.inner, self.chunk, compile, log=self.log,
+                                            graphs=cuda_graphs(self.cfgs[0]),
                                             sums=_population_sums, result=_population_result,
                                             dynamic_members=self.narrows)
 

@@ -31,18 +31,21 @@ def test_compiled_shard_function_equals_eager(method):
     assert len(logs) == 1 and logs[0].startswith("train.compile: shard function compiled in "), logs
 
 
-def test_compiled_population_equals_eager(tmp_path):
+@pytest.mark.parametrize("mode", ["always", "graphs"])
+def test_compiled_population_equals_eager(tmp_path, mode):
     """A population's shard under train.compile (one graph for every member's forward and outer
     gradient) gives the eager population's per-member losses, curves and gradients; members differ
     in alpha, the Gumbel temperature and seed (their own task streams). The shard function without
     the query-loss curve is one graph, compiled whole (no silent eager fallback); the one with it
-    (the few iterations that log a curve, curve_at) runs eagerly, compiling nothing."""
+    (the few iterations that log a curve, curve_at) runs eagerly, compiling nothing. "graphs" (CUDA
+    graphs on a GPU) is on a CPU the same compiled path, with torch.compile's reduce-overhead mode."""
     members = [{"alpha": 0.01, "seed": 0}, {"alpha": 0.05, "seed": 1, "gumbel_temperature": 0.5},
                {"alpha": 0.02, "seed": 0, "gumbel_temperature": 2.0}]
     cfgs = [load_config("sine_quick", {"method": "mtnet", "model.hidden": [16, 16], "meta_batch_size": 4,
-                                       "train.compile": "always", "output_dir": str(tmp_path), **m}) for m in members]
+                                       "train.compile": mode, "output_dir": str(tmp_path), **m}) for m in members]
     logs = []
     shards = PopulationShards(cfgs, log=logs.append)
+    assert shards.fns[False].graphs == (mode == "graphs")
     params = {k: torch.stack([v * (1 + 0.1 * i) for i in range(3)])
               for k, v in perturbed_params(shards.learner).items()}
     params = {k: v.float() for k, v in params.items()}
@@ -117,3 +120,28 @@ def test_compiled_learned_optimizer_equals_eager():
     assert compiled.update.compiled and not compiled.update.eager
     assert eager.update == eager.rule.update  # never: plain eager
     assert len(logs) == 1 and logs[0].startswith("train.compile: l2l update step compiled in "), logs
+
+
+def test_failing_cuda_graphs_fall_back_to_compiled_then_eager_a_line_each():
+    """train.compile: graphs. The compiler's failures are simulated as above: with CUDA graphs, then
+    without; the call returns the eager result, and each fallback said once."""
+    learner = make_learner("maml", hidden=(8,), init_std=0.3)
+    params = learner.init_params(0)
+    batch = sine_batch(learner, params, n=3, dtype=torch.float32)
+    inner = InnerSettings(0.1, 1)
+    logs, built = [], []
+    fn = CompiledShardFunction(learner, inner, log=logs.append, graphs=True)
+
+    def broken(*args):
+        raise RuntimeError("cudagraphs: an op that cannot be captured")
+
+    fn._forward = broken
+    fn._build = lambda graphs: (built.append(graphs), setattr(fn, "_forward", broken))
+    for _ in range(2):
+        got, want = fn(params, batch), shard_meta_gradient(learner, inner, params, batch)
+        assert got.loss_sum == want.loss_sum
+    assert built == [False] and fn.eager and not fn.graphs
+    assert logs == ["train.compile: CUDA graphs failed (RuntimeError: cudagraphs: an op that cannot be captured); "
+                    "running compiled without graphs",
+                    "train.compile: compilation failed (RuntimeError: cudagraphs: an op that cannot be captured); "
+                    "running eagerly"]
