@@ -11,13 +11,16 @@
    images bitwise, floats within 1 ulp of float32), and the time per draw, numpy + copy against
    on the device, for a solo shard and for a population's draw.
 5. Precision: conv4 5-way 1-shot meta-batch 32 (MAML, MT-net), ms per training shard (sampling
-   included) in fp32, tf32 and bf16, eager and compiled, and as a fraction of FP32 peak (FLOPs
-   counted by torch.utils.flop_counter on the same shard).
+   included) in fp32, tf32 and bf16 eager, tf32 compiled with and without CUDA graphs, and as a
+   fraction of FP32 peak (FLOPs counted by torch.utils.flop_counter on the same shard).
 6. Populations on one GPU: sine populations (MAML, MT-net) at P = 100, 1,000, 10,000 in member-it/s
-   and as a fraction of FP32 peak, tasks drawn on the CPU against on the device, eager against
-   compiled; and 16 conv4 MAML members against one.
+   and as a fraction of FP32 peak: tasks drawn with numpy and eager (as before), then on the
+   device eager, compiled and compiled with CUDA graphs (train.compile: graphs); and 16 conv4
+   MAML members against one.
+7. A packed sweep (4 alphas in one population) on a Ray shard worker with gpus_per_worker: 1,
+   against the same sweep on a CPU worker: each member's evaluation.
 
-    PYTHONPATH=. python benchmarks/gpu_check.py [--iterations 300] [--parts 1,2,3,4,5,6] [--sizes 100,1000,10000]
+    PYTHONPATH=. python benchmarks/gpu_check.py [--iterations 300] [--parts 1,...,7] [--sizes 100,1000,10000]
 
 On a machine without a GPU, --cpu-dry-run runs every part on the CPU (small --sizes) to check the
 script itself.
@@ -231,7 +234,8 @@ def precision() -> None:
     print("| method | precision | compile | ms | GFLOP | fraction of FP32 peak |\n|---|---|---|---|---|---|")
     for method in ("maml", "mtnet"):
         work = None
-        for prec, mode in (("fp32", "never"), ("tf32", "never"), ("bf16", "never"), ("tf32", "always")):
+        for prec, mode in (("fp32", "never"), ("tf32", "never"), ("bf16", "never"), ("tf32", "always"),
+                           ("tf32", "graphs")):
             cfg = load_config("omniglot_5w1s_cpu", [f"method={method}", *CONV, "meta_batch_size=32",
                                                     f"train.precision={prec}", f"train.compile={mode}"])
             exp = Experiment(cfg, device=DEV)
@@ -255,15 +259,16 @@ def populations(sizes: list[int], iterations: int) -> None:
             cfg = load_config("sine_quick", [f"method={method}", "meta_batch_size=4", "train.compile=never"])
             per_iteration = flops(lambda: Experiment(cfg).train_shard(Experiment(cfg).init_params(), 0, range(4)))
             for size in sizes:
-                for sample_on in ("cpu", "device"):
-                    for mode in ("never", "always"):
-                        cfgs = member_cfgs(method, size, iterations, mode, Path(tmp))
-                        for c in cfgs:
-                            c.task.sample_on = sample_on
-                        rate, _ = population_rate(cfgs, Path(tmp) / f"{method}{size}{sample_on}{mode}",
-                                                  iterations // 3, device=DEV)
-                        print(f"| sine {method} P={size} | {sample_on} | {mode} | {rate:,.0f} | "
-                              f"{rate * per_iteration / peak():.3%} |", flush=True)
+                # as today (numpy, eager), then on the device: eager, compiled, compiled + CUDA graphs
+                for sample_on, mode in (("cpu", "never"), ("device", "never"), ("device", "always"),
+                                        ("device", "graphs")):
+                    cfgs = member_cfgs(method, size, iterations, mode, Path(tmp))
+                    for c in cfgs:
+                        c.task.sample_on = sample_on
+                    rate, _ = population_rate(cfgs, Path(tmp) / f"{method}{size}{sample_on}{mode}",
+                                              iterations // 3, device=DEV)
+                    print(f"| sine {method} P={size} | {sample_on} | {mode} | {rate:,.0f} | "
+                          f"{rate * per_iteration / peak():.3%} |", flush=True)
         conv = ["method=maml", *CONV, "meta_batch_size=32", "train.compile=never"]
         for size in (1, 16):
             cfgs = [load_config("omniglot_5w1s_cpu", conv + [f"iterations={max(6, iterations // 10)}",
@@ -276,10 +281,52 @@ def populations(sizes: list[int], iterations: int) -> None:
             print(f"| conv4 MAML 5w1s meta-batch 32, P={size} | auto | never | {rate:,.1f} | |", flush=True)
 
 
+SWEEP = """base: sine_quick
+output_dir: {out}
+set: {{iterations: {iterations}, eval.tasks: 100, train.compile: never, train.plots: false}}
+space:
+  alpha: {{grid: [0.003, 0.01, 0.03, 0.1]}}
+resources: {{cpus: 1, workers: 1, cpus_per_worker: 1, gpus_per_worker: {gpus}}}
+"""
+
+
+def packed_sweep_on_ray_gpu_workers(iterations: int) -> None:
+    """A packed sweep (4 alphas, one population) whose shard worker holds a GPU, against the same
+    sweep on a CPU worker: each member's final evaluation."""
+    import json
+
+    import ray
+    import yaml
+
+    from pipeline.cli import main as metatrain
+
+    print(f"\n## 7. A packed sweep on a Ray GPU worker (gpus_per_worker: 1), sine_quick, {iterations} iterations\n")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, gpus in (("gpu", 1 if DEV == "cuda" else 0), ("cpu", 0)):
+            sweep = Path(tmp) / f"packed_{label}.yaml"
+            sweep.write_text(SWEEP.format(out=Path(tmp) / label, iterations=iterations, gpus=gpus))
+            t0 = time.perf_counter()
+            code = metatrain(["sweep", str(sweep)])
+            if ray.is_initialized():
+                ray.shutdown()
+            found = sorted((Path(tmp) / label).rglob("results.json"))
+            results[label] = {yaml.safe_load((f.parent / "config.yaml").read_text())["alpha"]:
+                              json.loads(f.read_text())["results"] for f in found}
+            print(f"- {label} (gpus_per_worker {gpus}): exit {code}, {len(found)} member results, "
+                  f"{time.perf_counter() - t0:.1f} s", flush=True)
+    gpu, cpu = results["gpu"], results["cpu"]
+    for alpha in sorted(cpu):
+        a, b = cpu[alpha], gpu.get(alpha)
+        k = sorted(a)[0]
+        print(f"- member alpha={alpha}: K={k} query MSE cpu {a[k]['mean']:.5f}, "
+              f"gpu {b[k]['mean'] if b else float('nan'):.5f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=300)
-    ap.add_argument("--parts", default="1,2,3,4,5,6")
+    ap.add_argument("--parts", default="1,2,3,4,5,6,7")
     ap.add_argument("--sizes", default="100,1000,10000", help="part 6: sine population sizes")
     ap.add_argument("--cpu-dry-run", action="store_true")
     args = ap.parse_args()
@@ -303,6 +350,8 @@ def main() -> None:
         precision()
     if "6" in parts:
         populations([int(n) for n in args.sizes.split(",")], max(30, args.iterations // 10))
+    if "7" in parts:
+        packed_sweep_on_ray_gpu_workers(max(50, args.iterations // 3))
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ class Population:
                  device: str = "cpu", halving: tuple[int, float] | None = None, pbt: Pbt | None = None):
         """hooks(i): member i's TrainerHooks (its MLflow run); reporter: a PopulationHook (Tune);
         device: where the stacked members train ("cuda": the whole population on one GPU; tasks
-        are sampled on the CPU as in every run, and members evaluate on the CPU); halving:
+        are drawn where task.sample_on says, and members evaluate on the CPU); halving:
         (grace_period, reduction_factor) of synchronous successive halving (`_halve`); pbt: Population
         Based Training's settings (`_exploit`, pipeline/driver/pbt.py)."""
         self.device = torch.device(device)
