@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.func import vmap
 
-from pipeline.config import Config, load_config
+from pipeline.config import Config, ConfigError, load_config
 from pipeline.core.meta_batch import InnerSettings, ShardResult, map_tree, shard_sums
 from pipeline.shards.chunking import time_chunk_sizes
 from pipeline.shards.compiled import (
@@ -21,6 +21,7 @@ from pipeline.shards.compiled import (
     training_shard_functions,
 )
 from pipeline.shards.experiment import Experiment
+from pipeline.shards.memory import USABLE, available_bytes, member_bytes, members_that_fit
 
 
 def _population_sums(learner, inner, leaves: dict, batch: dict, chunk_size, functional: bool = True):
@@ -83,6 +84,7 @@ class PopulationShards:
         """narrows: members will leave (halving), so compiled shard functions keep the member
         dimension dynamic (one graph whatever the count) instead of recompiling at every rung."""
         self.cfgs, self.device, self.log, self.narrows = cfgs, torch.device(device), log, narrows
+        self.member_bytes = None  # counted at the first shard (check_memory)
         # the shared model and task sampler: tasks are drawn on the population's device where
         # task.sample_on says so (auto: on an accelerator), with numpy otherwise
         self.experiment = Experiment(cfgs[0], device=self.device)
@@ -139,6 +141,8 @@ class PopulationShards:
         batch, fn = self.sample(iteration, indices), self.fns[curve_at(self.cfgs[0], iteration)]
         grouped = self.device.type == "cpu" and not fn.eager  # an eager call is dispatch-bound: all at once
         groups = member_groups(len(self.cfgs), CPU_MEMBERS_PER_CALL if grouped else 0)
+        if self.member_bytes is None:
+            self.check_memory(params, batch, len(self.cfgs) if groups is None else len(groups[0]))
         if self.narrows and not fn.eager and len(self.cfgs) == 1:  # a dynamic dimension needs >= 2 rows
             groups = [torch.zeros(2, dtype=torch.long)]
         if groups is None:
@@ -149,6 +153,24 @@ class PopulationShards:
                            cat([o.loss_sum for o in outs]), outs[0].n_tasks,
                            None if outs[0].curve_sum is None else cat([o.curve_sum for o in outs]),
                            cat([o.metric_sum for o in outs]))
+
+    def check_memory(self, params: dict, batch: dict, per_call: int) -> None:
+        """Count one member's memory on this shard (pipeline/shards/memory.py) and refuse, in one
+        line, a population whose calls of `per_call` members cannot fit the device: before the
+        first full call, so that nothing runs out of memory halfway."""
+        one = lambda x: x[:1]  # noqa: E731
+        self.member_bytes = member_bytes(self._shard_fn(self.chunk, compile=False, curve=False),
+                                         map_tree(one, params), map_tree(one, batch))
+        fit = members_that_fit(self.member_bytes, self.device)
+        mib = self.member_bytes / 2**20
+        self.log(f"population: {len(self.cfgs)} members on {self.device}, {mib:,.1f} MiB each (counted on one "
+                 f"member's shard of {len(batch['y_query'][0])} tasks); {fit:,} fit in one call")
+        if per_call > fit:
+            raise ConfigError(f"pack.max_members: {per_call} members per call on {self.device} need about "
+                              f"{per_call * mib / 1024:,.1f} GiB ({mib:,.1f} MiB each, counted), more than "
+                              f"{USABLE:.0%} of the {available_bytes(self.device) / 2**30:,.1f} GiB free: at most "
+                              f"{fit} fit; set pack.max_members: {max(fit, 1)}, or give each worker fewer tasks "
+                              "(more ray.workers)")
 
     def set_values(self, cfgs: list[Config]) -> None:
         """The members' step sizes and temperatures from these configs (at start, and after PBT's
