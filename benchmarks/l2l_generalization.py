@@ -7,8 +7,9 @@ trained-on optimizee, as the paper's figures do).
     python benchmarks/l2l_generalization.py RUN_DIR [--tasks 100] [--variants paper|none]
 
 Writes RUN_DIR/generalization/{table.md, results.json, <variant>.png}. "beats" means the learned
-optimizer's 95% CI of the mean final loss lies wholly below the best baseline's; "loses" wholly
-above; otherwise "overlaps".
+optimizer's 95% CI of the mean final training loss lies wholly below the best baseline's; "loses"
+wholly above; otherwise "overlaps". MNIST cells also give the loss on images the test optimizees
+never trained on (tasks/optimizees.py, `unseen_loss`).
 """
 from __future__ import annotations
 
@@ -45,6 +46,14 @@ def outcome(own: dict, best: dict) -> str:
     if own["mean"] - own["ci95"] > best["mean"] + best["ci95"]:
         return "loses"
     return "overlaps"
+
+
+def cell(row: dict, ci: bool = True) -> str:
+    """"training loss / unseen-image loss" of one optimizer's row (the second where the optimizees
+    have images they never trained on: MNIST), with 95% CIs."""
+    def one(r):
+        return f"{r['mean']:.4g}" + (f" ± {r['ci95']:.2g}" if ci else "") if r["mean"] is not None else "diverged"
+    return one(row) + (f" / {one(row['unseen'])}" if "unseen" in row else "")
 
 
 def main() -> int:
@@ -87,19 +96,21 @@ def main() -> int:
         optimizer_comparison(table, out_dir / f"{name.replace(' ', '_')}.png",
                              title=f"{cfg.method} on {cfg.task.name}, {name}",
                              y_label=trainer.experiment.distribution.loss_name)
-        rows.append(f"| {name} | {cfg.eval.inner_steps} | {own['mean']:.4g} ± {own['ci95']:.2g} | {best_name} "
-                    f"(lr {best['alpha']:g}) {best['mean']:.4g} ± {best['ci95']:.2g} | "
-                    + ", ".join(f"{k} {v['mean']:.4g}" for k, v in baselines.items() if k != best_name)
+        rows.append(f"| {name} | {cfg.eval.inner_steps} | {cell(own)} | "
+                    f"{best_name} (lr {best['alpha']:g}) {cell(best)} | "
+                    + ", ".join(f"{k} {cell(v, ci=False)}" for k, v in baselines.items() if k != best_name)
                     + f" | {d_mean:+.3g} ± {d_ci:.2g} | **{verdict}** | {paper} |")
         print(rows[-1], flush=True)
     n = payload["as trained"]["results"][cfg.method]["n"]
     md = [f"# {run_dir.name}: learned optimizer against tuned baselines", "",
-          f"Final optimizee loss (mean ± 95% CI over {n} fresh test optimizees per variant); "
+          f"Each cell: the test optimizees' training loss after their last step / their loss on images they "
+          f"never trained on (mean ± 95% CI over {n} fresh test optimizees per variant; the outcome compares "
+          f"training losses, as the paper's figures do); "
           f"command: `python benchmarks/l2l_generalization.py {run_dir}"
           + (f" --tasks {args.tasks}" if args.tasks else "") + (" --variants none" if args.variants == "none" else "")
           + "".join(f" --set '{s}'" for s in args.set) + "`.", "",
-          "| variant | steps | learned optimizer | best baseline | other baselines | paired difference "
-          "(learned − best) | outcome | paper |",
+          "| variant | steps | learned optimizer | best baseline | other baselines | paired difference of "
+          "training losses (learned − best) | outcome | paper |",
           "|---|---|---|---|---|---|---|---|", *rows, ""]
     (out_dir / "table.md").write_text("\n".join(md))
     (out_dir / "results.json").write_text(json.dumps(payload, indent=2))
