@@ -335,33 +335,35 @@ class FewShotImages:
         return {"x_support": images(ids[..., query:]), "y_support": labels(shots),
                 "x_query": images(ids[..., :query]), "y_query": labels(query)}
 
+    def _on(self, device, key: tuple, build):
+        """Arrays built once (`build()`: numpy arrays) and kept per device: as they are for numpy
+        streams, as tensors on a torch device."""
+        key = (*key, None if device is None else str(device))
+        if key not in self._cache:
+            self._cache[key] = tuple(a if device is None else torch.as_tensor(a, device=device) for a in build())
+        return self._cache[key]
+
     def _tables(self, split: str, device):
         """Per class of the split (in self.splits order): its image numbers padded to the longest
-        (C, max images), their count (C,) and its rotation (C,), as arrays of the streams' kind."""
-        key = (split, None if device is None else str(device))
-        if key not in self._cache:
+        (C, max images), their count (C,) and its rotation (C,)."""
+        def build():
             classes = self.splits[split]
-            table = np.zeros((len(classes), max(self.max_images[split], 1)), np.int64)
             counts = np.array([len(self._index[name]) for name, _ in classes], np.int64)
+            table = np.zeros((len(classes), max(self.max_images[split], 1)), np.int64)
             for i, (name, _) in enumerate(classes):
                 table[i, :counts[i]] = self._index[name]
-            rotation = np.array([k for _, k in classes], np.int64)
-            self._cache[key] = tuple(a if device is None else torch.as_tensor(a, device=device)
-                                     for a in (table, counts, rotation))
-        return self._cache[key]
+            return table, counts, np.array([k for _, k in classes], np.int64)
+        return self._on(device, ("classes", split), build)
 
     def _group_tables(self, split: str, device):
         """The eligible groups' class positions padded to the largest (G, max classes), their sizes (G,)."""
-        key = ("groups", split, None if device is None else str(device))
-        if key not in self._cache:
+        def build():
             groups = self.eligible_groups(split)
             members = np.zeros((len(groups), max(len(m) for m in groups)), np.int64)
             for i, m in enumerate(groups):
                 members[i, :len(m)] = m
-            sizes = np.array([len(m) for m in groups], np.int64)
-            self._cache[key] = tuple(a if device is None else torch.as_tensor(a, device=device)
-                                     for a in (members, sizes))
-        return self._cache[key]
+            return members, np.array([len(m) for m in groups], np.int64)
+        return self._on(device, ("groups", split), build)
 
     def _take(self, ids, device):
         """uint8 images of the image numbers `ids` (any shape), gathered where the ids are: on a torch
@@ -369,13 +371,9 @@ class FewShotImages:
         on the CPU and copied over."""
         if device is None:
             return self.images.images.take(ids.reshape(-1)).reshape(*ids.shape, *self.images.shape)
-        key = str(device)
-        if key not in self._cache:
-            fits = isinstance(self.images.images, ArrayImages) and self.images.images.array.nbytes <= self.device_cache
-            self._cache[key] = torch.as_tensor(np.ascontiguousarray(self.images.images.array), device=device) \
-                if fits else None
-        held = self._cache[key]
-        if held is not None:
+        images = self.images.images
+        if isinstance(images, ArrayImages) and images.array.nbytes <= self.device_cache:
+            held, = self._on(device, ("images",), lambda: (np.ascontiguousarray(images.array),))
             return held[ids]
         flat = self.images.images.take(ids.reshape(-1).cpu().numpy())
         return torch.as_tensor(flat, device=device).reshape(*ids.shape, *self.images.shape)
