@@ -36,19 +36,26 @@ _LO = 0xFFFFFFFF
 
 
 def _mulhilo(m: int, c):
-    """The (high, low) 32-bit halves of m * c for 32-bit words c. numpy's uint64 holds the product;
-    torch's int64 would overflow, so there the product is taken in 16-bit limbs of m."""
+    """The (high, low) 32-bit halves of m * c mod 2^64. Words are 32-bit but for the iteration, which
+    may be wider (validation tasks use 2^63) and enters the first round's product in full, wrapping
+    as numpy's uint64 does. torch has no uint64 arithmetic: its int64 words hold the same bits
+    (two's complement), and the product is taken in 16-bit limbs of m, which cannot overflow."""
     if isinstance(c, np.ndarray):
         p = np.uint64(m) * c
         return p >> np.uint64(32), p & np.uint64(_LO)
-    q = (m >> 16) * c  # < 2^48
-    r = (m & 0xFFFF) * c + ((q & 0xFFFF) << 16)  # < 2^49: the low 48 bits of the product, carried
-    return (q >> 16) + (r >> 32), r & _LO
+
+    def limbs(w):  # m * w for a 32-bit w: (high, low) halves
+        q = (m >> 16) * w  # < 2^48
+        r = (m & 0xFFFF) * w + ((q & 0xFFFF) << 16)  # < 2^49: the low 48 bits of the product, carried
+        return (q >> 16) + (r >> 32), r & _LO
+
+    high, low = limbs(c & _LO)
+    return (high + limbs((c >> 32) & _LO)[1]) & _LO, low  # the word's upper half: its product's low bits
 
 
 def philox4x32(counter: Sequence, key: Sequence, rounds: int = 10) -> list:
     """Philox4x32-R on broadcast arrays of 32-bit words: 4 counter words and 2 key words in, 4 words
-    out, elementwise. Words are numpy uint64 arrays or torch int64 tensors (values < 2^32)."""
+    out, elementwise. Words are numpy uint64 arrays or torch int64 tensors holding the same bits."""
     if isinstance(counter[0], torch.Tensor):
         c0, c1, c2, c3, k0, k1 = (torch.as_tensor(w, dtype=torch.int64, device=counter[0].device)
                                   for w in (*counter, *key))
@@ -85,7 +92,7 @@ class Streams:
         words = (index, iterations, seeds & np.uint64(_LO), seeds >> np.uint64(32))
         self.n, self.device = len(index), None if device is None else torch.device(device)
         self.xp = xnp if device is None else xtorch  # the namespace of every array the streams return
-        if device is not None:  # every word < 2^32: exact in int64
+        if device is not None:  # the same 64 bits as int64 (two's complement)
             words = tuple(torch.as_tensor(w.astype(np.int64), device=self.device) for w in words)
         self._words, self._tag = words, SPLITS[split] | stream << 8
         self._buffer = self.xp.empty((self.n, 0), dtype=self.xp.float64, device=self.device)  # generated ahead

@@ -49,11 +49,15 @@ def test_raw_words_are_bitwise_equal_for_10000_tuples_including_wrap_values():
                         [torch.as_tensor(w.astype(np.int64)) for w in words[4:]])
     for a, b in zip(ours, theirs):
         assert np.array_equal(a, b.numpy().astype(np.uint64))
-    # through the streams: (seed, split, iteration, index) tuples, seeds beyond 32 bits included
+    # through the streams: (seed, split, iteration, index) tuples, seeds and iterations beyond 32 bits
+    # included (a population's validation tasks are iteration 2^63)
     seeds = np.concatenate([[0, WRAP, 2**32, 2**63 - 1], rng.integers(0, 2**40, n - 4)]).astype(np.uint64)
+    iterations = words[1].copy()
+    iterations[8:16] = [2**32, 2**32 + 1, 2**63, 2**63 + 5, 2**64 - 1, 2**48, WRAP * 7, 2**40 + 3]
+    iterations[16:1000] = rng.integers(0, 2**64 - 1, 984, dtype=np.uint64)
     for split in ("train", "val", "test"):
-        a = Streams(seeds, split, words[1], words[0], DATA_STREAM).random(6)
-        b = Streams(seeds, split, words[1], words[0], DATA_STREAM, "cpu").random(6)
+        a = Streams(seeds, split, iterations, words[0], DATA_STREAM).random(6)
+        b = Streams(seeds, split, iterations, words[0], DATA_STREAM, "cpu").random(6)
         assert isinstance(b, torch.Tensor) and b.dtype == torch.float64
         assert np.array_equal(a, b.numpy())
 
@@ -187,6 +191,10 @@ def test_a_population_draws_the_same_tasks_on_the_device():
         for key in ("x_support", "y_support", "x_query", "y_query"):
             assert a[key].shape[:2] == (3, 4) and ulps32(a[key].numpy(), b[key].numpy()) <= 1, key
         assert torch.equal(a["x_support"][0], a["x_support"][2])  # members 0 and 2 share seed 0
+    # the validation tasks (iteration 2^63: a counter word wider than 32 bits)
+    stacked = {k: v.expand(3, *v.shape).clone() for k, v in cpu.experiment.init_params().items()}
+    for got, want in zip(dev.validate(stacked, 6), cpu.validate(stacked, 6)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     params = {k: v.expand(3, *v.shape).clone() for k, v in cpu.experiment.init_params().items()}
     ga, gb = cpu.train_shard(params, 1, range(4)).grads, dev.train_shard(params, 1, range(4)).grads
     for k in ga:
