@@ -15,7 +15,9 @@ def test_compile_setting_resolves_by_run_length_and_family():
     assert compiles(load_config("sine_quick", ["iterations=60000"]))
     assert not compiles(load_config("sine_quick", ["iterations=60000", "train.compile=never"]))
     assert compiles(load_config("sine_quick", ["train.compile=always"]))
-    with pytest.raises(ConfigError, match=r"^train.compile: unknown choice 'fast'; allowed: auto, always, never$"):
+    assert compiles(load_config("sine_quick", ["train.compile=graphs"]))  # compiled, CUDA graphs on a GPU
+    with pytest.raises(ConfigError, match=r"^train.compile: unknown choice 'fast'; allowed: auto, always, never, "
+                       "graphs$"):
         load_config("sine_quick", ["train.compile=fast"])
     # learned optimizers: an iteration is an unroll of 20 LSTM steps, so compiling pays sooner
     assert compiles(load_config("l2l_quadratic_cpu"))  # 2,000 unrolls
