@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tasks.errors import ConfigError
-from tasks.sampling import Streams
+from tasks.sampling import Streams, class_labels
 
 PACK_FORMAT = "metatrain-images-v1"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -330,10 +330,8 @@ class FewShotImages:
                     x[turned] = _rot90(x[turned], turns)
             return pixels_to_float(xp.reshape(x, (-1, *x.shape[3:]))).reshape(n, -1, *self.shape)
 
-        labels = lambda per_class: xp.tile(xp.repeat(xp.arange(ways, device=streams.device), per_class),  # noqa: E731
-                                           (n, 1))
-        return {"x_support": images(ids[..., query:]), "y_support": labels(shots),
-                "x_query": images(ids[..., :query]), "y_query": labels(query)}
+        return {"x_support": images(ids[..., query:]), "y_support": class_labels(streams, ways, shots),
+                "x_query": images(ids[..., :query]), "y_query": class_labels(streams, ways, query)}
 
     def _on(self, device, key: tuple, build):
         """Arrays built once (`build()`: numpy arrays) and kept per device: as they are for numpy

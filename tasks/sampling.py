@@ -154,6 +154,13 @@ class Streams:
         return self.xp.argsort(self.random(n), axis=1, stable=True)
 
 
+def class_labels(streams: Streams, ways: int, per_class: int):
+    """(N, ways * per_class) labels of N-way tasks, class-major (0, 0, ..., 1, 1, ...), as arrays
+    of the streams' kind and device."""
+    xp = streams.xp
+    return xp.tile(xp.repeat(xp.arange(ways, device=streams.device), per_class), (streams.n, 1))
+
+
 def sample_batch(
     distribution,
     *,

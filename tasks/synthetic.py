@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.sampling import Streams
+from tasks.sampling import Streams, class_labels
 
 
 @dataclass(frozen=True)
@@ -16,9 +16,8 @@ class SyntheticImages:
 
     def sample(self, streams: Streams, shots: int, query: int, split: str = "train") -> dict:
         shape = (self.channels, self.image_size, self.image_size)
-        xp = streams.xp
-        labels = lambda per_class: xp.tile(xp.repeat(xp.arange(self.ways, device=streams.device), per_class),  # noqa: E731
-                                           (streams.n, 1))
         # query = examples per class, as in N-way K-shot classification.
-        return {"x_support": streams.random((self.ways * shots, *shape)), "y_support": labels(shots),
-                "x_query": streams.random((self.ways * query, *shape)), "y_query": labels(query)}
+        return {"x_support": streams.random((self.ways * shots, *shape)),
+                "y_support": class_labels(streams, self.ways, shots),
+                "x_query": streams.random((self.ways * query, *shape)),
+                "y_query": class_labels(streams, self.ways, query)}
