@@ -73,6 +73,7 @@ class MnistMLP:
         self.shapes = [s for a, b in zip(self.sizes[:-1], self.sizes[1:]) for s in ((a, b), (b,))]
         self.dim = sum(math.prod(s) for s in self.shapes)
         self.images = {split: load_mnist(data, split) for split in ("train", "test")}
+        self.scored = {pool: stratified(y, self.EVAL_PER_DIGIT) for pool, (_, y) in self.images.items()}
         self._tensors = {}
 
     def sample(self, streams: Streams, steps: int, split: str = "train") -> dict:
@@ -125,7 +126,7 @@ class MnistMLP:
 
     def _scored_loss(self, theta: torch.Tensor, split: str) -> torch.Tensor:
         x, y = self._data(split, theta.dtype, theta.device)
-        idx = torch.as_tensor(stratified(self.images[self.pool(split)][1], self.EVAL_PER_DIGIT), device=x.device)
+        idx = torch.as_tensor(self.scored[self.pool(split)], device=x.device)
         return self._xent(theta, x[idx][None], y[idx][None])
 
 

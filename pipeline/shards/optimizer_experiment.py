@@ -98,6 +98,7 @@ class OptimizerExperiment:
         self.cfg, self.dtype, self.device = cfg, dtype, device
         set_precision(cfg.train.precision, device)
         self.distribution = make_distribution(cfg.task, cfg.model)
+        self.sample_on_device = samples_on_device(cfg.task, device)
         self.rule = get_rule(cfg.method)
         self.unroll = cfg.train.unroll or cfg.inner_steps
         self.unrolls = cfg.inner_steps // self.unroll  # unrolls per trajectory
@@ -124,7 +125,7 @@ class OptimizerExperiment:
     def sample(self, *, split: str, seed: int, iteration: int, indices: Sequence[int], steps: int) -> dict:
         return sample_optimizees(self.distribution, seed=seed, split=split, iteration=iteration, indices=indices,
                                  steps=steps, dtype=self.dtype, device=self.device,
-                                 on_device=samples_on_device(self.cfg.task, self.device))
+                                 on_device=self.sample_on_device)
 
     @staticmethod
     def objective(losses: list[torch.Tensor]) -> torch.Tensor:
