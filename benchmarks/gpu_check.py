@@ -258,7 +258,8 @@ def populations(sizes: list[int], iterations: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for method in ("maml", "mtnet"):
             cfg = load_config("sine_quick", [f"method={method}", "meta_batch_size=4", "train.compile=never"])
-            per_iteration = flops(lambda: Experiment(cfg).train_shard(Experiment(cfg).init_params(), 0, range(4)))
+            exp = Experiment(cfg)
+            per_iteration = flops(lambda: exp.train_shard(exp.init_params(), 0, range(4)))
             for size in sizes:
                 # as today (numpy, eager), then on the device: eager, compiled, compiled + CUDA graphs;
                 # from 10,000 members (a minute of set-up per population) only the goal's cases: MT-net

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.driver.trainer import read_metrics  # noqa: E402
 
 
 def wall_time(run: Path) -> tuple[float, float]:
     """(training seconds, evaluation seconds) of a run directory."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     train, done = 0.0, 0
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        entry = json.loads(line)
+    for entry in read_metrics(run):
         if "tasks_per_s" in entry and entry["tasks_per_s"]:
             train += (entry["iteration"] - done) * cfg["meta_batch_size"] / entry["tasks_per_s"]
             done = entry["iteration"]
