@@ -5,7 +5,11 @@ it there). What is promised: the generator's raw 32-bit words and every value de
 exact arithmetic (uniforms, integers, permutations) are bitwise equal; values through log / cos /
 sqrt (normal, logistic, and so sine targets) differ by at most 1 ulp of float32 once held as the
 run's float32, because numpy's and torch's float64 transcendental functions may round the last
-float64 bit differently."""
+float64 bit differently.
+
+The numpy sampler these tests compare with shares the generator's code (one philox4x32 with a
+branch per array kind), so those comparisons check that the two paths agree; that the torch path is
+Philox4x32-10 rests on Random123's known answers, checked on it directly (the first test)."""
 import math
 from pathlib import Path
 
