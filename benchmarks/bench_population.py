@@ -70,10 +70,13 @@ def solo_rate(cfg, out: Path, warmup: int = 0) -> float:
         return (cfg.iterations - warmup) / (time.perf_counter() - t0)
 
 
-def population_rate(cfgs, out: Path, warmup: int, device: str = "cpu") -> tuple[float, float]:
-    """(member-iterations/s after `warmup` iterations, seconds of the warm-up: compilation)."""
+def population_rate(cfgs, out: Path, warmup: int, device: str = "cpu",
+                    whole: bool | None = None) -> tuple[float, float]:
+    """(member-iterations/s after `warmup` iterations, seconds of the warm-up: compilation); whole:
+    Population's whole_iteration (None: where compiled and tasks are drawn on the device)."""
     torch._dynamo.reset()
-    with Population(cfgs, [out / f"m{i}" for i in range(len(cfgs))], log=compile_lines, device=device) as pop:
+    with Population(cfgs, [out / f"m{i}" for i in range(len(cfgs))], log=compile_lines, device=device,
+                    whole_iteration=whole) as pop:
         for m in pop.members:
             m.begin()
         pop._stack_members()

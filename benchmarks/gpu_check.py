@@ -14,10 +14,12 @@
    included) in fp32, tf32 and bf16 eager, tf32 compiled with and without CUDA graphs, and as a
    fraction of FP32 peak (FLOPs counted by torch.utils.flop_counter on the same shard).
 6. Populations on one GPU: sine populations (MAML, MT-net) at P = 100, 1,000, 10,000 in member-it/s
-   and as a fraction of FP32 peak: tasks drawn with numpy and eager (as before), then on the
-   device eager, compiled and compiled with CUDA graphs (train.compile: graphs) - at 10,000
-   members MT-net compiled with and without graphs only (each such population takes about a
-   minute to set up) - and 16 conv4 MAML members against one.
+   and as a fraction of FP32 peak: step by step with tasks drawn by numpy, eager (as before); then
+   tasks drawn on the device, step by step and the whole iteration as one function (pipeline/driver/
+   population_step.py) eager, and under CUDA graphs (train.compile: graphs) the shard function
+   replayed step by step against the whole iteration replayed - at 10,000 members MT-net's whole
+   iteration compiled with and without graphs only (each such population takes about a minute to
+   set up) - and 16 conv4 MAML members against one.
 7. A packed sweep (4 alphas in one population) on a Ray shard worker with gpus_per_worker: 1,
    against the same sweep on a CPU worker: each member's evaluation.
 
@@ -254,27 +256,31 @@ def populations(sizes: list[int], iterations: int) -> None:
     from pipeline.shards.experiment import Experiment
 
     print(f"\n## 6. Populations on one device ({iterations} iterations, the first third a warm-up)\n")
-    print("| population | sampling | compile | member-it/s | fraction of FP32 peak |\n|---|---|---|---|---|")
+    print("| population | sampling | compile | iteration | member-it/s | fraction of FP32 peak |\n"
+          "|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for method in ("maml", "mtnet"):
             cfg = load_config("sine_quick", [f"method={method}", "meta_batch_size=4", "train.compile=never"])
             exp = Experiment(cfg)
             per_iteration = flops(lambda: exp.train_shard(exp.init_params(), 0, range(4)))
             for size in sizes:
-                # as today (numpy, eager), then on the device: eager, compiled, compiled + CUDA graphs;
-                # from 10,000 members (a minute of set-up per population) only the goal's cases: MT-net
+                # step by step with numpy's tasks and eager (the earlier path); then tasks drawn on the
+                # device: step by step and the whole iteration eager, and under CUDA graphs the shard function alone
+                # replayed (step by step) against the whole iteration replayed; from 10,000 members (a
+                # minute of set-up per population) only the goal's cases: MT-net's whole iteration
                 # compiled, with and without graphs
-                cases = (("cpu", "never"), ("device", "never"), ("device", "always"), ("device", "graphs"))
+                cases = (("cpu", "never", False), ("device", "never", False), ("device", "never", True),
+                         ("device", "graphs", False), ("device", "graphs", True))
                 if size >= 10_000:
-                    cases = cases[2:] if method == "mtnet" else ()
+                    cases = (("device", "always", True), ("device", "graphs", True)) if method == "mtnet" else ()
                 cfgs = member_cfgs(method, size, iterations, "never", Path(tmp)) if cases else []
-                for sample_on, mode in cases:
+                for sample_on, mode, whole in cases:
                     for c in cfgs:
                         c.task.sample_on, c.train.compile = sample_on, mode
-                    rate, _ = population_rate(cfgs, Path(tmp) / f"{method}{size}{sample_on}{mode}",
-                                              iterations // 3, device=DEV)
-                    print(f"| sine {method} P={size} | {sample_on} | {mode} | {rate:,.0f} | "
-                          f"{rate * per_iteration / peak():.3%} |", flush=True)
+                    rate, _ = population_rate(cfgs, Path(tmp) / f"{method}{size}{sample_on}{mode}{whole}",
+                                              iterations // 3, device=DEV, whole=whole)
+                    print(f"| sine {method} P={size} | {sample_on} | {mode} | {'whole' if whole else 'step by step'} "
+                          f"| {rate:,.0f} | {rate * per_iteration / peak():.3%} |", flush=True)
         conv = ["method=maml", *CONV, "meta_batch_size=32", "train.compile=never"]
         for size in (1, 16):
             cfgs = [load_config("omniglot_5w1s_cpu", conv + [f"iterations={max(6, iterations // 10)}",
@@ -284,7 +290,8 @@ def populations(sizes: list[int], iterations: int) -> None:
                                                             f"output_dir={tmp}", f"alpha={0.1 + 0.05 * i}",
                                                             f"run_name=c{size}_{i}"]) for i in range(size)]
             rate, _ = population_rate(cfgs, Path(tmp) / f"conv{size}", 2, device=DEV)
-            print(f"| conv4 MAML 5w1s meta-batch 32, P={size} | auto | never | {rate:,.1f} | |", flush=True)
+            print(f"| conv4 MAML 5w1s meta-batch 32, P={size} | auto | never | step by step | {rate:,.1f} | |",
+                  flush=True)
 
 
 SWEEP = """base: sine_quick

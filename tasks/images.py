@@ -324,10 +324,17 @@ class FewShotImages:
 
         def images(part):  # (n, ways, m) image numbers -> float (n, ways * m, C, H, W), rotated per class
             x = self._take(part, streams.device)  # (n, ways, m, H, W, C) uint8
-            for turns in (1, 2, 3):
-                turned = k == turns
-                if bool(xp.any(turned)):
-                    x[turned] = _rot90(x[turned], turns)
+            if isinstance(x, torch.Tensor) and x.shape[3] == x.shape[4]:
+                # square images on a torch device: every class's turn selected elementwise, with no
+                # branch on the data, so that a compiled population step traces the draw whole
+                per_class = k[:, :, None, None, None, None]
+                for turns in (1, 2, 3):
+                    x = torch.where(per_class == turns, torch.rot90(x, turns, dims=(3, 4)), x)
+            else:
+                for turns in (1, 2, 3):
+                    turned = k == turns
+                    if bool(xp.any(turned)):
+                        x[turned] = _rot90(x[turned], turns)
             return pixels_to_float(xp.reshape(x, (-1, *x.shape[3:]))).reshape(n, -1, *self.shape)
 
         return {"x_support": images(ids[..., query:]), "y_support": class_labels(streams, ways, shots),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from array_api_compat import array_namespace
+import numpy as np
 
 from tasks.sampling import Streams
 
@@ -19,8 +19,8 @@ class _Regression:
         coeffs = self.draw(streams)
         xq = streams.uniform(*self.x_range, (query, 1))
         xs = streams.uniform(*self.x_range, (shots, 1))
-        return {"x_support": xs, "y_support": self.target(coeffs, xs),
-                "x_query": xq, "y_query": self.target(coeffs, xq), "coeffs": coeffs}
+        return {"x_support": xs, "y_support": self.target(coeffs, xs, streams.xp),
+                "x_query": xq, "y_query": self.target(coeffs, xq, streams.xp), "coeffs": coeffs}
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,10 @@ class Sinusoid(_Regression):
                                  for i, (low, high) in enumerate((self.amplitude, self.frequency, self.phase))], axis=1)
 
     @staticmethod
-    def target(coeffs, x):
-        """coeffs (N, 3), x (N, n, 1): numpy arrays or torch tensors."""
+    def target(coeffs, x, xp=np):
+        """coeffs (N, 3), x (N, n, 1): arrays of the namespace xp (numpy, or array-api-compat's torch)."""
         amplitude, frequency, phase = (coeffs[:, i, None, None] for i in range(3))
-        return amplitude * array_namespace(x).sin(frequency * x + phase)
+        return amplitude * xp.sin(frequency * x + phase)
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Polynomial(_Regression):
         return streams.uniform(-1.0, 1.0, self.order + 1)
 
     @staticmethod
-    def target(coeffs, x):
+    def target(coeffs, x, xp=np):
         """coeffs (N, order + 1), x (N, n, 1): Horner's rule, as numpy's polyval (the same bits)."""
         y = coeffs[:, -1, None, None] + x * 0
         for i in range(coeffs.shape[1] - 2, -1, -1):

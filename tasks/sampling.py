@@ -76,7 +76,9 @@ class Streams:
 
     Every draw returns an array (N, *shape) and takes the next values of each task's own stream;
     which other tasks share the batch changes nothing. `seed` and `iteration` are one value or one
-    per task (a population draws many members' and iterations' tasks in one call)."""
+    per task (a population draws many members' and iterations' tasks in one call). A torch tensor
+    `iteration` (with tensor or sequence seed and indices) draws on its device with torch ops only,
+    so the draw can be traced into a compiled graph whose iteration is an input."""
 
     # Values generated at once: the per-call cost of the generator, not its size, dominates a small
     # batch (128 per task ahead); a large one (a population's tasks of many iterations) gets what
@@ -86,14 +88,21 @@ class Streams:
 
     def __init__(self, seed, split: str, iteration, indices: Sequence[int], stream: int,
                  device: torch.device | str | None = None):
-        index = np.asarray(indices, np.uint64).reshape(-1, 1)
-        seeds = np.broadcast_to(np.asarray(seed, np.uint64).reshape(-1, 1), index.shape)
-        iterations = np.broadcast_to(np.asarray(iteration, np.uint64).reshape(-1, 1), index.shape)
-        words = (index, iterations, seeds & np.uint64(_LO), seeds >> np.uint64(32))
-        self.n, self.device = len(index), None if device is None else torch.device(device)
+        if isinstance(iteration, torch.Tensor):  # a traced iteration (a population's compiled step):
+            # seed, iteration and indices are int64 tensors on the device, built without numpy
+            device = iteration.device
+            words = (torch.as_tensor(w, dtype=torch.int64, device=device) for w in (indices, iteration, seed))
+            index, iterations, seeds = torch.broadcast_tensors(*(w.reshape(-1, 1) for w in words))
+            words = (index, iterations, seeds & _LO, seeds >> 32)
+        else:
+            index = np.asarray(indices, np.uint64).reshape(-1, 1)
+            seeds = np.broadcast_to(np.asarray(seed, np.uint64).reshape(-1, 1), index.shape)
+            iterations = np.broadcast_to(np.asarray(iteration, np.uint64).reshape(-1, 1), index.shape)
+            words = (index, iterations, seeds & np.uint64(_LO), seeds >> np.uint64(32))
+            if device is not None:  # the same 64 bits as int64 (two's complement)
+                words = tuple(torch.as_tensor(w.astype(np.int64), device=device) for w in words)
+        self.n, self.device = index.shape[0], None if device is None else torch.device(device)
         self.xp = xnp if device is None else xtorch  # the namespace of every array the streams return
-        if device is not None:  # the same 64 bits as int64 (two's complement)
-            words = tuple(torch.as_tensor(w.astype(np.int64), device=self.device) for w in words)
         self._words, self._tag = words, SPLITS[split] | stream << 8
         self._buffer = self.xp.empty((self.n, 0), dtype=self.xp.float64, device=self.device)  # generated ahead
         self._used = 0  # values taken so far (per task)

@@ -30,7 +30,10 @@ from pipeline.driver import checkpoint
 from pipeline.driver.families import family_of
 from pipeline.driver.meta_step import StackedAdam
 from pipeline.driver.pbt import Pbt, explore, quantiles
+from pipeline.driver.population_step import MAX_WINDOW, WholeIteration
 from pipeline.driver.trainer import Trainer
+from pipeline.shards.compiled import cuda_graphs, should_compile
+from pipeline.shards.experiment import Experiment
 from pipeline.shards.population import PopulationShards, population_from_dicts
 from pipeline.storage import StorageError
 from pipeline.yaml_dataclasses import flatten, to_dict
@@ -71,12 +74,15 @@ class Population:
     run directory is what its solo `metatrain train` would write. Use as a context manager."""
 
     def __init__(self, cfgs: list[Config], run_dirs: list[Path], log=print, hooks=None, reporter=None,
-                 device: str = "cpu", halving: tuple[int, float] | None = None, pbt: Pbt | None = None):
+                 device: str = "cpu", halving: tuple[int, float] | None = None, pbt: Pbt | None = None,
+                 whole_iteration: bool | None = None):
         """hooks(i): member i's TrainerHooks (its MLflow run); reporter: a PopulationHook (Tune);
         device: where the stacked members train ("cuda": the whole population on one GPU; tasks
         are drawn where task.sample_on says, and members evaluate on the CPU); halving:
         (grace_period, reduction_factor) of synchronous successive halving (`_halve`); pbt: Population
-        Based Training's settings (`_exploit`, pipeline/driver/pbt.py)."""
+        Based Training's settings (`_exploit`, pipeline/driver/pbt.py); whole_iteration: each
+        iteration as one function on the device where that applies (WholeIteration): None = when
+        compiled (train.compile), True = also eagerly, False = step by step."""
         self.device = torch.device(device)
         check_packable(cfgs)
         self.cfgs, self.log, self.reporter = list(cfgs), log, reporter or PopulationHook()
@@ -104,6 +110,16 @@ class Population:
             {int(halving[0] * halving[1] ** k) for k in range(64) if halving[0] * halving[1] ** k < iterations})
         self.reduction = halving[1] if halving else 0.0
         self.pbt, self.exploits = pbt, []  # exploits: (iteration, how many) of each PBT decision
+        # The whole iteration as one function (pipeline/driver/population_step.py) where the members
+        # train in this process, draw their tasks on its device and are compiled: eagerly it is
+        # slower than step by step (torch.func's grad per op, one draw per iteration instead of a
+        # block ahead: benchmarks/RESULTS.md, "Populations and packed sweeps").
+        self.whole = None
+        compiled = should_compile(cfgs[0], Experiment.compile_auto_from)
+        if (compiled if whole_iteration is None else whole_iteration) and isinstance(self.backend, LocalBackend) \
+                and self.shards.experiment.sample_on_device and not cfgs[0].train.block_tasks:
+            self.whole = WholeIteration(self.shards, cfgs[0].train.max_bad_steps, log, compile=compiled,
+                                        graphs=cuda_graphs(cfgs[0]))
 
     def _resolve_chunk_size(self, resumed: bool) -> None:
         """train.tasks_per_vmap: auto, timed once on the population's own first shard (every member's
@@ -294,20 +310,17 @@ class Population:
             # running members move in lockstep; a diverged one is frozen at its last iteration
             members = [self.members[i] for i in self.live]  # the stacked rows
             iteration = next(m.iteration for m in members if m.status == "running")
-            running = torch.tensor([m.status == "running" for m in members], device=self.device)
-            result = self.backend.meta_gradient(self.params, iteration)
-            n = result.n_tasks
-            loss = result.loss_sum / n
-            finite = self.adam.step(result.grads, result.loss_sum, n, running).tolist()
-            curves = [None] * len(members) if result.curve_sum is None else (result.curve_sum / n).tolist()
-            metrics = (result.metric_sum / n).tolist()
-            losses = loss.tolist()
-            done = iteration + 1
-            if self.pbt and self.pbt.due(done, cfg.iterations):
-                self._exploit(done)
-            for i, m in enumerate(members):
-                if m.status == "running" and not m.after_step(finite[i], losses[i], curves[i], metrics[i]):
-                    m.save()  # diverged: its checkpoint says so at once, as a solo run's does when it stops
+            if self.whole is not None:  # up to the next event, on the device
+                steps = self.whole.run(self.adam, iteration, self._window(iteration), members)
+            else:
+                steps = [self._step(members, iteration)]
+            done = iteration + len(steps)  # events fall on a window's last iteration only (_window)
+            for k, (finite, losses, curves, metrics) in enumerate(steps, iteration + 1):
+                if k == done and self.pbt and self.pbt.due(done, cfg.iterations):
+                    self._exploit(done)  # before the members save this iteration
+                for i, m in enumerate(members):
+                    if m.status == "running" and not m.after_step(finite[i], losses[i], curves[i], metrics[i]):
+                        m.save()  # diverged: its checkpoint says so at once, as a solo run's does when it stops
             if done in self.rungs:
                 self._halve(done)
             if done % cfg.train.log_every == 0 or done == cfg.iterations:
@@ -317,6 +330,32 @@ class Population:
         for m in self.members:
             if m.status != "stopped":
                 m.end_loop()
+
+    def _step(self, members: list, iteration: int) -> tuple[list, list, list, list]:
+        """One iteration step by step: the shards (here or on Ray workers), then the stacked Adam
+        update; the members' (finite, loss, curve, metric) lists, read at once."""
+        running = torch.tensor([m.status == "running" for m in members], device=self.device)
+        result = self.backend.meta_gradient(self.params, iteration)
+        n = result.n_tasks
+        finite = self.adam.step(result.grads, result.loss_sum, n, running).tolist()
+        curves = [None] * len(members) if result.curve_sum is None else (result.curve_sum / n).tolist()
+        return finite, (result.loss_sum / n).tolist(), curves, (result.metric_sum / n).tolist()
+
+    def _window(self, iteration: int) -> int:
+        """How many iterations from `iteration` run on the device before the host must look: up to
+        and including the next one after which something happens (a log line, checkpoint,
+        validation, halving rung, PBT decision, the end)."""
+        cfg, train = self.cfgs[0], self.cfgs[0].train
+
+        def event(done: int) -> bool:
+            return (done % train.log_every == 0 or done % train.checkpoint_every == 0 or done >= cfg.iterations
+                    or bool(train.validate_every and done % train.validate_every == 0) or done in self.rungs
+                    or bool(self.pbt and self.pbt.due(done, cfg.iterations)))
+
+        count = 1
+        while count < MAX_WINDOW and not event(iteration + count):
+            count += 1
+        return count
 
     def _progress(self, done: int, members: list, losses: list[float], t0: float, it0: int) -> None:
         """members: the stacked rows' members (losses' order) this iteration."""

@@ -94,6 +94,7 @@ class PopulationShards:
         tpv = cfgs[0].train.tasks_per_vmap
         self.set_chunk_size(0 if tpv == "auto" else tpv)
         self._block, self._depth = None, None  # tasks drawn ahead (sample)
+        self._draw_key = self._draw_tensors = None  # draw_inputs' tensors, and what they were made for
 
     def _shard_fn(self, chunk: int | None, compile: bool, curve: bool) -> CompiledShardFunction:
         return CompiledShardFunction(self.learner, replace(self.inner, curve=curve), chunk, log=self.log,
@@ -135,6 +136,29 @@ class PopulationShards:
         row = torch.tensor([seeds.index(c.seed) for c in self.cfgs])
         tasks = map_tree(lambda x: x.view(depth, s, n, *x.shape[1:])[:, row].to(self.device), flat)
         return {"start": start, "depth": depth, "indices": indices, "tasks": tasks}
+
+    def draw_inputs(self, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """draw's constant inputs for the live members and these task indices: the distinct seeds
+        and the indices, one entry per (seed, index) task, and each member's seed (row of the
+        tasks drawn), as tensors on the device."""
+        seeds, n = sorted({c.seed for c in self.cfgs}), len(indices)
+        key = (tuple(c.seed for c in self.cfgs), tuple(indices))
+        if self._draw_key != key:
+            as_long = functools.partial(torch.tensor, dtype=torch.long, device=self.device)
+            self._draw_key, self._draw_tensors = key, (
+                as_long(np.repeat(seeds, n).tolist()), as_long(np.tile(indices, len(seeds)).tolist()),
+                as_long([seeds.index(c.seed) for c in self.cfgs]))
+        return self._draw_tensors
+
+    def draw(self, iteration: torch.Tensor, seeds: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor) -> dict:
+        """Every member's tasks of `iteration` (a 0-d int64 tensor), (P, n, ...), drawn on the
+        device with torch ops only (draw_inputs gives the rest): sample's tasks, and traceable,
+        so that a population's whole iteration compiles into one graph (pipeline/driver/population_step.py)."""
+        flat = self.experiment.sample(self._shapes, split="train", seed=seeds, iteration=iteration, indices=indices,
+                                      shots=self.cfgs[0].task.shots)
+        distinct = len({c.seed for c in self.cfgs})
+        return {**map_tree(lambda x: x.view(distinct, -1, *x.shape[1:])[rows], flat),
+                "alpha": self.alpha, "temperature": self.temperature}
 
     def train_shard(self, params: dict, iteration: int, indices, carry=None) -> ShardResult:
         params = {k: v.to(self.device) for k, v in params.items()}

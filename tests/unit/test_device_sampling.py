@@ -64,6 +64,14 @@ def test_raw_words_are_bitwise_equal_for_10000_tuples_including_wrap_values():
         b = Streams(seeds, split, iterations, words[0], DATA_STREAM, "cpu").random(6)
         assert isinstance(b, torch.Tensor) and b.dtype == torch.float64
         assert np.array_equal(a, b.numpy())
+    # seeds, iterations and indices given as tensors (a compiled population step's traced draw):
+    # the same words, where the iteration fits an int64 (training iterations do)
+    fits = iterations < np.uint64(2**63)
+    a = Streams(seeds[fits], "train", iterations[fits], words[0][fits], DATA_STREAM).random(6)
+    as_long = lambda x: torch.as_tensor(x[fits].astype(np.int64))  # noqa: E731
+    b = Streams(as_long(seeds), "train", as_long(iterations), as_long(words[0]), DATA_STREAM).random(6)
+    assert fits.sum() > 9_000 and isinstance(b, torch.Tensor)
+    assert np.array_equal(a, b.numpy())
 
 
 def test_every_distribution_on_a_million_draws():

@@ -1,0 +1,102 @@
+"""A population's whole training iteration as one function: every member's tasks drawn on the
+device, every member's meta-gradient, the guarded Adam update and the count of non-finite steps
+that freezes a diverging member. Under train.compile it is one compiled graph; under "graphs", on
+CUDA, that graph is captured once and replayed every iteration (torch.compile's
+"reduce-overhead"), so an iteration costs one launch instead of thousands of kernel launches and
+a host round trip. The host reads the members' losses once per window of iterations (up to the
+next log line, checkpoint, validation, halving rung or PBT decision) instead of once per
+iteration: the device keeps each member's running flag and streak of non-finite steps, exactly
+as the members' trainers then find them (Trainer.after_step), so nothing waits on the host in
+between. Used where a population trains in this process with its tasks drawn on its device
+(task.sample_on); its numbers are those of the step-by-step path up to float rounding
+(tests/integration/test_population_step.py)."""
+from __future__ import annotations
+
+import torch
+from torch.func import grad_and_value
+
+from pipeline.driver.meta_step import StackedAdam
+from pipeline.shards.compiled import CompiledWithFallback, curve_at, mark_dynamic_rows
+
+# Iterations whose results wait on the device before the host reads them (3 floats per member each).
+MAX_WINDOW = 256
+
+
+class WholeIteration(CompiledWithFallback):
+    """train.compile's "population iteration": compiled (with CUDA graphs under "graphs" on a GPU)
+    or eager, falling back as CompiledWithFallback says."""
+
+    what = "population iteration"
+
+    def __init__(self, shards, max_bad_steps: int, log=print, compile: bool = False, graphs: bool = False):
+        """shards: the population's PopulationShards (its tasks, members' step sizes and shard forward)."""
+        super().__init__(log, compile)
+        self.shards, self.max_bad = shards, max_bad_steps
+        self.graphs = graphs and compile
+        self._compiled = None
+        self._state = None  # the device's running flags, non-finite streaks and iteration counter
+        self.reads = 0  # windows read by the host (one transfer each)
+        if compile:
+            self._build(self.graphs)
+
+    def _build(self, graphs: bool) -> None:
+        self._compiled = torch.compile(self._iteration, dynamic=False, fullgraph=True,
+                                       mode="reduce-overhead" if graphs else None)
+
+    def _iteration(self, adam: StackedAdam, iteration, running, bad, seeds, indices, rows, curve: bool):
+        """One iteration: draws, meta-gradients, update. (3, P) rows finite, mean loss, mean metric,
+        then with `curve` (curve_at) the mean query loss before each inner step and after the last
+        (steps + 1, P). Advances the counter `iteration` and the streaks `bad` / flags `running` in place."""
+        batch = self.shards.draw(iteration, seeds, indices, rows)
+        total = self.shards.fns[curve]._total  # the shard function's summed loss and its aux outputs
+        grads, (_, (loss, metric, *curves)) = grad_and_value(total, has_aux=True)(adam.views(adam.flat), batch)
+        n = batch["y_query"].shape[1]  # tasks per member
+        finite = StackedAdam._step(adam, adam.flatten(grads), loss, n, running)
+        with torch.no_grad():
+            bad.copy_(torch.where(running, torch.where(finite, 0, bad + 1), bad))
+            running.copy_(running & (bad < self.max_bad))
+            iteration.add_(1)
+        return torch.cat([torch.stack([finite.to(loss.dtype), loss / n, metric / n]), *(c.T / n for c in curves)])
+
+    def run(self, adam: StackedAdam, iteration: int, count: int, members: list) -> list[tuple]:
+        """Iterations [iteration, iteration + count) of the stacked `members` (in row order); per
+        iteration (finite, loss, curve, metric) over the members as the step-by-step path gives
+        them (means over the tasks; curve None where curve_at is not), read in one transfer."""
+        cfg = self.shards.cfgs[0]
+        device, tasks = adam.flat.device, range(cfg.meta_batch_size)
+        if self.shards.member_bytes is None:  # the population's memory, counted and checked once
+            self.shards.check_memory(adam.params, self.shards.sample(iteration, tasks), len(members))
+        seeds, indices, rows = self.shards.draw_inputs(tasks)
+        state = self._state
+        if state is None or len(state[0]) != len(members):  # fixed tensors: a replayed graph reads them in place
+            state = self._state = (torch.zeros(len(members), dtype=torch.bool, device=device),
+                                   torch.zeros(len(members), dtype=torch.long, device=device),
+                                   torch.zeros((), dtype=torch.long, device=device))
+            if self.graphs and device.type == "cuda":
+                for t in (*state, adam.flat, adam.exp_avg, adam.exp_avg_sq, adam.steps):
+                    torch._dynamo.mark_static_address(t)
+        running, bad, counter = state
+        running.copy_(torch.tensor([m.status == "running" for m in members]))
+        bad.copy_(torch.tensor([m.bad_streak for m in members]))
+        counter.fill_(iteration)
+        if self.shards.narrows and len(members) > 1:  # halving narrows the population: one graph for every count
+            mark_dynamic_rows({"r": running, "b": bad, "w": rows, "p": adam.flat, "m": adam.exp_avg,
+                               "v": adam.exp_avg_sq, "s": adam.steps, "beta": adam.beta})
+        replayed = self.graphs and device.type == "cuda"
+        outs = []
+        for it in range(iteration, iteration + count):
+            args = (adam, counter, running, bad, seeds, indices, rows, curve_at(cfg, it))
+            if replayed:
+                torch.compiler.cudagraph_mark_step_begin()
+            out = self._run(lambda: self._compiled(*args), lambda: self._iteration(*args))
+            outs.append(out.clone() if replayed else out)  # a replay's outputs are overwritten by the next
+        values = torch.cat([o.flatten() for o in outs]).tolist()  # one transfer
+        self.reads += 1
+        steps, at = [], 0
+        for out in outs:
+            rows_, p = out.shape
+            block = [values[at + r * p: at + (r + 1) * p] for r in range(rows_)]
+            at += rows_ * p
+            curves = [list(c) for c in zip(*block[3:])] if rows_ > 3 else [None] * p
+            steps.append(([bool(f) for f in block[0]], block[1], curves, block[2]))
+        return steps
