@@ -34,7 +34,7 @@ class WholeIteration(CompiledWithFallback):
         self.shards, self.max_bad = shards, max_bad_steps
         self.graphs = graphs and compile
         self._compiled = None
-        self._state = None  # the device's running flags, non-finite streaks and iteration counter
+        self._state = None  # (the Adam buffer they serve, the device's running flags, non-finite streaks, iteration)
         self.reads = 0  # windows read by the host (one transfer each)
         if compile:
             self._build(self.graphs)
@@ -67,21 +67,22 @@ class WholeIteration(CompiledWithFallback):
         if self.shards.member_bytes is None:  # the population's memory, counted and checked once
             self.shards.check_memory(adam.params, self.shards.sample(iteration, tasks), len(members))
         seeds, indices, rows = self.shards.draw_inputs(tasks)
-        state = self._state
-        if state is None or len(state[0]) != len(members):  # fixed tensors: a replayed graph reads them in place
-            state = self._state = (torch.zeros(len(members), dtype=torch.bool, device=device),
-                                   torch.zeros(len(members), dtype=torch.long, device=device),
-                                   torch.zeros((), dtype=torch.long, device=device))
+        if self._state is None or self._state[0] is not adam.flat:  # new buffers (a start, a halving rung)
+            # fixed tensors, updated in place, so that a replayed graph reads them where it was captured
+            self._state = (adam.flat, torch.zeros(len(members), dtype=torch.bool, device=device),
+                           torch.zeros(len(members), dtype=torch.long, device=device),
+                           torch.zeros((), dtype=torch.long, device=device))
             if self.graphs and device.type == "cuda":
-                for t in (*state, adam.flat, adam.exp_avg, adam.exp_avg_sq, adam.steps):
+                for t in (*self._state[1:], adam.flat, adam.exp_avg, adam.exp_avg_sq, adam.steps):
                     torch._dynamo.mark_static_address(t)
-        running, bad, counter = state
+        _, running, bad, counter = self._state
         running.copy_(torch.tensor([m.status == "running" for m in members]))
         bad.copy_(torch.tensor([m.bad_streak for m in members]))
         counter.fill_(iteration)
         if self.shards.narrows and len(members) > 1:  # halving narrows the population: one graph for every count
             mark_dynamic_rows({"r": running, "b": bad, "w": rows, "p": adam.flat, "m": adam.exp_avg,
-                               "v": adam.exp_avg_sq, "s": adam.steps, "beta": adam.beta})
+                               "v": adam.exp_avg_sq, "s": adam.steps, "beta": adam.beta,
+                               "alpha": self.shards.alpha, "temperature": self.shards.temperature})
         replayed = self.graphs and device.type == "cuda"
         outs = []
         for it in range(iteration, iteration + count):

@@ -94,7 +94,7 @@ class PopulationShards:
         tpv = cfgs[0].train.tasks_per_vmap
         self.set_chunk_size(0 if tpv == "auto" else tpv)
         self._block, self._depth = None, None  # tasks drawn ahead (sample)
-        self._draw_key = self._draw_tensors = None  # draw_inputs' tensors, and what they were made for
+        self._draw_key = self._draw_tasks = self._draw_tensors = None  # draw_inputs' tensors and what they are for
 
     def _shard_fn(self, chunk: int | None, compile: bool, curve: bool) -> CompiledShardFunction:
         return CompiledShardFunction(self.learner, replace(self.inner, curve=curve), chunk, log=self.log,
@@ -145,7 +145,7 @@ class PopulationShards:
         key = (tuple(c.seed for c in self.cfgs), tuple(indices))
         if self._draw_key != key:
             as_long = functools.partial(torch.tensor, dtype=torch.long, device=self.device)
-            self._draw_key, self._draw_tensors = key, (
+            self._draw_key, self._draw_tasks, self._draw_tensors = key, n, (
                 as_long(np.repeat(seeds, n).tolist()), as_long(np.tile(indices, len(seeds)).tolist()),
                 as_long([seeds.index(c.seed) for c in self.cfgs]))
         return self._draw_tensors
@@ -153,11 +153,11 @@ class PopulationShards:
     def draw(self, iteration: torch.Tensor, seeds: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor) -> dict:
         """Every member's tasks of `iteration` (a 0-d int64 tensor), (P, n, ...), drawn on the
         device with torch ops only (draw_inputs gives the rest): sample's tasks, and traceable,
-        so that a population's whole iteration compiles into one graph (pipeline/driver/population_step.py)."""
+        so that a population's whole iteration compiles into one graph (pipeline/driver/population_step.py).
+        It reads no member config: the graph then holds for any live members (halving narrows them)."""
         flat = self.experiment.sample(self._shapes, split="train", seed=seeds, iteration=iteration, indices=indices,
-                                      shots=self.cfgs[0].task.shots)
-        distinct = len({c.seed for c in self.cfgs})
-        return {**map_tree(lambda x: x.view(distinct, -1, *x.shape[1:])[rows], flat),
+                                      shots=self.experiment.cfg.task.shots)
+        return {**map_tree(lambda x: x.view(-1, self._draw_tasks, *x.shape[1:])[rows], flat),
                 "alpha": self.alpha, "temperature": self.temperature}
 
     def train_shard(self, params: dict, iteration: int, indices, carry=None) -> ShardResult:

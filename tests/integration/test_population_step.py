@@ -145,3 +145,24 @@ def test_conv_members_drawing_images_on_the_device_run_whole_as_step_by_step(tmp
         states[whole] = [checkpoint.load(d) for d in dirs]
     assert_states_close(states[True], states[False], 0.0)
     assert not torch.equal(states[True][0]["params"]["conv0.W"], states[True][1]["params"]["conv0.W"])
+
+
+def test_a_compiled_halving_population_runs_whole_through_its_rungs_as_eager(tmp_path):
+    """train.compile: always with halving (6 -> 3 -> 2 -> 1 members at rungs 8, 16, 32): the whole
+    iteration keeps the member dimension symbolic, so the rungs need no new graph except where the
+    survivors' distinct seeds change (tasks are drawn once per seed); nothing falls back to eager,
+    and the members end where the eager step-by-step population's do (1e-5)."""
+    halving = [{"alpha": a, "seed": s} for a, s in ((0.001, 0), (0.01, 1), (0.05, 0), (0.3, 1), (2.0, 0), (0.02, 1))]
+    over = {"iterations": 40, "eval.val_tasks": 50}
+    want, want_states, _, _ = train(tmp_path / "eager", False, members=halving, halving=(8, 2.0), **over)
+    torch._dynamo.reset()
+    try:
+        got, states, _, lines = train(tmp_path / "compiled", True, members=halving, halving=(8, 2.0),
+                                      **over, **{"train.compile": "always"})
+    finally:
+        torch._dynamo.reset()
+    assert any("population iteration compiled" in line for line in lines), lines
+    assert not [line for line in lines if "failed" in line], lines
+    assert [(r["status"], r["iterations"]) for r in got] == [(r["status"], r["iterations"]) for r in want]
+    assert sorted(r["status"] for r in got) == ["completed"] + ["stopped"] * 5
+    assert_states_close(states, want_states, 1e-5)
