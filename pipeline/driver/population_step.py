@@ -48,7 +48,7 @@ class WholeIteration(CompiledWithFallback):
         then with `curve` (curve_at) the mean query loss before each inner step and after the last
         (steps + 1, P). Advances the counter `iteration` and the streaks `bad` / flags `running` in place."""
         batch = self.shards.draw(iteration, seeds, indices, rows)
-        total = self.shards.fns[curve]._total  # the shard function's summed loss and its aux outputs
+        total = self.shards.fns[curve].total  # the shard function's summed loss and its aux outputs
         grads, (_, (loss, metric, *curves)) = grad_and_value(total, has_aux=True)(adam.views(adam.flat), batch)
         n = batch["y_query"].shape[1]  # tasks per member
         finite = StackedAdam._step(adam, adam.flatten(grads), loss, n, running)
@@ -91,13 +91,11 @@ class WholeIteration(CompiledWithFallback):
                 torch.compiler.cudagraph_mark_step_begin()
             out = self._run(lambda: self._compiled(*args), lambda: self._iteration(*args))
             outs.append(out.clone() if replayed else out)  # a replay's outputs are overwritten by the next
-        values = torch.cat([o.flatten() for o in outs]).tolist()  # one transfer
+        host = torch.cat([o.flatten() for o in outs]).cpu()  # one transfer
         self.reads += 1
-        steps, at = [], 0
-        for out in outs:
-            rows_, p = out.shape
-            block = [values[at + r * p: at + (r + 1) * p] for r in range(rows_)]
-            at += rows_ * p
-            curves = [list(c) for c in zip(*block[3:])] if rows_ > 3 else [None] * p
-            steps.append(([bool(f) for f in block[0]], block[1], curves, block[2]))
+        steps = []
+        for out, part in zip(outs, host.split([o.numel() for o in outs])):
+            finite, loss, metric, *curve = part.view(out.shape).tolist()
+            steps.append(([bool(f) for f in finite], loss, [list(c) for c in zip(*curve)] if curve else
+                          [None] * len(loss), metric))
         return steps

@@ -126,13 +126,15 @@ class CompiledShardFunction(CompiledWithFallback):
         # the same code object): a process that compiles more (a benchmark) gets the fallback line.
         if compile:
             torch._dynamo.config.fail_on_recompile_limit_hit = True
-        self._total, self.graphs = total, graphs and compile
+        # total: the summed loss and its aux outputs, differentiable by torch.func (a population's
+        # whole iteration differentiates it inside its own graph: pipeline/driver/population_step.py)
+        self.total, self.graphs = total, graphs and compile
         self._forward = None
         if compile:
             self._build(self.graphs)
 
     def _build(self, graphs: bool) -> None:
-        self._forward = torch.compile(grad_and_value(self._total, has_aux=True), dynamic=False, fullgraph=True,
+        self._forward = torch.compile(grad_and_value(self.total, has_aux=True), dynamic=False, fullgraph=True,
                                       mode="reduce-overhead" if graphs else None)
 
     def _eager_call(self, params: dict, batch: dict) -> ShardResult:

@@ -126,14 +126,20 @@ class PopulationShards:
         one = map_tree(lambda x: x[iteration - block["start"]], block["tasks"])
         return {**one, "alpha": self.alpha, "temperature": self.temperature}
 
+    def _seeds(self) -> tuple[list[int], list[int]]:
+        """The members' distinct seeds, sorted (tasks are drawn once per seed), and each member's
+        position among them (the row of its tasks)."""
+        seeds = sorted({c.seed for c in self.cfgs})
+        return seeds, [seeds.index(c.seed) for c in self.cfgs]
+
     def _draw(self, start: int, indices: tuple, depth: int) -> dict:
         """Tasks of iterations [start, start + depth), every member's: (depth, P, len(indices), ...)."""
-        seeds = sorted({c.seed for c in self.cfgs})
+        seeds, rows = self._seeds()
         n, s = len(indices), len(seeds)
         flat = self.experiment.sample(self._shapes, split="train", seed=np.tile(np.repeat(seeds, n), depth),
                                       iteration=np.repeat(np.arange(start, start + depth), s * n),
                                       indices=np.tile(indices, s * depth), shots=self.cfgs[0].task.shots)
-        row = torch.tensor([seeds.index(c.seed) for c in self.cfgs])
+        row = torch.tensor(rows)
         tasks = map_tree(lambda x: x.view(depth, s, n, *x.shape[1:])[:, row].to(self.device), flat)
         return {"start": start, "depth": depth, "indices": indices, "tasks": tasks}
 
@@ -141,13 +147,12 @@ class PopulationShards:
         """draw's constant inputs for the live members and these task indices: the distinct seeds
         and the indices, one entry per (seed, index) task, and each member's seed (row of the
         tasks drawn), as tensors on the device."""
-        seeds, n = sorted({c.seed for c in self.cfgs}), len(indices)
+        (seeds, rows), n = self._seeds(), len(indices)
         key = (tuple(c.seed for c in self.cfgs), tuple(indices))
         if self._draw_key != key:
             as_long = functools.partial(torch.tensor, dtype=torch.long, device=self.device)
             self._draw_key, self._draw_tasks, self._draw_tensors = key, n, (
-                as_long(np.repeat(seeds, n).tolist()), as_long(np.tile(indices, len(seeds)).tolist()),
-                as_long([seeds.index(c.seed) for c in self.cfgs]))
+                as_long(np.repeat(seeds, n).tolist()), as_long(np.tile(indices, len(seeds)).tolist()), as_long(rows))
         return self._draw_tensors
 
     def draw(self, iteration: torch.Tensor, seeds: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor) -> dict:
