@@ -1,4 +1,4 @@
-"""`metatrain` command line: train, eval, adapt, export, resume, sweep, report, data pack, submit, jobs.
+"""`metatrain` command line: train, eval, adapt, export, serve, resume, sweep, report, data pack, submit, jobs.
 
 Config errors are one line on stderr and exit code 2, raised before any directory is written."""
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pipeline import storage
 from pipeline.config import ConfigError, load_config
 from pipeline.storage import StorageError
 from tasks import TASKS
+from tasks.errors import did_you_mean
 
 
 def _parse_shots(text: str) -> list[int]:
@@ -43,11 +44,10 @@ def _new_run_dir(cfg) -> Path:
 
 
 def _load_run(run_dir: str, overrides: list[str] = ()):
-    from pipeline.driver.run_dir import CONFIG
+    from pipeline.driver.run_dir import CONFIG, check_run_dir
 
     path = Path(run_dir)
-    if not (path / CONFIG).is_file():
-        raise ConfigError(f"RUN_DIR: {path} is not a run directory (no {CONFIG})")
+    check_run_dir(path)
     from pipeline.driver.checkpoint import with_hyperparams
 
     return path, with_hyperparams(load_config(path / CONFIG, overrides), path)
@@ -65,13 +65,13 @@ def _placement(args) -> list[str]:
     return sets
 
 
-def _tracking(cfg, run_dir: Path) -> tuple:
+def _tracking(cfg, run_dir: Path, force: bool = False) -> tuple:
     """The MLflow hook of a `train`/`resume` run (none when tracking.enabled is false)."""
     if not cfg.tracking.enabled:
         return ()
     from pipeline.tracking import MlflowTracker
 
-    return (MlflowTracker(cfg, cfg.tracking.uri, run_name=run_dir.name, log=_log),)
+    return (MlflowTracker(cfg, cfg.tracking.uri, run_name=run_dir.name, log=_log, force=force),)
 
 
 def cmd_train(args) -> int:
@@ -92,15 +92,35 @@ def cmd_train(args) -> int:
 
 
 def cmd_resume(args) -> int:
+    """Continue a run; a finished one only gets what a kill cut short (plots, MLflow records),
+    and nothing at all when it has everything (--force evaluates it again, a new record)."""
     run_dir, cfg = _load_run(args.run_dir, _placement(args))
-    from pipeline.driver.trainer import Trainer
+    from pipeline.driver.trainer import Trainer, finished_results
 
-    with Trainer(cfg, run_dir, log=_log, hooks=_tracking(cfg, run_dir)) as trainer:
-        results = trainer.train(resume=True)
+    done = None if args.force else finished_results(run_dir)
+    if done is not None:
+        drawn = done.get("plots") or (run_dir / "plots").is_dir()
+        missing = [] if not cfg.train.plots or drawn else ["plots"]
+        if cfg.tracking.enabled:
+            from pipeline.tracking import missing_records
+
+            missing += missing_records(run_dir, cfg.tracking.uri, done, cfg.tracking.log_model)
+        if not missing:
+            print(f"{run_dir}: finished ({done['status']} at iteration {done['iterations']}/{cfg.iterations}) with "
+                  f"every record written; nothing to do (--force evaluates it again)")
+            return 0
+        print(f"{run_dir}: finished ({done['status']} at iteration {done['iterations']}); writing what is missing: "
+              f"{', '.join(missing)}", flush=True)
+        cfg.backend = "local"  # nothing is computed on workers: no Ray
+    with Trainer(cfg, run_dir, log=_log, hooks=_tracking(cfg, run_dir, force=args.force)) as trainer:
+        results = trainer.complete(done) if done is not None else trainer.train(resume=True)
     return 0 if results["status"] == "completed" else 1
 
 
 def cmd_sweep(args) -> int:
+    from pipeline.distributed.backends import send_token_to
+
+    send_token_to(args.address or os.environ.get("RAY_ADDRESS") or "local")  # before the driver imports Ray
     from pipeline.sweeps.driver import run_sweep
 
     return run_sweep(args.sweep, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri, log=_log)
@@ -251,6 +271,57 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """Serve a finished run's adaptation model with MLflow's scoring server (exported first if it
+    is not yet), print the URL and a ready request; Ctrl+C stops it."""
+    from pipeline.driver.run_dir import RESULTS, check_run_dir
+    from pipeline.serve.model_server import ModelServer, port_in_use
+
+    run_dir = Path(args.run_dir)
+    check_run_dir(run_dir, need_checkpoint=True)
+    if not (run_dir / RESULTS).is_file():
+        raise ConfigError(f"RUN_DIR: {run_dir} has not finished (no {RESULTS}); `metatrain resume` it first")
+    if not 0 <= args.port < 65536:
+        raise ConfigError(f"--port: must be in [0, 65535] (0 = a free port), got {args.port}")
+    if args.port and port_in_use(args.host, args.port):
+        raise ConfigError(f"--port: {args.host}:{args.port} is in use; choose another (--port 0 picks a free one)")
+    from pipeline.serve import serving
+    from pipeline.serve.adaptation import load_run
+
+    run = load_run(run_dir)
+    model = run_dir / serving.MODEL_NAME
+    if not (model / "MLmodel").is_file():
+        serving.save(run, model)
+        print(f"exported {run.kind} model ({run.cfg.method}, iteration {run.iteration}) to {model}", flush=True)
+    request = run_dir / "serve_request.json"
+    storage.write_text(request, json.dumps(serving.request_body(serving.test_episode(run))))
+    with ModelServer(model, run_dir / "serve.log", host=args.host, port=args.port) as server:
+        try:
+            server.wait()
+        except (RuntimeError, TimeoutError) as e:
+            raise ConfigError(f"serve: the model server did not start ({str(e).splitlines()[0]}; see "
+                              f"{run_dir / 'serve.log'})") from None
+        print(f"serving {run_dir} ({run.cfg.method}, {run.kind}, iteration {run.iteration}) at {server.url} "
+              f"(log: {run_dir / 'serve.log'}); Ctrl+C stops it\n"
+              f"try it with test task 0 of the run:\n"
+              f"curl -s {server.url}/invocations -H 'Content-Type: application/json' -d @{request}", flush=True)
+        try:
+            code = server.proc.wait()
+        except KeyboardInterrupt:
+            print("stopping the model server", flush=True)
+            return 0
+    print(f"the model server exited with code {code}; see {run_dir / 'serve.log'}", file=sys.stderr)
+    return 1
+
+
+def cmd_cluster(args) -> int:
+    from pipeline import local_cluster
+
+    if args.action == "start":
+        return local_cluster.start(args.cpus or os.cpu_count() or 1, args.port, args.dashboard_port, log=_log)
+    return getattr(local_cluster, args.action)(log=_log)
+
+
 def _log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -262,8 +333,18 @@ def _placement_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local", action="store_true", help="no Ray: run the shard function in this process")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a hint: an unknown command or choice names the closest one."""
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(repr, action.choices))
+            raise argparse.ArgumentError(
+                action, f"invalid choice: {value!r};{did_you_mean(value, action.choices)} choose from {choices}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="metatrain", description=__doc__.splitlines()[0])
+    p = Parser(prog="metatrain", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="meta-train from a config (a path or a name in tune_configs/)")
     t.add_argument("config", help="an experiment config: a YAML path or a name in tune_configs/ (e.g. sine_quick)")
@@ -302,8 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run_dir", help="a run directory (config.yaml and checkpoints, as `metatrain train` writes it)")
     x.add_argument("--out", help="the model folder to create (default: RUN_DIR/adapt_model)")
     x.set_defaults(fn=cmd_export)
+    v = sub.add_parser("serve", help="serve a finished run's adaptation model over HTTP (MLflow's scoring server)")
+    v.add_argument("run_dir", help="a finished run directory (as `metatrain train` writes it)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    v.add_argument("--port", type=int, default=5001, help="port (default: 5001; 0 = a free one)")
+    v.set_defaults(fn=cmd_serve)
     r = sub.add_parser("resume", help="continue a run from its last checkpoint")
     r.add_argument("run_dir", help="a run directory (config.yaml and checkpoints, as `metatrain train` writes it)")
+    r.add_argument("--force", action="store_true", help="a finished run: evaluate it again and log that evaluation "
+                   "as a new record (without it, a finished run only gets what is missing)")
     _placement_args(r)
     r.set_defaults(fn=cmd_resume)
     s = sub.add_parser("sweep", help="run a Ray Tune sweep of meta-training trials (a path or a name in tune_configs/)")
@@ -347,6 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
     jb.add_argument("--address", help=address_help)
     jb.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
     jb.set_defaults(fn=cmd_jobs)
+    cl = sub.add_parser("cluster", help="start, inspect or stop a Ray head on this machine (127.0.0.1, token "
+                        "auth) for submit, jobs and --address")
+    cl.add_argument("action", choices=("start", "status", "stop"), help="what to do")
+    cl.add_argument("--cpus", type=int, help="start: CPUs the head offers (default: this machine's)")
+    cl.add_argument("--port", type=int, default=6379, help="start: the head's address port (default: 6379)")
+    cl.add_argument("--dashboard-port", type=int, default=8265, help="start: the dashboard / Jobs API port "
+                    "(default: 8265)")
+    cl.set_defaults(fn=cmd_cluster)
     return p
 
 

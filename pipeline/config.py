@@ -20,7 +20,7 @@ from pipeline.core.rules import METHODS, RULES
 from pipeline.core.rules.masked import MASK_MODES
 from pipeline.yaml_dataclasses import build, float_fields, load_yaml, set_key, to_dict
 from tasks import TASKS, names
-from tasks.errors import ConfigError  # noqa: F401 (the error type's home is below both packages)
+from tasks.errors import ConfigError, did_you_mean, unknown_choice  # the error type's home is below both packages
 from tasks.optimizees import ACTIVATIONS
 
 BACKENDS = ("ray", "local")
@@ -44,12 +44,16 @@ def data_path(d: str) -> Path:
     return REPOSITORY / p if not p.is_absolute() and not p.exists() and (REPOSITORY / p).exists() else p
 
 
+SHARED = REPOSITORY.parent / "shared"  # the data beside the repository (../shared/data/...)
+
+
 def portable_path(d: str) -> str:
     """A data path as a run's config.yaml records it: relative to the repository root when it lies
-    beside or inside the repository (../shared/data/...), so that no machine's directory layout is
-    written into run directories; other paths as they are."""
+    inside the repository or in the shared folder beside it (../shared/data/...), so that no
+    machine's directory layout is written into run directories; other paths (a temporary folder that
+    happens to be a sibling of the clone, say) as they are."""
     p = Path(d)
-    if p.is_absolute() and (p == REPOSITORY.parent or REPOSITORY.parent in p.parents):
+    if p.is_absolute() and any(p == r or r in p.parents for r in (REPOSITORY, SHARED)):
         return os.path.relpath(p, REPOSITORY)
     return d
 
@@ -209,16 +213,35 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-def resolve_path(name_or_path: str | Path) -> Path:
-    """A path, or the name of a shipped config in tune_configs/ (with or without .yaml)."""
+def is_sweep_file(raw: dict) -> bool:
+    """A sweep file names its base config and a space; an experiment config does neither."""
+    return "base" in raw or "space" in raw
+
+
+def shipped(kind: str) -> list[str]:
+    """The names in tune_configs/ of one kind: "config" (experiment configs, for `train`) or
+    "sweep" (sweep files, for `sweep`)."""
+    names = []
+    for f in sorted(CONFIG_DIR.glob("*.yaml")):
+        raw = yaml.safe_load(f.read_text()) or {}
+        if is_sweep_file(raw) == (kind == "sweep"):
+            names.append(f.stem)
+    return names
+
+
+def resolve_path(name_or_path: str | Path, kind: str = "config") -> Path:
+    """A path, or the name of a shipped config in tune_configs/ (with or without .yaml); a name
+    that is neither is one line naming the closest shipped file of that kind and all of them."""
     p = Path(name_or_path)
     if p.is_file():
         return p
     for candidate in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
         if candidate.is_file():
             return candidate
-    shipped = ", ".join(sorted(f.stem for f in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config: no such file {str(name_or_path)!r}; shipped configs: {shipped}")
+    names = shipped(kind)
+    what = "sweep files" if kind == "sweep" else "experiment configs"
+    raise ConfigError(f"config: no such file {str(name_or_path)!r};{did_you_mean(p.stem, names)} shipped {what}: "
+                      f"{', '.join(names)}")
 
 
 def load_config(source: str | Path | dict | None = None,
@@ -233,7 +256,7 @@ def load_config(source: str | Path | dict | None = None,
     else:
         path = resolve_path(source)
         raw = load_yaml(path)
-        if "space" in raw and "base" in raw:
+        if is_sweep_file(raw):
             raise ConfigError(f"config: {path} is a sweep file; run it with `metatrain sweep {source}`")
     cfg = build(Config, raw, "")
     if isinstance(overrides, dict):
@@ -264,8 +287,8 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
 
     for key, value in float_fields(cfg):  # inf and nan pass every "> 0" / ">= 0" check below
         need(math.isfinite(value), f"{key}: must be a finite number, got {value}")
-    need(cfg.method in METHODS, f"method: unknown method {cfg.method!r}; allowed: {', '.join(METHODS)}")
-    need(cfg.task.name in TASKS, f"task.name: unknown task {cfg.task.name!r}; allowed: {', '.join(TASKS)}")
+    need(cfg.method in METHODS, unknown_choice("method", "method", cfg.method, METHODS))
+    need(cfg.task.name in TASKS, unknown_choice("task.name", "task", cfg.task.name, TASKS))
     _validate_family(cfg, check_paths)
     need(cfg.alpha > 0, f"alpha: must be > 0, got {cfg.alpha}")
     need(cfg.beta > 0, f"beta: must be > 0, got {cfg.beta}")
@@ -283,16 +306,13 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
          f"model.ways: the head's {cfg.model.ways} outputs cannot hold {cfg.task.ways}-way tasks (task.ways)")
     need(cfg.model.filters >= 1, f"model.filters: must be >= 1, got {cfg.model.filters}")
     need(cfg.model.init_std > 0, f"model.init_std: must be > 0, got {cfg.model.init_std}")
-    need(cfg.model.batch_norm in NORMS, f"model.batch_norm: unknown choice {cfg.model.batch_norm!r}; "
-         f"allowed: {', '.join(NORMS)}")
-    need(cfg.task.split in OMNIGLOT_SPLITS, f"task.split: unknown split {cfg.task.split!r}; allowed: "
-         f"{', '.join(OMNIGLOT_SPLITS)}")
+    need(cfg.model.batch_norm in NORMS, unknown_choice("model.batch_norm", "choice", cfg.model.batch_norm, NORMS))
+    need(cfg.task.split in OMNIGLOT_SPLITS, unknown_choice("task.split", "split", cfg.task.split, OMNIGLOT_SPLITS))
     need(cfg.task.train_characters >= 1, f"task.train_characters: must be >= 1, got {cfg.task.train_characters}")
     need(cfg.task.image_size == 0 or cfg.task.image_size >= 16,
          f"task.image_size: must be >= 16 (four conv cells) or 0 for the data set's size, got {cfg.task.image_size}")
     spec = TASKS[cfg.task.name]
-    need(cfg.task.sample_on in SAMPLE_ON, f"task.sample_on: unknown choice {cfg.task.sample_on!r}; allowed: "
-         f"{', '.join(SAMPLE_ON)}")
+    need(cfg.task.sample_on in SAMPLE_ON, unknown_choice("task.sample_on", "choice", cfg.task.sample_on, SAMPLE_ON))
     need(cfg.task.device_cache_gb >= 0, f"task.device_cache_gb: must be >= 0 (0 = gather images on the CPU), got "
          f"{cfg.task.device_cache_gb}")
     if spec.read_folders:  # an image data set on disk
@@ -308,14 +328,13 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     need(len(cfg.eval.shots) > 0 and all(k >= 1 for k in cfg.eval.shots),
          f"eval.shots: every K must be >= 1, got {cfg.eval.shots}")
     need(cfg.eval.inner_steps >= 0, f"eval.inner_steps: must be >= 0, got {cfg.eval.inner_steps}")
-    need(cfg.eval.mask in MASK_MODES, f"eval.mask: unknown mode {cfg.eval.mask!r}; allowed: {', '.join(MASK_MODES)}")
+    need(cfg.eval.mask in MASK_MODES, unknown_choice("eval.mask", "mode", cfg.eval.mask, MASK_MODES))
     need(cfg.eval.query_bn in QUERY_BN, f"eval.query_bn: unknown choice {cfg.eval.query_bn!r}; allowed: "
          f"{', '.join(repr(q) for q in QUERY_BN)}")
     need(0 <= cfg.eval.seed < 2**64, f"eval.seed: must be in [0, 2**64), got {cfg.eval.seed}")
     need(cfg.eval.batch_size >= 1, f"eval.batch_size: must be >= 1, got {cfg.eval.batch_size}")
     need(cfg.eval.val_tasks >= 1, f"eval.val_tasks: must be >= 1, got {cfg.eval.val_tasks}")
-    need(cfg.eval.split in EVAL_SPLITS,
-         f"eval.split: unknown split {cfg.eval.split!r}; allowed: {', '.join(EVAL_SPLITS)}")
+    need(cfg.eval.split in EVAL_SPLITS, unknown_choice("eval.split", "split", cfg.eval.split, EVAL_SPLITS))
     need(cfg.train.checkpoint_every >= 1, f"train.checkpoint_every: must be >= 1, got {cfg.train.checkpoint_every}")
     need(cfg.train.log_every >= 1, f"train.log_every: must be >= 1, got {cfg.train.log_every}")
     tpv = cfg.train.tasks_per_vmap
@@ -326,12 +345,11 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
          f"worker; a size that does not divide the meta-batch leaves a smaller last block), got "
          f"{cfg.train.block_tasks}")
     need(cfg.train.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 = off), got {cfg.train.grad_clip}")
-    need(cfg.train.compile in COMPILE,
-         f"train.compile: unknown choice {cfg.train.compile!r}; allowed: {', '.join(COMPILE)}")
+    need(cfg.train.compile in COMPILE, unknown_choice("train.compile", "choice", cfg.train.compile, COMPILE))
     need(cfg.train.precision in PRECISIONS,
-         f"train.precision: unknown choice {cfg.train.precision!r}; allowed: {', '.join(PRECISIONS)}")
+         unknown_choice("train.precision", "choice", cfg.train.precision, PRECISIONS))
     need(cfg.train.max_bad_steps >= 1, f"train.max_bad_steps: must be >= 1, got {cfg.train.max_bad_steps}")
-    need(cfg.backend in BACKENDS, f"backend: unknown backend {cfg.backend!r}; allowed: {', '.join(BACKENDS)}")
+    need(cfg.backend in BACKENDS, unknown_choice("backend", "backend", cfg.backend, BACKENDS))
     workers = cfg.ray.workers
     if isinstance(workers, dict):
         need(set(workers) == {"min", "max"} and all(type(v) is int for v in workers.values()),
@@ -392,7 +410,7 @@ def _validate_family(cfg: Config, check_paths: bool) -> None:
     baselines = [m for m in optimizers if not RULES[m].learned]
     for name, lr in cfg.eval.baselines.items():
         if name not in baselines:
-            raise ConfigError(f"eval.baselines: unknown optimizer {name!r}; allowed: {', '.join(baselines)}")
+            raise ConfigError(unknown_choice("eval.baselines", "optimizer", name, baselines))
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
             raise ConfigError(f"eval.baselines.{name}: the learning rate must be a finite number > 0, got {lr!r}")
     if cfg.task.dim < 1:
@@ -400,8 +418,8 @@ def _validate_family(cfg: Config, check_paths: bool) -> None:
     if cfg.task.minibatch < 1:
         raise ConfigError(f"task.minibatch: must be >= 1, got {cfg.task.minibatch}")
     if cfg.model.optimizee_activation not in ACTIVATIONS:
-        raise ConfigError(f"model.optimizee_activation: unknown choice {cfg.model.optimizee_activation!r}; "
-                          f"allowed: {', '.join(ACTIVATIONS)}")
+        raise ConfigError(unknown_choice("model.optimizee_activation", "choice", cfg.model.optimizee_activation,
+                                         ACTIVATIONS))
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -128,7 +128,7 @@ def _shipped_path(path: Path) -> str:
 def submit(kind: str, config: str, sets: list[str], *, address: str | None, tracking_uri: str | None = None,
            follow: bool = False, wait: bool = True, pip: bool = True, log=print) -> int:
     """Check the config here, send the job, print its submission id; then wait for it or follow it."""
-    path = resolve_path(config)
+    path = resolve_path(config, "sweep" if kind == "sweep" else "config")
     rel = _shipped_path(path)
     if kind == "train":
         cfg = load_config(path, sets, local=False)

@@ -198,15 +198,65 @@ def log_adapt_model(uri: str, run_id: str, trainer) -> str:
         return serving.log(run)
 
 
+EVAL_TABLE = "eval_table.json"
+
+
+def logged_steps(client, run_id: str) -> dict[str, int]:
+    """{metric: the last step MLflow holds} of a run: what a resumed run need not log again."""
+    keys = client.get_run(run_id).data.metrics
+    return {k: max((m.step for m in client.get_metric_history(run_id, k)), default=-1) for k in keys}
+
+
+def ready_models(client, run_id: str) -> dict[str, str]:
+    """{name: model URI} of the run's logged models that finished logging; one left half-logged by
+    a kill (PENDING or FAILED) is deleted, so that the model is logged again exactly once."""
+    from mlflow.entities import LoggedModelStatus
+
+    run = client.get_run(run_id)
+    ready = {}
+    for m in client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run_id}'"):
+        if m.status == LoggedModelStatus.READY and m.name not in ready:
+            ready[m.name] = m.model_uri
+        else:
+            client.delete_logged_model(m.model_id)
+    return ready
+
+
+def missing_records(run_dir: Path, uri: str, results: dict, log_models: bool) -> list[str]:
+    """What a finished run's MLflow run lacks of what `on_finish` logs (its evaluation, table,
+    models, final status); [] when complete. A run never logged (no mlflow.json) lacks everything."""
+    run_id = recorded_run(run_dir, uri)
+    if run_id is None:
+        return ["the run"]
+    client = client_for(uri)
+    run = client.get_run(run_id)
+    missing = []
+    logged = logged_steps(client, run_id)
+    if any(logged.get(k, -1) < results["iterations"] for k in eval_scalars(results)):
+        missing.append("evaluation")
+    if not any(a.path == EVAL_TABLE for a in client.list_artifacts(run_id)):
+        missing.append("evaluation table")
+    if log_models:
+        ready = ready_models(client, run_id)
+        missing += [name for name in ("model", "adapt_model") if name not in ready]
+    # the tag is set last; MLflow's own status is not enough (log_model's fluent run ends it FINISHED)
+    if run.data.tags.get("status") != results["status"] or \
+            run.info.status != ("FINISHED" if results["status"] == "completed" else "FAILED"):
+        missing.append("final status")
+    return missing
+
+
 class MlflowTracker(TrainerHook):
     """Logs one Trainer to MLflow; `parent_run_id` nests it under a sweep's parent run."""
 
     def __init__(self, cfg: Config, uri: str, *, run_name: str, experiment_id: str | None = None,
-                 parent_run_id: str | None = None, tags: dict | None = None, log=print):
+                 parent_run_id: str | None = None, tags: dict | None = None, log=print, force: bool = False):
         self.cfg, self.uri, self.run_name, self.log = cfg, uri, run_name, log
         self.experiment_id, self.parent_run_id, self.extra_tags = experiment_id, parent_run_id, tags or {}
+        self.force = force  # log the evaluation again (a new record) even where one is logged at this iteration
         self.client = self.run_id = None
-        self.last_step = -1
+        self.logged: dict[str, int] = {}  # metric -> the last step MLflow holds (a reopened run's)
 
     def on_start(self, trainer, resumed: bool) -> None:
         cfg, run_dir = self.cfg, trainer.run_dir
@@ -228,20 +278,26 @@ class MlflowTracker(TrainerHook):
             # Metrics are a pure function of config and seed: steps logged before a crash are
             # already there with the same values, so only later steps are logged again.
             self.client.update_run(self.run_id, status="RUNNING")
-            history = self.client.get_metric_history(self.run_id, "tasks_per_s")
-            self.last_step = max((m.step for m in history), default=-1)
+            self.logged = logged_steps(self.client, self.run_id)
             self.client.set_tag(self.run_id, "resumed_at_iteration", str(trainer.iteration))
             reopened = True
         self.client.set_tag(self.run_id, "status", "running")
         self.log(f"mlflow: {'reopened' if reopened else 'new'} run {self.run_id} at {self.uri}")
 
     def on_log(self, trainer, entry: dict) -> None:
-        if entry["iteration"] > self.last_step:
-            log_scalars(self.client, self.run_id, iteration_scalars(entry), entry["iteration"])
+        step = entry["iteration"]
+        new = {k: v for k, v in iteration_scalars(entry).items() if step > self.logged.get(k, -1)}
+        log_scalars(self.client, self.run_id, new, step)
 
     def on_finish(self, trainer, results: dict) -> None:
+        """The evaluation, artifacts and models, each logged once: what MLflow already holds for
+        this run (a resume after a kill at any step) is checked before it is written."""
         client, run_id, run_dir = self.client, self.run_id, trainer.run_dir
-        log_scalars(client, run_id, eval_scalars(results), trainer.iteration)
+        scalars = eval_scalars(results)
+        if self.force or any(self.logged.get(k, -1) < trainer.iteration for k in scalars):
+            log_scalars(client, run_id, scalars, trainer.iteration)
+            if self.force:
+                client.set_tag(run_id, "re_evaluated_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
         table = {"K": [], "mean": [], "ci95": [], "n": [], "before_adaptation": []}
         for k, r in results["results"].items():
             for col, v in (("K", int(k) if k.isdigit() else k), ("mean", r["mean"]), ("ci95", r["ci95"]), ("n", r["n"]),
@@ -250,8 +306,9 @@ class MlflowTracker(TrainerHook):
         finish = (f"{RESULTS} and {CHECKPOINT} are saved in {run_dir}; "
                   f"`metatrain resume {run_dir}` re-evaluates and logs them")
         try:  # decorations: the results are on disk already, so a failure here is one line, not a crash
-            client.log_table(run_id, data=table, artifact_file="eval_table.json")
-            for name in (CONFIG, RESULTS, METRICS, CHECKPOINT):
+            if not any(a.path == EVAL_TABLE for a in client.list_artifacts(run_id)):  # log_table appends
+                client.log_table(run_id, data=table, artifact_file=EVAL_TABLE)
+            for name in (CONFIG, RESULTS, METRICS, CHECKPOINT):  # the same path again replaces the file
                 if (run_dir / name).is_file():
                     client.log_artifact(run_id, str(run_dir / name))
             if (run_dir / PLOTS).is_dir():
@@ -260,8 +317,11 @@ class MlflowTracker(TrainerHook):
             self.log(f"mlflow: artifacts not logged ({type(e).__name__}: {_first_line(e)}); {finish}")
         if self.cfg.tracking.log_model and trainer.family.logs_model:  # an optimizer is no network
             try:
-                client.set_tag(run_id, "model_uri", log_model(self.uri, run_id, trainer))
-                client.set_tag(run_id, "adapt_model_uri", log_adapt_model(self.uri, run_id, trainer))
+                ready = ready_models(client, run_id)
+                for name, tag, logger in (("model", "model_uri", log_model),
+                                          ("adapt_model", "adapt_model_uri", log_adapt_model)):
+                    uri = ready.get(name) or logger(self.uri, run_id, trainer)
+                    client.set_tag(run_id, tag, uri)
             except Exception as e:  # noqa: BLE001 - the run's results and checkpoint are logged already
                 client.set_tag(run_id, "model_error", f"{type(e).__name__}: {e}"[:5000])
                 self.log(f"mlflow: the model could not be logged ({type(e).__name__}: {_first_line(e)}); {finish}")

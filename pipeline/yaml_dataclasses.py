@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, closest
 
 
 def to_dict(cfg) -> dict:
@@ -47,8 +47,12 @@ def field_types(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
-def allowed_keys(cls, prefix: str) -> str:
-    return ", ".join(f"{prefix}{f.name}" for f in dataclasses.fields(cls))
+def unknown_key(cls, key: str, prefix: str) -> str:
+    """`prefix.key: unknown key; did you mean 'prefix.k'? allowed: ...` (the closest key of the section)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    match = closest(key, names)  # within the section: a shared prefix is no likeness
+    hint = f" did you mean {prefix + match!r}?" if match else ""
+    return f"{prefix}{key}: unknown key;{hint} allowed: {', '.join(prefix + n for n in names)}"
 
 
 def build(cls, raw: dict, prefix: str = ""):
@@ -58,7 +62,7 @@ def build(cls, raw: dict, prefix: str = ""):
     hints, kwargs = field_types(cls), {}
     for key, value in raw.items():
         if key not in hints:
-            raise ConfigError(f"{prefix}{key}: unknown key; allowed: {allowed_keys(cls, prefix)}")
+            raise ConfigError(unknown_key(cls, key, prefix))
         kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
     return cls(**kwargs)
 
@@ -70,8 +74,7 @@ def set_key(cfg, dotted: str, value) -> None:
         hints = field_types(type(obj))
         prefix = ".".join(parts[:i])
         if part not in hints:
-            allowed = allowed_keys(type(obj), prefix + "." if prefix else "")
-            raise ConfigError(f"{dotted}: unknown key; allowed: {allowed}")
+            raise ConfigError(unknown_key(type(obj), part, prefix + "." if prefix else ""))
         if i == len(parts) - 1:
             setattr(obj, part, _coerce(hints[part], value, dotted))
         else:

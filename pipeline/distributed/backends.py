@@ -68,6 +68,22 @@ class LocalBackend:
         pass
 
 
+def send_token_to(address: str) -> None:
+    """Before `import ray`: joining a cluster ("local" starts one in process) sends this machine's
+    Ray token (RAY_AUTH_TOKEN or ~/.ray/auth_token, where the head reads it too: token auth is on
+    for every head that `metatrain cluster start` or cluster.yaml starts). Ray reads RAY_AUTH_MODE
+    when it is imported; a value the user set wins."""
+    if address != "local" and "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or _token_file().is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _token_file():
+    from pathlib import Path
+
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+
+
 def _local_cpus() -> int:
     """The CPUs Ray gives a local instance (cgroup limits included)."""
     try:
@@ -86,6 +102,8 @@ class RayBackend:
         """Each worker builds its shard source as build(payload, device), payload the plain dict of
         `cfg` or the list of dicts of `configs` (a population's members: pipeline/driver/population.py);
         `build` is a module-level function of pipeline/shards, pickled by reference."""
+        address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
+        send_token_to(address)
         import ray
 
         from pipeline.distributed.workers import ShardWorker
@@ -95,7 +113,6 @@ class RayBackend:
         self._cls = ShardWorker
         if not ray.is_initialized():
             # "local" starts a fresh in-process Ray instead of attaching to whatever runs here.
-            address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
             kwargs = {"include_dashboard": False, "logging_level": "WARNING"}
             if address == "local" and cfg.ray.object_store_mb:
                 kwargs["object_store_memory"] = cfg.ray.object_store_mb * 2**20

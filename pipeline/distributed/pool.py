@@ -166,7 +166,9 @@ class WorkerPool:
                     raise WorkersLostError(f"{key}: {len(self.active)} shard workers running, fewer than the {wanted} "
                                            f"needed (ray.workers min {self.low}), for {timeout_s:g} s ({state}); "
                                            f"{RESUME_HINT}")
-                self.log(f"ray: waiting for {state}")
+                self.log(f"ray: waiting for {state}{_holders(ray)}; meanwhile: fewer workers (--workers "
+                         f"{max(len(self.active), 1)}), --local (no Ray: the shard function in this process), or wait "
+                         "for them to free")
                 next_line += PROGRESS_S
             wait_s = max(0.0, min(next_line, t0 + timeout_s) - time.monotonic())
             done, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=wait_s)
@@ -234,3 +236,24 @@ class WorkerPool:
         for actor in [*self.active, *self.pending.values()]:
             self.ray.kill(actor, no_restart=True)
         self.active, self.pending = [], {}
+
+
+def _holders(ray) -> str:
+    """", held by 2 ShardWorker, 1 ImplicitFunc actor(s)": what holds the cluster's CPUs, from Ray's
+    state API (it needs the dashboard), else from the GCS's actor table; "" where neither answers."""
+    try:
+        from ray.util.state import list_actors
+
+        alive = [a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000, timeout=5,
+                                                   raise_on_missing_output=False)]
+    except Exception:  # noqa: BLE001 - no dashboard (a local Ray started without one)
+        try:
+            from ray._private import state
+
+            alive = [a["ActorClassName"] for a in state.actors().values() if a["State"] == "ALIVE"]
+        except Exception:  # noqa: BLE001 - a hint only
+            return ""
+    counts: dict[str, int] = {}
+    for name in alive:
+        counts[name] = counts.get(name, 0) + 1
+    return f", held by {', '.join(f'{n} {c}' for c, n in sorted(counts.items()))} actor(s)" if counts else ""

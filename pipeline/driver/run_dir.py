@@ -7,3 +7,28 @@ CHECKPOINT = "checkpoint.pt"  # the newest checkpoint
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the one before it: the fallback when the newest is damaged
 PLOTS = "plots"  # folder of the run's figures
 MLFLOW_RUN = "mlflow.json"  # {tracking_uri, experiment_id, run_id} of the run's MLflow run
+
+
+def check_run_dir(path, need_checkpoint: bool = False) -> None:
+    """One line for a RUN_DIR argument that names no run: a path that does not exist (with the
+    closest run directory beside it), a sweep directory (pointing to its trials/), a folder
+    without CONFIG (or, if asked, without CHECKPOINT). ConfigError, before any work starts."""
+    from pathlib import Path
+
+    from tasks.errors import ConfigError, closest
+
+    path = Path(path)
+    if not path.exists():
+        beside = [p.name for p in path.parent.iterdir() if (p / CONFIG).is_file()] if path.parent.is_dir() else []
+        match = closest(path.name, beside)
+        hint = f"did you mean {str(path.parent / match)!r}?" if match else f"a run is a folder with a {CONFIG}"
+        raise ConfigError(f"RUN_DIR: {path} does not exist; {hint}")
+    if (path / "sweep.yaml").is_file() and (path / "trials").is_dir():  # sweeps/record.py: SPEC, TRIALS
+        trials = sorted(p.name for p in (path / "trials").iterdir() if (p / CONFIG).is_file())
+        example = f", e.g. {path / 'trials' / trials[0]}" if trials else ""
+        raise ConfigError(f"RUN_DIR: {path} is a sweep directory; its runs are the folders in {path / 'trials'}"
+                          f"{example} (`metatrain report {path}` tabulates them all)")
+    if not (path / CONFIG).is_file():
+        raise ConfigError(f"RUN_DIR: {path} is not a run directory (no {CONFIG})")
+    if need_checkpoint and not (path / CHECKPOINT).is_file():
+        raise ConfigError(f"RUN_DIR: {path} has no {CHECKPOINT}")

@@ -38,6 +38,14 @@ def write_run_plots(trainer: Trainer, results: dict | None = None) -> list[Path]
     return trainer.family.figures(trainer, read_metrics(trainer.run_dir), trainer.run_dir / PLOTS, results)
 
 
+def finished_results(run_dir: Path) -> dict | None:
+    """results.json of a run that trained to its end and was evaluated (completed or diverged), else
+    None (never started, interrupted, or stopped by a scheduler: those continue)."""
+    path = Path(run_dir) / RESULTS
+    results = json.loads(path.read_text()) if path.is_file() else None
+    return results if results and results.get("status") in ("completed", "diverged") else None
+
+
 def iteration_scalars(entry: dict) -> dict[str, float]:
     """A metrics.jsonl entry (or a population's progress entry) as flat scalars: the names MLflow
     and Tune both see."""
@@ -405,15 +413,24 @@ class Trainer:
         results["plots"] = []
         self._write_results(results)
         self.log(format_table(table, results["metric"], header=self.header(results)))
-        if not cfg.train.plots:
-            self._emit("on_finish", results)
-            return results
-        try:
-            results["plots"] = [str(p.relative_to(self.run_dir)) for p in write_run_plots(self, results)]
-            self._write_results(results)
-        except Exception as e:  # noqa: BLE001 - a figure is a decoration; the results are saved
-            self.log(f"plots: not written ({_one_line(e)}); {RESULTS} and {CHECKPOINT} are saved in "
-                     f"{self.run_dir}; free space and run `metatrain resume {self.run_dir}` to re-evaluate and plot")
+        return self._decorate(results)
+
+    def complete(self, results: dict) -> dict:
+        """A finished run (its results.json) whose plots or records a kill cut short: what is
+        missing is written, nothing is evaluated again; each hook logs only what it lacks."""
+        self.load_state_dict(checkpoint.load(self.run_dir, self.log))
+        self._emit("on_start", True)
+        return self._decorate(results)
+
+    def _decorate(self, results: dict) -> dict:
+        """The plots (if asked and not drawn yet), then the hooks' on_finish (MLflow's records)."""
+        if self.cfg.train.plots and not results["plots"]:
+            try:
+                results["plots"] = [str(p.relative_to(self.run_dir)) for p in write_run_plots(self, results)]
+                self._write_results(results)
+            except Exception as e:  # noqa: BLE001 - a figure is a decoration; the results are saved
+                self.log(f"plots: not written ({_one_line(e)}); {RESULTS} and {CHECKPOINT} are saved in "
+                         f"{self.run_dir}; free space and run `metatrain resume {self.run_dir}` to plot")
         self._emit("on_finish", results)
         return results
 

@@ -28,7 +28,7 @@ from pipeline.config import Config, ConfigError, load_config
 from pipeline.core.learners import forward
 from pipeline.core.meta_batch import InnerSettings, inner_adapt
 from pipeline.driver import checkpoint
-from pipeline.driver.run_dir import CONFIG
+from pipeline.driver.run_dir import CONFIG, check_run_dir
 from pipeline.shards.experiment import make_learner
 from tasks import TASKS, image_format
 from tasks.sampling import NOISE_STREAM, Streams
@@ -37,10 +37,7 @@ from tasks.sampling import NOISE_STREAM, Streams
 def load_run(run_dir: str | Path) -> MetaLearnedRun:
     """A finished (or checkpointed) run directory: its config and latest parameters."""
     path = Path(run_dir)
-    if not (path / CONFIG).is_file():
-        raise ConfigError(f"RUN_DIR: {path} is not a run directory (no {CONFIG})")
-    if not (path / checkpoint.CHECKPOINT).is_file():
-        raise ConfigError(f"RUN_DIR: {path} has no {checkpoint.CHECKPOINT}")
+    check_run_dir(path, need_checkpoint=True)
     # local=False: the training data need not exist here (a served model carries no data)
     state = checkpoint.load(path, keys=checkpoint.PARAMS_KEYS)  # torch.load(weights_only=True)
     cfg = checkpoint.apply_hyperparams(load_config(path / CONFIG, local=False), state)

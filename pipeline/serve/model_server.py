@@ -22,17 +22,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 class ModelServer:
     """`mlflow models serve -m MODEL` on 127.0.0.1 (a free port, the local environment) in its own
     process group, ended (by that group's id) on exit; `post` sends an episode as a client would."""
 
-    def __init__(self, model: Path, log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, model: Path, log: Path, host: str = "127.0.0.1", port: int = 0):
+        self.port = port or free_port()
+        self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{self.port}"
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.log = open(log, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model),
-                                      "--env-manager", "local", "--host", "127.0.0.1", "--port", str(self.port)],
+                                      "--env-manager", "local", "--host", host, "--port", str(self.port)],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def wait(self, timeout=180.0):
@@ -48,9 +57,9 @@ class ModelServer:
         raise TimeoutError(f"no /ping after {timeout} s: {Path(self.log.name).read_text()[-3000:]}")
 
     def post(self, episode: pd.DataFrame, params: dict | None = None):
-        body = {"dataframe_split": json.loads(episode.to_json(orient="split", index=False))}
-        if params:
-            body["params"] = params
+        from pipeline.serve.serving import request_body
+
+        body = request_body(episode, params)
         req = urllib.request.Request(self.url + "/invocations", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
         try:

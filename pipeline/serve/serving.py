@@ -36,7 +36,7 @@ from pipeline.serve.adaptation import MetaLearnedRun, load_run
 from pipeline.serve.episode_files import ImageReader
 from tasks import make_distribution
 from tasks.images import pixels_to_float
-from tasks.sampling import DATA_STREAM, Streams
+from tasks.sampling import DATA_STREAM, Streams, sample_batch
 
 ROLES = ("support", "query")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -114,6 +114,43 @@ def example_episode(run: MetaLearnedRun, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"role": ["support"] * 5 + ["query"] * 3,
                          "x": np.concatenate([task["x_support"][0, :, 0], task["x_query"][0, :, 0]]),
                          "y": np.concatenate([task["y_support"][0, :, 0], np.full(3, np.nan)])})
+
+
+def test_episode(run: MetaLearnedRun) -> pd.DataFrame:
+    """Test task 0 of the run's own evaluation (eval.seed, K = 1), as an episode: a real request of
+    the run's kind. An image run whose data is not on this machine gets
+    `example_episode` (random pixels) instead."""
+    if not run.classification:
+        return example_episode(run, run.cfg.eval.seed)
+    from dataclasses import replace
+
+    from pipeline.config import data_path
+
+    try:
+        task_cfg = replace(run.cfg.task, data=[str(data_path(d)) for d in run.cfg.task.data])
+        task = sample_batch(make_distribution(task_cfg), seed=run.cfg.eval.seed, split="test", iteration=0,
+                            indices=[0], shots=1, query=run.cfg.task.query)  # as the evaluation draws it at K = 1
+    except (ConfigError, OSError):
+        return example_episode(run)
+
+    def png(x: torch.Tensor) -> str:  # the float image back to the file's pixels (Omniglot: dark strokes)
+        pixels = np.rint(x.numpy() * 255).astype(np.uint8)
+        pixels = 255 - pixels if run.invert else pixels
+        return encode_image(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+
+    rows = [("support", f"class_{int(y)}", png(x)) for x, y in zip(task["x_support"][0], task["y_support"][0])]
+    rows += [("query", "", png(x)) for x in task["x_query"][0]]
+    return pd.DataFrame(rows, columns=["role", "label", "image"])
+
+
+def request_body(episode: pd.DataFrame, params: dict | None = None) -> dict:
+    """The JSON body of a scoring request for an episode (MLflow's dataframe_split format)."""
+    import json
+
+    body = {"dataframe_split": json.loads(episode.to_json(orient="split", index=False))}
+    if params:
+        body["params"] = params
+    return body
 
 
 def signature(run: MetaLearnedRun):

@@ -100,9 +100,11 @@ class SweepProgress(tune.Callback):
         fixed = ",".join(f"{k.rsplit('.', 1)[-1]}={trial.config[k]}" for k in self.swept if k in trial.config)
         return f"{trial.trial_id.rsplit('_', 1)[-1]}-{fixed + ',' if fixed else ''}population of {len(runs)}"
 
-    def _done(self) -> str:
+    def _done(self, pending: int = 0) -> str:
+        """"done/total"; `pending` of the finished runs are still to be printed (a population's
+        members: each line counts its own)."""
         done = sum(1 for t in read_manifest(self.sweep_dir).values() if t.get("status") not in (None, "running"))
-        return f"{done}/{self.total}"
+        return f"{done - pending}/{self.total}"
 
     def _update_runs(self, trial, **fields) -> None:
         manifest = read_manifest(self.sweep_dir)
@@ -145,13 +147,13 @@ class SweepProgress(tune.Callback):
             manifest.setdefault(run_id, {}).update({"status": final["status"], "process": process, **stopped_at,
                                                     **lineage})
         write_manifest(self.sweep_dir, manifest)
-        for (_, name, _), final in zip(runs, finals):
+        for i, ((_, name, _), final) in enumerate(zip(runs, finals)):
             if final["status"] == "stopped":
                 _close_trial_run(self.sweep_dir, name, self.uri, "stopped", "KILLED")
                 shown = f"stopped by the scheduler at iteration {final.get('iteration', last.get('iteration', 0))}"
             else:
                 shown = _shown(final)
-            print(f"[{name}] {final['status']}: {shown} ({self._done()} trials done)", flush=True)
+            print(f"[{name}] {final['status']}: {shown} ({self._done(len(runs) - 1 - i)} trials done)", flush=True)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         manifest = read_manifest(self.sweep_dir)
@@ -276,12 +278,12 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
     # trials Tune warns about that at each one. The cost is small next to a meta-iteration.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
+    address = address or os.environ.get("RAY_ADDRESS") or "local"  # joined with its token: cli.cmd_sweep
     import ray
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 log_to_driver=False, logging_level="WARNING")
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
         _check_resources(sweep, started_ray, log)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -298,7 +300,9 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
         trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                         tune.PlacementGroupFactory(spec.resources.bundles()))
         total = sweep.trial_count()
-        log(f"sweep {spec.name}: {total} trial(s) of {sweep.base['method']} on {sweep.base['task']['name']} "
+        methods = [m for e in sweep.space["method"].values() for m in e] if "method" in sweep.space \
+            else [sweep.base["method"]]  # a swept method: every one it takes
+        log(f"sweep {spec.name}: {total} trial(s) of {', '.join(methods)} on {sweep.base['task']['name']} "
             f"over {', '.join(sweep.swept_keys)} | {sweep_dir} | MLflow {uri} (parent run {state['parent_run_id']})")
         if sweep.packed:
             sizes = ([len(p["members"]) for p in draws.trials(sweep)] if _drawn(sweep)

@@ -205,7 +205,7 @@ def load_sweep(path: str | Path, *, local: bool = True) -> Sweep:
     """The validated sweep; local=False for a sweep sent to a cluster (see config.load_config)."""
 
     try:
-        path = resolve_path(path)
+        path = resolve_path(path, "sweep")
     except ConfigError as e:
         raise ConfigError(f"sweep: {str(e).split(': ', 1)[1]}") from None
     raw = load_yaml(path, "sweep")

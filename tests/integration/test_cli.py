@@ -31,5 +31,9 @@ def test_train_eval_resume_end_to_end(tmp_path):
     assert proc.returncode == 2 and "--shots" in proc.stderr
 
     proc = subprocess.run([*cmd, "resume", str(run)], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr  # already complete: re-evaluates, trains nothing more
-    assert "it " not in proc.stdout.replace("iterations", "")
+    assert proc.returncode == 0, proc.stderr  # already complete, every record written: nothing to do
+    assert proc.stdout == (f"{run}: finished (completed at iteration 30/30) with every record written; nothing to "
+                           "do (--force evaluates it again)\n")
+    proc = subprocess.run([*cmd, "resume", str(run), "--force"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr  # --force: re-evaluates, trains nothing more
+    assert "it " not in proc.stdout.replace("iterations", "") and "query MSE" in proc.stdout

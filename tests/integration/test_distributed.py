@@ -103,6 +103,10 @@ def test_workers_a_joined_cluster_cannot_place_report_progress_then_time_out(loc
                                "Ray cluster has 4 now; waiting up to ray.start_timeout_s=6 s")
     progress = [l for l in lines if re.match(r"ray: waiting for [2-6] of 6 workers \(1 CPU each\) not started", l)]
     assert len(progress) >= 3, lines  # one a second (PROGRESS_S patched to 1 s)
+    # what holds the cores (the 4 workers that fit, while they boot) and what to do
+    assert re.search(r", held by \d ShardWorker actor\(s\); meanwhile: fewer workers \(--workers \d\), --local "
+                     r"\(no Ray: the shard function in this process\), or wait for them to free$",
+                     progress[-1]), progress
     assert 6 <= waited < 60
     assert not (tmp_path / "r").exists()
     deadline = time.monotonic() + 30  # the started actors were killed: their CPUs come back

@@ -5,7 +5,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,62 +27,60 @@ TINY = ["--set", "backend=local", "--set", "iterations=20", "--set", "meta_batch
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    """A one-node Ray cluster: every port chosen free (other Ray instances may run on this machine),
-    bound to 127.0.0.1, token auth on; stopped with its whole process group at the end."""
-    tmp = Path(tempfile_dir := tmp_path_factory.mktemp("head"))
-    temp_dir = Path("/tmp") / f"rayhead-{os.getpid()}"  # short: Unix socket paths are limited
-    gcs, dash, agent_http, agent_grpc, metrics, env_agent, client, node_mgr, obj_mgr = free_ports(9)
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    """A one-node Ray cluster started as a user would, `metatrain cluster start` (127.0.0.1, token
+    auth, its record in a temporary METATRAIN_HOME, the two user-facing ports chosen free: other Ray
+    instances may run on this machine); `metatrain cluster stop` at the end must leave none of its
+    processes behind."""
+    home = tmp_path_factory.mktemp("metatrain_home")
+    gcs, dash = free_ports(2)
+    env = {**os.environ, "RAY_AUTH_TOKEN": TOKEN, "METATRAIN_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
-    cmd = [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent_http}",
-           f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-           f"--runtime-env-agent-port={env_agent}", f"--ray-client-server-port={client}",
-           f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}", "--num-cpus=2",
-           f"--temp-dir={temp_dir}", "--include-dashboard=true"]
-    log = open(tmp / "head.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=tempfile_dir)
-    address = f"http://127.0.0.1:{dash}"
+    cli = [sys.executable, "-m", "pipeline.cli", "cluster"]
+    started = subprocess.run([*cli, "start", "--cpus", "2", "--port", str(gcs), "--dashboard-port", str(dash)],
+                             env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert started.returncode == 0, started.stdout + started.stderr
+    address, temp_dir = f"http://127.0.0.1:{dash}", Path(f"/tmp/metatrain-ray-{gcs}")
+    assert f"metatrain submit train sine_quick --address {address}" in started.stdout
     try:
-        deadline = time.time() + 180
-        while True:  # ready when the jobs API accepts a listing
-            assert proc.poll() is None, (tmp / "head.log").read_text()[-3000:]
-            try:
-                os.environ["RAY_AUTH_TOKEN"] = TOKEN
-                Jobs(address).client.list_jobs()
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                assert time.time() < deadline, "head node not ready in 180 s"
-                time.sleep(2)
-        yield address, temp_dir
+        yield address, temp_dir, gcs, env
     finally:
-        stop_everything(address, proc, temp_dir)
+        os.environ["RAY_AUTH_TOKEN"] = TOKEN
+        with contextlib.suppress(Exception):  # jobs a failed test left running
+            jobs = Jobs(address)
+            for job in jobs.client.list_jobs():
+                if job.status.value not in ("SUCCEEDED", "FAILED", "STOPPED"):
+                    jobs.client.stop_job(job.submission_id)
+        os.environ.pop("RAY_AUTH_TOKEN", None)
+        stopped = subprocess.run([*cli, "stop"], env=env, capture_output=True, text=True, timeout=120)
+        assert stopped.returncode == 0 and f"stopped the Ray head on 127.0.0.1:{gcs}" in stopped.stdout, stopped
+        left = [p for p in psutil.process_iter(["cwd", "cmdline"])
+                if (p.info["cwd"] or "").startswith(str(temp_dir)) or f"--port={gcs}" in (p.info["cmdline"] or [])]
+        assert not left and not temp_dir.exists(), left
 
 
-def stop_everything(address, proc, temp_dir):
-    """Stop jobs still running (a failed test may leave one), the head's process group, and any job
-    process that outlived it (job drivers run in sessions of their own, in the head's temp dir)."""
-    os.environ["RAY_AUTH_TOKEN"] = TOKEN
-    try:
-        jobs = Jobs(address)
-        for job in jobs.client.list_jobs():
-            if job.status.value not in ("SUCCEEDED", "FAILED", "STOPPED"):
-                jobs.client.stop_job(job.submission_id)
-    except Exception:  # noqa: BLE001 - the head may be gone already
-        pass
-    os.environ.pop("RAY_AUTH_TOKEN", None)
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:  # a graceful stop of the whole head takes ~45 s on 2 cores; nothing of it is kept
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    for p in psutil.process_iter(["cwd"]):
-        if (p.info["cwd"] or "").startswith(str(temp_dir)):
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+def test_the_local_head_is_reported_reused_and_runs_train_and_sweep_with_address(head, tmp_path):
+    """`cluster status` and a second `cluster start` find the running head; `train --address` and
+    `sweep --address` run on it (the driver sends the token it finds in RAY_AUTH_TOKEN)."""
+    address, _, gcs, env = head
+    cli = [sys.executable, "-m", "pipeline.cli"]
+    for argv in (["cluster", "status"], ["cluster", "start", "--port", str(gcs)]):
+        proc = subprocess.run([*cli, *argv], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and f"--address 127.0.0.1:{gcs}" in proc.stdout, proc
+    sets = TINY[2:]  # as the jobs run, on Ray workers instead of backend=local
+    assert TINY[:2] == ["--set", "backend=local"]
+    proc = subprocess.run([*cli, "train", "sine_quick", *sets, "--set", f"output_dir={tmp_path}", "--set",
+                           "tracking.enabled=false", "--set", "ray.workers=2", "--address", f"127.0.0.1:{gcs}"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "ray: 2 shard worker(s) on 1 node(s)" in proc.stdout and "it 20/20" in proc.stdout
+    sweep = tmp_path / "mini.yaml"
+    sweep.write_text(f"base: sine_quick\nname: mini\noutput_dir: {tmp_path / 'sweeps'}\n"
+                     "set: {iterations: 10, eval.tasks: 10, model.hidden: [16, 16]}\n"
+                     "space:\n  alpha: {grid: [0.01, 0.1]}\n")
+    proc = subprocess.run([*cli, "sweep", str(sweep), "--address", f"127.0.0.1:{gcs}"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "trials: 2 completed" in proc.stdout
 
 
 @pytest.fixture
@@ -92,7 +89,7 @@ def token(monkeypatch):
 
 
 def test_a_training_job_succeeds_and_leaves_an_mlflow_run(head, token, tmp_path, capsys):
-    address, _ = head
+    address = head[0]
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     code = main(["submit", "train", "sine_quick", *TINY, "--set", f"output_dir={tmp_path}/runs", "--set",
                  "run_name=remote", "--address", address, "--tracking-uri", uri, "--follow", "--no-pip"])
@@ -115,7 +112,7 @@ def test_a_training_job_succeeds_and_leaves_an_mlflow_run(head, token, tmp_path,
 
 
 def test_a_bad_config_fails_on_the_cluster_with_its_one_line_error(head, token, capsys):
-    address, _ = head
+    address = head[0]
     # valid here (data paths are the cluster's), missing on the cluster: the job fails there
     code = main(["submit", "train", "sine_quick", "--set", "task.name=omniglot", "--set",
                  "task.data=[/nonexistent/omniglot.zip]", "--address", address, "--no-pip"])
@@ -131,7 +128,7 @@ def test_a_bad_config_fails_on_the_cluster_with_its_one_line_error(head, token, 
 
 
 def test_stop_ends_a_running_job(head, token, tmp_path, capsys):
-    address, _ = head
+    address = head[0]
     code = main(["submit", "train", "sine_quick", "--set", "backend=local", "--set", "iterations=1000000",
                  "--set", "train.compile=never", "--set", "train.log_every=50", "--set", f"output_dir={tmp_path}",
                  "--set", "tracking.enabled=false",
@@ -152,7 +149,7 @@ def test_stop_ends_a_running_job(head, token, tmp_path, capsys):
     (None, "requires a token and none was sent (401 Unauthorized); set RAY_AUTH_TOKEN"),
     ("wrong-token", "refused the token from RAY_AUTH_TOKEN (403 Forbidden): it is not this cluster's token")])
 def test_a_missing_or_wrong_token_is_refused_clearly(head, monkeypatch, tmp_path, capsys, token_value, message):
-    address, _ = head
+    address = head[0]
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token either
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
     if token_value:
@@ -166,7 +163,7 @@ def test_a_missing_or_wrong_token_is_refused_clearly(head, monkeypatch, tmp_path
 
 
 def test_the_token_file_is_used_when_the_variable_is_unset(head, monkeypatch, tmp_path, capsys):
-    address, _ = head
+    address = head[0]
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / ".ray").mkdir()
@@ -182,7 +179,7 @@ def enough_disk_for_a_pip_environment() -> bool:
 @pytest.mark.skipif(not enough_disk_for_a_pip_environment(), reason="less than 25 GiB free in /tmp for the job's "
                     "pip environment (a clone of this virtualenv)")
 def test_a_job_with_its_pip_environment(head, token, tmp_path, capsys):
-    address, _ = head
+    address = head[0]
     code = main(["submit", "train", "sine_quick", *TINY, "--set", f"output_dir={tmp_path}", "--set",
                  "tracking.enabled=false", "--address", address])
     out = capsys.readouterr().out
@@ -191,6 +188,6 @@ def test_a_job_with_its_pip_environment(head, token, tmp_path, capsys):
     info = Jobs(address).client.get_job_info(job_id)
     assert info.runtime_env["pip"]["packages"] == [l for l in (ROOT / "requirements.txt").read_text().splitlines()
                                                    if l and not l.startswith("#")]
-    address, ray_tmp = head
+    ray_tmp = head[1]
     # the job ran in the environment Ray built for it (a virtualenv with those requirements)
     assert list(ray_tmp.glob("session_*/runtime_resources/pip/*/virtualenv/bin/python"))

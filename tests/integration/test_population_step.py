@@ -128,7 +128,10 @@ def test_halving_rungs_and_pbt_decisions_end_windows_and_decide_as_step_by_step(
 
 def test_conv_members_drawing_images_on_the_device_run_whole_as_step_by_step(tmp_path):
     """Conv4 MT-nets on 5-way 1-shot image tasks (synthetic images, classes, orders and pixels drawn
-    on the device inside the whole iteration): bitwise the step-by-step population's, eager."""
+    on the device inside the whole iteration): the step-by-step population's parameters, eager.
+    Not asserted bitwise: the two paths run their convolutions over differently shaped batches, and
+    oneDNN may choose other kernels for them (bitwise on an AVX-512 Intel CPU; 1.5e-8 apart on 9 of
+    72 elements on an AVX2-only AMD EPYC, in the full suite); 1e-5 relative as the compiled tests."""
     from pipeline.config import load_config
 
     states = {}
@@ -144,7 +147,7 @@ def test_conv_members_drawing_images_on_the_device_run_whole_as_step_by_step(tmp
             assert (pop.whole is not None) == whole
             pop.train()
         states[whole] = [checkpoint.load(d) for d in dirs]
-    assert_states_close(states[True], states[False], 0.0)
+    assert_states_close(states[True], states[False], 1e-5)
     assert not torch.equal(states[True][0]["params"]["conv0.W"], states[True][1]["params"]["conv0.W"])
 
 

@@ -78,3 +78,81 @@ def test_export_refuses_unfinished_runs_in_one_line(tiny_runs, tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has not finished (no results.json)" in err
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.yaml"]
+
+
+def serve(run_dir):
+    """`metatrain serve RUN_DIR --port 0` in a child process, up to its ready curl line."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", str(run_dir), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if line.startswith("curl "):
+            return proc, lines
+    raise AssertionError(f"serve exited {proc.wait()} before its curl line: {lines}")
+
+
+def curl_and_stop(proc, lines):
+    """Run the printed curl line as a user would, then Ctrl+C the server: (answer, serve's output)."""
+    import json
+    import shlex
+    import signal
+    import subprocess
+    import urllib.request
+
+    url = next(l for l in lines if l.startswith("serving ")).split(" at ")[1].split(" ")[0]
+    answer = json.loads(subprocess.run(shlex.split(lines[-1]), capture_output=True, text=True, timeout=120,
+                                       check=True).stdout)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, rest
+    assert "stopping the model server" in rest
+    try:  # the scoring server went with it
+        urllib.request.urlopen(url + "/ping", timeout=5)
+        raise AssertionError(f"{url} still answers after Ctrl+C")
+    except OSError:
+        pass
+    return answer
+
+
+def test_serve_answers_its_printed_request_with_a_real_test_task_and_stops_on_ctrl_c(tiny_runs, tmp_path):
+    """`metatrain serve` exports the adapt model if needed, prints the URL and a curl line whose
+    body is the run's own test task 0 (the pixels of the evaluation's first task: a real episode),
+    and the served answer is the Python API's on that episode; Ctrl+C stops both processes."""
+    import json
+    import shutil
+
+    from pipeline.serve.serving import predict_episode
+
+    from helpers import eval_task
+
+    for kind in ("image", "sine"):
+        run_dir = tmp_path / kind
+        shutil.copytree(tiny_runs[kind], run_dir, ignore=shutil.ignore_patterns("adapt_model"))
+        proc, lines = serve(run_dir)
+        assert lines[0].startswith(f"exported {'3-way image' if kind == 'image' else 'regression'}"), lines
+        assert lines[-1].endswith(f"-d @{run_dir / 'serve_request.json'}")
+        answer = curl_and_stop(proc, lines)
+        split = json.loads((run_dir / "serve_request.json").read_text())["dataframe_split"]
+        episode = pd.DataFrame(split["data"], columns=split["columns"])
+        expected = predict_episode(load_run(run_dir), episode)
+        served = pd.DataFrame(answer["predictions"])
+        task = eval_task(run_dir, 1)
+        if kind == "image":
+            assert list(served["label"]) == list(expected["label"])
+            np.testing.assert_allclose(served["probability"], expected["probability"], rtol=1e-6)
+            import io
+
+            from PIL import Image
+            first = np.asarray(Image.open(io.BytesIO(base64.b64decode(episode["image"][0]))), dtype=float) / 255
+            np.testing.assert_allclose(1 - first, task["x_support"][0, 0].numpy(), atol=1 / 255)  # Omniglot: inverted
+        else:
+            np.testing.assert_allclose(served["y"], expected["y"], rtol=1e-6)
+            assert (episode["role"] == "support").sum() == 5
+        # a second serve reuses the exported model
+        proc, lines = serve(run_dir)
+        assert lines[0].startswith("serving "), lines
+        curl_and_stop(proc, lines)

@@ -14,7 +14,8 @@ BAD = [
     (["--set", "gumbel_temperature=0"], "gumbel_temperature: must be > 0"),
     (["--set", "gumbel_temperature=-1"], "gumbel_temperature: must be > 0"),
     (["--set", "learning_rate=0.1"], "learning_rate: unknown key; allowed: method, alpha, beta"),
-    (["--set", "task.way=5"], "task.way: unknown key; allowed: task.name, task.shots, task.query, task.order"),
+    (["--set", "task.way=5"], "task.way: unknown key; did you mean 'task.ways'? allowed: task.name, task.shots, "
+                                   "task.query, task.order"),
     (["--set", "task.name=cifar"], "task.name: unknown task 'cifar'; allowed: sinusoid, polynomial, omniglot, "
                                    "miniimagenet"),
     (["--set", "task.name=omniglot"], "task.data: omniglot needs the data's location"),
@@ -54,6 +55,11 @@ BAD = [
     (["--set", "seed=-1"], "seed: must be in [0, 2**64), got -1"),
     (["--set", "eval.seed=18446744073709551616"], "eval.seed: must be in [0, 2**64), got 18446744073709551616"),
     (["--set", "ray.nodes=3"], "ray.nodes: unknown key; allowed: ray.workers, ray.cpus_per_worker"),
+    (["--set", "iteratons=300"], "iteratons: unknown key; did you mean 'iterations'? allowed: method, alpha"),
+    (["--set", "method=mamll"], "method: unknown method 'mamll'; did you mean 'maml'? allowed: adam, fomaml"),
+    (["--set", "train.compile=allways"], "train.compile: unknown choice 'allways'; did you mean 'always'? allowed: "
+                                         "auto, always, never, graphs"),
+    (["--set", "task.name=sinusiod"], "task.name: unknown task 'sinusiod'; did you mean 'sinusoid'? allowed: "),
 ]
 
 
@@ -130,3 +136,52 @@ def test_every_argument_of_every_command_has_help_text():
 
     walk(build_parser(), [])
     assert not missing, missing
+
+
+def test_a_mistyped_config_name_suggests_the_closest_of_its_kind(tmp_path, capsys):
+    """train lists only experiment configs, sweep only sweep files; each names the closest."""
+    assert main(["train", "sine_quik"]) == 2
+    err = capsys.readouterr().err
+    assert "no such file 'sine_quik'; did you mean 'sine_quick'? shipped experiment configs: " in err
+    assert "sine_mtnet" in err and "sine_models" not in err and "robustness_alpha" not in err  # no sweep files
+    assert main(["sweep", "sine_modles"]) == 2
+    err = capsys.readouterr().err
+    assert "no such file 'sine_modles'; did you mean 'sine_models'? shipped sweep files: " in err
+    assert "robustness_alpha" in err and "sine_quick" not in err  # no experiment configs
+    assert main(["train", "zzzz"]) == 2
+    assert "did you mean" not in capsys.readouterr().err  # nothing close: no guess
+
+
+def test_a_mistyped_command_or_choice_names_the_closest(capsys):
+    for argv, hint in ((["traun", "sine_quick"], "invalid choice: 'traun'; did you mean 'train'?"),
+                       (["jobs", "lsit"], "invalid choice: 'lsit'; did you mean 'list'?"),
+                       (["data", "pack", "omniglott", "--src", "x", "--out", "y.arrow"],
+                        "invalid choice: 'omniglott'; did you mean 'omniglot'?")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        assert hint in capsys.readouterr().err
+
+
+def test_run_dir_mistakes_are_named(tmp_path, capsys):
+    """A run directory that does not exist says so (with the closest run beside it); a sweep
+    directory points to its trials/."""
+    run = tmp_path / "my-sine"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: maml\n")
+    for cmd in ("eval", "resume", "adapt", "export"):
+        extra = ["--support", "s.csv", "--query", "q.csv"] if cmd == "adapt" else []
+        assert main([cmd, str(tmp_path / "my-sin"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert f"RUN_DIR: {tmp_path / 'my-sin'} does not exist; did you mean '{run}'?" in err, err
+    assert main(["eval", str(tmp_path / "nothing-like-it")]) == 2
+    assert "does not exist; a run is a folder with a config.yaml" in capsys.readouterr().err
+    sweep = tmp_path / "my_sweep"
+    (sweep / "trials" / "t0").mkdir(parents=True)
+    (sweep / "trials" / "t0" / "config.yaml").write_text("method: maml\n")
+    (sweep / "sweep.yaml").write_text("base: sine_quick\n")
+    assert main(["eval", str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert f"{sweep} is a sweep directory; its runs are the folders in {sweep / 'trials'}, e.g. " \
+           f"{sweep / 'trials' / 't0'}" in err

@@ -4,7 +4,7 @@ import os
 
 import yaml
 
-from pipeline.config import REPOSITORY, load_config, save_config
+from pipeline.config import REPOSITORY, SHARED, load_config, save_config
 
 from helpers import OMNIGLOT, needs_omniglot
 
@@ -16,7 +16,7 @@ def test_saved_data_paths_are_relative_to_the_repository_and_load_from_anywhere(
     assert cfg.task.data == [str(data)]  # pinned absolute for workers and trials
     save_config(cfg, tmp_path / "config.yaml")
     written = yaml.safe_load((tmp_path / "config.yaml").read_text())["task"]["data"]
-    if REPOSITORY.parent in data.parents:  # the data beside the repository (../shared/data)
+    if SHARED in data.parents:  # the data beside the repository (../shared/data)
         assert written == [os.path.relpath(data, REPOSITORY)] and written[0].startswith("../")
     monkeypatch.chdir(tmp_path)  # elsewhere: a relative path is taken from the repository root
     assert load_config(tmp_path / "config.yaml").task.data == [str(data)]

@@ -84,7 +84,7 @@ def test_the_import_graph_has_no_cycles():
 WINGS = ("tasks", "pipeline.core", "pipeline.storage", "pipeline.plots", "pipeline.yaml_dataclasses", "pipeline.config",
          "pipeline.shards",
          "pipeline.distributed", "pipeline.driver", "pipeline.serve", "pipeline.tracking", "pipeline.sweeps",
-         "pipeline.jobs", "pipeline.cli")
+         "pipeline.jobs", "pipeline.local_cluster", "pipeline.cli")
 
 
 def wing(module: str) -> int | None:
