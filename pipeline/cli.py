@@ -1,20 +1,22 @@
-"""`metatrain` command line: train, eval, adapt, export, serve, resume, sweep, report, data pack, submit, jobs.
+"""`metatrain` command line: train, eval, adapt, export, serve, resume, sweep, report, data pack, submit, jobs, cluster.
 
-Config errors are one line on stderr and exit code 2, raised before any directory is written."""
+Config errors are one line on stderr and exit code 2, raised before any directory is written. The
+parser imports no torch, Ray or MLflow (`--help` and argument errors answer at once); each
+command imports what it uses."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 from pipeline import storage
-from pipeline.config import ConfigError, load_config
 from pipeline.storage import StorageError
 from tasks import TASKS
-from tasks.errors import did_you_mean
+from tasks.errors import ConfigError, did_you_mean
 
 
 def _parse_shots(text: str) -> list[int]:
@@ -48,6 +50,7 @@ def _load_run(run_dir: str, overrides: list[str] = ()):
 
     path = Path(run_dir)
     check_run_dir(path)
+    from pipeline.config import load_config
     from pipeline.driver.checkpoint import with_hyperparams
 
     return path, with_hyperparams(load_config(path / CONFIG, overrides), path)
@@ -75,6 +78,8 @@ def _tracking(cfg, run_dir: Path, force: bool = False) -> tuple:
 
 
 def cmd_train(args) -> int:
+    from pipeline.config import load_config
+
     cfg = load_config(args.config, [*args.set, *_placement(args)])
     if cfg.tracking.enabled:
         from pipeline.tracking import check_reachable, resolve_uri
@@ -119,8 +124,9 @@ def cmd_resume(args) -> int:
 
 def cmd_sweep(args) -> int:
     from pipeline.distributed.backends import send_token_to
+    from pipeline.distributed.head import default_address
 
-    send_token_to(args.address or os.environ.get("RAY_ADDRESS") or "local")  # before the driver imports Ray
+    send_token_to(args.address or os.environ.get("RAY_ADDRESS") or default_address())  # before Ray is imported
     from pipeline.sweeps.driver import run_sweep
 
     return run_sweep(args.sweep, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri, log=_log)
@@ -295,21 +301,27 @@ def cmd_serve(args) -> int:
         print(f"exported {run.kind} model ({run.cfg.method}, iteration {run.iteration}) to {model}", flush=True)
     request = run_dir / "serve_request.json"
     storage.write_text(request, json.dumps(serving.request_body(serving.test_episode(run))))
-    with ModelServer(model, run_dir / "serve.log", host=args.host, port=args.port) as server:
-        try:
-            server.wait()
-        except (RuntimeError, TimeoutError) as e:
-            raise ConfigError(f"serve: the model server did not start ({str(e).splitlines()[0]}; see "
-                              f"{run_dir / 'serve.log'})") from None
-        print(f"serving {run_dir} ({run.cfg.method}, {run.kind}, iteration {run.iteration}) at {server.url} "
-              f"(log: {run_dir / 'serve.log'}); Ctrl+C stops it\n"
-              f"try it with test task 0 of the run:\n"
-              f"curl -s {server.url}/invocations -H 'Content-Type: application/json' -d @{request}", flush=True)
-        try:
+
+    def interrupt(signum, frame):  # a kill or a closed terminal stops the server as Ctrl+C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
+    try:
+        with ModelServer(model, run_dir / "serve.log", host=args.host, port=args.port) as server:
+            try:
+                server.wait()
+            except (RuntimeError, TimeoutError) as e:
+                raise ConfigError(f"serve: the model server did not start ({str(e).splitlines()[0]}; see "
+                                  f"{run_dir / 'serve.log'})") from None
+            print(f"serving {run_dir} ({run.cfg.method}, {run.kind}, iteration {run.iteration}) at {server.url} "
+                  f"(log: {run_dir / 'serve.log'}); Ctrl+C stops it\n"
+                  f"try it with test task 0 of the run:\n"
+                  f"curl -s {server.url}/invocations -H 'Content-Type: application/json' -d @{request}", flush=True)
             code = server.proc.wait()
-        except KeyboardInterrupt:
-            print("stopping the model server", flush=True)
-            return 0
+    except KeyboardInterrupt:  # the server's process group is ended on leaving the with block
+        print("stopping the model server", flush=True)
+        return 0
     print(f"the model server exited with code {code}; see {run_dir / 'serve.log'}", file=sys.stderr)
     return 1
 

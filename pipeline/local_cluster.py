@@ -18,13 +18,10 @@ import time
 from pathlib import Path
 
 from pipeline import storage
+from pipeline.distributed.head import running_head, state_file
 from tasks.errors import ConfigError
 
 READY_S = 180.0  # a cold head on 2 cores takes 10-30 s
-
-
-def state_file() -> Path:
-    return Path(os.environ.get("METATRAIN_HOME") or Path.home() / ".metatrain").expanduser() / "cluster.json"
 
 
 def token_path() -> Path:
@@ -65,17 +62,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 def read_state() -> dict | None:
-    """The running head's record, or None (no record, or its process is gone: the record is removed)."""
-    path = state_file()
-    if not path.is_file():
-        return None
-    state = json.loads(path.read_text())
-    try:
-        os.kill(state["pid"], 0)
-    except ProcessLookupError:
-        path.unlink(missing_ok=True)
-        return None
-    return state
+    return running_head()
 
 
 def _usage(state: dict) -> str:

@@ -248,23 +248,60 @@ def missing_records(run_dir: Path, uri: str, results: dict, log_models: bool) ->
 
 
 class MlflowTracker(TrainerHook):
-    """Logs one Trainer to MLflow; `parent_run_id` nests it under a sweep's parent run."""
+    """Logs one Trainer to MLflow; `parent_run_id` nests it under a sweep's parent run.
+
+    Every MLflow call runs on one background thread, in the order the hooks were called, so the
+    run does not wait on MLflow: the store is opened (MLflow imported, its schema created on a new
+    store) while the trainer starts (Ray, workers, data), the models are logged as soon as training
+    ends while the run evaluates and draws its plots, and `on_finish` waits for what is left. An
+    error on that thread is raised in the run at its next hook (or at the end)."""
 
     def __init__(self, cfg: Config, uri: str, *, run_name: str, experiment_id: str | None = None,
                  parent_run_id: str | None = None, tags: dict | None = None, log=print, force: bool = False):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.cfg, self.uri, self.run_name, self.log = cfg, uri, run_name, log
         self.experiment_id, self.parent_run_id, self.extra_tags = experiment_id, parent_run_id, tags or {}
         self.force = force  # log the evaluation again (a new record) even where one is logged at this iteration
         self.client = self.run_id = None
         self.logged: dict[str, int] = {}  # metric -> the last step MLflow holds (a reopened run's)
+        self.models_sent = False
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
+        self._pending: list = []
+        self._submit(self._open_store)
 
-    def on_start(self, trainer, resumed: bool) -> None:
-        cfg, run_dir = self.cfg, trainer.run_dir
+    # -- the background thread ------------------------------------------------------------------
+    def _submit(self, fn, *args) -> None:
+        self._raise_failed()
+        self._pending.append(self._worker.submit(fn, *args))
+
+    def _raise_failed(self) -> None:
+        """The first error of a finished background call, raised here (in the run's thread)."""
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for f in done:
+            if f.exception() is not None:
+                raise f.exception()
+
+    def wait(self) -> None:
+        """Until every MLflow call made so far has run; its first error is raised."""
+        for f in list(self._pending):
+            f.exception()  # waits
+        self._raise_failed()
+
+    def _open_store(self) -> None:
         self.client = client_for(self.uri)
+        if self.experiment_id is None:
+            self.experiment_id = ensure_experiment(self.uri, self.cfg.tracking.experiment)
+
+    # -- hooks --------------------------------------------------------------------------------
+    def on_start(self, trainer, resumed: bool) -> None:
+        self._submit(self._start, trainer.run_dir, trainer.iteration)
+
+    def _start(self, run_dir: Path, iteration: int) -> None:
+        cfg = self.cfg
         self.run_id = recorded_run(run_dir, self.uri)
         if self.run_id is None:
-            if self.experiment_id is None:
-                self.experiment_id = ensure_experiment(self.uri, cfg.tracking.experiment)
             tags = {"method": cfg.method, "task": cfg.task.name, "seed": str(cfg.seed),
                     "run_dir": str(run_dir.resolve()), **self.extra_tags}
             if self.parent_run_id:
@@ -279,23 +316,55 @@ class MlflowTracker(TrainerHook):
             # already there with the same values, so only later steps are logged again.
             self.client.update_run(self.run_id, status="RUNNING")
             self.logged = logged_steps(self.client, self.run_id)
-            self.client.set_tag(self.run_id, "resumed_at_iteration", str(trainer.iteration))
+            self.client.set_tag(self.run_id, "resumed_at_iteration", str(iteration))
             reopened = True
         self.client.set_tag(self.run_id, "status", "running")
         self.log(f"mlflow: {'reopened' if reopened else 'new'} run {self.run_id} at {self.uri}")
 
     def on_log(self, trainer, entry: dict) -> None:
+        self._submit(self._log_entry, dict(entry))
+
+    def _log_entry(self, entry: dict) -> None:
         step = entry["iteration"]
         new = {k: v for k, v in iteration_scalars(entry).items() if step > self.logged.get(k, -1)}
         log_scalars(self.client, self.run_id, new, step)
 
+    def on_replay(self, trainer, entries: list[dict]) -> None:
+        for entry in entries:  # each filtered by what MLflow holds (self.logged, read by _start first)
+            self.on_log(trainer, entry)
+
+    def on_trained(self, trainer) -> None:
+        """Training is over and the parameters final: the models are logged while the run evaluates."""
+        if self.cfg.tracking.log_model and trainer.family.logs_model and not self.models_sent:
+            self.models_sent = True
+            self._submit(self._log_models, trainer, trainer.run_dir)
+
+    def _log_models(self, trainer, run_dir: Path) -> None:
+        try:
+            ready = ready_models(self.client, self.run_id)
+            for name, tag, logger in (("model", "model_uri", log_model),
+                                      ("adapt_model", "adapt_model_uri", log_adapt_model)):
+                self.client.set_tag(self.run_id, tag, ready.get(name) or logger(self.uri, self.run_id, trainer))
+        except Exception as e:  # noqa: BLE001 - the run's results and checkpoint are kept regardless
+            self.client.set_tag(self.run_id, "model_error", f"{type(e).__name__}: {e}"[:5000])
+            self.log(f"mlflow: the model could not be logged ({type(e).__name__}: {_first_line(e)}); "
+                     f"`metatrain resume {run_dir}` logs it once {RESULTS} is written")
+
     def on_finish(self, trainer, results: dict) -> None:
         """The evaluation, artifacts and models, each logged once: what MLflow already holds for
         this run (a resume after a kill at any step) is checked before it is written."""
-        client, run_id, run_dir = self.client, self.run_id, trainer.run_dir
+        self.on_trained(trainer)  # a run that reached its end without passing through on_trained
+        self._submit(self._finish, trainer.run_dir, trainer.iteration, results)
+        try:
+            self.wait()
+        finally:
+            self._worker.shutdown(wait=False)
+
+    def _finish(self, run_dir: Path, iteration: int, results: dict) -> None:
+        client, run_id = self.client, self.run_id
         scalars = eval_scalars(results)
-        if self.force or any(self.logged.get(k, -1) < trainer.iteration for k in scalars):
-            log_scalars(client, run_id, scalars, trainer.iteration)
+        if self.force or any(self.logged.get(k, -1) < iteration for k in scalars):
+            log_scalars(client, run_id, scalars, iteration)
             if self.force:
                 client.set_tag(run_id, "re_evaluated_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
         table = {"K": [], "mean": [], "ci95": [], "n": [], "before_adaptation": []}
@@ -303,8 +372,6 @@ class MlflowTracker(TrainerHook):
             for col, v in (("K", int(k) if k.isdigit() else k), ("mean", r["mean"]), ("ci95", r["ci95"]), ("n", r["n"]),
                            ("before_adaptation", r["before_adaptation"])):
                 table[col].append(math.nan if v is None else v)
-        finish = (f"{RESULTS} and {CHECKPOINT} are saved in {run_dir}; "
-                  f"`metatrain resume {run_dir}` re-evaluates and logs them")
         try:  # decorations: the results are on disk already, so a failure here is one line, not a crash
             if not any(a.path == EVAL_TABLE for a in client.list_artifacts(run_id)):  # log_table appends
                 client.log_table(run_id, data=table, artifact_file=EVAL_TABLE)
@@ -314,17 +381,8 @@ class MlflowTracker(TrainerHook):
             if (run_dir / PLOTS).is_dir():
                 client.log_artifacts(run_id, str(run_dir / PLOTS), PLOTS)
         except Exception as e:  # noqa: BLE001
-            self.log(f"mlflow: artifacts not logged ({type(e).__name__}: {_first_line(e)}); {finish}")
-        if self.cfg.tracking.log_model and trainer.family.logs_model:  # an optimizer is no network
-            try:
-                ready = ready_models(client, run_id)
-                for name, tag, logger in (("model", "model_uri", log_model),
-                                          ("adapt_model", "adapt_model_uri", log_adapt_model)):
-                    uri = ready.get(name) or logger(self.uri, run_id, trainer)
-                    client.set_tag(run_id, tag, uri)
-            except Exception as e:  # noqa: BLE001 - the run's results and checkpoint are logged already
-                client.set_tag(run_id, "model_error", f"{type(e).__name__}: {e}"[:5000])
-                self.log(f"mlflow: the model could not be logged ({type(e).__name__}: {_first_line(e)}); {finish}")
+            self.log(f"mlflow: artifacts not logged ({type(e).__name__}: {_first_line(e)}); {RESULTS} and "
+                     f"{CHECKPOINT} are saved in {run_dir}; `metatrain resume {run_dir}` logs them")
         client.set_tag(run_id, "status", results["status"])
         # A diverged run is a result, not a crash: it keeps its metrics and is flagged FAILED.
         client.set_terminated(run_id, "FINISHED" if results["status"] == "completed" else "FAILED")
@@ -332,6 +390,12 @@ class MlflowTracker(TrainerHook):
         self.log(f"mlflow: logged run {run_id} at {self.uri}{browse}; plots in {run_dir / PLOTS}")
 
     def on_abort(self, trainer, error: BaseException) -> None:
+        try:  # what was sent is written first (or failed: the abort is reported regardless)
+            self.wait()
+        except Exception:  # noqa: BLE001
+            pass
+        finally:
+            self._worker.shutdown(wait=False)
         if self.run_id is None:
             return
         # Tune stops a trial (scheduler decision, sweep interrupted) by raising SystemExit(0) in it.

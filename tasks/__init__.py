@@ -2,17 +2,15 @@
 
 `TASKS` is the one table of task names: each entry says what kind of task it is (regression,
 images, or an optimizee distribution for learned optimizers), how to build it, and for images
-its format. Every other module asks this table instead of listing names."""
+its format. Every other module asks this table instead of listing names. The table imports no
+torch or numpy (each distribution's module is imported when it is built): the command line and the
+config schema read it without them."""
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from tasks.errors import ConfigError
-from tasks.regression import Polynomial, Sinusoid
-from tasks.synthetic import SyntheticImages
 
 KINDS = ("regression", "images", "optimizee")
 
@@ -56,6 +54,24 @@ def _read_miniimagenet(sources: list[str], split_dir: str, size: int):
     return read_class_folders(sources[0], split_dir, size)
 
 
+def _sinusoid(task, model):
+    from tasks.regression import Sinusoid
+
+    return Sinusoid()
+
+
+def _polynomial(task, model):
+    from tasks.regression import Polynomial
+
+    return Polynomial(order=task.order)
+
+
+def _synthetic_images(task, model):
+    from tasks.synthetic import SyntheticImages
+
+    return SyntheticImages(task.ways, image_format(task)[1], TASKS["synthetic_images"].channels)
+
+
 def _quadratic(task, model):
     from tasks.optimizees import Quadratic
 
@@ -69,16 +85,15 @@ def _mnist_mlp(task, model):
 
 
 TASKS: dict[str, TaskSpec] = {
-    "sinusoid": TaskSpec("regression", lambda task, model: Sinusoid()),
-    "polynomial": TaskSpec("regression", lambda task, model: Polynomial(order=task.order), takes_order=True),
+    "sinusoid": TaskSpec("regression", _sinusoid),
+    "polynomial": TaskSpec("regression", _polynomial, takes_order=True),
     "omniglot": TaskSpec("images", _omniglot, channels=1, default_size=28,
                          data="folders or zips of <Alphabet>/<character>/*.png", read_folders=_read_omniglot,
                          inverted=True),
     "miniimagenet": TaskSpec("images", _miniimagenet, channels=3, default_size=84,
                              data="a folder of class sub-folders with train/val/test.csv",
                              read_folders=_read_miniimagenet),
-    "synthetic_images": TaskSpec("images", lambda task, model: SyntheticImages(task.ways, image_format(task)[1]),
-                                 channels=SyntheticImages.channels, default_size=SyntheticImages.image_size),
+    "synthetic_images": TaskSpec("images", _synthetic_images, channels=1, default_size=28),
     "quadratic": TaskSpec("optimizee", _quadratic),
     "mnist_mlp": TaskSpec("optimizee", _mnist_mlp,
                           data="the MNIST CSV (784 pixels + label a row, e.g. ../shared/data/mnist/mnist_5k.csv.gz) "
@@ -110,6 +125,8 @@ def samples_on_device(task_cfg, device) -> bool:
     """task.sample_on: whether tasks are drawn with torch on `device` (True) or with numpy (False).
     auto: on an accelerator; on a CPU numpy is the faster of the two."""
     if task_cfg.sample_on == "auto":
+        import torch
+
         return torch.device(device).type != "cpu"
     return task_cfg.sample_on == "device"
 

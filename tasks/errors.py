@@ -11,7 +11,7 @@ def closest(value, choices) -> str | None:
     """The choice closest to a mistyped value (the standard library's difflib), or None."""
     import difflib
 
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.7)
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.8)
     return close[0] if close else None
 
 

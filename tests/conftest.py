@@ -7,6 +7,11 @@ import os
 # oversubscribes them.
 # Ray's own workers already take one thread per CPU they hold.
 os.environ["OMP_NUM_THREADS"] = "1"
+# Runs join the Ray head that `metatrain cluster start` keeps on the machine (its record is in
+# $METATRAIN_HOME): the tests' runs start their own, unless a test starts a head in a home of its own.
+import tempfile  # noqa: E402
+
+os.environ["METATRAIN_HOME"] = tempfile.mkdtemp(prefix="metatrain-home-tests-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

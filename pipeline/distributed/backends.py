@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.config import Config, ConfigError, worker_bounds
 from pipeline.core.meta_batch import ShardResult, to_numpy
+from pipeline.distributed.head import default_address, running_head
 from pipeline.distributed.pool import RESUME_HINT, WorkerPool, WorkersLostError  # noqa: F401 (re-exported)
 from pipeline.distributed.ranges import blocks, split, tree_sum
 from pipeline.shards.sources import ShardSource, experiment_from_dict
@@ -69,19 +70,20 @@ class LocalBackend:
 
 
 def send_token_to(address: str) -> None:
-    """Before `import ray`: joining a cluster ("local" starts one in process) sends this machine's
-    Ray token (RAY_AUTH_TOKEN or ~/.ray/auth_token, where the head reads it too: token auth is on
-    for every head that `metatrain cluster start` or cluster.yaml starts). Ray reads RAY_AUTH_MODE
-    when it is imported; a value the user set wins."""
-    if address != "local" and "RAY_AUTH_MODE" not in os.environ and (
-            os.environ.get("RAY_AUTH_TOKEN") or _token_file().is_file()):
+    """Before `import ray` (Ray reads RAY_AUTH_MODE when imported; a value the user set wins):
+    token authentication, stated explicitly, where this project knows the cluster wants it. A
+    local Ray started in process listens on every interface (GCS and raylet bind *:port), so its
+    token protects it; saying so is what Ray's "Token authentication is enabled" warning asks, and
+    it then stays quiet. The head `metatrain cluster start` runs has token auth on: joining it sends
+    this machine's token (RAY_AUTH_TOKEN or ~/.ray/auth_token). Other clusters: as their owner set
+    RAY_AUTH_MODE (cluster.yaml's nodes have it)."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    head = running_head()
+    ours = head is not None and address.removeprefix("ray://") in (f"127.0.0.1:{head['port']}",
+                                                                   f"localhost:{head['port']}")
+    if address == "local" or ours:
         os.environ["RAY_AUTH_MODE"] = "token"
-
-
-def _token_file():
-    from pathlib import Path
-
-    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
 
 
 def _local_cpus() -> int:
@@ -102,8 +104,11 @@ class RayBackend:
         """Each worker builds its shard source as build(payload, device), payload the plain dict of
         `cfg` or the list of dicts of `configs` (a population's members: pipeline/driver/population.py);
         `build` is a module-level function of pipeline/shards, pickled by reference."""
-        address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
+        address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or default_address()
         send_token_to(address)
+        if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")) and address != "local":
+            log(f"ray: joining the head that `metatrain cluster start` runs at {address} (no Ray start; "
+                "--address local starts one for this run alone)")
         import ray
 
         from pipeline.distributed.workers import ShardWorker

@@ -11,6 +11,11 @@ import torch
 from pipeline.shards.compiled import CompiledWithFallback, mark_dynamic_rows
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
+# The rest of torch.optim.Adam's param group, as its state_dict() writes it (key order included;
+# tests/unit/test_checkpoints.py compares): spelled out, because building a torch.optim.Adam to read
+# it imports torch._dynamo (1.7 s of every run's first checkpoint).
+ADAM_GROUP = {"weight_decay": 0, "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+              "differentiable": False, "fused": None, "decoupled_weight_decay": False}
 
 
 class StackedAdam:
@@ -98,8 +103,8 @@ class StackedAdam:
         state = {} if steps == 0 else {
             j: {"step": torch.tensor(float(steps)), "exp_avg": exp_avg[k][row].clone(),
                 "exp_avg_sq": exp_avg_sq[k][row].clone()} for j, k in enumerate(self.shapes)}
-        group = torch.optim.Adam([torch.zeros(1)], lr=beta, betas=BETAS, eps=EPS).state_dict()["param_groups"][0]
-        return {"state": state, "param_groups": [{**group, "params": list(range(len(self.shapes)))}]}
+        group = {"lr": beta, "betas": BETAS, "eps": EPS, **ADAM_GROUP, "params": list(range(len(self.shapes)))}
+        return {"state": state, "param_groups": [group]}
 
     def load_row_state(self, row: int, state: dict) -> None:
         """Row `row`'s moments and step count from a torch.optim.Adam state dict (row_state's format)."""

@@ -31,7 +31,7 @@ from pipeline.driver.families import family_of
 from pipeline.driver.meta_step import StackedAdam
 from pipeline.driver.pbt import Pbt, explore, quantiles
 from pipeline.driver.population_step import MAX_WINDOW, WholeIteration
-from pipeline.driver.trainer import Trainer
+from pipeline.driver.trainer import Trainer, read_metrics
 from pipeline.shards.compiled import cuda_graphs, should_compile
 from pipeline.shards.experiment import Experiment
 from pipeline.shards.population import PopulationShards, population_from_dicts
@@ -280,6 +280,8 @@ class Population:
         try:
             for m in self.members:
                 m._emit("on_start", resumed)
+                if resumed:  # as Trainer.train: what a killed member logged before its checkpoint
+                    m._emit("on_replay", read_metrics(m.run_dir))
             self._loop()
             for m in self.members:  # evaluation and plots run where every solo run's do
                 m.params = {k: v.cpu() for k, v in m.params.items()}

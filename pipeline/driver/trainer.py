@@ -78,7 +78,9 @@ class TrainerHook:
 
     def on_start(self, trainer: Trainer, resumed: bool) -> None: ...
     def on_log(self, trainer: Trainer, entry: dict) -> None: ...
+    def on_replay(self, trainer: Trainer, entries: list[dict]) -> None: ...  # a resumed run's earlier log
     def on_checkpoint(self, trainer: Trainer) -> None: ...
+    def on_trained(self, trainer: Trainer) -> None: ...  # the parameters are final; evaluation follows
     def on_finish(self, trainer: Trainer, results: dict) -> None: ...
     def on_abort(self, trainer: Trainer, error: BaseException) -> None: ...
 
@@ -186,6 +188,8 @@ class Trainer:
             raise self.storage_fault(e) from None
         try:
             self._emit("on_start", resumed)
+            if resumed:  # what a killed run logged before its checkpoint (a hook keeps what it lacks)
+                self._emit("on_replay", read_metrics(self.run_dir))
             if self.status == "running" and self.adam is None:
                 self.log(f"{self.cfg.method} has no meta-parameters: nothing to meta-train, evaluating it")
                 self.status = "completed"
@@ -386,6 +390,7 @@ class Trainer:
 
     def finish(self) -> dict:
         cfg = self.cfg
+        self._emit("on_trained")
         t0 = time.perf_counter()
         table = self.evaluate()
         trained_on = self.training_backend()
@@ -420,6 +425,8 @@ class Trainer:
         missing is written, nothing is evaluated again; each hook logs only what it lacks."""
         self.load_state_dict(checkpoint.load(self.run_dir, self.log))
         self._emit("on_start", True)
+        self._emit("on_replay", read_metrics(self.run_dir))
+        self._emit("on_trained")
         return self._decorate(results)
 
     def _decorate(self, results: dict) -> dict:

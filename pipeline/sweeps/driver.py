@@ -23,6 +23,7 @@ from ray import tune
 
 from pipeline import storage
 from pipeline.config import Config, ConfigError
+from pipeline.distributed.head import default_address
 from pipeline.driver.pbt import Pbt
 from pipeline.storage import StorageError
 from pipeline.sweeps import draws
@@ -278,7 +279,7 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
     # trials Tune warns about that at each one. The cost is small next to a meta-iteration.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-    address = address or os.environ.get("RAY_ADDRESS") or "local"  # joined with its token: cli.cmd_sweep
+    address = address or os.environ.get("RAY_ADDRESS") or default_address()  # with its token: cli.cmd_sweep
     import ray
 
     started_ray = not ray.is_initialized()

@@ -13,6 +13,7 @@ from pipeline.driver.families import family_of
 from pipeline.driver.pbt import MUTABLE, MUTATION_KINDS
 from pipeline.driver.population import PACKABLE
 from pipeline.yaml_dataclasses import build, load_yaml, to_dict
+from tasks.errors import unknown_choice
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("none", "asha", "halving", "pbt")
@@ -313,20 +314,20 @@ def _check_spec(spec: SweepConfig, space: dict, base_cfg: Config) -> None:
     need(spec.max_concurrent_trials >= 0,
          f"max_concurrent_trials: must be >= 0 (0 = no limit), got {spec.max_concurrent_trials}")
     need(spec.max_failures >= 0, f"max_failures: must be >= 0, got {spec.max_failures}")
-    need(spec.mode in ("min", "max"), f"mode: unknown mode {spec.mode!r}; allowed: min, max")
+    need(spec.mode in ("min", "max"), unknown_choice("mode", "mode", spec.mode, ("min", "max")))
     swept_shots = {k for e in space.get("eval.shots", {}).values() for v in e for k in v}
     shots = sorted(set(base_cfg.eval.shots) | swept_shots)
     methods = [base_cfg.method, *(m for e in space.get("method", {}).values() for m in e)]
     final_metrics = family_of(base_cfg.method).final_metrics(base_cfg, methods, shots)
     allowed = (*PER_ITERATION_METRICS, *final_metrics)
-    need(spec.metric in allowed, f"metric: unknown metric {spec.metric!r}; allowed: {', '.join(allowed)}")
+    need(spec.metric in allowed, unknown_choice("metric", "metric", spec.metric, allowed))
     r = spec.resources
     need(r.cpus > 0, f"resources.cpus: must be > 0, got {r.cpus}")
     need(r.workers >= 0, f"resources.workers: must be >= 0 (0 = compute in the trial process), got {r.workers}")
     need(r.cpus_per_worker > 0, f"resources.cpus_per_worker: must be > 0, got {r.cpus_per_worker}")
     need(r.gpus_per_worker >= 0, f"resources.gpus_per_worker: must be >= 0, got {r.gpus_per_worker}")
     s = spec.scheduler
-    need(s.name in SCHEDULERS, f"scheduler.name: unknown scheduler {s.name!r}; allowed: {', '.join(SCHEDULERS)}")
+    need(s.name in SCHEDULERS, unknown_choice("scheduler.name", "scheduler", s.name, SCHEDULERS))
     need(s.grace_period >= 0, f"scheduler.grace_period: must be >= 0, got {s.grace_period}")
     need(s.reduction_factor > 1, f"scheduler.reduction_factor: must be > 1, got {s.reduction_factor}")
     if s.name == "pbt":
@@ -334,7 +335,7 @@ def _check_spec(spec: SweepConfig, space: dict, base_cfg: Config) -> None:
     need(s.name != "asha" or spec.metric in PER_ITERATION_METRICS,
          f"metric: the asha scheduler compares trials during training; allowed: {', '.join(PER_ITERATION_METRICS)}")
     need(spec.search.name in SEARCHERS,
-         f"search.name: unknown search {spec.search.name!r}; allowed: {', '.join(SEARCHERS)}")
+         unknown_choice("search.name", "search", spec.search.name, SEARCHERS))
     if spec.search.name == "optuna":
         grids = [k for k, e in space.items() if "grid" in e]
         need(not grids, f"space.{grids[0] if grids else ''}: optuna does not take grid entries; use choice")

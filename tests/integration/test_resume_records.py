@@ -117,15 +117,21 @@ def test_a_run_killed_while_logging_is_completed_once_by_resume(tmp_path, capsys
     killed = subprocess.run([sys.executable, "-c", KILLER, point, *argv], capture_output=True, text=True,
                             timeout=300)
     assert killed.returncode == 9, killed.stderr[-2000:]
-    assert (run / "results.json").is_file()
     uri = resolve_uri("", tmp_path)
-    before = records(uri)
-    assert before["status"][1] == "running"  # nothing ended it
-    if point == "adapt_model":
-        assert ("adapt_model", "PENDING") in before["models"]
+    if (run / "mlflow.json").is_file():  # MLflow is written in the background: the kill may come first
+        before = records(uri)
+        assert before["status"][1] == "running"  # nothing ended it
+        if point == "adapt_model":
+            assert ("adapt_model", "PENDING") in before["models"]
+    else:
+        assert point == "plots"  # a 20-iteration run can reach its plots before the store is open
+    # the models are logged while the run evaluates: a kill there may come before results.json
+    finished = (run / "results.json").is_file()
+    assert finished or point in ("model", "adapt_model")
     assert main(["resume", str(run)]) == 0
     out = capsys.readouterr().out
-    assert f"{run}: finished (completed at iteration 20); writing what is missing: " in out
+    if finished:
+        assert f"{run}: finished (completed at iteration 20); writing what is missing: " in out
     check(records(uri))
     assert (run / "plots" / "learning_curves.png").is_file()
     assert main(["resume", str(run)]) == 0  # and a second resume finds nothing to do

@@ -2,6 +2,7 @@
 serve` (local env, 127.0.0.1, a free port) answers a posted few-shot episode with the same
 predictions as the Python API on that episode."""
 import base64
+import contextlib
 
 import numpy as np
 import pandas as pd
@@ -80,19 +81,32 @@ def test_export_refuses_unfinished_runs_in_one_line(tiny_runs, tmp_path, capsys)
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.yaml"]
 
 
+@contextlib.contextmanager
 def serve(run_dir):
-    """`metatrain serve RUN_DIR --port 0` in a child process, up to its ready curl line."""
+    """`metatrain serve RUN_DIR --port 0` in a child process, up to its ready curl line; Ctrl+C'd
+    (and its scoring server with it) however the test ends."""
+    import signal
     import subprocess
     import sys
 
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", str(run_dir), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line.rstrip("\n"))
-        if line.startswith("curl "):
-            return proc, lines
-    raise AssertionError(f"serve exited {proc.wait()} before its curl line: {lines}")
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("curl "):
+                break
+        else:
+            raise AssertionError(f"serve exited {proc.wait()} before its curl line: {lines}")
+        yield proc, lines
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def curl_and_stop(proc, lines):
@@ -132,10 +146,10 @@ def test_serve_answers_its_printed_request_with_a_real_test_task_and_stops_on_ct
     for kind in ("image", "sine"):
         run_dir = tmp_path / kind
         shutil.copytree(tiny_runs[kind], run_dir, ignore=shutil.ignore_patterns("adapt_model"))
-        proc, lines = serve(run_dir)
-        assert lines[0].startswith(f"exported {'3-way image' if kind == 'image' else 'regression'}"), lines
-        assert lines[-1].endswith(f"-d @{run_dir / 'serve_request.json'}")
-        answer = curl_and_stop(proc, lines)
+        with serve(run_dir) as (proc, lines):
+            assert lines[0].startswith(f"exported {'3-way image' if kind == 'image' else 'regression'}"), lines
+            assert lines[-1].endswith(f"-d @{run_dir / 'serve_request.json'}")
+            answer = curl_and_stop(proc, lines)
         split = json.loads((run_dir / "serve_request.json").read_text())["dataframe_split"]
         episode = pd.DataFrame(split["data"], columns=split["columns"])
         expected = predict_episode(load_run(run_dir), episode)
@@ -153,6 +167,6 @@ def test_serve_answers_its_printed_request_with_a_real_test_task_and_stops_on_ct
             np.testing.assert_allclose(served["y"], expected["y"], rtol=1e-6)
             assert (episode["role"] == "support").sum() == 5
         # a second serve reuses the exported model
-        proc, lines = serve(run_dir)
-        assert lines[0].startswith("serving "), lines
-        curl_and_stop(proc, lines)
+        with serve(run_dir) as (proc, lines):
+            assert lines[0].startswith("serving "), lines
+            curl_and_stop(proc, lines)

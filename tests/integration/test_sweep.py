@@ -44,7 +44,7 @@ BAD_SWEEPS = [
     ({"metric": "eval_K10_mean", "scheduler": {"name": "asha"}}, "metric: the asha scheduler compares trials"),
     ({"resources": {"workers": -1}}, "resources.workers: must be >= 0"),
     ({"resources": {"gpus": 1}}, "resources.gpus: unknown key; allowed: resources.cpus, resources.workers"),
-    ({"base": "nope"}, "base: no such file 'nope'; shipped configs:"),
+    ({"base": "nope"}, "base: no such file 'nope'; shipped experiment configs:"),
     ({"set": {"alpha": -1}}, "alpha: must be > 0, got -1.0"),
     ({"set": {"output_dir": "x"}}, "set: output_dir is set by the sweep itself"),
     ({"report": {"shots": [5]}}, "report.shots: K=5 is not evaluated; allowed: 10"),
@@ -155,6 +155,7 @@ def test_tiny_sweep_into_sqlite_with_trial_workers(local_ray, tmp_path, capsys):
                                                         for r in children.values()}
     out = capsys.readouterr().out
     assert "(2/2 trials done)" in out and "| alpha | maml | mtnet |" in out
+    assert "sweep tiny: 2 trial(s) of maml, mtnet on sinusoid over method, alpha" in out  # the swept methods
     # every trial is a normal run directory: `metatrain eval` works on it
     trial = next(iter(children))
     assert main(["eval", str(sweep_dir / "trials" / trial), "--local", "--tasks", "10", "--shots", "10"]) == 0
@@ -240,7 +241,9 @@ def test_a_packed_sweep_gives_the_unpacked_sweeps_runs_and_report(local_ray, tmp
         sweep_ok(path, dirs[name])
     out = capsys.readouterr().out
     assert "packed: trials that differ only in alpha, seed train as populations of 4 run(s), 1 Tune trial(s)" in out
-    assert "population of 4] started" in out and "(4/4 trials done)" in out
+    assert "population of 4] started" in out
+    assert [out.count(f"({i}/4 trials done)") for i in (1, 2, 3, 4)] == [2, 2, 2, 2]  # each member counts once,
+    # in each of the two sweeps (packed: four lines of one population)
     cells = {}
     for name, sweep_dir in dirs.items():
         manifest = json.loads((sweep_dir / "trials.json").read_text())

@@ -43,3 +43,28 @@ def test_rotation_and_fallback_without_training(tmp_path):
     torch.save({"iteration": 1, "evil": object()}, tmp_path / CHECKPOINT)
     with pytest.raises(ValueError, match="unreadable: UnpicklingError"):
         checkpoint.read(tmp_path / CHECKPOINT)
+
+
+def test_a_row_state_is_torch_optim_adams_state_dict():
+    """StackedAdam.row_state writes torch.optim.Adam's state-dict format without building one (that
+    imports torch._dynamo): the param group equals a real Adam's, key order included, and the
+    per-parameter state after a step equals the real optimizer's."""
+    from pipeline.driver.meta_step import StackedAdam
+
+    params = {"a": torch.tensor([[1.0, -2.0]]), "b": torch.tensor([[[0.5], [3.0]]])}
+    stacked = StackedAdam({k: v.clone() for k, v in params.items()}, torch.tensor([0.01], dtype=torch.float64), 0.0)
+    ref_params = [torch.nn.Parameter(v[0].clone()) for v in params.values()]
+    ref = torch.optim.Adam(ref_params, lr=0.01)
+    assert stacked.row_state(0, 0.01) == ref.state_dict()  # no step yet: no per-parameter state
+    group, want = stacked.row_state(0, 0.01)["param_groups"][0], ref.state_dict()["param_groups"][0]
+    assert list(group.items()) == list(want.items())
+    grads = {"a": torch.tensor([[0.3, -0.1]]), "b": torch.tensor([[[1.0], [-2.0]]])}
+    stacked.step(grads, torch.tensor([1.0], dtype=stacked.flat.dtype), 1, torch.ones(1, dtype=torch.bool))
+    for p, g in zip(ref_params, grads.values()):
+        p.grad = g[0].clone()
+    ref.step()
+    got, want = stacked.row_state(0, 0.01), ref.state_dict()
+    assert got["param_groups"] == want["param_groups"]
+    for j in want["state"]:
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(got["state"][j][key], want["state"][j][key])

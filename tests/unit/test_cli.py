@@ -154,7 +154,7 @@ def test_a_mistyped_config_name_suggests_the_closest_of_its_kind(tmp_path, capsy
 
 def test_a_mistyped_command_or_choice_names_the_closest(capsys):
     for argv, hint in ((["traun", "sine_quick"], "invalid choice: 'traun'; did you mean 'train'?"),
-                       (["jobs", "lsit"], "invalid choice: 'lsit'; did you mean 'list'?"),
+                       (["jobs", "lst"], "invalid choice: 'lst'; did you mean 'list'?"),
                        (["data", "pack", "omniglott", "--src", "x", "--out", "y.arrow"],
                         "invalid choice: 'omniglott'; did you mean 'omniglot'?")):
         with pytest.raises(SystemExit) as e:

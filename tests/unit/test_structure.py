@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]  # the repository (this file: tests/unit/)
 PACKAGES = ("pipeline", "tasks")
 
@@ -138,3 +140,18 @@ def test_report_does_not_load_ray():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
+
+
+HEAVY = ("torch", "numpy", "ray", "mlflow", "pandas", "matplotlib", "pyarrow")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["traun", "x"], ["train"],
+                                  ["sweep", "--help"], ["cluster", "--help"], ["jobs", "lst"]])
+def test_help_and_argument_errors_import_no_heavy_module(argv):
+    """`metatrain --help`, a command's --help and argument errors answer from the parser alone:
+    no torch, numpy, Ray, MLflow, pandas, matplotlib or pyarrow is imported (each costs seconds)."""
+    code = (f"import sys\nfrom pipeline.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
