@@ -104,6 +104,12 @@ def cmd_resume(args) -> int:
 
     done = None if args.force else finished_results(run_dir)
     if done is not None:
+        from pipeline.driver import checkpoint
+
+        # the results are those of the newest checkpoint; one damaged (the previous used) is resumed from
+        if checkpoint.load(run_dir, _log, keys=checkpoint.PARAMS_KEYS)["iteration"] != done["iterations"]:
+            done = None
+    if done is not None:
         drawn = done.get("plots") or (run_dir / "plots").is_dir()
         missing = [] if not cfg.train.plots or drawn else ["plots"]
         if cfg.tracking.enabled:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -56,8 +58,32 @@ def client_for(uri: str):
     import mlflow
     from mlflow import MlflowClient
 
+    build_new_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)  # the fluent API (log_model) reads the global URI
     return MlflowClient(tracking_uri=uri)
+
+
+def build_new_sqlite_store(uri: str) -> None:
+    """A new SQLite store's schema is built in a temporary file beside it, then linked into place
+    (never over a store another process made meanwhile): MLflow's migrations take seconds, and a
+    kill during them would leave a store no later command can open."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.exists():
+        return
+    from mlflow import MlflowClient
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.unlink(missing_ok=True)
+    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # creates every table
+    try:
+        os.link(tmp, path)  # fails if a store appeared meanwhile: that one is kept
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -247,33 +273,50 @@ def missing_records(run_dir: Path, uri: str, results: dict, log_models: bool) ->
     return missing
 
 
+_WORKER = None
+
+
+def _import_mlflow() -> None:
+    import mlflow  # noqa: F401 - a second or so, paid on the tracking thread
+    from mlflow import MlflowClient  # noqa: F401
+
+
+def _worker():
+    """The one thread of this process that talks to MLflow, for every tracker (a population's
+    members too): their calls never race for the store (SQLite allows one writer), and what is
+    queued still runs at interpreter exit (concurrent.futures joins its threads)."""
+    global _WORKER
+    if _WORKER is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
+    return _WORKER
+
+
 class MlflowTracker(TrainerHook):
     """Logs one Trainer to MLflow; `parent_run_id` nests it under a sweep's parent run.
 
     Every MLflow call runs on one background thread, in the order the hooks were called, so the
-    run does not wait on MLflow: the store is opened (MLflow imported, its schema created on a new
-    store) while the trainer starts (Ray, workers, data), the models are logged as soon as training
-    ends while the run evaluates and draws its plots, and `on_finish` waits for what is left. An
-    error on that thread is raised in the run at its next hook (or at the end)."""
+    run does not wait on MLflow: MLflow is imported once the trainer has checked its config and
+    data, while it starts Ray and its workers; the store is opened (the schema of a new one built
+    aside, `build_new_sqlite_store`) and the run created while it trains; the models are logged as
+    soon as training ends, while the run evaluates and draws its plots; `on_finish` waits for what
+    is left. An error on that thread is raised in the run at its next hook (or at the end)."""
 
     def __init__(self, cfg: Config, uri: str, *, run_name: str, experiment_id: str | None = None,
                  parent_run_id: str | None = None, tags: dict | None = None, log=print, force: bool = False):
-        from concurrent.futures import ThreadPoolExecutor
-
         self.cfg, self.uri, self.run_name, self.log = cfg, uri, run_name, log
         self.experiment_id, self.parent_run_id, self.extra_tags = experiment_id, parent_run_id, tags or {}
         self.force = force  # log the evaluation again (a new record) even where one is logged at this iteration
         self.client = self.run_id = None
         self.logged: dict[str, int] = {}  # metric -> the last step MLflow holds (a reopened run's)
         self.models_sent = False
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
         self._pending: list = []
-        self._submit(self._open_store)
 
     # -- the background thread ------------------------------------------------------------------
     def _submit(self, fn, *args) -> None:
         self._raise_failed()
-        self._pending.append(self._worker.submit(fn, *args))
+        self._pending.append(_worker().submit(fn, *args))
 
     def _raise_failed(self) -> None:
         """The first error of a finished background call, raised here (in the run's thread)."""
@@ -295,11 +338,18 @@ class MlflowTracker(TrainerHook):
             self.experiment_id = ensure_experiment(self.uri, self.cfg.tracking.experiment)
 
     # -- hooks --------------------------------------------------------------------------------
+    def on_setup(self, trainer) -> None:
+        """The run's config and data are valid: MLflow is imported while the trainer starts Ray
+        (nothing is written before the run starts: a refused worker count still leaves no store)."""
+        self._submit(_import_mlflow)
+
     def on_start(self, trainer, resumed: bool) -> None:
         self._submit(self._start, trainer.run_dir, trainer.iteration)
 
     def _start(self, run_dir: Path, iteration: int) -> None:
         cfg = self.cfg
+        if self.client is None:
+            self._open_store()
         self.run_id = recorded_run(run_dir, self.uri)
         if self.run_id is None:
             tags = {"method": cfg.method, "task": cfg.task.name, "seed": str(cfg.seed),
@@ -355,10 +405,7 @@ class MlflowTracker(TrainerHook):
         this run (a resume after a kill at any step) is checked before it is written."""
         self.on_trained(trainer)  # a run that reached its end without passing through on_trained
         self._submit(self._finish, trainer.run_dir, trainer.iteration, results)
-        try:
-            self.wait()
-        finally:
-            self._worker.shutdown(wait=False)
+        self.wait()
 
     def _finish(self, run_dir: Path, iteration: int, results: dict) -> None:
         client, run_id = self.client, self.run_id
@@ -394,8 +441,6 @@ class MlflowTracker(TrainerHook):
             self.wait()
         except Exception:  # noqa: BLE001
             pass
-        finally:
-            self._worker.shutdown(wait=False)
         if self.run_id is None:
             return
         # Tune stops a trial (scheduler decision, sweep interrupted) by raising SystemExit(0) in it.

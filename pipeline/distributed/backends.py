@@ -77,7 +77,9 @@ def send_token_to(address: str) -> None:
     it then stays quiet. The head `metatrain cluster start` runs has token auth on: joining it sends
     this machine's token (RAY_AUTH_TOKEN or ~/.ray/auth_token). Other clusters: as their owner set
     RAY_AUTH_MODE (cluster.yaml's nodes have it)."""
-    if "RAY_AUTH_MODE" in os.environ:
+    import sys
+
+    if "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules:  # too late: Ray would start what it cannot join
         return
     head = running_head()
     ours = head is not None and address.removeprefix("ray://") in (f"127.0.0.1:{head['port']}",

@@ -239,20 +239,15 @@ class WorkerPool:
 
 
 def _holders(ray) -> str:
-    """", held by 2 ShardWorker, 1 ImplicitFunc actor(s)": what holds the cluster's CPUs, from Ray's
-    state API (it needs the dashboard), else from the GCS's actor table; "" where neither answers."""
+    """", held by 2 ShardWorker, 1 ImplicitFunc actor(s)": what holds the cluster's CPUs, from the
+    actor table of the cluster this driver is connected to (the GCS's; Ray's state API would need a
+    dashboard, and asks whichever answers on its default port); "" where it cannot answer."""
     try:
-        from ray.util.state import list_actors
+        from ray._private import state  # private, hence the fallback: a hint only
 
-        alive = [a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000, timeout=5,
-                                                   raise_on_missing_output=False)]
-    except Exception:  # noqa: BLE001 - no dashboard (a local Ray started without one)
-        try:
-            from ray._private import state
-
-            alive = [a["ActorClassName"] for a in state.actors().values() if a["State"] == "ALIVE"]
-        except Exception:  # noqa: BLE001 - a hint only
-            return ""
+        alive = [a["ActorClassName"] for a in state.actors().values() if a["State"] == "ALIVE"]
+    except Exception:  # noqa: BLE001
+        return ""
     counts: dict[str, int] = {}
     for name in alive:
         counts[name] = counts.get(name, 0) + 1

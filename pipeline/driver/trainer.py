@@ -76,6 +76,7 @@ def eval_scalars(results: dict) -> dict[str, float]:
 class TrainerHook:
     """Observer of a Trainer; every method is optional."""
 
+    def on_setup(self, trainer: Trainer) -> None: ...  # the config and data checked; the backend starts next
     def on_start(self, trainer: Trainer, resumed: bool) -> None: ...
     def on_log(self, trainer: Trainer, entry: dict) -> None: ...
     def on_replay(self, trainer: Trainer, entries: list[dict]) -> None: ...  # a resumed run's earlier log
@@ -93,6 +94,7 @@ class Trainer:
         self.cfg, self.run_dir, self.log, self.hooks = cfg, Path(run_dir), log, tuple(hooks)
         self.family = family_of(cfg.method)
         self.experiment = self.family.source(cfg)
+        self._emit("on_setup")  # before the backend: a hook's own start-up overlaps Ray's
         if backend == "local":  # this process, over this trainer's own experiment (a population's member)
             backend = LocalBackend(cfg, self.experiment, log)
         self.backend = backend or make_backend(cfg, self.experiment, log)

@@ -137,3 +137,27 @@ def test_a_run_killed_while_logging_is_completed_once_by_resume(tmp_path, capsys
     assert main(["resume", str(run)]) == 0  # and a second resume finds nothing to do
     assert "nothing to do" in capsys.readouterr().out
     check(records(uri))
+
+
+def test_a_kill_while_a_new_store_is_built_leaves_no_half_built_store(tmp_path):
+    """MLflow's migrations build a new SQLite store over seconds (on the tracking thread, while the
+    run trains): they run on a file beside it, linked into place when complete. A process killed
+    just before the link leaves no store, and the next command builds a whole one; an existing
+    store is never replaced."""
+    db = tmp_path / "mlflow.db"
+    code = ("import os, sys; import pipeline.tracking as t\n"
+            "def die(*a, **k):\n    os._exit(9)\n"
+            "os.link = die\nt.build_new_sqlite_store(sys.argv[1])\n")
+    killed = subprocess.run([sys.executable, "-c", code, f"sqlite:///{db}"], capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    assert not db.exists()  # only the temporary file was written (a leftover, never read)
+    from pipeline.tracking import client_for, ensure_experiment
+
+    exp = ensure_experiment(f"sqlite:///{db}", "kept")
+    client_for(f"sqlite:///{db}").create_run(exp)
+    from pipeline.tracking import build_new_sqlite_store
+
+    build_new_sqlite_store(f"sqlite:///{db}")  # a store exists: left as it is
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    assert len(client.search_runs([exp])) == 1
