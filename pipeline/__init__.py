@@ -5,10 +5,10 @@ code runs (each may import only the wings below it; tests/unit/test_structure.py
     storage       whole-file writes that a full disk cannot leave half done
     config        the experiment-config schema                      (+ core's registries)
     shards/       what a worker computes: experiments, compile, chunk timing
-    distributed/  where shards run: backends, Ray workers
+    distributed/  where shards run: backends, Ray workers, the local head runs join
     driver/       the outer loop: trainer, populations, evaluation plans, checkpoints, run files
     serve/        using a trained run: load, adapt, pyfunc serving, episode files, other data
-    tracking      MLflow
+    tracking      MLflow (on a thread of its own)
     sweeps/       Ray Tune sweeps: spec, driver, trial, record, report
-    jobs, cli     submitting to a cluster; the command line
+    jobs, local_cluster, cli   submitting to a cluster; a Ray head on 127.0.0.1; the command line
 """

@@ -9,6 +9,7 @@ resumed run or a retried sweep trial continues the same MLflow run instead of le
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -64,26 +65,54 @@ def client_for(uri: str):
 
 
 def build_new_sqlite_store(uri: str) -> None:
-    """A new SQLite store's schema is built in a temporary file beside it, then linked into place
-    (never over a store another process made meanwhile): MLflow's migrations take seconds, and a
-    kill during them would leave a store no later command can open."""
+    """A new SQLite store is a copy of an empty one of this MLflow version, linked into place
+    (never over a store another process made meanwhile). MLflow's migrations, seconds on a new
+    store, run once per machine and version (`empty_store`); a kill never leaves a half-built store."""
     if not uri.startswith("sqlite:///"):
         return
     path = Path(uri[len("sqlite:///"):])
     if path.exists():
         return
-    from mlflow import MlflowClient
+    import shutil
+    import sqlite3
 
+    template = empty_store()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.unlink(missing_ok=True)
-    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # creates every table
     try:
+        shutil.copyfile(template, tmp)
+        with contextlib.closing(sqlite3.connect(tmp)) as db, db:  # as MLflow names the Default experiment's
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",  # folder: here
+                       (str(Path.cwd() / "mlruns" / "0"),))
         os.link(tmp, path)  # fails if a store appeared meanwhile: that one is kept
     except FileExistsError:
         pass
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def empty_store() -> Path:
+    """An empty SQLite store of this MLflow version ($METATRAIN_HOME/mlflow-<version>.db), built by
+    MLflow's own migrations the first time, in a temporary file linked into place when complete."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipeline.distributed.head import state_file
+
+    path = state_file().parent / f"mlflow-{mlflow.__version__}.db"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.unlink(missing_ok=True)
+    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # creates every table
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -280,6 +309,8 @@ def _import_mlflow() -> None:
     import mlflow  # noqa: F401 - a second or so, paid on the tracking thread
     from mlflow import MlflowClient  # noqa: F401
 
+    empty_store()
+
 
 def _worker():
     """The one thread of this process that talks to MLflow, for every tracker (a population's
@@ -297,11 +328,12 @@ class MlflowTracker(TrainerHook):
     """Logs one Trainer to MLflow; `parent_run_id` nests it under a sweep's parent run.
 
     Every MLflow call runs on one background thread, in the order the hooks were called, so the
-    run does not wait on MLflow: MLflow is imported once the trainer has checked its config and
-    data, while it starts Ray and its workers; the store is opened (the schema of a new one built
-    aside, `build_new_sqlite_store`) and the run created while it trains; the models are logged as
-    soon as training ends, while the run evaluates and draws its plots; `on_finish` waits for what
-    is left. An error on that thread is raised in the run at its next hook (or at the end)."""
+    run waits on MLflow only where it must: MLflow is imported once the trainer has checked its
+    config and data, while it starts Ray and its workers; `on_start` waits for the store (a new
+    SQLite store is a copy of an empty one, `build_new_sqlite_store`) and the MLflow run; metrics
+    are logged as the run trains; the models as soon as training ends, while the run evaluates and
+    draws its plots; `on_finish` waits for what is left. An error on that thread is raised in the
+    run at its next hook (or at the end)."""
 
     def __init__(self, cfg: Config, uri: str, *, run_name: str, experiment_id: str | None = None,
                  parent_run_id: str | None = None, tags: dict | None = None, log=print, force: bool = False):
@@ -339,12 +371,16 @@ class MlflowTracker(TrainerHook):
 
     # -- hooks --------------------------------------------------------------------------------
     def on_setup(self, trainer) -> None:
-        """The run's config and data are valid: MLflow is imported while the trainer starts Ray
-        (nothing is written before the run starts: a refused worker count still leaves no store)."""
+        """The run's config and data are valid: MLflow is imported (and the empty store it copies
+        new stores from built, once per machine) while the trainer starts Ray; nothing of the run is
+        written before it starts (a refused worker count still leaves no store)."""
         self._submit(_import_mlflow)
 
     def on_start(self, trainer, resumed: bool) -> None:
+        """Waits for the MLflow run: mlflow.json must name it before the run can be killed and retried
+        (a retry then reopens it instead of leaving an orphan)."""
         self._submit(self._start, trainer.run_dir, trainer.iteration)
+        self.wait()
 
     def _start(self, run_dir: Path, iteration: int) -> None:
         cfg = self.cfg

@@ -239,16 +239,21 @@ class WorkerPool:
 
 
 def _holders(ray) -> str:
-    """", held by 2 ShardWorker, 1 ImplicitFunc actor(s)": what holds the cluster's CPUs, from the
-    actor table of the cluster this driver is connected to (the GCS's; Ray's state API would need a
-    dashboard, and asks whichever answers on its default port); "" where it cannot answer."""
+    """What holds the cluster's CPUs, from the actor table of the cluster this driver is connected to
+    (the GCS's; Ray's state API would need a dashboard): other jobs' live actors by class (", held by
+    other jobs' actors: 2 ShardWorker, 1 ImplicitFunc"), or this run's own workers; "" where the
+    table cannot be read."""
     try:
         from ray._private import state  # private, hence the fallback: a hint only
 
-        alive = [a["ActorClassName"] for a in state.actors().values() if a["State"] == "ALIVE"]
+        mine = ray.get_runtime_context().get_job_id()
+        others = [a["ActorClassName"] for a in state.actors().values()
+                  if a["State"] != "DEAD" and a["JobID"] != mine]
     except Exception:  # noqa: BLE001
         return ""
+    if not others:
+        return ", held by this run's own workers (no other job's actors on the cluster)"
     counts: dict[str, int] = {}
-    for name in alive:
+    for name in others:
         counts[name] = counts.get(name, 0) + 1
-    return f", held by {', '.join(f'{n} {c}' for c, n in sorted(counts.items()))} actor(s)" if counts else ""
+    return f", held by other jobs' actors: {', '.join(f'{n} {c}' for c, n in sorted(counts.items()))}"

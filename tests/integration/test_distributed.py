@@ -104,7 +104,8 @@ def test_workers_a_joined_cluster_cannot_place_report_progress_then_time_out(loc
     progress = [l for l in lines if re.match(r"ray: waiting for [2-6] of 6 workers \(1 CPU each\) not started", l)]
     assert len(progress) >= 3, lines  # one a second (PROGRESS_S patched to 1 s)
     # what holds the cores (the 4 workers that fit, while they boot) and what to do
-    assert re.search(r", held by \d ShardWorker actor\(s\); meanwhile: fewer workers \(--workers \d\), --local "
+    assert re.search(r", held by this run's own workers \(no other job's actors on the cluster\); meanwhile: "
+                     r"fewer workers \(--workers \d\), --local "
                      r"\(no Ray: the shard function in this process\), or wait for them to free$",
                      progress[-1]), progress
     assert 6 <= waited < 60
