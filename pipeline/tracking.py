@@ -331,9 +331,10 @@ class MlflowTracker(TrainerHook):
     run waits on MLflow only where it must: MLflow is imported once the trainer has checked its
     config and data, while it starts Ray and its workers; `on_start` waits for the store (a new
     SQLite store is a copy of an empty one, `build_new_sqlite_store`) and the MLflow run; metrics
-    are logged as the run trains; the models as soon as training ends, while the run evaluates and
-    draws its plots; `on_finish` waits for what is left. An error on that thread is raised in the
-    run at its next hook (or at the end)."""
+    are logged as the run trains; `on_finish` logs the evaluation, artifacts and models and waits
+    for them (logging the models while the plots are drawn was slower: both hold the GIL,
+    benchmarks/RESULTS.md). An error on that thread is raised in the run at its next hook (or at
+    the end)."""
 
     def __init__(self, cfg: Config, uri: str, *, run_name: str, experiment_id: str | None = None,
                  parent_run_id: str | None = None, tags: dict | None = None, log=print, force: bool = False):
@@ -342,7 +343,6 @@ class MlflowTracker(TrainerHook):
         self.force = force  # log the evaluation again (a new record) even where one is logged at this iteration
         self.client = self.run_id = None
         self.logged: dict[str, int] = {}  # metric -> the last step MLflow holds (a reopened run's)
-        self.models_sent = False
         self._pending: list = []
 
     # -- the background thread ------------------------------------------------------------------
@@ -419,12 +419,6 @@ class MlflowTracker(TrainerHook):
         for entry in entries:  # each filtered by what MLflow holds (self.logged, read by _start first)
             self.on_log(trainer, entry)
 
-    def on_trained(self, trainer) -> None:
-        """Training is over and the parameters final: the models are logged while the run evaluates."""
-        if self.cfg.tracking.log_model and trainer.family.logs_model and not self.models_sent:
-            self.models_sent = True
-            self._submit(self._log_models, trainer, trainer.run_dir)
-
     def _log_models(self, trainer, run_dir: Path) -> None:
         try:
             ready = ready_models(self.client, self.run_id)
@@ -439,7 +433,8 @@ class MlflowTracker(TrainerHook):
     def on_finish(self, trainer, results: dict) -> None:
         """The evaluation, artifacts and models, each logged once: what MLflow already holds for
         this run (a resume after a kill at any step) is checked before it is written."""
-        self.on_trained(trainer)  # a run that reached its end without passing through on_trained
+        if self.cfg.tracking.log_model and trainer.family.logs_model:  # an optimizer is no network
+            self._submit(self._log_models, trainer, trainer.run_dir)
         self._submit(self._finish, trainer.run_dir, trainer.iteration, results)
         self.wait()
 

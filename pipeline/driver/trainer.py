@@ -81,7 +81,6 @@ class TrainerHook:
     def on_log(self, trainer: Trainer, entry: dict) -> None: ...
     def on_replay(self, trainer: Trainer, entries: list[dict]) -> None: ...  # a resumed run's earlier log
     def on_checkpoint(self, trainer: Trainer) -> None: ...
-    def on_trained(self, trainer: Trainer) -> None: ...  # the parameters are final; evaluation follows
     def on_finish(self, trainer: Trainer, results: dict) -> None: ...
     def on_abort(self, trainer: Trainer, error: BaseException) -> None: ...
 
@@ -392,7 +391,6 @@ class Trainer:
 
     def finish(self) -> dict:
         cfg = self.cfg
-        self._emit("on_trained")
         t0 = time.perf_counter()
         table = self.evaluate()
         trained_on = self.training_backend()
@@ -428,7 +426,6 @@ class Trainer:
         self.load_state_dict(checkpoint.load(self.run_dir, self.log))
         self._emit("on_start", True)
         self._emit("on_replay", read_metrics(self.run_dir))
-        self._emit("on_trained")
         return self._decorate(results)
 
     def _decorate(self, results: dict) -> dict:

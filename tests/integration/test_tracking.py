@@ -176,7 +176,7 @@ def test_a_full_disk_while_logging_artifacts_and_the_model_is_one_line_each(tmp_
     stdout, stderr = capsys.readouterr()
     assert "Traceback" not in stdout + stderr
     notes = [l for l in stdout.splitlines() if "No space left on device" in l]
-    assert len(notes) == 2, stdout  # the models are logged while the run evaluates: either note may come first
+    assert len(notes) == 2, stdout
     artifacts, model = sorted(notes)
     assert artifacts.startswith("mlflow: artifacts not logged (OSError: [Errno 28] No space left on device); "
                                 f"results.json and checkpoint.pt are saved in {out / 'r'}; `metatrain resume")
