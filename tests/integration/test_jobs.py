@@ -128,7 +128,9 @@ def test_a_bad_config_fails_on_the_cluster_with_its_one_line_error(head, token, 
 
 
 def test_stop_ends_a_running_job(head, token, tmp_path, capsys):
-    address = head[0]
+    """A long job (its entrypoint holds 1 of the head's 2 CPUs); meanwhile a run that wants 2 workers
+    on that head is told who holds the cores and what to do; `jobs stop` ends the job."""
+    address, _, gcs, env = head
     code = main(["submit", "train", "sine_quick", "--set", "backend=local", "--set", "iterations=1000000",
                  "--set", "train.compile=never", "--set", "train.log_every=50", "--set", f"output_dir={tmp_path}",
                  "--set", "tracking.enabled=false",
@@ -141,6 +143,15 @@ def test_stop_ends_a_running_job(head, token, tmp_path, capsys):
     while not re.search(r"it +50/1000000", jobs.client.get_job_logs(job_id)):  # really training
         assert time.time() < deadline and jobs.status(job_id) in ("PENDING", "RUNNING")
         time.sleep(1)
+    wait = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "sine_quick", "--workers", "2", "--set",
+                           "ray.start_timeout_s=12", "--set", f"output_dir={tmp_path / 'waits'}", "--set",
+                           "tracking.enabled=false", "--address", f"127.0.0.1:{gcs}"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert wait.returncode == 2, wait.stdout[-2000:] + wait.stderr[-2000:]
+    lines = [l for l in wait.stdout.splitlines() if l.startswith("ray: waiting for 1 of 2 workers")]
+    assert lines and re.search(r"1 CPU each\) not started after 1\d s; 0 of 2 cluster CPUs free, held by other "
+                               r"jobs' actors: 1 JobSupervisor; meanwhile: fewer workers \(--workers 1\), --local",
+                               lines[0]), wait.stdout[-2000:]
     assert main(["jobs", "stop", job_id, "--address", address]) == 0
     assert f"{job_id}: STOPPED" in capsys.readouterr().out and jobs.status(job_id) == "STOPPED"
 
