@@ -44,8 +44,11 @@ def test_a_failed_trial_is_retried_from_its_checkpoint(local_ray, tmp_path, max_
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    # runs finish one by one (one Tune trial each), each long enough that the next cannot also finish
+    # between the first "trials done" line and the driver's handling of Ctrl+C on a loaded machine (with
+    # 40 iterations it once did in a full suite, and --resume then ran it again as Tune had not saved it)
     path, sweep_dir = write_sweep(tmp_path, "intr", {"seed": {"grid": [0, 1, 2]}}, max_concurrent_trials=1,
-                                  pack={"max_members": 0})  # runs finish one by one: one Tune trial each
+                                  pack={"max_members": 0}, set_={"iterations": 1000, "train.log_every": 250})
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     cmd = [sys.executable, "-m", "pipeline.cli", "sweep", str(path)]
     log = tmp_path / "first.log"
