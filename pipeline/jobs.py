@@ -33,11 +33,16 @@ def requirements() -> list[str]:
     return [l.strip() for l in lines if l.strip() and not l.lstrip().startswith("#")]
 
 
+def token_path() -> Path:
+    """The Ray token's file: RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (where Ray reads it too)."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+
+
 def read_token() -> tuple[str | None, str]:
     """(token, where it came from): RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token."""
     if os.environ.get("RAY_AUTH_TOKEN"):
         return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    path = token_path()
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip(), str(path)
     return None, ""

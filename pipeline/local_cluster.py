@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,13 +23,11 @@ from tasks.errors import ConfigError
 READY_S = 180.0  # a cold head on 2 cores takes 10-30 s
 
 
-def token_path() -> Path:
-    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
-
-
 def ensure_token() -> str:
     """Where the head's token comes from: RAY_AUTH_TOKEN, else ~/.ray/auth_token (created, 0600,
     when missing): the place `submit`, `jobs` and Ray's own clients read it from."""
+    from pipeline.jobs import token_path
+
     if os.environ.get("RAY_AUTH_TOKEN"):
         return "RAY_AUTH_TOKEN"
     path = token_path()
@@ -40,29 +37,6 @@ def ensure_token() -> str:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
     return str(path)
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def read_state() -> dict | None:
-    return running_head()
 
 
 def _usage(state: dict) -> str:
@@ -75,19 +49,21 @@ def _usage(state: dict) -> str:
 
 
 def start(cpus: int, port: int, dashboard_port: int, log=print) -> int:
-    state = read_state()
+    state = running_head()
     if state is not None:
         log(f"already running ({state_file()})\n{_usage(state)}")
         return 0
+    from pipeline.serve.model_server import free_ports, port_in_use
+
     for key, p in (("--port", port), ("--dashboard-port", dashboard_port)):
-        if not _free(p):
+        if port_in_use("127.0.0.1", p):
             raise ConfigError(f"{key}: 127.0.0.1:{p} is in use (another Ray head?); choose another {key}, or "
                               "`metatrain cluster status` / `ray status` to see what runs")
     if cpus < 1:
         raise ConfigError(f"--cpus: must be >= 1, got {cpus}")
     token = ensure_token()
     temp_dir = Path("/tmp") / f"metatrain-ray-{port}"  # short: Unix socket paths are limited to ~107 bytes
-    agent_http, agent_grpc, metrics, env_agent, client, node_mgr, obj_mgr = _free_ports(7)
+    agent_http, agent_grpc, metrics, env_agent, client, node_mgr, obj_mgr = free_ports(7)
     bin_dir = Path(sys.executable).parent
     cmd = [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true",
@@ -132,7 +108,7 @@ def _ready(dashboard_port: int) -> bool:
 
 
 def status(log=print) -> int:
-    state = read_state()
+    state = running_head()
     if state is None:
         log("no Ray head started by `metatrain cluster start` runs (start one: metatrain cluster start)")
         return 1
@@ -145,7 +121,7 @@ def stop(log=print) -> int:
     their own, in the head's temp dir); remove its temp dir and the record."""
     import psutil
 
-    state = read_state()
+    state = running_head()
     if state is None:
         log("no Ray head started by `metatrain cluster start` runs; nothing to stop")
         return 0

@@ -84,11 +84,17 @@ def build_new_sqlite_store(uri: str) -> None:
         with contextlib.closing(sqlite3.connect(tmp)) as db, db:  # as MLflow names the Default experiment's
             db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",  # folder: here
                        (str(Path.cwd() / "mlruns" / "0"),))
-        os.link(tmp, path)  # fails if a store appeared meanwhile: that one is kept
-    except FileExistsError:
-        pass
+        _link_into_place(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _link_into_place(tmp: Path, path: Path) -> None:
+    """`path` becomes the complete file `tmp`, unless a store appeared there meanwhile (kept)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
 
 
 def empty_store() -> Path:
@@ -105,11 +111,9 @@ def empty_store() -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.unlink(missing_ok=True)
-    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # creates every table
     try:
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)  # creates every table
+        _link_into_place(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -256,6 +260,15 @@ def log_adapt_model(uri: str, run_id: str, trainer) -> str:
 EVAL_TABLE = "eval_table.json"
 
 
+def evaluation_logged(logged: dict[str, int], results: dict, iteration: int) -> bool:
+    """Every evaluation scalar of `results` has a point at `iteration` (logged: logged_steps)."""
+    return all(logged.get(k, -1) >= iteration for k in eval_scalars(results))
+
+
+def has_eval_table(client, run_id: str) -> bool:
+    return any(a.path == EVAL_TABLE for a in client.list_artifacts(run_id))
+
+
 def logged_steps(client, run_id: str) -> dict[str, int]:
     """{metric: the last step MLflow holds} of a run: what a resumed run need not log again."""
     keys = client.get_run(run_id).data.metrics
@@ -287,10 +300,9 @@ def missing_records(run_dir: Path, uri: str, results: dict, log_models: bool) ->
     client = client_for(uri)
     run = client.get_run(run_id)
     missing = []
-    logged = logged_steps(client, run_id)
-    if any(logged.get(k, -1) < results["iterations"] for k in eval_scalars(results)):
+    if not evaluation_logged(logged_steps(client, run_id), results, results["iterations"]):
         missing.append("evaluation")
-    if not any(a.path == EVAL_TABLE for a in client.list_artifacts(run_id)):
+    if not has_eval_table(client, run_id):
         missing.append("evaluation table")
     if log_models:
         ready = ready_models(client, run_id)
@@ -427,8 +439,8 @@ class MlflowTracker(TrainerHook):
                 self.client.set_tag(self.run_id, tag, ready.get(name) or logger(self.uri, self.run_id, trainer))
         except Exception as e:  # noqa: BLE001 - the run's results and checkpoint are kept regardless
             self.client.set_tag(self.run_id, "model_error", f"{type(e).__name__}: {e}"[:5000])
-            self.log(f"mlflow: the model could not be logged ({type(e).__name__}: {_first_line(e)}); "
-                     f"`metatrain resume {run_dir}` logs it once {RESULTS} is written")
+            self.log(f"mlflow: the model could not be logged ({type(e).__name__}: {_first_line(e)}); {RESULTS} "
+                     f"and {CHECKPOINT} are saved in {run_dir}; `metatrain resume {run_dir}` logs it")
 
     def on_finish(self, trainer, results: dict) -> None:
         """The evaluation, artifacts and models, each logged once: what MLflow already holds for
@@ -440,9 +452,8 @@ class MlflowTracker(TrainerHook):
 
     def _finish(self, run_dir: Path, iteration: int, results: dict) -> None:
         client, run_id = self.client, self.run_id
-        scalars = eval_scalars(results)
-        if self.force or any(self.logged.get(k, -1) < iteration for k in scalars):
-            log_scalars(client, run_id, scalars, iteration)
+        if self.force or not evaluation_logged(self.logged, results, iteration):
+            log_scalars(client, run_id, eval_scalars(results), iteration)
             if self.force:
                 client.set_tag(run_id, "re_evaluated_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
         table = {"K": [], "mean": [], "ci95": [], "n": [], "before_adaptation": []}
@@ -451,7 +462,7 @@ class MlflowTracker(TrainerHook):
                            ("before_adaptation", r["before_adaptation"])):
                 table[col].append(math.nan if v is None else v)
         try:  # decorations: the results are on disk already, so a failure here is one line, not a crash
-            if not any(a.path == EVAL_TABLE for a in client.list_artifacts(run_id)):  # log_table appends
+            if not has_eval_table(client, run_id):  # log_table appends
                 client.log_table(run_id, data=table, artifact_file=EVAL_TABLE)
             for name in (CONFIG, RESULTS, METRICS, CHECKPOINT):  # the same path again replaces the file
                 if (run_dir / name).is_file():

@@ -6,7 +6,6 @@ import contextlib
 import errno
 import math
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -144,13 +143,9 @@ def write_mini_folder(root, classes_per_split=(("train", 3), ("val", 1), ("test"
 
 # -- test_jobs (unit and integration) --------------------------------------------------------------
 def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    from pipeline.serve.model_server import free_ports
+
+    return free_ports(n)
 
 
 # -- test_learned_optimizer (unit and integration) -------------------------------------------------

@@ -106,9 +106,10 @@ class RayBackend:
         """Each worker builds its shard source as build(payload, device), payload the plain dict of
         `cfg` or the list of dicts of `configs` (a population's members: pipeline/driver/population.py);
         `build` is a module-level function of pipeline/shards, pickled by reference."""
-        address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or default_address()
+        given = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        address = given or default_address()
         send_token_to(address)
-        if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")) and address != "local":
+        if not given and address != "local":
             log(f"ray: joining the head that `metatrain cluster start` runs at {address} (no Ray start; "
                 "--address local starts one for this run alone)")
         import ray

@@ -11,6 +11,7 @@ intact. Jobs are pure functions of their arguments, gathered in job order: who c
 never changes a result."""
 from __future__ import annotations
 
+import collections
 import itertools
 import time
 
@@ -253,7 +254,5 @@ def _holders(ray) -> str:
         return ""
     if not others:
         return ", held by this run's own workers (no other job's actors on the cluster)"
-    counts: dict[str, int] = {}
-    for name in others:
-        counts[name] = counts.get(name, 0) + 1
-    return f", held by other jobs' actors: {', '.join(f'{n} {c}' for c, n in sorted(counts.items()))}"
+    counts = sorted(collections.Counter(others).items())
+    return f", held by other jobs' actors: {', '.join(f'{n} {c}' for c, n in counts)}"

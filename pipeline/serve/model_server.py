@@ -16,10 +16,20 @@ from pathlib import Path
 import pandas as pd
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct ports free on 127.0.0.1 now (held together while they are chosen)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def port_in_use(host: str, port: int) -> bool:
