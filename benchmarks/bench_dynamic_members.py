@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_population import member_cfgs  # noqa: E402
 
 from pipeline.shards.experiment import Experiment  # noqa: E402
-from pipeline.shards.population import PopulationShards  # noqa: E402
+from pipeline.shards.stacked import PopulationShards  # noqa: E402
 
 SIZES = (24, 8, 3)
 

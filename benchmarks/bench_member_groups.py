@@ -1,6 +1,6 @@
 """Members per shard-function call on a CPU: one population's shard (sine 1-40-40-1, meta-batch 4,
 K=10; members differing in alpha and seed as in bench_population.py) computed in one call over all
-P members, or in equal groups of at most G members (pipeline/shards/population.py,
+P members, or in equal groups of at most G members (pipeline/shards/stacked.py,
 CPU_MEMBERS_PER_CALL), compiled and eager, one thread. Each setting is timed in interleaved rounds
 (the median of --rounds rounds of --calls calls), so machine drift hits all alike. Usage:
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_population import member_cfgs  # noqa: E402
 
 from pipeline.core.meta_batch import map_tree  # noqa: E402
-from pipeline.shards.population import PopulationShards, member_groups  # noqa: E402
+from pipeline.shards.stacked import PopulationShards, member_groups  # noqa: E402
 
 
 def shard_call(fn, params: dict, batch: dict, most: int, size: int):

@@ -15,7 +15,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.driver.trainer import read_metrics  # noqa: E402
+from pipeline.driver.run_dir import read_metrics  # noqa: E402
 
 
 def wall_time(run: Path) -> tuple[float, float]:

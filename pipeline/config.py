@@ -16,12 +16,9 @@ from pathlib import Path
 import yaml
 
 from pipeline import storage
-from pipeline.core.rules import METHODS, RULES
-from pipeline.core.rules.masked import MASK_MODES
 from pipeline.yaml_dataclasses import build, float_fields, load_yaml, set_key, to_dict
 from tasks import TASKS, names
 from tasks.errors import ConfigError, did_you_mean, unknown_choice  # the error type's home is below both packages
-from tasks.optimizees import ACTIVATIONS
 
 BACKENDS = ("ray", "local")
 NORMS = ("batch", "none")
@@ -30,7 +27,14 @@ EVAL_SPLITS = ("test", "train")
 QUERY_BN = ("", "batch", "support")
 COMPILE = ("auto", "always", "never", "graphs")
 SAMPLE_ON = ("auto", "cpu", "device")
+AUGMENTS = ("none", "affine")
 PRECISIONS = ("fp32", "tf32", "bf16")
+# Keys in which the members of a population (pipeline/driver/population.py) may differ: numbers that
+# enter the computation as per-member tensors, the seeds, and where each member's run lies; MUTABLE:
+# those a scheduler may change while the members train (PBT's hyperparam_mutations).
+PACKABLE = ("alpha", "beta", "gumbel_temperature", "seed", "eval.seed", "run_name", "output_dir")
+MUTABLE = ("alpha", "beta", "gumbel_temperature")
+MUTATION_KINDS = ("choice", "uniform", "loguniform")
 
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -70,6 +74,10 @@ class TaskConfig:
     data: list[str] = field(default_factory=list)  # folders / zips, or one packed .arrow file
     image_size: int = 0  # 0 = the data set's standard size (Omniglot 28, miniImageNet 84)
     rotations: bool = False  # 90-degree rotations of every class as extra classes (Omniglot protocol)
+    test_rotations: bool = True  # with rotations: the test classes' rotations too (MAML's protocol); false
+    #   tests the characters as drawn (Lake et al.'s within-alphabet protocol)
+    augment: str = "none"  # training images: "none" | "affine": a random affine distortion per image
+    #   (Koch et al. 2015: rotation +-10 deg, shear +-0.3, scale 0.8-1.2, shift +-2 px), from the task stream
     split: str = "character"  # Omniglot: "character" (train_characters / rest) or "alphabet"; "all": every
     #   class is a test class (Omniglot and miniImageNet; `metatrain eval --data` on another data set)
     within_group: bool = False  # image tasks: every class of a task from one group (Omniglot alphabet):
@@ -281,6 +289,11 @@ def load_config(source: str | Path | dict | None = None,
 
 def validate(cfg: Config, check_paths: bool = True) -> None:
     """Reject values no run could use."""
+    # The rule registry imports torch: read here, so that the schema itself (and `metatrain report`,
+    # which reads sweep files through it) does not
+    from pipeline.core.rules import METHODS
+    from pipeline.core.rules.masked import MASK_MODES
+
     def need(ok: bool, msg: str):
         if not ok:
             raise ConfigError(msg)
@@ -312,6 +325,7 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     need(cfg.task.image_size == 0 or cfg.task.image_size >= 16,
          f"task.image_size: must be >= 16 (four conv cells) or 0 for the data set's size, got {cfg.task.image_size}")
     spec = TASKS[cfg.task.name]
+    need(cfg.task.augment in AUGMENTS, unknown_choice("task.augment", "choice", cfg.task.augment, AUGMENTS))
     need(cfg.task.sample_on in SAMPLE_ON, unknown_choice("task.sample_on", "choice", cfg.task.sample_on, SAMPLE_ON))
     need(cfg.task.device_cache_gb >= 0, f"task.device_cache_gb: must be >= 0 (0 = gather images on the CPU), got "
          f"{cfg.task.device_cache_gb}")
@@ -375,6 +389,9 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
 def _validate_family(cfg: Config, check_paths: bool) -> None:
     """Each method trains on the task kinds its rule names (UpdateRule.trains_on): learned optimizers
     (method l2l and the baselines) on optimizee distributions, and only they do."""
+    from pipeline.core.rules import RULES
+    from tasks.optimizees import ACTIVATIONS
+
     rule, kind = RULES[cfg.method], TASKS[cfg.task.name].kind
     optimizers = sorted(k for k, r in RULES.items() if "optimizee" in r.trains_on)
     is_optimizer = "optimizee" in rule.trains_on

@@ -1,19 +1,16 @@
 """Figures (PNG, matplotlib without pyplot's global state): a run's learning curves, its adaptation
 on a few regression test tasks, the fraction of updated weights of masked methods, and a sweep's
-loss-against-hyperparameter figure. Each function writes one file and returns its path."""
+loss-against-hyperparameter figure. Each function writes one file and returns its path. The
+figures of a run's model import torch where they draw; a sweep's figures do not (`metatrain report`)."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
 from pipeline import storage
-from pipeline.core.learners import forward
-from pipeline.core.meta_batch import InnerSettings, inner_adapt
-from pipeline.core.rules import step_label
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -70,6 +67,11 @@ def updated_fraction(entries: list[dict], final: dict, path: Path, title: str) -
 def regression_adaptation(trainer, path: Path, n_tasks: int = 4) -> Path:
     """A few test tasks: the target function, the K support points, and the model before and
     after adaptation (the evaluation protocol's inner loop and mask mode)."""
+    import torch
+
+    from pipeline.core.learners import forward
+    from pipeline.core.meta_batch import InnerSettings, inner_adapt
+
     cfg, exp = trainer.cfg, trainer.experiment
     params = {k: v.detach() for k, v in trainer.params.items()}
     shots = cfg.task.shots
@@ -104,6 +106,10 @@ def meta_lstm_gates(trainer, path: Path, n_tasks: int = 6, seed: int = 0) -> Pat
     """Meta-Learner LSTM: input gate (learned step size) and forget gate (learned weight decay) over
     the inner steps, for one random coordinate of each layer's weights, across test tasks (the
     paper's gate figure)."""
+    import torch
+
+    from pipeline.core.meta_batch import InnerSettings, inner_adapt
+
     cfg, exp = trainer.cfg, trainer.experiment
     params = {k: v.detach() for k, v in trainer.params.items()}
     rule = exp.learner.rule
@@ -168,6 +174,7 @@ def optimizer_training(entries: list[dict], path: Path, title: str) -> Path:
 
 def optimizer_comparison(results: dict, path: Path, *, title: str, y_label: str) -> Path:
     """Learned optimizers: mean optimizee loss (95% CI band) against optimizee step, per optimizer, log y."""
+    from pipeline.core.rules import step_label
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.subplots()
     positive = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -267,14 +268,17 @@ class FewShotImages:
     loss = "cross_entropy"
 
     def __init__(self, images: ImageSet, splits: dict[str, list[str]], ways: int, rotations: bool,
-                 within_group: bool = False, device_cache_gb: float = 0.0):
+                 within_group: bool = False, device_cache_gb: float = 0.0, *, test_rotations: bool = True,
+                 augment: str = "none"):
         self.images, self.ways, self.rotations, self.within_group = images, ways, rotations, within_group
+        self.augment = augment  # "affine": training images distorted (task.augment)
         self.device_cache = device_cache_gb * 2**30  # bytes of images a torch device may hold (task.device_cache_gb)
         self._cache = {}  # per split and device: index tables; per device: the images held there
         self.channels, self.image_size = images.shape[2], images.shape[0]
         index = images.class_index()
         self._index = index
-        self.splits = {s: [(c, k) for c in names for k in (range(4) if rotations else (0,))]
+        turned = {s: rotations and (s == "train" or test_rotations) for s in splits}  # task.test_rotations
+        self.splits = {s: [(c, k) for c in names for k in (range(4) if turned[s] else (0,))]
                        for s, names in splits.items()}
         self.min_images = {s: min((len(index[c]) for c in names), default=0) for s, names in splits.items()}
         self.max_images = {s: max((len(index[c]) for c in names), default=0) for s, names in splits.items()}
@@ -337,8 +341,12 @@ class FewShotImages:
                         x[turned] = _rot90(x[turned], turns)
             return pixels_to_float(xp.reshape(x, (-1, *x.shape[3:]))).reshape(n, -1, *self.shape)
 
-        return {"x_support": images(ids[..., query:]), "y_support": class_labels(streams, ways, shots),
-                "x_query": images(ids[..., :query]), "y_query": class_labels(streams, ways, query)}
+        x_support, x_query = images(ids[..., query:]), images(ids[..., :query])
+        if self.augment == "affine" and split == "train":  # query images' draws first: they stay whatever K is
+            x_query = affine_distort(x_query, streams.random((ways * query, 7)))
+            x_support = affine_distort(x_support, streams.random((ways * shots, 7)))
+        return {"x_support": x_support, "y_support": class_labels(streams, ways, shots),
+                "x_query": x_query, "y_query": class_labels(streams, ways, query)}
 
     def _on(self, device, key: tuple, build):
         """Arrays built once (`build()`: numpy arrays) and kept per device: as they are for numpy
@@ -386,6 +394,32 @@ class FewShotImages:
     def eligible_groups(self, split: str) -> list[np.ndarray]:
         return [m for m in self.groups.get(split, {}).values() if len(m) >= self.ways]
 
+
+
+def affine_distort(x, u):
+    """Images x (n, m, C, H, W) in [0, 1], each through its own random affine map (Koch et al. 2015's
+    distortions), from uniforms u (n, m, 7) in [0, 1): rotation +-10 degrees, shears +-0.3, scales
+    0.8-1.2 and shifts +-2 pixels per axis. The map is the sampling grid's (output -> input pixel),
+    bilinear, zero (background) outside the image. numpy in, numpy out; torch on x's device."""
+    as_numpy = not isinstance(x, torch.Tensor)
+    t = torch.from_numpy(x) if as_numpy else x
+    u = torch.as_tensor(u, device=t.device).to(torch.float32)
+    n, m, c, h, w = t.shape
+    angle = (u[..., 0] * 2 - 1) * (math.pi / 18)
+    shear_x, shear_y = (u[..., 1] * 2 - 1) * 0.3, (u[..., 2] * 2 - 1) * 0.3
+    scale_x, scale_y = 0.8 + 0.4 * u[..., 3], 0.8 + 0.4 * u[..., 4]
+    shift_x, shift_y = (u[..., 5] * 2 - 1) * 2 * 2 / w, (u[..., 6] * 2 - 1) * 2 * 2 / h  # pixels -> [-1, 1] units
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rotate = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    shear = torch.stack([torch.stack([torch.ones_like(shear_x), shear_x], -1),
+                         torch.stack([shear_y, torch.ones_like(shear_y)], -1)], -2)
+    linear = rotate @ shear @ torch.diag_embed(torch.stack([scale_x, scale_y], -1))
+    theta = torch.cat([linear, torch.stack([shift_x, shift_y], -1)[..., None]], -1).reshape(n * m, 2, 3)
+    flat = t.reshape(n * m, c, h, w)
+    grid = torch.nn.functional.affine_grid(theta, list(flat.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros",
+                                          align_corners=False).reshape(t.shape)
+    return out.numpy() if as_numpy else out
 
 
 def pixels_to_float(x):

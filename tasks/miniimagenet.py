@@ -31,4 +31,4 @@ def miniimagenet(task, size: int) -> FewShotImages:
     if task.split == "all":
         splits = {"train": [], "val": [], "test": sorted(group)}
     return FewShotImages(images, splits, task.ways, task.rotations, task.within_group,
-                         task.device_cache_gb)
+                         task.device_cache_gb, test_rotations=task.test_rotations, augment=task.augment)

@@ -56,4 +56,4 @@ def omniglot(task, size: int) -> FewShotImages:
     """The Omniglot task distribution of a task config, its images `size` pixels square."""
     images = load(tuple(str(Path(d).expanduser()) for d in task.data), size, task.name)
     return FewShotImages(images, split_classes(images, task), task.ways, task.rotations, task.within_group,
-                         task.device_cache_gb)
+                         task.device_cache_gb, test_rotations=task.test_rotations, augment=task.augment)

@@ -102,7 +102,7 @@ def load(run_dir: Path, log=print, keys: tuple[str, ...] = KEYS) -> dict:
     raise CheckpointError(f"RUN_DIR: no usable checkpoint in {run_dir}: {'; '.join(problems)}")
 
 
-HYPERPARAMS = "hyperparams"  # a PBT member's current values (pipeline/driver/pbt.py); config.yaml holds its start
+HYPERPARAMS = "hyperparams"  # a PBT member's current values (driver/schedulers/pbt.py); config.yaml holds its start
 
 
 def apply_hyperparams(cfg, state: dict):

@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 
-from pipeline.core.rules import step_label
 from pipeline.distributed.ranges import split
 
 
@@ -55,6 +54,9 @@ def table_row(backend, params: dict, chunks: list[range], **kw) -> tuple[dict, n
 
 
 def format_table(results: dict, metric_name: str, header: str = "") -> str:
+    from pipeline.core.rules import step_label  # the rule registry imports torch; `metatrain report` reads
+    #   this module's statistics without it
+
     lines = [header] if header else []
     # rows are K for few-shot methods, optimizers (with their step size) for learned optimizers
     named = not all(k.isdigit() for k in results)

@@ -24,23 +24,20 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import Config, ConfigError
+from pipeline.config import PACKABLE, Config, ConfigError
 from pipeline.distributed.backends import LocalBackend, RayBackend
 from pipeline.driver import checkpoint
 from pipeline.driver.families import family_of
 from pipeline.driver.meta_step import StackedAdam
-from pipeline.driver.pbt import Pbt, explore, quantiles
 from pipeline.driver.population_step import MAX_WINDOW, WholeIteration
-from pipeline.driver.trainer import Trainer, read_metrics
+from pipeline.driver.run_dir import read_metrics
+from pipeline.driver.schedulers import MemberScheduler
+from pipeline.driver.trainer import Trainer, reported_aborts
 from pipeline.shards.compiled import cuda_graphs, should_compile
 from pipeline.shards.experiment import Experiment
-from pipeline.shards.population import PopulationShards, population_from_dicts
+from pipeline.shards.stacked import PopulationShards, population_from_dicts
 from pipeline.storage import StorageError
 from pipeline.yaml_dataclasses import flatten, to_dict
-
-# Keys in which the members of a population may differ: numbers that enter the computation as
-# per-member tensors, the seeds, and where each member's run lies.
-PACKABLE = ("alpha", "beta", "gumbel_temperature", "seed", "eval.seed", "run_name", "output_dir")
 
 
 def check_packable(cfgs: list[Config]) -> None:
@@ -74,18 +71,20 @@ class Population:
     run directory is what its solo `metatrain train` would write. Use as a context manager."""
 
     def __init__(self, cfgs: list[Config], run_dirs: list[Path], log=print, hooks=None, reporter=None,
-                 device: str = "cpu", halving: tuple[int, float] | None = None, pbt: Pbt | None = None,
+                 device: str = "cpu", scheduler: MemberScheduler | None = None,
                  whole_iteration: bool | None = None):
         """hooks(i): member i's TrainerHooks (its MLflow run); reporter: a PopulationHook (Tune);
         device: where the stacked members train ("cuda": the whole population on one GPU; tasks
-        are drawn where task.sample_on says, and members evaluate on the CPU); halving:
-        (grace_period, reduction_factor) of synchronous successive halving (`_halve`); pbt: Population
-        Based Training's settings (`_exploit`, pipeline/driver/pbt.py); whole_iteration: each
+        are drawn where task.sample_on says, and members evaluate on the CPU); scheduler: what decides
+        on the members while they train (pipeline/driver/schedulers: Halving, Pbt; None: nothing,
+        every member trains to the end); whole_iteration: each
         iteration as one function on the device where that applies (WholeIteration): None = when
         compiled (train.compile), True = also eagerly, False = step by step."""
         self.device = torch.device(device)
         check_packable(cfgs)
         self.cfgs, self.log, self.reporter = list(cfgs), log, reporter or PopulationHook()
+        self.scheduler = scheduler or MemberScheduler()
+        narrows = self.scheduler.stops_members
         self.params = None  # stacked (P, ...) tensors (views into self.adam's buffer) once training starts
         names = [Path(d).name for d in run_dirs]
         self.members: list[Member] = []
@@ -98,18 +97,13 @@ class Population:
         # Every member's shards: computed here, or by Ray shard workers (ray.workers > 0), each
         # computing every member on its range of task indices exactly as a solo run's workers do.
         # The in-process source also ranks the members at halving rungs (validate).
-        self.shards = PopulationShards(cfgs, device, log, narrows=halving is not None)
+        self.shards = PopulationShards(cfgs, device, log, narrows=narrows)
         if cfgs[0].backend == "ray" and cfgs[0].ray.workers:
-            build = functools.partial(population_from_dicts, narrows=halving is not None)
+            build = functools.partial(population_from_dicts, narrows=narrows)
             self.backend = RayBackend(cfgs[0], None, log, build=build, configs=cfgs)
         else:
             self.backend = LocalBackend(cfgs[0], self.shards)
         self.live = list(range(len(cfgs)))  # the members in the stacked computation, in row order
-        iterations = cfgs[0].iterations
-        self.rungs = [] if halving is None else sorted(
-            {int(halving[0] * halving[1] ** k) for k in range(64) if halving[0] * halving[1] ** k < iterations})
-        self.reduction = halving[1] if halving else 0.0
-        self.pbt, self.exploits = pbt, []  # exploits: (iteration, how many) of each PBT decision
         # The whole iteration as one function (pipeline/driver/population_step.py) where the members
         # train in this process, draw their tasks on its device and are compiled: eagerly it is
         # slower than step by step (torch.func's grad per op, one draw per iteration instead of a
@@ -150,7 +144,7 @@ class Population:
         self._set_values()  # a resumed PBT member's checkpoint carries its current values
         self.adam = StackedAdam(self._stacked_params(), self.beta[self.live], self.cfgs[0].train.grad_clip,
                                 compile=self.members[0].family.compiles(self.cfgs[0]), log=self.log,
-                                dynamic_members=bool(self.rungs))
+                                dynamic_members=self.scheduler.stops_members)
         self.params = self.adam.params
         for row, m in enumerate(live):  # from now on each member's outer step is a row of this one
             self.adam.load_row_state(row, m.adam.row_state(m.row, m.cfg.beta))
@@ -178,21 +172,42 @@ class Population:
             self.shards.select(rows)
         self.live = list(keep)
 
-    def _halve(self, done: int) -> None:
-        """A rung of synchronous successive halving: every running member is ranked by val_loss
-        (PopulationShards.validate); the ceil(n / reduction_factor) best continue, ties to the lower
-        member index, and the rest stop: each keeps its state and checkpoint, and its rows leave
-        the stacked computation, with those of members that diverged."""
-        live = [self.members[i] for i in self.live]
-        val_loss, val_metric = (v.tolist() for v in self.shards.validate(self.params, self.cfgs[0].eval.val_tasks))
+    def _decide(self, done: int) -> None:
+        """The scheduler's decision after iteration `done`, from every running member's val_loss
+        (PopulationShards.validate), applied: copies of rows (parameters, Adam moments, step count:
+        bitwise, in memory), new values, each member's record, and the stopped members' rows (with
+        those of members that diverged) leaving the stacked computation, each keeping its state and
+        checkpoint."""
+        cfg, live = self.cfgs[0], [self.members[i] for i in self.live]
         running = [r for r, m in enumerate(live) if m.status == "running"]
-        ranked = sorted(running, key=lambda r: (not math.isfinite(val_loss[r]), val_loss[r], self.live[r]))
-        kept = set(ranked[:math.ceil(len(running) / self.reduction)])
-        for r in running:
-            m = live[r]
-            m.rungs.append({"iteration": done, "val_loss": val_loss[r], "val_metric": val_metric[r], "kept": r in kept})
-            m._emit("on_log", {"iteration": done, "val_loss": val_loss[r], "val_metric": val_metric[r]})
-        leaving = [r for r, m in enumerate(live) if r not in kept]  # the stopped, and the diverged
+        if not running:
+            return
+        val_loss, val_metric = (v.tolist() for v in self.shards.validate(self.params, cfg.eval.val_tasks))
+        decision = self.scheduler.decide(done, {self.live[r]: val_loss[r] for r in running},
+                                         {self.live[r]: val_metric[r] for r in running},
+                                         {self.live[r]: live[r].hyperparams() for r in running},
+                                         {i: m.run_dir.name for i, m in enumerate(self.members)}, cfg.eval.val_tasks)
+        row = {i: r for r, i in enumerate(self.live)}
+        for recipient, donor in decision.copies.items():
+            self.adam.copy_row(row[donor], row[recipient])
+        for i, new in decision.values.items():
+            for key, value in new.items():
+                setattr(self.members[i].cfg, key, value)
+            self.adam.set_beta(row[i], new["beta"])
+        if decision.values:
+            self._set_values()
+        for i, entry in decision.history.items():
+            getattr(self.members[i], self.scheduler.history_key).append(entry)
+        for i, entry in decision.entries.items():
+            self.members[i].record(entry)
+        if self.scheduler.stops_members:
+            self._release([r for r, m in enumerate(live) if m.status != "running" or self.live[r] in decision.stop])
+        self.log(decision.line)
+
+    def _release(self, leaving: list[int]) -> None:
+        """Rows `leaving` leave the stacked computation: each member takes its own state (a running
+        one stops and saves), the others' rows are gathered anew."""
+        live = [self.members[i] for i in self.live]
         for r in leaving:
             m = live[r]
             m.adam, m.row = self.adam.select([r]), 0  # its own state from now on
@@ -200,51 +215,14 @@ class Population:
             if m.status == "running":
                 m.status = "stopped"
                 m.save()
-        stayed = sorted(kept)
         if leaving:
+            stayed = [r for r in range(len(live)) if r not in leaving]
             self.adam = self.adam.select(stayed)
             self.params = self.adam.params
             for row, r in enumerate(stayed):
                 live[r].adam, live[r].row = self.adam, row
                 live[r].params = {k: self.params[k][row] for k in self.params}
             self._narrow([self.live[r] for r in stayed])
-        names = ", ".join(live[r].run_dir.name for r in leaving if live[r].status == "stopped") or "none"
-        self.log(f"halving at it {done}: {len(kept)} of {len(running)} running members continue by val_loss on "
-                 f"{self.cfgs[0].eval.val_tasks} validation tasks; stopped: {names}")
-
-    def _exploit(self, done: int) -> None:
-        """A PBT decision (pipeline/driver/pbt.py): every running member is ranked by val_loss; each
-        member of the bottom quantile copies a random top-quantile member's row (parameters, Adam
-        moments, step count: bitwise, in memory) and explores from the donor's values. Runs before
-        the members save this iteration, so their checkpoints hold the decision. Every running member
-        records its val_loss and values (metrics.jsonl, MLflow); an exploited one also the event."""
-        cfg, live = self.cfgs[0], [self.members[i] for i in self.live]
-        val_loss, val_metric = (v.tolist() for v in self.shards.validate(self.params, cfg.eval.val_tasks))
-        running = {r: val_loss[r] for r, m in enumerate(live) if m.status == "running"}
-        bottom, top = quantiles(running, self.pbt.quantile_fraction)
-        rng, events = self.pbt.rng(done), {}
-        for r in sorted(bottom):
-            d = top[int(rng.integers(len(top)))]
-            new, ops = explore(live[d].hyperparams(), self.pbt, rng)
-            old = live[r].hyperparams()
-            self.adam.copy_row(d, r)
-            for key, value in new.items():
-                setattr(live[r].cfg, key, value)
-            self.adam.set_beta(r, new["beta"])
-            events[r] = {"iteration": done, "donor": live[d].run_dir.name, "val_loss": val_loss[r],
-                         "donor_val_loss": val_loss[d], "old": old, "new": new, "ops": ops}
-            live[r].lineage.append(events[r])
-        if events:
-            self._set_values()
-        for r in running:
-            entry = {"iteration": done, "val_loss": val_loss[r], "val_metric": val_metric[r], **live[r].hyperparams()}
-            live[r].record({**entry, **({"exploit": events[r]} if r in events else {})})
-        self.exploits.append((done, len(events)))
-        moves = "; ".join(f"{live[r].run_dir.name} <- {e['donor']} ("
-                          + ", ".join(f"{k} {_g(e['old'][k])} -> {_g(e['new'][k])} ({e['ops'][k]})" for k in e["ops"])
-                          + ")" for r, e in events.items())
-        self.log(f"pbt at it {done}: {len(events)} of {len(running)} running members exploit the top {len(top)} "
-                 f"by val_loss on {cfg.eval.val_tasks} validation tasks{': ' + moves if moves else ''}")
 
     def _resume_states(self) -> list[dict]:
         """Each member's checkpoint at one common iteration: members are saved one after another,
@@ -277,7 +255,7 @@ class Population:
         for i, m in enumerate(self.members):
             m.begin(state=states[i]) if resumed else m.begin()
         self._stack_members()
-        try:
+        with reported_aborts(self.members, self._storage_fault):
             for m in self.members:
                 m._emit("on_start", resumed)
                 if resumed:  # as Trainer.train: what a killed member logged before its checkpoint
@@ -288,13 +266,6 @@ class Population:
             results = [m.stopped_results() if m.status == "stopped" else m.finish() for m in self.members]
             self.reporter.on_finish(self, results)
             return results
-        except BaseException as e:
-            fault = self._storage_fault(e) if isinstance(e, StorageError) else None
-            for m in self.members:
-                m._emit("on_abort", fault or e)
-            if fault is not None:
-                raise fault from None
-            raise
 
     def _storage_fault(self, e: StorageError) -> StorageError:
         saved = {m.saved_at for m in self.members if m.status != "stopped"}
@@ -317,14 +288,15 @@ class Population:
             else:
                 steps = [self._step(members, iteration)]
             done = iteration + len(steps)  # events fall on a window's last iteration only (_window)
+            due = self.scheduler.due(done, cfg.iterations)
             for k, (finite, losses, curves, metrics) in enumerate(steps, iteration + 1):
-                if k == done and self.pbt and self.pbt.due(done, cfg.iterations):
-                    self._exploit(done)  # before the members save this iteration
+                if k == done and due and self.scheduler.before_save:
+                    self._decide(done)  # PBT: before the members save this iteration
                 for i, m in enumerate(members):
                     if m.status == "running" and not m.after_step(finite[i], losses[i], curves[i], metrics[i]):
                         m.save()  # diverged: its checkpoint says so at once, as a solo run's does when it stops
-            if done in self.rungs:
-                self._halve(done)
+            if due and not self.scheduler.before_save:
+                self._decide(done)  # halving: ranks the members after their step's bookkeeping
             if done % cfg.train.log_every == 0 or done == cfg.iterations:
                 self._progress(done, members, losses, t0, it0)
             if done % cfg.train.checkpoint_every == 0 and done < cfg.iterations:
@@ -351,8 +323,8 @@ class Population:
 
         def event(done: int) -> bool:
             return (done % train.log_every == 0 or done % train.checkpoint_every == 0 or done >= cfg.iterations
-                    or bool(train.validate_every and done % train.validate_every == 0) or done in self.rungs
-                    or bool(self.pbt and self.pbt.due(done, cfg.iterations)))
+                    or bool(train.validate_every and done % train.validate_every == 0)
+                    or self.scheduler.due(done, cfg.iterations))
 
         count = 1
         while count < MAX_WINDOW and not event(iteration + count):
@@ -369,15 +341,12 @@ class Population:
         rate = (done - it0) * len(members) / dt if dt > 0 else float("nan")
         spread = (f"meta-loss min {min(running):.4f} median {sorted(running)[len(running) // 2]:.4f} "
                   f"max {max(running):.4f}") if running else "no running member"
-        narrowed = f" | live {len(self.live)}, stopped {stopped}" if self.rungs else ""
-        if self.exploits:
-            narrowed += f" | pbt: {self.exploits[-1][1]} exploited at it {self.exploits[-1][0]}"
+        narrowed = self.scheduler.progress(len(self.live), stopped)
         self.log(f"[population of {len(self.members)} {cfg.method}] it {done:>{len(str(cfg.iterations))}}/"
                  f"{cfg.iterations} | {spread} | diverged {diverged}{narrowed} | {rate:,.0f} member-iterations/s")
         self.reporter.on_log(self, {"iteration": done, "meta_loss": sorted(running)[len(running) // 2] if running
                                     else math.nan, "tasks_per_s": rate * cfg.meta_batch_size, "diverged": diverged,
-                                    "stopped": stopped, **({"exploits": sum(n for _, n in self.exploits)}
-                                                           if self.pbt else {})})
+                                    "stopped": stopped, **self.scheduler.progress_entry()})
 
     @property
     def iteration(self) -> int:
@@ -387,10 +356,6 @@ class Population:
     def states(self) -> list[dict]:
         """Every member's checkpoint state (what a Tune checkpoint of the population holds)."""
         return [m.state_dict() for m in self.members]
-
-
-def _g(v: float) -> str:
-    return f"{v:.4g}"
 
 
 class PopulationHook:

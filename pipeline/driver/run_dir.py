@@ -9,6 +9,15 @@ PLOTS = "plots"  # folder of the run's figures
 MLFLOW_RUN = "mlflow.json"  # {tracking_uri, experiment_id, run_id} of the run's MLflow run
 
 
+def read_metrics(run_dir) -> list[dict]:
+    """The run's metrics.jsonl entries, oldest first ([] before the first)."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / METRICS
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
 def check_run_dir(path, need_checkpoint: bool = False) -> None:
     """One line for a RUN_DIR argument that names no run: a path that does not exist (with the
     closest run directory beside it), a sweep directory (pointing to its trials/), a folder

@@ -3,6 +3,7 @@ guard, progress output, the final evaluation and the run's plots. Tracking (MLfl
 reporting attach as hooks, so this module knows neither."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -11,14 +12,13 @@ from pathlib import Path
 import torch
 
 from pipeline import storage
-from pipeline.config import Config, ConfigError, save_config
+from pipeline.config import MUTABLE, Config, ConfigError, save_config
 from pipeline.distributed.backends import LocalBackend, make_backend
 from pipeline.driver import checkpoint
 from pipeline.driver.evaluation import finite_or_none, format_table
 from pipeline.driver.families import family_of
 from pipeline.driver.meta_step import StackedAdam
-from pipeline.driver.pbt import MUTABLE
-from pipeline.driver.run_dir import CHECKPOINT, CONFIG, METRICS, PLOTS, RESULTS
+from pipeline.driver.run_dir import CHECKPOINT, CONFIG, METRICS, PLOTS, RESULTS, read_metrics
 from pipeline.shards.chunking import describe_chunk_times, pick_chunk_size
 from pipeline.storage import StorageError
 from pipeline.yaml_dataclasses import load_yaml
@@ -26,11 +26,6 @@ from pipeline.yaml_dataclasses import load_yaml
 
 def metric_name(experiment) -> str:
     return experiment.metric_name
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def write_run_plots(trainer: Trainer, results: dict | None = None) -> list[Path]:
@@ -71,6 +66,21 @@ def eval_scalars(results: dict) -> dict[str, float]:
         for name, v in r.get("unseen", {}).items():  # eval_adam_unseen_mean: on images never trained on
             out[f"eval_{row}_unseen_{name}"] = math.nan if v is None else v
     return out
+
+
+@contextlib.contextmanager
+def reported_aborts(trainers, storage_fault):
+    """Every trainer's hooks hear of an exception that ends training (on_abort); a full or failing
+    disk is raised again as `storage_fault(e)`: one line saying what is kept and how to finish."""
+    try:
+        yield
+    except BaseException as e:
+        fault = storage_fault(e) if isinstance(e, StorageError) else None
+        for trainer in trainers:
+            trainer._emit("on_abort", fault or e)
+        if fault is not None:
+            raise fault from None
+        raise
 
 
 class TrainerHook:
@@ -145,7 +155,7 @@ class Trainer:
         return state
 
     def hyperparams(self) -> dict:
-        """The values PBT may change (pipeline/driver/pbt.py)."""
+        """The values PBT may change (pipeline/driver/schedulers/pbt.py)."""
         return {k: getattr(self.cfg, k) for k in MUTABLE}
 
     def load_state_dict(self, state: dict) -> None:
@@ -187,7 +197,7 @@ class Trainer:
             resumed = self.begin(resume, state)
         except StorageError as e:
             raise self.storage_fault(e) from None
-        try:
+        with reported_aborts([self], self.storage_fault):
             self._emit("on_start", resumed)
             if resumed:  # what a killed run logged before its checkpoint (a hook keeps what it lacks)
                 self._emit("on_replay", read_metrics(self.run_dir))
@@ -197,12 +207,6 @@ class Trainer:
             if self.status == "running":
                 self._loop()
             return self.finish()
-        except BaseException as e:
-            fault = self.storage_fault(e) if isinstance(e, StorageError) else None
-            self._emit("on_abort", fault or e)
-            if fault is not None:
-                raise fault from None
-            raise
 
     def begin(self, resume: bool = False, state: dict | None = None) -> bool:
         """The run directory, fresh or resumed (its config, the first checkpoint or the state
@@ -331,8 +335,8 @@ class Trainer:
         self.save()
 
     def record(self, entry: dict) -> None:
-        """A scheduler's entry (PBT's val_loss and values at a decision) in metrics.jsonl and to the
-        hooks (MLflow's metric series)."""
+        """A scheduler's entry (val_loss and, for PBT, the values at a decision) in metrics.jsonl and
+        to the hooks (MLflow's metric series)."""
         storage.append_line(self.run_dir / METRICS, json.dumps(entry))
         self._emit("on_log", entry)
 

@@ -107,7 +107,7 @@ class CompiledShardFunction(CompiledWithFallback):
 
     def __init__(self, learner: Learner, inner: InnerSettings, chunk_size: int | None = None, log=print, *,
                  sums=None, result=None, compile: bool = True, dynamic_members: bool = False, graphs: bool = False):
-        # sums/result: a population's forward and ShardResult (pipeline/shards/population.py);
+        # sums/result: a population's forward and ShardResult (pipeline/shards/stacked.py);
         # dynamic_members: the leading (member) dimension of every input stays symbolic in the graph,
         # so a population that narrows (halving) keeps one graph; it costs 3-7% per call
         # (benchmarks/bench_dynamic_members.py), and a size-1 dimension would be specialised: callers pass >= 2 rows

@@ -24,7 +24,7 @@ from ray import tune
 from pipeline import storage
 from pipeline.config import Config, ConfigError
 from pipeline.distributed.head import default_address
-from pipeline.driver.pbt import Pbt
+from pipeline.driver.schedulers import Pbt
 from pipeline.storage import StorageError
 from pipeline.sweeps import draws
 from pipeline.sweeps.draws import population_sizes

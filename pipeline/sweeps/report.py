@@ -40,7 +40,7 @@ class Trial:
     results: dict | None  # results.json of a finished run
     error: str = ""
     stopped_at: int | None = None  # the iteration a scheduler stopped the run at
-    lineage: list = field(default_factory=list)  # PBT's exploits of this run (pipeline/driver/pbt.py)
+    lineage: list = field(default_factory=list)  # PBT's exploits of this run (pipeline/driver/schedulers/pbt.py)
 
 
 @dataclass
@@ -314,7 +314,7 @@ def _pbt_section(scheduler: dict, base: dict, trials: list[Trial], shots: list, 
 
 def _pbt_figure(fig: dict, out_dir: Path) -> list[Path]:
     """plots/pbt_schedules.png from each run's metrics.jsonl (its values at every decision)."""
-    from pipeline.driver.trainer import read_metrics
+    from pipeline.driver.run_dir import read_metrics
     from pipeline.plots import pbt_schedules
 
     keys, schedules = fig["pbt"], {}

@@ -8,10 +8,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import CONFIG_DIR, Config, ConfigError, load_config, resolve_path
-from pipeline.driver.families import family_of
-from pipeline.driver.pbt import MUTABLE, MUTATION_KINDS
-from pipeline.driver.population import PACKABLE
+from pipeline.config import (
+    CONFIG_DIR,
+    MUTABLE,
+    MUTATION_KINDS,
+    PACKABLE,
+    Config,
+    ConfigError,
+    load_config,
+    resolve_path,
+)
 from pipeline.yaml_dataclasses import build, load_yaml, to_dict
 from tasks.errors import unknown_choice
 
@@ -44,7 +50,7 @@ class SchedulerSpec:
     # validation tasks): at grace_period * reduction_factor^k meta-iterations the
     # ceil(n / reduction_factor) best members continue and the others stop, leaving the stacked computation
     # pbt: Population Based Training inside each population, Tune's semantics made synchronous
-    # (pipeline/driver/pbt.py): every perturbation_interval meta-iterations the members are ranked by
+    # (pipeline/driver/schedulers/pbt.py): every perturbation_interval meta-iterations the members are ranked by
     # val_loss and the bottom quantile_fraction copies the top's state, then explores hyperparam_mutations
     name: str = "none"
     grace_period: int = 0  # meta-iterations before the first rung; 0 = a tenth of the run
@@ -248,6 +254,7 @@ def _decide_packing(sweep: Sweep, base_cfg: Config, explicit: bool) -> None:
     # a sampled key outside PACKABLE gives every run a population of its own: nothing to pack
     sampled = [k for k, e in sweep.space.items() if "grid" not in e and k not in PACKABLE]
     unpackable = [k for k in sweep.space if k not in PACKABLE]
+    from pipeline.driver.families import family_of  # torch: only where a sweep is checked, never to read one
     methods = [base_cfg.method, *(m for e in sweep.space.get("method", {}).values() for m in e)]
     why = ("the asha scheduler stops runs one at a time" if spec.scheduler.name == "asha" else
            f"space.{unpackable[0]} is not packable and the optuna search proposes every key per run (packable: "
@@ -318,6 +325,7 @@ def _check_spec(spec: SweepConfig, space: dict, base_cfg: Config) -> None:
     swept_shots = {k for e in space.get("eval.shots", {}).values() for v in e for k in v}
     shots = sorted(set(base_cfg.eval.shots) | swept_shots)
     methods = [base_cfg.method, *(m for e in space.get("method", {}).values() for m in e)]
+    from pipeline.driver.families import family_of  # torch: only where a sweep is checked, never to read one
     final_metrics = family_of(base_cfg.method).final_metrics(base_cfg, methods, shots)
     allowed = (*PER_ITERATION_METRICS, *final_metrics)
     need(spec.metric in allowed, unknown_choice("metric", "metric", spec.metric, allowed))

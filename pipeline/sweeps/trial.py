@@ -17,8 +17,8 @@ from ray import tune
 
 from pipeline.config import load_config
 from pipeline.driver import checkpoint
-from pipeline.driver.pbt import Pbt
 from pipeline.driver.population import Population, PopulationHook
+from pipeline.driver.schedulers import Halving, Pbt
 from pipeline.driver.trainer import Trainer, TrainerHook, eval_scalars, iteration_scalars
 from pipeline.shards.compiled import use_cpus
 from pipeline.sweeps.record import TRIALS
@@ -151,8 +151,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     if packed:
         # each population its own decisions: the sweep seed and the population's index
         pbt = replace(ctx.pbt, seed=(*ctx.pbt.seed, int(trial_id.rsplit("_", 1)[-1]))) if ctx.pbt else None
-        with Population(cfgs, run_dirs, log=log, hooks=hooks, reporter=reporter, halving=ctx.halving,
-                        pbt=pbt) as population:
+        scheduler = Halving(*ctx.halving, cfgs[0].iterations) if ctx.halving else pbt
+        with Population(cfgs, run_dirs, log=log, hooks=hooks, reporter=reporter, scheduler=scheduler) as population:
             population.train(states=states)
     else:
         with Trainer(cfgs[0], run_dirs[0], log=log, hooks=(*hooks(0), reporter)) as trainer:

@@ -7,7 +7,7 @@ import torch
 from pipeline.config import load_config
 from pipeline.core.meta_batch import InnerSettings, shard_meta_gradient
 from pipeline.shards.compiled import CompiledShardFunction
-from pipeline.shards.population import PopulationShards
+from pipeline.shards.stacked import PopulationShards
 
 from helpers import make_learner, perturbed_params, sine_batch
 

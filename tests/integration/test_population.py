@@ -10,6 +10,7 @@ import torch
 from pipeline.config import load_config
 from pipeline.driver import checkpoint
 from pipeline.driver.population import Population
+from pipeline.driver.schedulers import Halving, Pbt
 from pipeline.driver.trainer import Trainer, TrainerHook
 from pipeline.yaml_dataclasses import to_dict
 
@@ -201,7 +202,7 @@ def test_members_in_groups_equal_one_call(tmp_path, monkeypatch):
     group padded with member 0: every member's loss, metric and gradients equal one call
     over all of them. 5 members in groups of at most 2: three groups of 2, one padding row dropped."""
     from pipeline.shards import population as population_shards
-    from pipeline.shards.population import PopulationShards, member_groups
+    from pipeline.shards.stacked import PopulationShards, member_groups
 
     members = [{"alpha": 0.01 * (i + 1), "seed": i % 2, "gumbel_temperature": 0.5 + i} for i in range(5)]
     logs = []
@@ -238,7 +239,7 @@ def test_successive_halving_stops_the_worst_members_and_the_survivors_train_as_i
     cfgs = configs(tmp_path / "halving", "mtnet", members=HALVING, iterations=40, **{"eval.val_tasks": 50})
     run_dirs = [tmp_path / "halving" / c.run_name for c in cfgs]
     lines = []
-    with Population(cfgs, run_dirs, log=lines.append, halving=(8, 2.0)) as pop:
+    with Population(cfgs, run_dirs, log=lines.append, scheduler=Halving(8, 2.0, 40)) as pop:
         results = pop.train()
     assert [line.split(":")[0] for line in lines if line.startswith("halving at it")] == [
         "halving at it 8", "halving at it 16", "halving at it 32"]
@@ -283,10 +284,10 @@ def test_a_halving_population_killed_after_a_rung_resumes_to_the_undisturbed_mem
         dirs = [tmp_path / name / c.run_name for c in cfgs]
         if name == "resumed":
             with pytest.raises(KeyboardInterrupt), Population(cfgs, dirs, log=lambda m: None, reporter=Crash(),
-                                                              halving=(8, 2.0)) as pop:
+                                                              scheduler=Halving(8, 2.0, 40)) as pop:
                 pop.train()
             assert sum(checkpoint.load(d)["status"] == "stopped" for d in dirs) == 4
-        with Population(cfgs, dirs, log=lambda m: None, halving=(8, 2.0)) as pop:
+        with Population(cfgs, dirs, log=lambda m: None, scheduler=Halving(8, 2.0, 40)) as pop:
             results[name] = pop.train(resume=name == "resumed")
         results[name + "_params"] = [checkpoint.load(d)["params"] for d in dirs]
     assert [(r["status"], r["iterations"]) for r in results["resumed"]] == [
@@ -308,7 +309,7 @@ def test_compiled_halving_keeps_one_graph_as_the_population_narrows_and_equals_e
                            **{"eval.val_tasks": 50, "train.compile": mode})
             dirs = [tmp_path / mode / c.run_name for c in cfgs]
             with torch._dynamo.config.patch(error_on_recompile=True), \
-                    Population(cfgs, dirs, log=lines.append, halving=(8, 2.0)) as pop:
+                    Population(cfgs, dirs, log=lines.append, scheduler=Halving(8, 2.0, 40)) as pop:
                 pop.train()
             params[mode] = [checkpoint.load(d)["params"] for d in dirs]
     finally:
@@ -333,15 +334,13 @@ def test_pbt_exploits_copy_the_donors_state_bitwise_and_decide_the_same_way_twic
     member's checkpoint at 10 equals its donor's bitwise (parameters, Adam moments, step count); its
     values are the donor's explored (alpha: resampled in range or times 0.8 / 1.2; beta: resampled from
     the list or one place left or right). The same population trained again takes the same decisions."""
-    from pipeline.driver.pbt import Pbt
-
     pbt = Pbt(10, 0.25, 0.25, (0.8, 1.2), {"alpha": {"loguniform": [1e-3, 1.0]}, "beta": {"choice": BETAS}}, (7, 0))
     lineages = []
     for name in ("first", "again"):
         cfgs = configs(tmp_path / name, "mtnet", members=PBT_MEMBERS, iterations=20,
                        **{"eval.val_tasks": 50, "train.checkpoint_every": 10})
         dirs = [tmp_path / name / c.run_name for c in cfgs]
-        with Population(cfgs, dirs, log=lambda m: None, pbt=pbt) as pop:
+        with Population(cfgs, dirs, log=lambda m: None, scheduler=pbt) as pop:
             results = pop.train()
         lineages.append([r.get("pbt", {}).get("lineage", []) for r in results])
     dirs = [tmp_path / "first" / f"m{i}" for i in range(len(PBT_MEMBERS))]

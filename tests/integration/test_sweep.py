@@ -27,6 +27,8 @@ from pipeline.yaml_dataclasses import to_dict
 
 from sweep_runs import TINY, mlflow_runs, sweep_ok, write_sweep
 
+ROOT = Path(__file__).resolve().parents[2]
+
 BAD_SWEEPS = [
     ({"space": {"alpha": {"grid": [0.01, 0]}}}, "space: alpha: must be > 0, got 0.0"),
     ({"space": {"methd": {"grid": ["maml"]}}}, "space: methd is not a config key"),
@@ -266,6 +268,13 @@ def test_a_packed_sweep_gives_the_unpacked_sweeps_runs_and_report(local_ray, tmp
     for key, (mean, ci, n) in cells["single"]["report"].items():
         got = cells["packed"]["report"][key]
         assert got[0] == pytest.approx(mean, rel=1e-5) and got[1] == pytest.approx(ci, rel=1e-4) and got[2] == n
+    # `metatrain report` on a finished sweep reads its files alone: no torch, Ray or MLflow is imported
+    (dirs["packed"] / "report.md").unlink()
+    code = (f"import sys\nfrom pipeline.cli import main\nassert main(['report', {str(dirs['packed'])!r}]) == 0\n"
+            "print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout.strip().splitlines()[-1] == "[]" and (dirs["packed"] / "report.md").is_file(), proc.stderr
 
 
 def test_a_packed_random_search_trains_the_runs_of_its_unpacked_twin(local_ray, tmp_path, capsys):

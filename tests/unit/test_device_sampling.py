@@ -118,6 +118,7 @@ OMNIGLOT = Path(__file__).resolve().parents[3] / "shared/data/omniglot/images_ba
 
 @pytest.mark.skipif(not OMNIGLOT.is_file(), reason="../shared/data/omniglot not found")
 @pytest.mark.parametrize("sets", [{"task.rotations": True}, {"task.within_group": True},
+                                  {"task.augment": "affine", "task.rotations": True},
                                   {"task.ways": 20, "task.device_cache_gb": 0}])
 def test_omniglot_tasks_drawn_on_the_device_are_the_numpy_tasks(sets):
     """Classes, image orders and rotations drawn on the device; images gathered from the copy held
@@ -161,6 +162,7 @@ def test_auto_draws_on_an_accelerator_only():
 @pytest.mark.parametrize("sets, message", [
     ({"task.sample_on": "gpu"}, "task.sample_on: unknown choice 'gpu'; allowed: auto, cpu, device"),
     ({"task.device_cache_gb": -1}, "task.device_cache_gb: must be >= 0 (0 = gather images on the CPU), got -1.0"),
+    ({"task.augment": "afine"}, "task.augment: unknown choice 'afine'; did you mean 'affine'? allowed: none, affine"),
 ])
 def test_bad_sampling_settings_are_one_line(sets, message):
     with pytest.raises(ConfigError) as e:
@@ -189,7 +191,7 @@ def test_a_run_sampling_on_the_device_trains_as_the_numpy_run(tmp_path, method):
 def test_a_population_draws_the_same_tasks_on_the_device():
     """A population's tasks (several seeds and iterations ahead in one draw) with task.sample_on cpu
     and device, and the member meta-gradients computed from them."""
-    from pipeline.shards.population import PopulationShards
+    from pipeline.shards.stacked import PopulationShards
 
     def shards(sample_on):
         cfgs = [load_config(None, {"method": "mtnet", "seed": seed, "alpha": alpha, "model.hidden": [8, 8],

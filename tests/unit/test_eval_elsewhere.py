@@ -99,6 +99,11 @@ def test_within_group_draws_every_class_of_a_task_from_one_group(rotations):
     seen = set(groups[:, 0].tolist())
     # without rotations group C (2 classes) cannot hold a 3-way task; with them it has 8 classes
     assert seen == ({1, 2, 3} if rotations else {1, 2})
+    # a group uniformly among those that can hold a task (not by size: group B has 1.5x A's classes):
+    # 200 draws, each count within 3 binomial sigmas of 200 / groups
+    counts = np.bincount(groups[:, 0], minlength=4)[1:]
+    p = 1 / len(seen)
+    assert all(abs(counts[g - 1] - 200 * p) <= 3 * np.sqrt(200 * p * (1 - p)) for g in seen), counts
     mixed = FewShotImages(images, {"train": names, "test": names}, ways=3, rotations=rotations)
     batch = sample_batch(mixed, seed=1, split="test", iteration=0, indices=range(200), shots=1, query=1)
     groups = np.round(batch["x_support"].numpy().reshape(200, 3, -1).mean(-1) * 255 / 10).astype(int)

@@ -1,5 +1,6 @@
 """Structure: the wings of pipeline/ import only the wings below them, no import cycles among the
-project's modules, and `metatrain report` does not load Ray."""
+project's modules, schedulers that import only each other, and schemas and a report that load no
+torch, Ray or MLflow."""
 import ast
 import subprocess
 import sys
@@ -134,12 +135,29 @@ def test_tasks_never_import_pipeline():
     assert not any(offenders.values()), offenders
 
 
-def test_report_does_not_load_ray():
-    code = ("import pipeline.sweeps.report, pipeline.cli, sys; "
-            "assert 'ray.tune' not in sys.modules and 'ray' not in sys.modules")
+def test_schedulers_import_only_each_other():
+    """A scheduler decides from numbers alone: no backend, trainer, population or torch."""
+    graph = import_graph()
+    schedulers = [m for m in graph if m.startswith("pipeline.driver.schedulers")]
+    assert len(schedulers) >= 4
+    assert {m: sorted(d for d in graph[m] if not d.startswith("pipeline.driver.schedulers"))
+            for m in schedulers} == dict.fromkeys(schedulers, [])
+    code = "import sys, pipeline.driver.schedulers; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stderr
+
+
+@pytest.mark.parametrize("modules", ["pipeline.sweeps.report, pipeline.cli", "pipeline.sweeps.spec",
+                                     "pipeline.config", "pipeline.plots"])
+def test_the_schemas_and_the_report_import_no_torch_ray_or_mlflow(modules):
+    """The experiment and sweep schemas, the report and the figures import no torch, Ray or MLflow
+    (the rule registry and the family table are read inside the functions that check a config or a
+    sweep); `metatrain report` on a real sweep: tests/integration/test_sweep.py."""
+    code = f"import sys, {modules}; print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
 HEAVY = ("torch", "numpy", "ray", "mlflow", "pandas", "matplotlib", "pyarrow")

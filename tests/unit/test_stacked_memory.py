@@ -5,7 +5,7 @@ import torch
 
 from pipeline.config import ConfigError, load_config
 from pipeline.shards.memory import PeakMemory, available_bytes
-from pipeline.shards.population import PopulationShards
+from pipeline.shards.stacked import PopulationShards
 
 MB = 2**20
 
