@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.core.meta_batch import InnerSettings, shard_meta_gradient  # noqa: E402
+from pipeline.driver.families import make_source  # noqa: E402
 from pipeline.shards.compiled import CompiledShardFunction  # noqa: E402
 from pipeline.shards.experiment import make_learner  # noqa: E402
-from pipeline.shards.sources import make_experiment  # noqa: E402
 from tasks import make_distribution  # noqa: E402
 from tasks.sampling import sample_batch  # noqa: E402
 
@@ -88,7 +88,7 @@ def main() -> None:
               f"| {even:,.0f} | {diff:.1e} |", flush=True)
 
     for label, name, overrides, shard in L2L_CASES if args.only != "few_shot" else []:
-        eager, fn = (make_experiment(load_config(name, [*overrides, f"train.compile={c}"]))
+        eager, fn = (make_source(load_config(name, [*overrides, f"train.compile={c}"]))
                      for c in ("never", "always"))
         fn.update.log = lambda m: None
         params = eager.init_params()

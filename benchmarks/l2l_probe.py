@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.core.rules import learned_optimizer  # noqa: E402
-from pipeline.shards.sources import make_experiment  # noqa: E402
+from pipeline.driver.families import make_source  # noqa: E402
 
 SPLITS = (("test", "EVAL"), ("train", "EVAL-train"))  # the optimizees evaluated on, and their log tag
 
@@ -68,7 +68,7 @@ def main() -> int:
         learned_optimizer.preprocess = log_and_sign
     cfg = load_config("l2l_mnist_cpu", {"alpha": args.alpha, "beta": args.beta, "train.compile": args.compile,
                                         "backend": "local", "tracking.enabled": False})
-    exp = make_experiment(cfg)
+    exp = make_source(cfg)
     if args.objective == "log":
         exp.objective = lambda losses: torch.stack(losses, 0).log().sum(0)
     if args.objective == "unroll":

@@ -14,7 +14,7 @@ from pipeline.core.meta_batch import ShardResult, to_numpy
 from pipeline.distributed.head import default_address, running_head
 from pipeline.distributed.pool import RESUME_HINT, WorkerPool, WorkersLostError  # noqa: F401 (re-exported)
 from pipeline.distributed.ranges import blocks, split, tree_sum
-from pipeline.shards.sources import ShardSource, experiment_from_dict
+from pipeline.shards.sources import ShardSource, StackedSource
 from pipeline.yaml_dataclasses import to_dict
 
 
@@ -39,31 +39,31 @@ class LocalBackend:
     def changes(self) -> list:
         return []
 
-    def __init__(self, cfg: Config, experiment: ShardSource, log=print):
-        self.cfg, self.experiment = cfg, experiment
+    def __init__(self, cfg: Config, source: ShardSource | StackedSource, log=print):
+        self.cfg, self.source = cfg, source
 
     def meta_gradient(self, params: dict, iteration: int, carry: dict | None = None) -> ShardResult:
         if self.cfg.train.block_tasks:  # the blocks one after another, added as every backend adds them
-            return merge_blocks([self.experiment.train_shard(params, iteration, r, carry_part(carry, r))
+            return merge_blocks([self.source.train_shard(params, iteration, r, carry_part(carry, r))
                                  for r in blocks(self.cfg.meta_batch_size, self.cfg.train.block_tasks)])
-        return self.experiment.train_shard(params, iteration, range(self.cfg.meta_batch_size), carry)
+        return self.source.train_shard(params, iteration, range(self.cfg.meta_batch_size), carry)
 
     def eval_chunks(self, params: dict, chunks: list[range], **kw) -> list[tuple[np.ndarray, ...]]:
-        return [tuple(t.cpu().numpy() for t in self.experiment.eval_shard(params, c, **kw)) for c in chunks]
+        return [tuple(t.cpu().numpy() for t in self.source.eval_shard(params, c, **kw)) for c in chunks]
 
     def time_chunk_sizes(self, params: dict) -> dict[int, float]:
-        return self.experiment.time_chunk_sizes(params, range(self.cfg.meta_batch_size))
+        return self.source.time_chunk_sizes(params, range(self.cfg.meta_batch_size))
 
     def set_chunk_size(self, tasks_per_vmap: int) -> None:
-        self.experiment.set_chunk_size(tasks_per_vmap)
+        self.source.set_chunk_size(tasks_per_vmap)
 
     def select_members(self, rows: list[int]) -> None:
         """A population's source keeps only these members (a halving rung stopped the others)."""
-        self.experiment.select(rows)
+        self.source.select(rows)
 
     def set_member_values(self, configs: list[Config]) -> None:
         """A population's source takes its members' current step sizes and temperatures (PBT)."""
-        self.experiment.set_values(configs)
+        self.source.set_values(configs)
 
     def close(self) -> None:
         pass
@@ -101,11 +101,12 @@ def _local_cpus() -> int:
 class RayBackend:
     name = "ray"
 
-    def __init__(self, cfg: Config, experiment: ShardSource | None = None, log=print, *,
-                 build=experiment_from_dict, configs: list[Config] | None = None):
+    def __init__(self, cfg: Config, source: ShardSource | None = None, log=print, *, build,
+                 configs: list[Config] | None = None):
         """Each worker builds its shard source as build(payload, device), payload the plain dict of
         `cfg` or the list of dicts of `configs` (a population's members: pipeline/driver/population.py);
-        `build` is a module-level function of pipeline/shards, pickled by reference."""
+        `build`: a module-level function of pipeline/shards (or a functools.partial of one), pickled
+        by reference. `source`: the driver's own (unused here: the workers compute)."""
         given = cfg.ray.address or os.environ.get("RAY_ADDRESS")
         address = given or default_address()
         send_token_to(address)
@@ -306,7 +307,8 @@ class RayBackend:
             self.started_ray = False
 
 
-def make_backend(cfg: Config, experiment: ShardSource, log=print):
-    return (RayBackend if cfg.backend == "ray" else LocalBackend)(cfg, experiment, log)
+def make_backend(cfg: Config, source: ShardSource, build, log=print):
+    """The run's backend: this process over `source`, or Ray workers that each build(payload, device) theirs."""
+    return RayBackend(cfg, source, log, build=build) if cfg.backend == "ray" else LocalBackend(cfg, source, log)
 
 

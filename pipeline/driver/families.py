@@ -19,7 +19,7 @@ from pipeline.shards.optimizer_experiment import OptimizerExperiment
 
 class Family:
     name = ""
-    source = Experiment  # the shard source class (pipeline/shards/sources.py SOURCES holds the same)
+    source = Experiment  # the shard source class (built in this process, and by Ray workers from a config)
     times_chunks = False  # train.tasks_per_vmap: auto is timed on the first shard
     packs = False  # runs that differ in alpha/beta/temperature/seeds train as one population
     logs_model = False  # MLflow logs the meta-learned network (mlflow.pytorch.log_model and a pyfunc)
@@ -36,6 +36,10 @@ class Family:
     def evaluate(self, experiment, backend, params: dict, cfg, *, tasks: int, shots: list[int], seed: int) -> dict:
         """The run's evaluation table: {row: {mean, ci95, n, before_adaptation, ...}}."""
         raise NotImplementedError
+
+    def validate(self, backend, params: dict, cfg) -> float:
+        """train.validate_every: the validation loss of the current parameters (lower is better)."""
+        raise NotImplementedError(f"train.validate_every: the {self.name} family has no validation set")
 
     def header(self, results: dict, experiment) -> str:
         raise NotImplementedError
@@ -117,8 +121,7 @@ class LearnedOptimizers(Family):
             results[name] = {**row, "alpha": alpha, "curve_ci95": [finite_or_none(float(v)) for v in ci_curve]}
         return results
 
-    @staticmethod
-    def validate(backend, params: dict, cfg) -> float:
+    def validate(self, backend, params, cfg):
         """train.validate_every: the learned optimizer's mean final loss on train.validate_tasks
         optimizees of the validation split (the training images, streams of their own), over the
         training horizon; inf if not finite."""
@@ -152,3 +155,9 @@ FAMILIES = {f.name: f for f in (FewShot(), LearnedOptimizers())}
 def family_of(method: str) -> Family:
     """The family of a method (a config's `method`)."""
     return FAMILIES[get_rule(method).family]
+
+
+def make_source(cfg, dtype=None, device: str = "cpu"):
+    """The shard source of a config's method family, built in this process (float32 unless `dtype`)."""
+    source = family_of(cfg.method).source
+    return source(cfg, device=device) if dtype is None else source(cfg, dtype, device)

@@ -1,7 +1,8 @@
 """The seam between what a worker computes and where it runs: `ShardSource`, the interface every
-shard source implements (few-shot `Experiment`, `OptimizerExperiment`, `PopulationShards`), and
-`make_experiment`, a config's source by its method's family. Backends and workers call only this
-interface, and build sources with the picklable builders below, so they never name a family."""
+shard source implements (few-shot `Experiment`, `OptimizerExperiment`, and a population's
+`PopulationShards`, which is also a `StackedSource`). Backends and workers call only this interface,
+and build sources with the picklable builder below from the class a method's family names
+(pipeline/driver/families.py: `Family.source`, the one family table), so they never name a family."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -11,9 +12,6 @@ import torch
 
 from pipeline.config import Config, load_config
 from pipeline.core.meta_batch import ShardResult
-from pipeline.core.rules import get_rule
-from pipeline.shards.experiment import Experiment
-from pipeline.shards.optimizer_experiment import OptimizerExperiment
 
 
 class ShardSource(Protocol):
@@ -35,15 +33,17 @@ class ShardSource(Protocol):
     def sample(self, *args, **kw) -> dict: ...
 
 
-# the shard source of each method family (UpdateRule.family)
-SOURCES = {"few_shot": Experiment, "optimizer": OptimizerExperiment}
+class StackedSource(ShardSource, Protocol):
+    """The members of a population stacked on a leading dimension (pipeline/shards/stacked.py)."""
+
+    def select(self, rows: list[int]) -> None:
+        """Only these members (rows, in order) stay in the computation: a scheduler stopped the others."""
+
+    def set_values(self, configs: list[Config]) -> None:
+        """The members' current step sizes and temperatures (a scheduler changed them)."""
 
 
-def make_experiment(cfg: Config, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """The shard source of a config's method family: few-shot adaptation, or learned optimizers."""
-    return SOURCES[get_rule(cfg.method).family](cfg, dtype, device)
-
-
-def experiment_from_dict(cfg_dict: dict, device: str = "cpu"):
-    """A run's shard source built on a worker from its config (a plain dict on the wire)."""
-    return make_experiment(load_config(cfg_dict), device=device)
+def source_from_dict(source_class, cfg_dict: dict, device: str = "cpu") -> ShardSource:
+    """A run's shard source built on a worker from its config (a plain dict on the wire);
+    source_class: its family's (`Family.source`), pickled by reference inside a functools.partial."""
+    return source_class(load_config(cfg_dict), device=device)

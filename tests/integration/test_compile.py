@@ -91,12 +91,12 @@ def test_compiled_learned_optimizer_equals_eager():
     meta-gradient by autograd through it): two truncated unrolls of 3 quadratics give the eager
     meta-losses, gradients and optimizee states, and an evaluation the eager loss curves (1e-5);
     compiled once, said once."""
-    from pipeline.shards.sources import make_experiment
+    from pipeline.driver.families import make_source
 
     sets = {"method": "l2l", "task.name": "quadratic", "inner_steps": 12, "train.unroll": 4, "iterations": 12,
             "meta_batch_size": 3, "alpha": 0.1, "backend": "local", "tracking.enabled": False}
-    eager = make_experiment(load_config(None, {**sets, "train.compile": "never"}))
-    compiled = make_experiment(load_config(None, {**sets, "train.compile": "always"}))
+    eager = make_source(load_config(None, {**sets, "train.compile": "never"}))
+    compiled = make_source(load_config(None, {**sets, "train.compile": "always"}))
     logs = []
     compiled.update.log = logs.append
     params = eager.init_params()

@@ -16,9 +16,9 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.core.rules import get_rule
 from pipeline.driver import checkpoint
+from pipeline.driver.families import make_source
 from pipeline.driver.trainer import Trainer
 from pipeline.shards.optimizer_experiment import run_steps
-from pipeline.shards.sources import make_experiment
 
 from helpers import quad_cfg
 
@@ -77,7 +77,7 @@ def ref_quadratic_unroll(model, W, y, theta, state, steps, alpha):
 
 def test_meta_gradient_matches_the_papers_formula_over_two_truncated_unrolls():
     cfg = quad_cfg(meta_batch_size=3, inner_steps=8, **{"train.unroll": 4})
-    exp = make_experiment(cfg, dtype=torch.float64)
+    exp = make_source(cfg, dtype=torch.float64)
     phi = exp.init_params()
     first = exp.train_shard(phi, 0, range(3))
     second = exp.train_shard(phi, 1, range(3), first.carry)
@@ -129,7 +129,7 @@ def test_preprocessing_at_and_around_e_to_the_minus_p():
 
 def test_output_forced_to_minus_grad_reproduces_sgd_exactly(monkeypatch):
     cfg = quad_cfg(meta_batch_size=4)
-    exp = make_experiment(cfg, dtype=torch.float64)
+    exp = make_source(cfg, dtype=torch.float64)
     phi = exp.init_params()
     rule = get_rule("l2l")
     monkeypatch.setattr(rule, "direction", lambda g, params, carry: (-g, carry))
@@ -158,7 +158,7 @@ def test_output_forced_to_minus_grad_reproduces_sgd_exactly(monkeypatch):
 ])
 def test_baselines_follow_torch_optim(name, make):
     cfg = quad_cfg(method=name, iterations=0)
-    exp = make_experiment(cfg, dtype=torch.float64)
+    exp = make_source(cfg, dtype=torch.float64)
     problem = exp.sample(split="test", seed=1, iteration=0, indices=range(3), steps=15)
     rule = get_rule(name)
     theta0 = problem["theta0"]
@@ -194,7 +194,7 @@ def test_validation_keeps_the_best_parameters_and_the_run_is_evaluated_with_them
     assert [[e["iteration"], e["validation_loss"]] for e in logged if "validation_loss" in e] == history
     state = checkpoint.load(tmp_path / "run")
     selected = state["selected"]["params"]
-    exp = make_experiment(cfg)
+    exp = make_source(cfg)
     val = exp.eval_shard(selected, range(8), optimizer="l2l", alpha=0.1, seed=cfg.seed, split="val", steps=12)[0]
     assert val.mean().item() == pytest.approx(best[1], rel=1e-6)
     test_kw = dict(optimizer="l2l", alpha=0.1, seed=cfg.eval.seed, split="test", steps=12)
@@ -225,7 +225,7 @@ def test_unrolls_and_evaluations_flush_subnormal_floats_and_restore_the_default(
     """Subnormal floats cost a trained MNIST optimizer 1.8x per unroll: the optimizer family's shard
     functions flush them to zero while they run, and leave PyTorch's default behind them."""
     tiny = torch.tensor([1e-40], dtype=torch.float32)  # subnormal in float32
-    exp = make_experiment(quad_cfg(tmp_path))
+    exp = make_source(quad_cfg(tmp_path))
     seen, loss = [], exp.distribution.loss
 
     def recording_loss(theta, problem, t):
@@ -261,7 +261,7 @@ def test_mnist_optimizee_gradient_and_loss():
     cfg = load_config(None, {"method": "l2l", "task.name": "mnist_mlp", "task.data": [str(MNIST_CSV)],
                              "model.hidden": [20], "inner_steps": 4, "train.unroll": 2, "meta_batch_size": 2,
                              "tracking.enabled": False})
-    exp = make_experiment(cfg, dtype=torch.float64)
+    exp = make_source(cfg, dtype=torch.float64)
     assert exp.distribution.dim == 784 * 20 + 20 + 20 * 10 + 10
     problem = exp.sample(split="train", seed=0, iteration=0, indices=range(2), steps=4)
     theta = problem["theta0"]
@@ -286,7 +286,7 @@ def test_mnist_scores_every_digit_and_test_optimizees_also_on_images_they_never_
     cfg = load_config(None, {"method": "sgd", "alpha": 1.0, "task.name": "mnist_mlp", "task.data": [str(MNIST_CSV)],
                              "model.hidden": [20], "inner_steps": 3, "train.unroll": 3, "iterations": 0,
                              "tracking.enabled": False})
-    exp = make_experiment(cfg, dtype=torch.float64)
+    exp = make_source(cfg, dtype=torch.float64)
     dist = exp.distribution
 
     def reference(theta, pool):
