@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_population import member_cfgs  # noqa: E402
 
+from pipeline.members import PopulationSpec  # noqa: E402
 from pipeline.shards.experiment import Experiment  # noqa: E402
 from pipeline.shards.stacked import PopulationShards  # noqa: E402
 
@@ -45,7 +46,8 @@ def main() -> None:
     cases, compile_s = {}, {}
     for path in ("static", "dynamic"):
         for size in SIZES:
-            shards = PopulationShards(cfgs[:size], narrows=path == "dynamic", log=lambda m: None)
+            shards = PopulationShards(PopulationSpec.from_configs(cfgs[:size]), narrows=path == "dynamic",
+                                      log=lambda m: None)
             params = {k: torch.stack([v] * size) for k, v in init.items()}
             t0 = time.perf_counter()
             shards.train_shard(params, 0, range(4))  # compiles (static: each count; dynamic: the first)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_population import member_cfgs  # noqa: E402
 
 from pipeline.core.meta_batch import map_tree  # noqa: E402
+from pipeline.members import PopulationSpec  # noqa: E402
 from pipeline.shards.stacked import PopulationShards, member_groups  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def main() -> None:
             for compile_ in ("always", "never"):
                 torch._dynamo.reset()  # every case its own graphs (Dynamo allows 8 per code object and process)
                 cfgs = member_cfgs(method, args.size, 300, compile_, Path(tmp))
-                shards = PopulationShards(cfgs, log=lambda m: None)
+                shards = PopulationShards(PopulationSpec.from_configs(cfgs), log=lambda m: None)
                 params = {k: torch.stack([v * (1 + 0.01 * i) for i in range(args.size)])
                           for k, v in shards.experiment.init_params().items()}
                 fn = shards.fns[False]  # most iterations compute no query-loss curve (curve_at)

@@ -84,12 +84,12 @@ def population_rate(cfgs, out: Path, warmup: int, device: str = "cpu",
         for m in pop.members:  # the warm-up as a run of its own length, then the timed rest
             m.cfg.iterations = warmup
         t0 = time.perf_counter()
-        pop.cfgs[0].iterations = warmup
+        pop.base.iterations = warmup
         pop._loop()
         warm_s = time.perf_counter() - t0
         for m in pop.members:
             m.cfg.iterations, m.status = total, "running"
-        pop.cfgs[0].iterations = total
+        pop.base.iterations = total
         t0 = time.perf_counter()
         pop._loop()
         return (total - warmup) * len(cfgs) / (time.perf_counter() - t0), warm_s

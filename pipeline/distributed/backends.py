@@ -14,6 +14,7 @@ from pipeline.core.meta_batch import ShardResult, to_numpy
 from pipeline.distributed.head import default_address, running_head
 from pipeline.distributed.pool import RESUME_HINT, WorkerPool, WorkersLostError  # noqa: F401 (re-exported)
 from pipeline.distributed.ranges import blocks, split, tree_sum
+from pipeline.members import PopulationSpec
 from pipeline.shards.sources import ShardSource, StackedSource
 from pipeline.yaml_dataclasses import to_dict
 
@@ -61,9 +62,9 @@ class LocalBackend:
         """A population's source keeps only these members (a halving rung stopped the others)."""
         self.source.select(rows)
 
-    def set_member_values(self, configs: list[Config]) -> None:
+    def set_member_values(self, values: list[dict]) -> None:
         """A population's source takes its members' current step sizes and temperatures (PBT)."""
-        self.source.set_values(configs)
+        self.source.set_values(values)
 
     def close(self) -> None:
         pass
@@ -102,9 +103,9 @@ class RayBackend:
     name = "ray"
 
     def __init__(self, cfg: Config, source: ShardSource | None = None, log=print, *, build,
-                 configs: list[Config] | None = None):
+                 members: PopulationSpec | None = None):
         """Each worker builds its shard source as build(payload, device), payload the plain dict of
-        `cfg` or the list of dicts of `configs` (a population's members: pipeline/driver/population.py);
+        `cfg` or `members.to_wire()` (a population's members: pipeline/driver/population.py);
         `build`: a module-level function of pipeline/shards (or a functools.partial of one), pickled
         by reference. `source`: the driver's own (unused here: the workers compute)."""
         given = cfg.ray.address or os.environ.get("RAY_ADDRESS")
@@ -117,7 +118,7 @@ class RayBackend:
 
         from pipeline.distributed.workers import ShardWorker
 
-        self.ray, self.cfg, self.log, self.build, self.configs = ray, cfg, log, build, configs
+        self.ray, self.cfg, self.log, self.build, self.members = ray, cfg, log, build, members
         self.started_ray = self.own_cluster = False
         self._cls = ShardWorker
         if not ray.is_initialized():
@@ -221,7 +222,7 @@ class RayBackend:
                          "autoscaler to add nodes")
 
     def _worker_config(self) -> dict | list[dict]:
-        return [to_dict(c) for c in self.configs] if self.configs else to_dict(self.cfg)
+        return self.members.to_wire() if self.members else to_dict(self.cfg)
 
     def _auto_workers(self) -> int:
         cpus = self.ray.available_resources().get("CPU", 1)
@@ -288,13 +289,15 @@ class RayBackend:
 
     def select_members(self, rows: list[int]) -> None:
         """Every worker's population source keeps only these members (a halving rung)."""
-        self.configs = [self.configs[i] for i in rows]
+        self.members = self.members.select(rows)
         self._tell_all("select_members", rows)
 
-    def set_member_values(self, configs: list[Config]) -> None:
-        """Every worker's population source takes these members' step sizes and temperatures (PBT's explore)."""
-        self.configs = list(configs)
-        self._tell_all("set_member_values", self._worker_config())
+    def set_member_values(self, values: list[dict]) -> None:
+        """Every worker's population source takes these members' step sizes and temperatures (PBT's
+        explore): the table's rows of values, not configs."""
+        for i, v in enumerate(values):
+            self.members.set_values(i, v)
+        self._tell_all("set_member_values", values)
 
     def worker_info(self) -> list[dict]:
         return self.ray.get([a.where.remote() for a in self.actors])

@@ -11,7 +11,6 @@ import numpy as np
 import ray
 import torch
 
-from pipeline.config import load_config
 from pipeline.core.meta_batch import ShardResult
 from pipeline.shards.compiled import use_cpus
 
@@ -58,8 +57,8 @@ class ShardWorker:
     def select_members(self, rows: list[int]) -> None:
         self.source.select(rows)
 
-    def set_member_values(self, member_dicts: list[dict]) -> None:
-        self.source.set_values([load_config(d) for d in member_dicts])
+    def set_member_values(self, values: list[dict]) -> None:
+        self.source.set_values(values)
 
     def where(self) -> dict:
         return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(), "device": self.device}

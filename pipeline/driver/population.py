@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import PACKABLE, Config, ConfigError
+from pipeline.config import MUTABLE, Config, ConfigError
 from pipeline.distributed.backends import LocalBackend, RayBackend
 from pipeline.driver import checkpoint
 from pipeline.driver.families import family_of
@@ -33,25 +33,20 @@ from pipeline.driver.population_step import MAX_WINDOW, WholeIteration
 from pipeline.driver.run_dir import read_metrics
 from pipeline.driver.schedulers import MemberScheduler
 from pipeline.driver.trainer import Trainer, reported_aborts
+from pipeline.members import PopulationSpec
 from pipeline.shards.compiled import cuda_graphs, should_compile
 from pipeline.shards.experiment import Experiment
-from pipeline.shards.stacked import PopulationShards, population_from_dicts
+from pipeline.shards.stacked import PopulationShards, stacked_from_wire
 from pipeline.storage import StorageError
-from pipeline.yaml_dataclasses import flatten, to_dict
 
 
-def check_packable(cfgs: list[Config]) -> None:
-    """One line naming the first key (other than PACKABLE ones) in which members differ."""
-    if not cfgs:
-        raise ConfigError("population: no members")
-    first = flatten(to_dict(cfgs[0]))
-    for i, cfg in enumerate(cfgs[1:], 1):
-        for key, value in flatten(to_dict(cfg)).items():
-            if key not in PACKABLE and value != first.get(key):
-                raise ConfigError(f"population: member {i} differs from member 0 in {key} ({value!r} vs "
-                                  f"{first.get(key)!r}); members may differ only in {', '.join(PACKABLE)}")
-    if not family_of(cfgs[0].method).packs:
-        raise ConfigError(f"population: method {cfgs[0].method}: learned optimizers train one run at a time")
+def check_packable(cfgs: list[Config]) -> PopulationSpec:
+    """The members as one spec (pipeline/members.py); one line naming the first key (other than
+    PACKABLE ones) in which members differ, or a method that does not pack."""
+    spec = PopulationSpec.from_configs(cfgs)
+    if not family_of(spec.base.method).packs:
+        raise ConfigError(f"population: method {spec.base.method}: learned optimizers train one run at a time")
+    return spec
 
 
 class Member(Trainer):
@@ -81,39 +76,39 @@ class Population:
         iteration as one function on the device where that applies (WholeIteration): None = when
         compiled (train.compile), True = also eagerly, False = step by step."""
         self.device = torch.device(device)
-        check_packable(cfgs)
-        self.cfgs, self.log, self.reporter = list(cfgs), log, reporter or PopulationHook()
+        self.spec = check_packable(cfgs)  # the shared config and the member table
+        cfg = self.base = self.spec.base
+        self.log, self.reporter = log, reporter or PopulationHook()
         self.scheduler = scheduler or MemberScheduler()
         narrows = self.scheduler.stops_members
         self.params = None  # stacked (P, ...) tensors (views into self.adam's buffer) once training starts
         names = [Path(d).name for d in run_dirs]
         self.members: list[Member] = []
         # Member log lines are prefixed; per-iteration progress comes from the population instead.
-        progress = f"[{cfgs[0].method}] it "  # every member's method is the same (check_packable)
-        for i, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
+        progress = f"[{cfg.method}] it "  # every member's method is the same (check_packable)
+        for i, (member_cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
             member_log = (lambda name: lambda m: None if m.startswith(progress) else log(f"{name}: {m}"))(names[i])
-            self.members.append(Member(self, i, cfg, Path(run_dir), member_log, hooks(i) if hooks else ()))
-        self.beta = torch.tensor([c.beta for c in cfgs], dtype=torch.float64, device=self.device)
+            self.members.append(Member(self, i, member_cfg, Path(run_dir), member_log, hooks(i) if hooks else ()))
         # Every member's shards: computed here, or by Ray shard workers (ray.workers > 0), each
         # computing every member on its range of task indices exactly as a solo run's workers do.
         # The in-process source also ranks the members at halving rungs (validate).
-        self.shards = PopulationShards(cfgs, device, log, narrows=narrows)
-        if cfgs[0].backend == "ray" and cfgs[0].ray.workers:
-            build = functools.partial(population_from_dicts, narrows=narrows)
-            self.backend = RayBackend(cfgs[0], None, log, build=build, configs=cfgs)
-        else:
-            self.backend = LocalBackend(cfgs[0], self.shards)
         self.live = list(range(len(cfgs)))  # the members in the stacked computation, in row order
+        self.shards = PopulationShards(self.spec.select(self.live), device, log, narrows=narrows)
+        if cfg.backend == "ray" and cfg.ray.workers:
+            build = functools.partial(stacked_from_wire, narrows=narrows)
+            self.backend = RayBackend(cfg, None, log, build=build, members=self.spec.select(self.live))
+        else:
+            self.backend = LocalBackend(cfg, self.shards)
         # The whole iteration as one function (pipeline/driver/population_step.py) where the members
         # train in this process, draw their tasks on its device and are compiled: eagerly it is
         # slower than step by step (torch.func's grad per op, one draw per iteration instead of a
         # block ahead: benchmarks/RESULTS.md, "Populations and packed sweeps").
         self.whole = None
-        compiled = should_compile(cfgs[0], Experiment.compile_auto_from)
+        compiled = should_compile(cfg, Experiment.compile_auto_from)
         if (compiled if whole_iteration is None else whole_iteration) and isinstance(self.backend, LocalBackend) \
-                and self.shards.experiment.sample_on_device and not cfgs[0].train.block_tasks:
-            self.whole = WholeIteration(self.shards, cfgs[0].train.max_bad_steps, log, compile=compiled,
-                                        graphs=cuda_graphs(cfgs[0]))
+                and self.shards.experiment.sample_on_device and not cfg.train.block_tasks:
+            self.whole = WholeIteration(self.shards, cfg.train.max_bad_steps, log, compile=compiled,
+                                        graphs=cuda_graphs(cfg))
 
     def _resolve_chunk_size(self, resumed: bool) -> None:
         """train.tasks_per_vmap: auto, timed once on the population's own first shard (every member's
@@ -123,6 +118,7 @@ class Population:
             resumed, lambda: self.backend.time_chunk_sizes(self._stacked_params()), log=self.log)
         for m in self.members:
             m.use_chunk_size(chosen)
+        self.base.train.tasks_per_vmap = chosen  # workers that start later build with it
         self.backend.set_chunk_size(chosen)
 
     def __enter__(self):
@@ -141,9 +137,11 @@ class Population:
         if stopped:
             self._narrow([i for i in self.live if i not in stopped])
         live = [self.members[i] for i in self.live]
-        self._set_values()  # a resumed PBT member's checkpoint carries its current values
-        self.adam = StackedAdam(self._stacked_params(), self.beta[self.live], self.cfgs[0].train.grad_clip,
-                                compile=self.members[0].family.compiles(self.cfgs[0]), log=self.log,
+        for i, m in enumerate(self.members):  # a resumed PBT member's checkpoint carries its current values
+            self.spec.set_values(i, {k: getattr(m.cfg, k) for k in MUTABLE})
+        self._set_values()
+        self.adam = StackedAdam(self._stacked_params(), self.beta[self.live], self.base.train.grad_clip,
+                                compile=self.members[0].family.compiles(self.base), log=self.log,
                                 dynamic_members=self.scheduler.stops_members)
         self.params = self.adam.params
         for row, m in enumerate(live):  # from now on each member's outer step is a row of this one
@@ -152,12 +150,13 @@ class Population:
             m.params = {k: self.params[k][row] for k in self.params}
 
     def _set_values(self) -> None:
-        """Per-member step sizes and temperatures from the members' configs, wherever shards run."""
-        self.beta = torch.tensor([m.cfg.beta for m in self.members], dtype=torch.float64, device=self.device)
-        cfgs = [self.members[i].cfg for i in self.live]
-        self.backend.set_member_values(cfgs)
+        """Per-member step sizes and temperatures from the member table, wherever shards run (the
+        table's rows travel, not configs)."""
+        self.beta = torch.tensor(self.spec.column("beta"), dtype=torch.float64, device=self.device)
+        values = [self.spec.values(i) for i in self.live]
+        self.backend.set_member_values(values)
         if isinstance(self.backend, RayBackend):  # else the backend's source is self.shards
-            self.shards.set_values(cfgs)
+            self.shards.set_values(values)
 
     def _stacked_params(self) -> dict:
         live = [self.members[i] for i in self.live]
@@ -178,21 +177,23 @@ class Population:
         bitwise, in memory), new values, each member's record, and the stopped members' rows (with
         those of members that diverged) leaving the stacked computation, each keeping its state and
         checkpoint."""
-        cfg, live = self.cfgs[0], [self.members[i] for i in self.live]
+        cfg, live = self.base, [self.members[i] for i in self.live]
         running = [r for r, m in enumerate(live) if m.status == "running"]
         if not running:
             return
         val_loss, val_metric = (v.tolist() for v in self.shards.validate(self.params, cfg.eval.val_tasks))
         decision = self.scheduler.decide(done, {self.live[r]: val_loss[r] for r in running},
                                          {self.live[r]: val_metric[r] for r in running},
-                                         {self.live[r]: live[r].hyperparams() for r in running},
+                                         {self.live[r]: self.spec.values(self.live[r]) for r in running},
                                          {i: m.run_dir.name for i, m in enumerate(self.members)}, cfg.eval.val_tasks)
         row = {i: r for r, i in enumerate(self.live)}
         for recipient, donor in decision.copies.items():
             self.adam.copy_row(row[donor], row[recipient])
         for i, new in decision.values.items():
-            for key, value in new.items():
-                setattr(self.members[i].cfg, key, value)
+            self.spec.set_values(i, new)
+            # the member's own config is its run's record of its values (checkpoint, evaluation)
+            for key in MUTABLE:
+                setattr(self.members[i].cfg, key, self.spec.rows[i][key])
             self.adam.set_beta(row[i], new["beta"])
         if decision.values:
             self._set_values()
@@ -250,7 +251,7 @@ class Population:
         resumed = resume or states is not None
         if resume and states is None:
             states = self._resume_states()
-        if self.cfgs[0].train.tasks_per_vmap == "auto":
+        if self.base.train.tasks_per_vmap == "auto":
             self._resolve_chunk_size(resumed)
         for i, m in enumerate(self.members):
             m.begin(state=states[i]) if resumed else m.begin()
@@ -275,7 +276,7 @@ class Population:
         return e.finished_by(kept, "resume the population (`metatrain sweep FILE --resume` for a sweep's)")
 
     def _loop(self) -> None:
-        cfg = self.cfgs[0]
+        cfg = self.base
         for m in self.members:
             m.start_clock()
         t0, it0 = time.perf_counter(), min(self.members[i].iteration for i in self.live)
@@ -319,7 +320,7 @@ class Population:
         """How many iterations from `iteration` run on the device before the host must look: up to
         and including the next one after which something happens (a log line, checkpoint,
         validation, halving rung, PBT decision, the end)."""
-        cfg, train = self.cfgs[0], self.cfgs[0].train
+        cfg, train = self.base, self.base.train
 
         def event(done: int) -> bool:
             return (done % train.log_every == 0 or done % train.checkpoint_every == 0 or done >= cfg.iterations
@@ -333,7 +334,7 @@ class Population:
 
     def _progress(self, done: int, members: list, losses: list[float], t0: float, it0: int) -> None:
         """members: the stacked rows' members (losses' order) this iteration."""
-        cfg = self.cfgs[0]
+        cfg = self.base
         running = [l for m, l in zip(members, losses) if m.status == "running" and math.isfinite(l)]
         diverged = sum(m.status == "diverged" for m in self.members)
         stopped = sum(m.status == "stopped" for m in self.members)
@@ -356,6 +357,11 @@ class Population:
     def states(self) -> list[dict]:
         """Every member's checkpoint state (what a Tune checkpoint of the population holds)."""
         return [m.state_dict() for m in self.members]
+
+    @property
+    def runs(self) -> list[Trainer]:
+        """The members' trainers, in member order (Trainer.runs' counterpart)."""
+        return self.members
 
 
 class PopulationHook:

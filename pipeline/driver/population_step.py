@@ -62,7 +62,7 @@ class WholeIteration(CompiledWithFallback):
         """Iterations [iteration, iteration + count) of the stacked `members` (in row order); per
         iteration (finite, loss, curve, metric) over the members as the step-by-step path gives
         them (means over the tasks; curve None where curve_at is not), read in one transfer."""
-        cfg = self.shards.cfgs[0]
+        cfg = self.shards.spec.base
         device, tasks = adam.flat.device, range(cfg.meta_batch_size)
         if self.shards.member_bytes is None:  # the population's memory, counted and checked once
             self.shards.check_memory(adam.params, self.shards.sample(iteration, tasks), len(members))

@@ -181,6 +181,16 @@ class Trainer:
         """This run's checkpoint state, as a one-run population's `states()` (a Tune checkpoint)."""
         return [self.state_dict()]
 
+    @property
+    def base(self) -> Config:
+        """The config every run of this source shares (Population.base's counterpart)."""
+        return self.cfg
+
+    @property
+    def runs(self) -> list[Trainer]:
+        """The runs this source trains (Population.runs' counterpart): itself."""
+        return [self]
+
     def save(self) -> None:
         checkpoint.save(self.run_dir, self.state_dict())
         self.saved_at = self.iteration

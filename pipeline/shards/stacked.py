@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from torch.func import vmap
 
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import ConfigError
 from pipeline.core.meta_batch import InnerSettings, ShardResult, map_tree, shard_sums
+from pipeline.members import PopulationSpec
 from pipeline.shards.chunking import time_chunk_sizes
 from pipeline.shards.compiled import (
     CompiledShardFunction,
@@ -80,18 +81,19 @@ class PopulationShards:
     the population's counterpart of `Experiment.train_shard`, with the same interface, so the
     backends (this process, or Ray shard workers) run it as they run a solo run's."""
 
-    def __init__(self, cfgs: list[Config], device: str = "cpu", log=print, narrows: bool = False):
-        """narrows: members will leave (halving), so compiled shard functions keep the member
-        dimension dynamic (one graph whatever the count) instead of recompiling at every rung."""
-        self.cfgs, self.device, self.log, self.narrows = cfgs, torch.device(device), log, narrows
+    def __init__(self, spec: PopulationSpec, device: str = "cpu", log=print, narrows: bool = False):
+        """spec: the members (pipeline/members.py); narrows: members will leave (halving), so compiled
+        shard functions keep the member dimension dynamic (one graph whatever the count) instead of
+        recompiling at every rung."""
+        self.spec, self.device, self.log, self.narrows = spec, torch.device(device), log, narrows
         self.member_bytes = None  # counted at the first shard (check_memory)
         # the shared model and task sampler: tasks are drawn on the population's device where
         # task.sample_on says so (auto: on an accelerator), with numpy otherwise
-        self.experiment = Experiment(cfgs[0], device=self.device)
+        self.experiment = Experiment(spec.base, device=self.device)
         self.learner, self.inner = self.experiment.learner, self.experiment.train_inner
         self._shapes = self.experiment.init_params()  # noise shapes only
-        self.set_values(cfgs)
-        tpv = cfgs[0].train.tasks_per_vmap
+        self.set_values([spec.values(i) for i in range(len(spec))])
+        tpv = spec.base.train.tasks_per_vmap
         self.set_chunk_size(0 if tpv == "auto" else tpv)
         self._block, self._depth = None, None  # tasks drawn ahead (sample)
         self._draw_key = self._draw_tasks = self._draw_tensors = None  # draw_inputs' tensors and what they are for
@@ -104,9 +106,9 @@ class PopulationShards:
     def set_chunk_size(self, tasks_per_vmap: int) -> None:
         # with and without the query-loss curve (curve_at), as a solo run's experiment
         self.chunk = tasks_per_vmap or None
-        compile = should_compile(self.cfgs[0], Experiment.compile_auto_from)
+        compile = should_compile(self.spec.base, Experiment.compile_auto_from)
         self.fns = training_shard_functions(self.learner, self.inner, self.chunk, compile, log=self.log,
-                                            graphs=cuda_graphs(self.cfgs[0]),
+                                            graphs=cuda_graphs(self.spec.base),
                                             sums=_population_sums, result=_population_result,
                                             dynamic_members=self.narrows)
 
@@ -129,8 +131,9 @@ class PopulationShards:
     def _seeds(self) -> tuple[list[int], list[int]]:
         """The members' distinct seeds, sorted (tasks are drawn once per seed), and each member's
         position among them (the row of its tasks)."""
-        seeds = sorted({c.seed for c in self.cfgs})
-        return seeds, [seeds.index(c.seed) for c in self.cfgs]
+        column = self.spec.column("seed")
+        seeds = sorted(set(column))
+        return seeds, [seeds.index(s) for s in column]
 
     def _draw(self, start: int, indices: tuple, depth: int) -> dict:
         """Tasks of iterations [start, start + depth), every member's: (depth, P, len(indices), ...)."""
@@ -138,7 +141,7 @@ class PopulationShards:
         n, s = len(indices), len(seeds)
         flat = self.experiment.sample(self._shapes, split="train", seed=np.tile(np.repeat(seeds, n), depth),
                                       iteration=np.repeat(np.arange(start, start + depth), s * n),
-                                      indices=np.tile(indices, s * depth), shots=self.cfgs[0].task.shots)
+                                      indices=np.tile(indices, s * depth), shots=self.spec.base.task.shots)
         row = torch.tensor(rows)
         tasks = map_tree(lambda x: x.view(depth, s, n, *x.shape[1:])[:, row].to(self.device), flat)
         return {"start": start, "depth": depth, "indices": indices, "tasks": tasks}
@@ -148,7 +151,7 @@ class PopulationShards:
         and the indices, one entry per (seed, index) task, and each member's seed (row of the
         tasks drawn), as tensors on the device."""
         (seeds, rows), n = self._seeds(), len(indices)
-        key = (tuple(c.seed for c in self.cfgs), tuple(indices))
+        key = (tuple(self.spec.column("seed")), tuple(indices))
         if self._draw_key != key:
             as_long = functools.partial(torch.tensor, dtype=torch.long, device=self.device)
             self._draw_key, self._draw_tasks, self._draw_tensors = key, n, (
@@ -167,17 +170,18 @@ class PopulationShards:
 
     def train_shard(self, params: dict, iteration: int, indices, carry=None) -> ShardResult:
         params = {k: v.to(self.device) for k, v in params.items()}
-        batch, fn = self.sample(iteration, indices), self.fns[curve_at(self.cfgs[0], iteration)]
+        batch, fn = self.sample(iteration, indices), self.fns[curve_at(self.spec.base, iteration)]
+        members = len(self.spec)
         grouped = self.device.type == "cpu" and not fn.eager  # an eager call is dispatch-bound: all at once
-        groups = member_groups(len(self.cfgs), CPU_MEMBERS_PER_CALL if grouped else 0)
+        groups = member_groups(members, CPU_MEMBERS_PER_CALL if grouped else 0)
         if self.member_bytes is None:
-            self.check_memory(params, batch, len(self.cfgs) if groups is None else len(groups[0]))
-        if self.narrows and not fn.eager and len(self.cfgs) == 1:  # a dynamic dimension needs >= 2 rows
+            self.check_memory(params, batch, members if groups is None else len(groups[0]))
+        if self.narrows and not fn.eager and members == 1:  # a dynamic dimension needs >= 2 rows
             groups = [torch.zeros(2, dtype=torch.long)]
         if groups is None:
             return fn(params, batch)
         outs = [fn(map_tree(lambda x: x[g], params), map_tree(lambda x: x[g], batch)) for g in groups]
-        cat = lambda parts: torch.cat(parts)[:len(self.cfgs)]  # noqa: E731 - the padding dropped
+        cat = lambda parts: torch.cat(parts)[:members]  # noqa: E731 - the padding dropped
         return ShardResult({k: cat([o.grads[k] for o in outs]) for k in outs[0].grads},
                            cat([o.loss_sum for o in outs]), outs[0].n_tasks,
                            None if outs[0].curve_sum is None else cat([o.curve_sum for o in outs]),
@@ -192,7 +196,7 @@ class PopulationShards:
                                          map_tree(one, params), map_tree(one, batch))
         fit = members_that_fit(self.member_bytes, self.device)
         mib = self.member_bytes / 2**20
-        self.log(f"population: {len(self.cfgs)} members on {self.device}, {mib:,.1f} MiB each (counted on one "
+        self.log(f"population: {len(self.spec)} members on {self.device}, {mib:,.1f} MiB each (counted on one "
                  f"member's shard of {len(batch['y_query'][0])} tasks); {fit:,} fit in one call")
         if per_call > fit:
             raise ConfigError(f"pack.max_members: {per_call} members per call on {self.device} need about "
@@ -201,18 +205,20 @@ class PopulationShards:
                               f"{fit} fit; set pack.max_members: {max(fit, 1)}, or give each worker fewer tasks "
                               "(more ray.workers)")
 
-    def set_values(self, cfgs: list[Config]) -> None:
-        """The members' step sizes and temperatures from these configs (at start, and after PBT's
-        explore): values in per-member tensors, so no graph changes."""
+    def set_values(self, values: list[dict]) -> None:
+        """The members' step sizes and temperatures (their MUTABLE values, in row order: at start, and
+        after a scheduler changed them): values in per-member tensors, so no graph changes."""
+        for i, v in enumerate(values):
+            self.spec.set_values(i, v)
         dtype = next(iter(self._shapes.values())).dtype
-        self.alpha = torch.tensor([c.alpha for c in cfgs], dtype=dtype, device=self.device)
-        self.temperature = torch.tensor([c.gumbel_temperature for c in cfgs], dtype=dtype, device=self.device)
+        self.alpha = torch.tensor(self.spec.column("alpha"), dtype=dtype, device=self.device)
+        self.temperature = torch.tensor(self.spec.column("gumbel_temperature"), dtype=dtype, device=self.device)
 
     def select(self, rows: list[int]) -> None:
-        """Keep only these members (the others left the stacked computation): their configs, step
-        sizes and temperatures; tasks drawn ahead are dropped (they are drawn again as needed)."""
+        """Keep only these members (the others left the stacked computation): their rows, step sizes
+        and temperatures; tasks drawn ahead are dropped (they are drawn again as needed)."""
         idx = torch.tensor(rows, dtype=torch.long, device=self.device)
-        self.cfgs = [self.cfgs[i] for i in rows]
+        self.spec = self.spec.select(rows)
         self.alpha, self.temperature, self._block = self.alpha[idx], self.temperature[idx], None
 
     def validate(self, params: dict, tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,11 +226,11 @@ class PopulationShards:
         the training distribution on a stream of its own (VAL_SEED, VAL_ITERATION; the same tasks
         for every member), each member's own step size and temperature, the evaluation's inner loop
         (eval.inner_steps, eval.mask, eval.query_bn); one call vmapped over the members."""
-        cfg = self.cfgs[0]
+        cfg = self.spec.base
         params = {k: v.detach().to(self.device) for k, v in params.items()}
         tasks_ = self.experiment.sample(self._shapes, split="train", seed=VAL_SEED, iteration=VAL_ITERATION,
                                         indices=range(tasks), shots=cfg.task.shots)
-        members = len(self.cfgs)
+        members = len(self.spec)
         batch = map_tree(lambda x: x.to(self.device).expand(members, *x.shape), tasks_)
         inner = replace(InnerSettings.for_eval(cfg), curve=False)
         with torch.no_grad():
@@ -243,6 +249,6 @@ class PopulationShards:
 VAL_SEED, VAL_ITERATION = 0, 2**63  # the validation tasks' stream: training iterations stay below 2**63
 
 
-def population_from_dicts(member_dicts: list[dict], device: str = "cpu", narrows: bool = False) -> PopulationShards:
-    """A population's shard source built on a worker from its members' configs (plain dicts on the wire)."""
-    return PopulationShards([load_config(d) for d in member_dicts], device=device, narrows=narrows)
+def stacked_from_wire(wire: dict, device: str = "cpu", narrows: bool = False) -> PopulationShards:
+    """A population's shard source built on a worker from its spec (PopulationSpec.to_wire: plain data)."""
+    return PopulationShards(PopulationSpec.from_wire(wire), device=device, narrows=narrows)

@@ -78,7 +78,8 @@ class TuneReporter(TrainerHook, PopulationHook):
     """Tune's view of a trial: one run (as a Trainer's hook) or a packed population (as its
     reporter). Progress reports, checkpoints that hold every run's state, and a final report with
     each run's status and evaluation (`members_final`; a one-run trial's also flat, for the
-    scheduler and the search algorithm). `source` is the Trainer or the Population."""
+    scheduler and the search algorithm). `source` is the Trainer or the Population: both answer
+    `base` (the config every run shares), `runs` (the runs' trainers), `iteration` and `states()`."""
 
     def __init__(self, metric: str = "meta_loss"):
         self.last, self.metric = {}, metric
@@ -94,12 +95,12 @@ class TuneReporter(TrainerHook, PopulationHook):
     # it could stop a trial that has trained to the end, before its evaluation.
     def on_log(self, source, entry: dict) -> None:
         self.last = {**iteration_scalars(entry), "logged_at": entry["iteration"]}
-        cfg = _first_config(source)
+        cfg = source.base
         if entry["iteration"] % cfg.train.checkpoint_every and entry["iteration"] < cfg.iterations:
             self._report(source)  # else on_checkpoint reports it
 
     def on_checkpoint(self, source) -> None:
-        if source.iteration >= _first_config(source).iterations:
+        if source.iteration >= source.base.iterations:
             return
         with tempfile.TemporaryDirectory() as d:
             for i, state in enumerate(source.states()):
@@ -108,15 +109,10 @@ class TuneReporter(TrainerHook, PopulationHook):
 
     def on_finish(self, source, results: dict | list[dict]) -> None:
         runs = results if isinstance(results, list) else [results]
-        trainers = getattr(source, "members", [source])  # a population's members, or the run itself
         finals = [{"status": r["status"], "iteration": r["iterations"], **t.last_scalars, **eval_scalars(r),
-                   **({"pbt": r["pbt"]} if "pbt" in r else {})} for t, r in zip(trainers, runs)]
+                   **({"pbt": r["pbt"]} if "pbt" in r else {})} for t, r in zip(source.runs, runs)]
         extra = {"final": True, "status": "completed", "members_final": json.dumps(finals)}
         self._report(source, {**extra, **(finals[0] if len(finals) == 1 else {})})
-
-
-def _first_config(source):
-    return source.cfg if hasattr(source, "cfg") else source.cfgs[0]
 
 
 def run_trial(config: dict, ctx: TrialContext) -> None:
@@ -138,7 +134,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     if restored is not None:
         with restored.as_directory() as d:
             states = [checkpoint.read(Path(d) / MEMBER_FILE.format(i)) for i in range(len(cfgs))]
-    if packed or not cfgs[0].ray.workers:  # computing in this process
+    if packed or not any(c.ray.workers for c in cfgs):  # computing in this process
         use_cpus(ctx.resources["cpus"])
 
     def hooks(i):
@@ -151,9 +147,10 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     if packed:
         # each population its own decisions: the sweep seed and the population's index
         pbt = replace(ctx.pbt, seed=(*ctx.pbt.seed, int(trial_id.rsplit("_", 1)[-1]))) if ctx.pbt else None
-        scheduler = Halving(*ctx.halving, cfgs[0].iterations) if ctx.halving else pbt
+        scheduler = Halving(*ctx.halving) if ctx.halving else pbt
         with Population(cfgs, run_dirs, log=log, hooks=hooks, reporter=reporter, scheduler=scheduler) as population:
             population.train(states=states)
     else:
-        with Trainer(cfgs[0], run_dirs[0], log=log, hooks=(*hooks(0), reporter)) as trainer:
+        (cfg,), (run_dir,) = cfgs, run_dirs
+        with Trainer(cfg, run_dir, log=log, hooks=(*hooks(0), reporter)) as trainer:
             trainer.train(state=states[0] if states else None)

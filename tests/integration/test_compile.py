@@ -6,6 +6,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.core.meta_batch import InnerSettings, shard_meta_gradient
+from pipeline.members import PopulationSpec
 from pipeline.shards.compiled import CompiledShardFunction
 from pipeline.shards.stacked import PopulationShards
 
@@ -44,7 +45,7 @@ def test_compiled_population_equals_eager(tmp_path, mode):
     cfgs = [load_config("sine_quick", {"method": "mtnet", "model.hidden": [16, 16], "meta_batch_size": 4,
                                        "train.compile": mode, "output_dir": str(tmp_path), **m}) for m in members]
     logs = []
-    shards = PopulationShards(cfgs, log=logs.append)
+    shards = PopulationShards(PopulationSpec.from_configs(cfgs), log=logs.append)
     assert shards.fns[False].graphs == (mode == "graphs")
     params = {k: torch.stack([v * (1 + 0.1 * i) for i in range(3)])
               for k, v in perturbed_params(shards.learner).items()}

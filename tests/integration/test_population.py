@@ -201,12 +201,14 @@ def test_members_in_groups_equal_one_call(tmp_path, monkeypatch):
     """On a CPU a compiled shard function takes members in groups (CPU_MEMBERS_PER_CALL), the last
     group padded with member 0: every member's loss, metric and gradients equal one call
     over all of them. 5 members in groups of at most 2: three groups of 2, one padding row dropped."""
-    from pipeline.shards import population as population_shards
+    from pipeline.members import PopulationSpec
+    from pipeline.shards import stacked as population_shards
     from pipeline.shards.stacked import PopulationShards, member_groups
 
     members = [{"alpha": 0.01 * (i + 1), "seed": i % 2, "gumbel_temperature": 0.5 + i} for i in range(5)]
     logs = []
-    shards = PopulationShards(configs(tmp_path, "mtnet", members=members, **{"train.compile": "always"}),
+    shards = PopulationShards(PopulationSpec.from_configs(configs(tmp_path, "mtnet", members=members,
+                                                                  **{"train.compile": "always"})),
                               log=logs.append)
     params = {k: torch.stack([v + 0.01 * i for i in range(5)]) for k, v in shards.experiment.init_params().items()}
     results = {}
@@ -239,7 +241,7 @@ def test_successive_halving_stops_the_worst_members_and_the_survivors_train_as_i
     cfgs = configs(tmp_path / "halving", "mtnet", members=HALVING, iterations=40, **{"eval.val_tasks": 50})
     run_dirs = [tmp_path / "halving" / c.run_name for c in cfgs]
     lines = []
-    with Population(cfgs, run_dirs, log=lines.append, scheduler=Halving(8, 2.0, 40)) as pop:
+    with Population(cfgs, run_dirs, log=lines.append, scheduler=Halving(8, 2.0)) as pop:
         results = pop.train()
     assert [line.split(":")[0] for line in lines if line.startswith("halving at it")] == [
         "halving at it 8", "halving at it 16", "halving at it 32"]
@@ -284,10 +286,10 @@ def test_a_halving_population_killed_after_a_rung_resumes_to_the_undisturbed_mem
         dirs = [tmp_path / name / c.run_name for c in cfgs]
         if name == "resumed":
             with pytest.raises(KeyboardInterrupt), Population(cfgs, dirs, log=lambda m: None, reporter=Crash(),
-                                                              scheduler=Halving(8, 2.0, 40)) as pop:
+                                                              scheduler=Halving(8, 2.0)) as pop:
                 pop.train()
             assert sum(checkpoint.load(d)["status"] == "stopped" for d in dirs) == 4
-        with Population(cfgs, dirs, log=lambda m: None, scheduler=Halving(8, 2.0, 40)) as pop:
+        with Population(cfgs, dirs, log=lambda m: None, scheduler=Halving(8, 2.0)) as pop:
             results[name] = pop.train(resume=name == "resumed")
         results[name + "_params"] = [checkpoint.load(d)["params"] for d in dirs]
     assert [(r["status"], r["iterations"]) for r in results["resumed"]] == [
@@ -309,7 +311,7 @@ def test_compiled_halving_keeps_one_graph_as_the_population_narrows_and_equals_e
                            **{"eval.val_tasks": 50, "train.compile": mode})
             dirs = [tmp_path / mode / c.run_name for c in cfgs]
             with torch._dynamo.config.patch(error_on_recompile=True), \
-                    Population(cfgs, dirs, log=lines.append, scheduler=Halving(8, 2.0, 40)) as pop:
+                    Population(cfgs, dirs, log=lines.append, scheduler=Halving(8, 2.0)) as pop:
                 pop.train()
             params[mode] = [checkpoint.load(d)["params"] for d in dirs]
     finally:

@@ -110,7 +110,7 @@ def test_halving_rungs_and_pbt_decisions_end_windows_and_decide_as_step_by_step(
     same donors, and every member ends where the step-by-step population's does (bitwise, eager)."""
     halving = [{"alpha": a, "seed": s} for a, s in ((0.001, 0), (0.01, 1), (0.05, 0), (0.3, 1), (2.0, 0), (0.02, 1))]
     pbt = Pbt(10, 0.25, 0.25, (0.8, 1.2), {"alpha": {"loguniform": [1e-3, 1.0]}}, (3, 0))
-    for name, kw in (("halving", {"members": halving, "scheduler": Halving(8, 2.0, 30)}),
+    for name, kw in (("halving", {"members": halving, "scheduler": Halving(8, 2.0)}),
                      ("pbt", {"members": halving + halving[:2], "scheduler": pbt})):
         over = {"iterations": 30, "eval.val_tasks": 20, "train.log_every": 1000, "train.checkpoint_every": 10}
         runs = {whole: train(tmp_path / name / str(whole), whole, **kw, **over) for whole in (False, True)}
@@ -158,11 +158,11 @@ def test_a_compiled_halving_population_runs_whole_through_its_rungs_as_eager(tmp
     and the members end where the eager step-by-step population's do (1e-5)."""
     halving = [{"alpha": a, "seed": s} for a, s in ((0.001, 0), (0.01, 1), (0.05, 0), (0.3, 1), (2.0, 0), (0.02, 1))]
     over = {"iterations": 40, "eval.val_tasks": 50}
-    want, want_states, _, _, _ = train(tmp_path / "eager", False, members=halving, scheduler=Halving(8, 2.0, 40),
+    want, want_states, _, _, _ = train(tmp_path / "eager", False, members=halving, scheduler=Halving(8, 2.0),
                                        **over)
     torch._dynamo.reset()
     try:
-        got, states, _, lines, _ = train(tmp_path / "compiled", True, members=halving, scheduler=Halving(8, 2.0, 40),
+        got, states, _, lines, _ = train(tmp_path / "compiled", True, members=halving, scheduler=Halving(8, 2.0),
                                       **over, **{"train.compile": "always"})
     finally:
         torch._dynamo.reset()

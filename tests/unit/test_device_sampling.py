@@ -191,13 +191,14 @@ def test_a_run_sampling_on_the_device_trains_as_the_numpy_run(tmp_path, method):
 def test_a_population_draws_the_same_tasks_on_the_device():
     """A population's tasks (several seeds and iterations ahead in one draw) with task.sample_on cpu
     and device, and the member meta-gradients computed from them."""
+    from pipeline.members import PopulationSpec
     from pipeline.shards.stacked import PopulationShards
 
     def shards(sample_on):
         cfgs = [load_config(None, {"method": "mtnet", "seed": seed, "alpha": alpha, "model.hidden": [8, 8],
                                    "task.sample_on": sample_on, "train.compile": "never"})
                 for seed, alpha in ((0, 0.01), (1, 0.01), (0, 0.1))]
-        return PopulationShards(cfgs, log=lambda m: None)
+        return PopulationShards(PopulationSpec.from_configs(cfgs), log=lambda m: None)
 
     cpu, dev = shards("cpu"), shards("device")
     for iteration in (0, 3):

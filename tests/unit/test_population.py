@@ -57,3 +57,28 @@ def test_members_that_differ_in_structure_are_one_line_errors(tmp_path):
         check_packable(cfgs)
     with pytest.raises(ConfigError, match="learned optimizers train one run at a time"):
         check_packable([load_config("l2l_quadratic_cpu")] * 2)
+
+
+def test_a_population_spec_is_the_shared_config_and_a_member_table(tmp_path):
+    """PopulationSpec (pipeline/members.py): each member's config comes back whole from the base and
+    its row; schedulers change rows (MUTABLE keys only); a selection and the wire form keep rows."""
+    import doctest
+
+    from pipeline import members as members_module
+    from pipeline.members import PopulationSpec
+
+    cfgs = [load_config("sine_quick", {"alpha": a, "beta": b, "seed": s, "run_name": f"m{s}",
+                                       "output_dir": str(tmp_path)})
+            for a, b, s in ((0.01, 1e-3, 0), (0.1, 2e-3, 1), (0.3, 1e-3, 2))]
+    spec = PopulationSpec.from_configs(cfgs)
+    assert [to_dict(spec.config(i)) for i in range(3)] == [to_dict(c) for c in cfgs]
+    assert spec.column("alpha") == [0.01, 0.1, 0.3] and spec.values(1) == {
+        "alpha": 0.1, "beta": 2e-3, "gumbel_temperature": cfgs[1].gumbel_temperature}
+    spec.set_values(2, {"alpha": 0.5, "beta": 4e-3, "seed": 99})  # a non-mutable key is not a value
+    assert spec.config(2).alpha == 0.5 and spec.config(2).beta == 4e-3 and spec.config(2).seed == 2
+    assert cfgs[2].alpha == 0.3  # the members' configs are not written
+    picked = spec.select([2, 0])
+    assert picked.column("seed") == [2, 0] and picked.base is spec.base
+    back = PopulationSpec.from_wire(picked.to_wire())
+    assert back.rows == picked.rows and to_dict(back.base) == to_dict(spec.base)
+    assert doctest.testmod(members_module).failed == 0

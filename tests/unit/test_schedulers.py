@@ -29,10 +29,10 @@ def test_the_default_scheduler_is_never_due_and_decides_nothing():
 
 
 def test_halving_rungs_are_the_grace_period_times_powers_of_the_factor_below_the_run_length():
-    assert Halving(8, 2.0, 40).rungs == [8, 16, 32]
-    assert Halving(5, 3.0, 100).rungs == [5, 15, 45]
-    assert Halving(10, 2.0, 10).rungs == []  # a rung at the end would stop nothing that still trains
-    s = Halving(8, 2.0, 40)
+    assert Halving(8, 2.0).rungs(40) == [8, 16, 32]
+    assert Halving(5, 3.0).rungs(100) == [5, 15, 45]
+    assert Halving(10, 2.0).rungs(10) == []  # a rung at the end would stop nothing that still trains
+    s = Halving(8, 2.0)
     assert [k for k in range(1, 41) if s.due(k, 40)] == [8, 16, 32]
 
 
@@ -41,7 +41,7 @@ def test_halving_keeps_the_ceil_n_over_eta_best_ties_to_the_lower_member(n, eta)
     rng = np.random.default_rng(n)
     members = sorted(rng.choice(16, n, replace=False).tolist())  # members that still run, any indices
     loss = {m: float(rng.integers(0, 3)) for m in members}  # many ties
-    d = Halving(8, eta, 100).decide(8, loss, dict.fromkeys(members, 0.5), values_of(16), NAMES, 20)
+    d = Halving(8, eta).decide(8, loss, dict.fromkeys(members, 0.5), values_of(16), NAMES, 20)
     keep = math.ceil(n / eta)
     best = sorted(members, key=lambda m: (loss[m], m))[:keep]  # the rule, written out
     assert set(d.stop) == set(members) - set(best) and len(d.stop) == n - keep
@@ -56,13 +56,13 @@ def test_halving_keeps_the_ceil_n_over_eta_best_ties_to_the_lower_member(n, eta)
 
 def test_halving_ranks_non_finite_losses_last():
     loss = {0: math.nan, 1: 2.0, 2: math.inf, 3: 1.0}
-    assert Halving(8, 2.0, 40).decide(8, loss, dict.fromkeys(loss, 0.0), {}, NAMES, 8).stop == (0, 2)
+    assert Halving(8, 2.0).decide(8, loss, dict.fromkeys(loss, 0.0), {}, NAMES, 8).stop == (0, 2)
     every = {0: float("nan"), 1: float("nan"), 2: float("inf")}  # every validation failed: the lowest indices stay
-    assert Halving(8, 2.0, 40).decide(8, every, dict.fromkeys(every, 0.0), {}, NAMES, 8).stop == (2,)
+    assert Halving(8, 2.0).decide(8, every, dict.fromkeys(every, 0.0), {}, NAMES, 8).stop == (2,)
 
 
 def test_halving_with_no_running_member_stops_nothing():
-    d = Halving(8, 2.0, 40).decide(8, {}, {}, {}, NAMES, 8)
+    d = Halving(8, 2.0).decide(8, {}, {}, {}, NAMES, 8)
     assert d.stop == () and d.entries == {} and "0 of 0 running members" in d.line
 
 

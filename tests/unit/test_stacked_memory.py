@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, load_config
+from pipeline.members import PopulationSpec
 from pipeline.shards.memory import PeakMemory, available_bytes
 from pipeline.shards.stacked import PopulationShards
 
@@ -27,7 +28,7 @@ def conv_population(members: int, tasks: int, filters: int = 64):
                                               "train.compile": "never", "alpha": 0.1 + 0.01 * i})
             for i in range(members)]
     logs = []
-    shards = PopulationShards(cfgs, log=logs.append)
+    shards = PopulationShards(PopulationSpec.from_configs(cfgs), log=logs.append)
     params = {k: v.expand(members, *v.shape).clone() for k, v in shards.experiment.init_params().items()}
     return shards, params, logs
 

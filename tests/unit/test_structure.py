@@ -85,6 +85,7 @@ def test_the_import_graph_has_no_cycles():
 # The wings from the bottom up (pipeline/__init__.py): a module imports only modules of its own wing
 # or of the wings below it. `plots` only draws (core's rule names); `config` is the schema.
 WINGS = ("tasks", "pipeline.core", "pipeline.storage", "pipeline.plots", "pipeline.yaml_dataclasses", "pipeline.config",
+         "pipeline.members",
          "pipeline.shards",
          "pipeline.distributed", "pipeline.driver", "pipeline.serve", "pipeline.tracking", "pipeline.sweeps",
          "pipeline.jobs", "pipeline.local_cluster", "pipeline.cli")

@@ -36,9 +36,9 @@ class MemberScheduler:
 
     Example:
         >>> from pipeline.driver.schedulers import Halving
-        >>> s = Halving(grace_period=8, reduction_factor=2.0, iterations=40)
-        >>> s.rungs, s.due(8, 40), s.due(9, 40)
-        ([8, 16, 32], True, False)
+        >>> s = Halving(grace_period=8, reduction_factor=2.0)
+        >>> s.due(8, 40), s.due(9, 40), MemberScheduler().due(8, 40)
+        (True, False, False)
     """
 
     history_key = ""  # the member's list this scheduler's history goes to: "rungs" | "lineage"

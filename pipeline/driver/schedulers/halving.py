@@ -11,13 +11,12 @@ from pipeline.driver.schedulers.base import Decision, MemberScheduler
 class Halving(MemberScheduler):
     """Arguments:
         grace_period: the first rung's iteration.
-        reduction_factor: > 1; rungs at grace_period * reduction_factor**k below `iterations`, and
-          1 / reduction_factor of the running members continue at each.
-        iterations: the members' run length.
+        reduction_factor: > 1; rungs at grace_period * reduction_factor**k below the members' run
+          length, and 1 / reduction_factor of the running members continue at each.
 
     Example:
-        >>> s = Halving(grace_period=8, reduction_factor=2.0, iterations=40)
-        >>> s.rungs
+        >>> s = Halving(grace_period=8, reduction_factor=2.0)
+        >>> s.rungs(40)
         [8, 16, 32]
         >>> d = s.decide(8, {0: 0.5, 1: 0.2, 2: float("nan")}, dict.fromkeys(range(3), 0.0), {}, "abc", 16)
         >>> d.stop, d.line
@@ -27,13 +26,16 @@ class Halving(MemberScheduler):
     history_key = "rungs"
     stops_members = True
 
-    def __init__(self, grace_period: int, reduction_factor: float, iterations: int):
-        self.reduction = reduction_factor
-        self.rungs = sorted({int(grace_period * reduction_factor ** k) for k in range(64)
-                             if grace_period * reduction_factor ** k < iterations})
+    def __init__(self, grace_period: int, reduction_factor: float):
+        self.grace_period, self.reduction = grace_period, reduction_factor
+
+    def rungs(self, iterations: int) -> list[int]:
+        """The rungs of a run of `iterations`."""
+        g, f = self.grace_period, self.reduction
+        return sorted({int(g * f ** k) for k in range(64) if g * f ** k < iterations})
 
     def due(self, done: int, iterations: int) -> bool:
-        return done in self.rungs
+        return done in self.rungs(iterations)
 
     def decide(self, done, val_loss, val_metric, values, names, val_tasks) -> Decision:
         running = sorted(val_loss)
