@@ -5,6 +5,7 @@ to float summation order.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -15,7 +16,7 @@ from pipeline.distributed.head import default_address, running_head
 from pipeline.distributed.pool import RESUME_HINT, WorkerPool, WorkersLostError  # noqa: F401 (re-exported)
 from pipeline.distributed.ranges import blocks, split, tree_sum
 from pipeline.members import PopulationSpec
-from pipeline.shards.sources import ShardSource, StackedSource
+from pipeline.shards.sources import ShardSource, StackedSource, source_from_dict
 from pipeline.yaml_dataclasses import to_dict
 
 
@@ -102,12 +103,13 @@ def _local_cpus() -> int:
 class RayBackend:
     name = "ray"
 
-    def __init__(self, cfg: Config, source: ShardSource | None = None, log=print, *, build,
+    def __init__(self, cfg: Config, source: ShardSource | None = None, log=print, *, build=None,
                  members: PopulationSpec | None = None):
         """Each worker builds its shard source as build(payload, device), payload the plain dict of
         `cfg` or `members.to_wire()` (a population's members: pipeline/driver/population.py);
         `build`: a module-level function of pipeline/shards (or a functools.partial of one), pickled
-        by reference. `source`: the driver's own (unused here: the workers compute)."""
+        by reference; None: `source`'s class, built from the config (`source`: the driver's own, of
+        the run's method family; the workers compute)."""
         given = cfg.ray.address or os.environ.get("RAY_ADDRESS")
         address = given or default_address()
         send_token_to(address)
@@ -118,6 +120,7 @@ class RayBackend:
 
         from pipeline.distributed.workers import ShardWorker
 
+        build = build or functools.partial(source_from_dict, type(source))
         self.ray, self.cfg, self.log, self.build, self.members = ray, cfg, log, build, members
         self.started_ray = self.own_cluster = False
         self._cls = ShardWorker
@@ -310,8 +313,8 @@ class RayBackend:
             self.started_ray = False
 
 
-def make_backend(cfg: Config, source: ShardSource, build, log=print):
-    """The run's backend: this process over `source`, or Ray workers that each build(payload, device) theirs."""
-    return RayBackend(cfg, source, log, build=build) if cfg.backend == "ray" else LocalBackend(cfg, source, log)
+def make_backend(cfg: Config, source: ShardSource, log=print):
+    """The run's backend: this process over `source`, or Ray workers that each build a source of its class."""
+    return (RayBackend if cfg.backend == "ray" else LocalBackend)(cfg, source, log)
 
 

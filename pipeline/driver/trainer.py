@@ -4,7 +4,6 @@ reporting attach as hooks, so this module knows neither."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import time
@@ -21,7 +20,6 @@ from pipeline.driver.families import family_of
 from pipeline.driver.meta_step import StackedAdam
 from pipeline.driver.run_dir import CHECKPOINT, CONFIG, METRICS, PLOTS, RESULTS, read_metrics
 from pipeline.shards.chunking import describe_chunk_times, pick_chunk_size
-from pipeline.shards.sources import source_from_dict
 from pipeline.storage import StorageError
 from pipeline.yaml_dataclasses import load_yaml
 
@@ -108,8 +106,7 @@ class Trainer:
         self._emit("on_setup")  # before the backend: a hook's own start-up overlaps Ray's
         if backend == "local":  # this process, over this trainer's own experiment (a population's member)
             backend = LocalBackend(cfg, self.experiment, log)
-        self.backend = backend or make_backend(cfg, self.experiment, functools.partial(source_from_dict,
-                                                                                       self.family.source), log)
+        self.backend = backend or make_backend(cfg, self.experiment, log)
         # The outer step (guard, clip, Adam) is the population's over one row: the same code for a
         # solo run and a member (pipeline/driver/meta_step.py). Eager here: bitwise torch.optim.Adam.
         init = self.experiment.init_params()
