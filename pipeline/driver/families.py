@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.core.rules import get_rule
 from pipeline.driver.evaluation import eval_ranges, evaluate, finite_or_none, table_row
-from pipeline.shards.compiled import should_compile
+from pipeline.shards.compiled import ExecutionPlan
 from pipeline.shards.experiment import Experiment
 from pipeline.shards.optimizer_experiment import OptimizerExperiment
 
@@ -25,9 +25,10 @@ class Family:
     logs_model = False  # MLflow logs the meta-learned network (mlflow.pytorch.log_model and a pyfunc)
     curve_label = ("before adaptation", 0)  # the progress line's second loss: label, index in the curve
 
-    def compiles(self, cfg) -> bool:
-        """train.compile resolved for this family ("auto": runs of at least source.compile_auto_from iterations)."""
-        return should_compile(cfg, self.source.compile_auto_from)
+    def plan(self, cfg) -> ExecutionPlan:
+        """How a run of this family computes (train.compile resolved: "auto" from the source's
+        compile_auto_from iterations), as its shard source resolves it."""
+        return ExecutionPlan.of(cfg, self.source.compile_auto_from)
 
     def final_metrics(self, cfg, methods: list[str], shots: list[int]) -> list[str]:
         """The names of a run's final evaluation metrics (Tune and MLflow), for a sweep's `metric`."""

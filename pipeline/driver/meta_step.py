@@ -51,7 +51,9 @@ class StackedAdam:
         to members that are `running` and whose loss and gradients are finite; returns which were."""
         return self._update(self, self.flatten(grads), loss, n, running)
 
-    def _step(self, grad: torch.Tensor, loss: torch.Tensor, n: int, running: torch.Tensor) -> torch.Tensor:
+    def apply_update(self, grad: torch.Tensor, loss: torch.Tensor, n: int, running: torch.Tensor) -> torch.Tensor:
+        """The update on a flat gradient (P, N), uncompiled: `step` runs it (compiled under
+        train.compile); a caller that compiles a larger function around it (WholeIteration) calls it."""
         # the solo trainer's guard: a summed gradient beyond sqrt(max float) * n counts as non-finite
         finite = torch.isfinite(loss) & (grad.abs() < torch.finfo(loss.dtype).max ** 0.5 * n).all(1)
         active, grad = running & finite, grad / n
@@ -118,17 +120,17 @@ class StackedAdam:
 
 
 class CompiledAdamUpdate(CompiledWithFallback):
-    """StackedAdam._step, compiled (train.compile) or eager."""
+    """StackedAdam.apply_update, compiled (train.compile) or eager."""
 
     what = "Adam update"
 
     def __init__(self, log=print, compile: bool = False, dynamic_members: bool = False):
         super().__init__(log, compile)
         self.dynamic_members = dynamic_members
-        self._compiled = torch.compile(StackedAdam._step, dynamic=False, fullgraph=True) if compile else None
+        self._compiled = torch.compile(StackedAdam.apply_update, dynamic=False, fullgraph=True) if compile else None
 
     def __call__(self, adam: StackedAdam, grad, loss, n, running):
-        eager = lambda: StackedAdam._step(adam, grad, loss, n, running)  # noqa: E731
+        eager = lambda: StackedAdam.apply_update(adam, grad, loss, n, running)  # noqa: E731
         if self.dynamic_members:
             if len(grad) == 1:  # a size-1 dimension cannot stay symbolic
                 return eager()

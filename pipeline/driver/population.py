@@ -34,8 +34,6 @@ from pipeline.driver.run_dir import read_metrics
 from pipeline.driver.schedulers import MemberScheduler
 from pipeline.driver.trainer import Trainer, reported_aborts
 from pipeline.members import PopulationSpec
-from pipeline.shards.compiled import cuda_graphs, should_compile
-from pipeline.shards.experiment import Experiment
 from pipeline.shards.stacked import PopulationShards, stacked_from_wire
 from pipeline.storage import StorageError
 
@@ -104,11 +102,11 @@ class Population:
         # slower than step by step (torch.func's grad per op, one draw per iteration instead of a
         # block ahead: benchmarks/RESULTS.md, "Populations and packed sweeps").
         self.whole = None
-        compiled = should_compile(cfg, Experiment.compile_auto_from)
-        if (compiled if whole_iteration is None else whole_iteration) and isinstance(self.backend, LocalBackend) \
+        plan = self.shards.experiment.plan
+        if (plan.compile if whole_iteration is None else whole_iteration) and isinstance(self.backend, LocalBackend) \
                 and self.shards.experiment.sample_on_device and not cfg.train.block_tasks:
-            self.whole = WholeIteration(self.shards, cfg.train.max_bad_steps, log, compile=compiled,
-                                        graphs=cuda_graphs(cfg))
+            self.whole = WholeIteration(self.shards, cfg.train.max_bad_steps, log, compile=plan.compile,
+                                        graphs=plan.graphs)
 
     def _resolve_chunk_size(self, resumed: bool) -> None:
         """train.tasks_per_vmap: auto, timed once on the population's own first shard (every member's
@@ -141,7 +139,7 @@ class Population:
             self.spec.set_values(i, {k: getattr(m.cfg, k) for k in MUTABLE})
         self._set_values()
         self.adam = StackedAdam(self._stacked_params(), self.beta[self.live], self.base.train.grad_clip,
-                                compile=self.members[0].family.compiles(self.base), log=self.log,
+                                compile=self.shards.experiment.plan.compile, log=self.log,
                                 dynamic_members=self.scheduler.stops_members)
         self.params = self.adam.params
         for row, m in enumerate(live):  # from now on each member's outer step is a row of this one

@@ -48,10 +48,10 @@ class WholeIteration(CompiledWithFallback):
         then with `curve` (curve_at) the mean query loss before each inner step and after the last
         (steps + 1, P). Advances the counter `iteration` and the streaks `bad` / flags `running` in place."""
         batch = self.shards.draw(iteration, seeds, indices, rows)
-        total = self.shards.fns[curve].total  # the shard function's summed loss and its aux outputs
+        total = self.shards.summed_loss(curve)
         grads, (_, (loss, metric, *curves)) = grad_and_value(total, has_aux=True)(adam.views(adam.flat), batch)
         n = batch["y_query"].shape[1]  # tasks per member
-        finite = StackedAdam._step(adam, adam.flatten(grads), loss, n, running)
+        finite = StackedAdam.apply_update(adam, adam.flatten(grads), loss, n, running)
         with torch.no_grad():
             bad.copy_(torch.where(running, torch.where(finite, 0, bad + 1), bad))
             running.copy_(running & (bad < self.max_bad))

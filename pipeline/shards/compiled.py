@@ -4,7 +4,7 @@ twin in one logged line where compilation fails."""
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch.func import grad_and_value
@@ -15,16 +15,30 @@ COMPILE_AUTO_ITERATIONS = 10_000
 COMPILE_AUTO_UNROLLS = 1_000  # a learned optimizer's iteration (an unroll of 20 LSTM steps) saves more
 
 
-def should_compile(cfg, auto_from: int = COMPILE_AUTO_ITERATIONS) -> bool:
-    """train.compile resolved ("auto": runs of at least `auto_from` iterations - the family's
-    threshold - where the saving outweighs ~20-60 s of compiling, benchmarks/bench_compile.py)."""
-    return cfg.train.compile in ("always", "graphs") or (cfg.train.compile == "auto" and cfg.iterations >= auto_from)
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """How a run computes, resolved once from its config (`ExecutionPlan.of`) where its shard source
+    is built; the source, a population and its whole-iteration step read this object, never
+    train.compile itself.
 
+    compile: train.compile resolved ("auto": runs of at least the family's `auto_from` iterations,
+      where the saving outweighs ~20-60 s of compiling, benchmarks/bench_compile.py).
+    graphs: train.compile "graphs": the compiled shard function is also captured as a CUDA graph and
+      replayed (torch.compile's "reduce-overhead"); on a CPU it is the plain compiled function.
 
-def cuda_graphs(cfg) -> bool:
-    """train.compile "graphs": the compiled shard function is also captured as a CUDA graph and
-    replayed (torch.compile's "reduce-overhead"); on a CPU it is the plain compiled function."""
-    return cfg.train.compile == "graphs"
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> ExecutionPlan.of(NS(train=NS(compile="auto"), iterations=500), auto_from=10_000)
+        ExecutionPlan(compile=False, graphs=False)
+    """
+
+    compile: bool
+    graphs: bool
+
+    @classmethod
+    def of(cls, cfg, auto_from: int = COMPILE_AUTO_ITERATIONS) -> ExecutionPlan:
+        mode = cfg.train.compile
+        return cls(mode in ("always", "graphs") or (mode == "auto" and cfg.iterations >= auto_from), mode == "graphs")
 
 
 CURVE_SAMPLES = 10

@@ -15,9 +15,8 @@ from pipeline.core.rules import get_rule
 from pipeline.shards.chunking import time_chunk_sizes
 from pipeline.shards.compiled import (
     COMPILE_AUTO_ITERATIONS,
-    cuda_graphs,
+    ExecutionPlan,
     curve_at,
-    should_compile,
     training_shard_functions,
 )
 from tasks import TASKS, image_format, make_distribution, samples_on_device
@@ -63,6 +62,7 @@ class Experiment:
             if cfg.task.split != "all":  # "all": an evaluation-only data set, nothing to train on
                 d.check(split="train", shots=cfg.task.shots, query=cfg.task.query)
             d.check(split="test", shots=max(cfg.eval.shots), query=cfg.task.query, key="eval.shots")
+        self.plan = ExecutionPlan.of(cfg, self.compile_auto_from)
         self.learner = make_learner(cfg)
         self.train_inner = InnerSettings(cfg.alpha, cfg.inner_steps, cfg.gumbel_temperature, "sample")
         self._noise_shapes = None
@@ -74,9 +74,8 @@ class Experiment:
         self.chunk = tasks_per_vmap or None
         # iterations that log no query-loss curve skip computing it (curve_at); under
         # train.compile that shard function is compiled on its first call
-        self._shard_fns = training_shard_functions(self.learner, self.train_inner, self.chunk,
-                                                   should_compile(self.cfg, self.compile_auto_from),
-                                                   graphs=cuda_graphs(self.cfg))
+        self._shard_fns = training_shard_functions(self.learner, self.train_inner, self.chunk, self.plan.compile,
+                                                   graphs=self.plan.graphs)
 
     def time_chunk_sizes(self, params: dict, indices: Sequence[int]) -> dict[int, float]:
         """Eager shard-call times of the run's first training shard at each tasks_per_vmap choice

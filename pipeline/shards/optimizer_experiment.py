@@ -24,7 +24,7 @@ import torch
 from pipeline.config import Config
 from pipeline.core.meta_batch import ShardResult, zeros_where_unused
 from pipeline.core.rules import get_rule
-from pipeline.shards.compiled import COMPILE_AUTO_UNROLLS, CompiledWithFallback, should_compile
+from pipeline.shards.compiled import COMPILE_AUTO_UNROLLS, CompiledWithFallback, ExecutionPlan
 from pipeline.shards.experiment import set_precision
 from tasks import make_distribution, samples_on_device
 from tasks.sampling import sample_optimizees
@@ -105,8 +105,8 @@ class OptimizerExperiment:
         self.metric_name = f"final {self.distribution.loss_name}"
         # the learned rule's update step, in training unrolls and evaluations; the hand-designed
         # rules (baselines) stay eager
-        compiled = self.rule.learned and should_compile(cfg, self.compile_auto_from)
-        self.update = CompiledUpdate(self.rule) if compiled else self.rule.update
+        self.plan = ExecutionPlan.of(cfg, self.compile_auto_from)
+        self.update = CompiledUpdate(self.rule) if self.rule.learned and self.plan.compile else self.rule.update
 
     def set_chunk_size(self, tasks_per_vmap: int) -> None:
         """Optimizees are stepped all at once: train.tasks_per_vmap does not apply."""

@@ -16,9 +16,7 @@ from pipeline.members import PopulationSpec
 from pipeline.shards.chunking import time_chunk_sizes
 from pipeline.shards.compiled import (
     CompiledShardFunction,
-    cuda_graphs,
     curve_at,
-    should_compile,
     training_shard_functions,
 )
 from pipeline.shards.experiment import Experiment
@@ -106,9 +104,9 @@ class PopulationShards:
     def set_chunk_size(self, tasks_per_vmap: int) -> None:
         # with and without the query-loss curve (curve_at), as a solo run's experiment
         self.chunk = tasks_per_vmap or None
-        compile = should_compile(self.spec.base, Experiment.compile_auto_from)
-        self.fns = training_shard_functions(self.learner, self.inner, self.chunk, compile, log=self.log,
-                                            graphs=cuda_graphs(self.spec.base),
+        plan = self.experiment.plan  # the shared config's, resolved where the model is built
+        self.fns = training_shard_functions(self.learner, self.inner, self.chunk, plan.compile, log=self.log,
+                                            graphs=plan.graphs,
                                             sums=_population_sums, result=_population_result,
                                             dynamic_members=self.narrows)
 
@@ -167,6 +165,11 @@ class PopulationShards:
                                       shots=self.experiment.cfg.task.shots)
         return {**map_tree(lambda x: x.view(-1, self._draw_tasks, *x.shape[1:])[rows], flat),
                 "alpha": self.alpha, "temperature": self.temperature}
+
+    def summed_loss(self, curve: bool):
+        """The shard function's summed loss and its aux outputs, (leaves, batch) -> (loss, aux): what a
+        caller differentiates inside a larger compiled function (pipeline/driver/population_step.py)."""
+        return self.fns[curve].total
 
     def train_shard(self, params: dict, iteration: int, indices, carry=None) -> ShardResult:
         params = {k: v.to(self.device) for k, v in params.items()}

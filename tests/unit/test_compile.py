@@ -7,7 +7,7 @@ from pipeline.driver.families import family_of
 
 
 def compiles(cfg) -> bool:
-    return family_of(cfg.method).compiles(cfg)
+    return family_of(cfg.method).plan(cfg).compile
 
 
 def test_compile_setting_resolves_by_run_length_and_family():
@@ -44,3 +44,11 @@ def test_the_learners_mse_gives_f_mse_loss_bit_for_bit_in_eager():
             got = loss_and_metric(net, {}, out, y)[0]  # a network without cells: its output is its input
             assert torch.equal(got, want), n
             assert torch.equal(torch.autograd.grad(got, out)[0], torch.autograd.grad(want, out)[0]), n
+
+
+def test_the_execution_plan_docstring_example_holds():
+    import doctest
+
+    from pipeline.shards import compiled
+
+    assert doctest.testmod(compiled).failed == 0
