@@ -364,6 +364,14 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="metatrain", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+    _run_commands(sub)
+    _study_commands(sub)
+    _cluster_commands(sub)
+    return p
+
+
+def _run_commands(sub) -> None:
+    """One run: train, eval, adapt, export, serve, resume."""
     t = sub.add_parser("train", help="meta-train from a config (a path or a name in tune_configs/)")
     t.add_argument("config", help="an experiment config: a YAML path or a name in tune_configs/ (e.g. sine_quick)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -412,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "as a new record (without it, a finished run only gets what is missing)")
     _placement_args(r)
     r.set_defaults(fn=cmd_resume)
+
+
+def _study_commands(sub) -> None:
+    """Many runs and their data: sweep, report, data pack."""
     s = sub.add_parser("sweep", help="run a Ray Tune sweep of meta-training trials (a path or a name in tune_configs/)")
     s.add_argument("sweep", help="a sweep file: a YAML path or a name in tune_configs/ (e.g. sine_models)")
     s.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
@@ -435,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--split-dir", default="", help="miniimagenet: folder of train/val/test.csv (default: --src)")
     pk.add_argument("--force", action="store_true", help="replace an existing --out file")
     pk.set_defaults(fn=cmd_pack)
+
+
+def _cluster_commands(sub) -> None:
+    """A Ray cluster: submit, jobs, cluster."""
     address_help = "the cluster's dashboard, e.g. http://127.0.0.1:8265 (default: RAY_API_SERVER_ADDRESS / RAY_ADDRESS)"
     sb = sub.add_parser("submit", help="send a train or sweep run to a Ray cluster as a job (Ray Jobs API)")
     sb.add_argument("kind", choices=("train", "sweep"), help="what the job runs: one run, or a sweep")
@@ -461,7 +477,6 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--dashboard-port", type=int, default=8265, help="start: the dashboard / Jobs API port "
                     "(default: 8265)")
     cl.set_defaults(fn=cmd_cluster)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -287,103 +287,127 @@ def load_config(source: str | Path | dict | None = None,
     return cfg
 
 
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
 def validate(cfg: Config, check_paths: bool = True) -> None:
-    """Reject values no run could use."""
+    """Reject values no run could use, section by section (the first error, in one line)."""
     # The rule registry imports torch: read here, so that the schema itself (and `metatrain report`,
     # which reads sweep files through it) does not
     from pipeline.core.rules import METHODS
-    from pipeline.core.rules.masked import MASK_MODES
-
-    def need(ok: bool, msg: str):
-        if not ok:
-            raise ConfigError(msg)
 
     for key, value in float_fields(cfg):  # inf and nan pass every "> 0" / ">= 0" check below
-        need(math.isfinite(value), f"{key}: must be a finite number, got {value}")
-    need(cfg.method in METHODS, unknown_choice("method", "method", cfg.method, METHODS))
-    need(cfg.task.name in TASKS, unknown_choice("task.name", "task", cfg.task.name, TASKS))
+        _need(math.isfinite(value), f"{key}: must be a finite number, got {value}")
+    _need(cfg.method in METHODS, unknown_choice("method", "method", cfg.method, METHODS))
+    _need(cfg.task.name in TASKS, unknown_choice("task.name", "task", cfg.task.name, TASKS))
     _validate_family(cfg, check_paths)
-    need(cfg.alpha > 0, f"alpha: must be > 0, got {cfg.alpha}")
-    need(cfg.beta > 0, f"beta: must be > 0, got {cfg.beta}")
-    need(cfg.gumbel_temperature > 0, f"gumbel_temperature: must be > 0, got {cfg.gumbel_temperature}")
-    need(cfg.inner_steps >= 1, f"inner_steps: must be >= 1, got {cfg.inner_steps}")
-    need(cfg.meta_batch_size >= 1, f"meta_batch_size: must be >= 1, got {cfg.meta_batch_size}")
-    need(cfg.iterations >= 0, f"iterations: must be >= 0, got {cfg.iterations}")
-    need(0 <= cfg.seed < 2**64, f"seed: must be in [0, 2**64), got {cfg.seed}")
-    need(cfg.task.shots >= 1, f"task.shots: K must be >= 1, got {cfg.task.shots}")
-    need(cfg.task.query >= 1, f"task.query: must be >= 1, got {cfg.task.query}")
-    need(cfg.task.order in (0, 1, 2), f"task.order: polynomial order must be one of 0, 1, 2, got {cfg.task.order}")
-    need(all(h >= 1 for h in cfg.model.hidden), f"model.hidden: layer widths must be >= 1, got {cfg.model.hidden}")
-    need(cfg.task.ways >= 2, f"task.ways: must be >= 2, got {cfg.task.ways}")
-    need(cfg.model.ways == 0 or cfg.model.ways >= cfg.task.ways,
-         f"model.ways: the head's {cfg.model.ways} outputs cannot hold {cfg.task.ways}-way tasks (task.ways)")
-    need(cfg.model.filters >= 1, f"model.filters: must be >= 1, got {cfg.model.filters}")
-    need(cfg.model.init_std > 0, f"model.init_std: must be > 0, got {cfg.model.init_std}")
-    need(cfg.model.batch_norm in NORMS, unknown_choice("model.batch_norm", "choice", cfg.model.batch_norm, NORMS))
-    need(cfg.task.split in OMNIGLOT_SPLITS, unknown_choice("task.split", "split", cfg.task.split, OMNIGLOT_SPLITS))
-    need(cfg.task.train_characters >= 1, f"task.train_characters: must be >= 1, got {cfg.task.train_characters}")
-    need(cfg.task.image_size == 0 or cfg.task.image_size >= 16,
-         f"task.image_size: must be >= 16 (four conv cells) or 0 for the data set's size, got {cfg.task.image_size}")
+    _validate_run(cfg)
+    _validate_task_and_model(cfg, check_paths)
+    _validate_eval(cfg)
+    _validate_train(cfg)
+    _validate_ray(cfg)
+    _need(bool(cfg.tracking.experiment.strip()), "tracking.experiment: must be a non-empty MLflow experiment name")
+    _need("/" not in cfg.run_name and cfg.run_name not in (".", ".."),
+          f"run_name: must be a plain directory name, got {cfg.run_name!r}")
+
+
+def _validate_run(cfg: Config) -> None:
+    """The top-level numbers: step sizes, temperature, steps, batch, iterations, seed."""
+    _need(cfg.alpha > 0, f"alpha: must be > 0, got {cfg.alpha}")
+    _need(cfg.beta > 0, f"beta: must be > 0, got {cfg.beta}")
+    _need(cfg.gumbel_temperature > 0, f"gumbel_temperature: must be > 0, got {cfg.gumbel_temperature}")
+    _need(cfg.inner_steps >= 1, f"inner_steps: must be >= 1, got {cfg.inner_steps}")
+    _need(cfg.meta_batch_size >= 1, f"meta_batch_size: must be >= 1, got {cfg.meta_batch_size}")
+    _need(cfg.iterations >= 0, f"iterations: must be >= 0, got {cfg.iterations}")
+    _need(0 <= cfg.seed < 2**64, f"seed: must be in [0, 2**64), got {cfg.seed}")
+
+
+def _validate_task_and_model(cfg: Config, check_paths: bool) -> None:
+    _need(cfg.task.shots >= 1, f"task.shots: K must be >= 1, got {cfg.task.shots}")
+    _need(cfg.task.query >= 1, f"task.query: must be >= 1, got {cfg.task.query}")
+    _need(cfg.task.order in (0, 1, 2), f"task.order: polynomial order must be one of 0, 1, 2, got {cfg.task.order}")
+    _need(all(h >= 1 for h in cfg.model.hidden), f"model.hidden: layer widths must be >= 1, got {cfg.model.hidden}")
+    _need(cfg.task.ways >= 2, f"task.ways: must be >= 2, got {cfg.task.ways}")
+    _need(cfg.model.ways == 0 or cfg.model.ways >= cfg.task.ways,
+          f"model.ways: the head's {cfg.model.ways} outputs cannot hold {cfg.task.ways}-way tasks (task.ways)")
+    _need(cfg.model.filters >= 1, f"model.filters: must be >= 1, got {cfg.model.filters}")
+    _need(cfg.model.init_std > 0, f"model.init_std: must be > 0, got {cfg.model.init_std}")
+    _need(cfg.model.batch_norm in NORMS, unknown_choice("model.batch_norm", "choice", cfg.model.batch_norm, NORMS))
+    _need(cfg.task.split in OMNIGLOT_SPLITS, unknown_choice("task.split", "split", cfg.task.split, OMNIGLOT_SPLITS))
+    _need(cfg.task.train_characters >= 1, f"task.train_characters: must be >= 1, got {cfg.task.train_characters}")
+    _need(cfg.task.image_size == 0 or cfg.task.image_size >= 16,
+          f"task.image_size: must be >= 16 (four conv cells) or 0 for the data set's size, got {cfg.task.image_size}")
     spec = TASKS[cfg.task.name]
-    need(cfg.task.augment in AUGMENTS, unknown_choice("task.augment", "choice", cfg.task.augment, AUGMENTS))
-    need(cfg.task.sample_on in SAMPLE_ON, unknown_choice("task.sample_on", "choice", cfg.task.sample_on, SAMPLE_ON))
-    need(cfg.task.device_cache_gb >= 0, f"task.device_cache_gb: must be >= 0 (0 = gather images on the CPU), got "
-         f"{cfg.task.device_cache_gb}")
+    _need(cfg.task.augment in AUGMENTS, unknown_choice("task.augment", "choice", cfg.task.augment, AUGMENTS))
+    _need(cfg.task.sample_on in SAMPLE_ON, unknown_choice("task.sample_on", "choice", cfg.task.sample_on, SAMPLE_ON))
+    _need(cfg.task.device_cache_gb >= 0, f"task.device_cache_gb: must be >= 0 (0 = gather images on the CPU), got "
+          f"{cfg.task.device_cache_gb}")
     if spec.read_folders:  # an image data set on disk
-        need(bool(cfg.task.data), f"task.data: {cfg.task.name} needs the data's location: {spec.data}, "
-             "or a .arrow file from `metatrain data pack`")
+        _need(bool(cfg.task.data), f"task.data: {cfg.task.name} needs the data's location: {spec.data}, "
+              "or a .arrow file from `metatrain data pack`")
     if spec.data_files:  # a data set in this many files or folders
         count = "one location" if spec.data_files == 1 else f"{spec.data_files} locations"
-        need(len(cfg.task.data) == spec.data_files,
-             f"task.data: {cfg.task.name} needs {count}: {spec.data}; got {cfg.task.data}")
+        _need(len(cfg.task.data) == spec.data_files,
+              f"task.data: {cfg.task.name} needs {count}: {spec.data}; got {cfg.task.data}")
     for d in cfg.task.data if check_paths and spec.data else ():
-        need(data_path(d).exists(), f"task.data: {d} does not exist")
-    need(cfg.eval.tasks >= 1, f"eval.tasks: must be >= 1, got {cfg.eval.tasks}")
-    need(len(cfg.eval.shots) > 0 and all(k >= 1 for k in cfg.eval.shots),
-         f"eval.shots: every K must be >= 1, got {cfg.eval.shots}")
-    need(cfg.eval.inner_steps >= 0, f"eval.inner_steps: must be >= 0, got {cfg.eval.inner_steps}")
-    need(cfg.eval.mask in MASK_MODES, unknown_choice("eval.mask", "mode", cfg.eval.mask, MASK_MODES))
-    need(cfg.eval.query_bn in QUERY_BN, f"eval.query_bn: unknown choice {cfg.eval.query_bn!r}; allowed: "
-         f"{', '.join(repr(q) for q in QUERY_BN)}")
-    need(0 <= cfg.eval.seed < 2**64, f"eval.seed: must be in [0, 2**64), got {cfg.eval.seed}")
-    need(cfg.eval.batch_size >= 1, f"eval.batch_size: must be >= 1, got {cfg.eval.batch_size}")
-    need(cfg.eval.val_tasks >= 1, f"eval.val_tasks: must be >= 1, got {cfg.eval.val_tasks}")
-    need(cfg.eval.split in EVAL_SPLITS, unknown_choice("eval.split", "split", cfg.eval.split, EVAL_SPLITS))
-    need(cfg.train.checkpoint_every >= 1, f"train.checkpoint_every: must be >= 1, got {cfg.train.checkpoint_every}")
-    need(cfg.train.log_every >= 1, f"train.log_every: must be >= 1, got {cfg.train.log_every}")
+        _need(data_path(d).exists(), f"task.data: {d} does not exist")
+
+
+def _validate_eval(cfg: Config) -> None:
+    from pipeline.core.rules.masked import MASK_MODES  # torch, as METHODS
+
+    _need(cfg.eval.tasks >= 1, f"eval.tasks: must be >= 1, got {cfg.eval.tasks}")
+    _need(len(cfg.eval.shots) > 0 and all(k >= 1 for k in cfg.eval.shots),
+          f"eval.shots: every K must be >= 1, got {cfg.eval.shots}")
+    _need(cfg.eval.inner_steps >= 0, f"eval.inner_steps: must be >= 0, got {cfg.eval.inner_steps}")
+    _need(cfg.eval.mask in MASK_MODES, unknown_choice("eval.mask", "mode", cfg.eval.mask, MASK_MODES))
+    _need(cfg.eval.query_bn in QUERY_BN, f"eval.query_bn: unknown choice {cfg.eval.query_bn!r}; allowed: "
+          f"{', '.join(repr(q) for q in QUERY_BN)}")
+    _need(0 <= cfg.eval.seed < 2**64, f"eval.seed: must be in [0, 2**64), got {cfg.eval.seed}")
+    _need(cfg.eval.batch_size >= 1, f"eval.batch_size: must be >= 1, got {cfg.eval.batch_size}")
+    _need(cfg.eval.val_tasks >= 1, f"eval.val_tasks: must be >= 1, got {cfg.eval.val_tasks}")
+    _need(cfg.eval.split in EVAL_SPLITS, unknown_choice("eval.split", "split", cfg.eval.split, EVAL_SPLITS))
+
+
+def _validate_train(cfg: Config) -> None:
+    _need(cfg.train.checkpoint_every >= 1, f"train.checkpoint_every: must be >= 1, got {cfg.train.checkpoint_every}")
+    _need(cfg.train.log_every >= 1, f"train.log_every: must be >= 1, got {cfg.train.log_every}")
     tpv = cfg.train.tasks_per_vmap
-    need(tpv == "auto" or (isinstance(tpv, int) and tpv >= 0),
-         f"train.tasks_per_vmap: must be an integer >= 0 (0 = whole shard) or 'auto', got {tpv!r}")
-    need(0 <= cfg.train.block_tasks <= cfg.meta_batch_size,
-         f"train.block_tasks: must be in [0, meta_batch_size = {cfg.meta_batch_size}] (0 = one contiguous range per "
-         f"worker; a size that does not divide the meta-batch leaves a smaller last block), got "
-         f"{cfg.train.block_tasks}")
-    need(cfg.train.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 = off), got {cfg.train.grad_clip}")
-    need(cfg.train.compile in COMPILE, unknown_choice("train.compile", "choice", cfg.train.compile, COMPILE))
-    need(cfg.train.precision in PRECISIONS,
-         unknown_choice("train.precision", "choice", cfg.train.precision, PRECISIONS))
-    need(cfg.train.max_bad_steps >= 1, f"train.max_bad_steps: must be >= 1, got {cfg.train.max_bad_steps}")
-    need(cfg.backend in BACKENDS, unknown_choice("backend", "backend", cfg.backend, BACKENDS))
+    _need(tpv == "auto" or (isinstance(tpv, int) and tpv >= 0),
+          f"train.tasks_per_vmap: must be an integer >= 0 (0 = whole shard) or 'auto', got {tpv!r}")
+    _need(0 <= cfg.train.block_tasks <= cfg.meta_batch_size,
+          f"train.block_tasks: must be in [0, meta_batch_size = {cfg.meta_batch_size}] (0 = one contiguous range per "
+          f"worker; a size that does not divide the meta-batch leaves a smaller last block), got "
+          f"{cfg.train.block_tasks}")
+    _need(cfg.train.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 = off), got {cfg.train.grad_clip}")
+    _need(cfg.train.compile in COMPILE, unknown_choice("train.compile", "choice", cfg.train.compile, COMPILE))
+    _need(cfg.train.precision in PRECISIONS,
+          unknown_choice("train.precision", "choice", cfg.train.precision, PRECISIONS))
+    _need(cfg.train.max_bad_steps >= 1, f"train.max_bad_steps: must be >= 1, got {cfg.train.max_bad_steps}")
+    _need(cfg.backend in BACKENDS, unknown_choice("backend", "backend", cfg.backend, BACKENDS))
+
+
+def _validate_ray(cfg: Config) -> None:
     workers = cfg.ray.workers
     if isinstance(workers, dict):
-        need(set(workers) == {"min", "max"} and all(type(v) is int for v in workers.values()),
-             f"ray.workers: elastic workers are {{min: M, max: N}} with integers, got {workers}")
-        need(workers["min"] >= 1, f"ray.workers: min must be >= 1, got {workers['min']}")
-        need(workers["min"] <= workers["max"], f"ray.workers: min ({workers['min']}) must be <= max ({workers['max']})")
-        need(cfg.train.block_tasks > 0 or cfg.backend != "ray",
-             "ray.workers: elastic workers ({min, max}) need train.block_tasks > 0, so that the result does not "
-             f"depend on how many workers run (e.g. train.block_tasks={-(-cfg.meta_batch_size // workers['max'])})")
+        _need(set(workers) == {"min", "max"} and all(type(v) is int for v in workers.values()),
+              f"ray.workers: elastic workers are {{min: M, max: N}} with integers, got {workers}")
+        _need(workers["min"] >= 1, f"ray.workers: min must be >= 1, got {workers['min']}")
+        _need(workers["min"] <= workers["max"],
+              f"ray.workers: min ({workers['min']}) must be <= max ({workers['max']})")
+        _need(cfg.train.block_tasks > 0 or cfg.backend != "ray",
+              "ray.workers: elastic workers ({min, max}) need train.block_tasks > 0, so that the result does not "
+              f"depend on how many workers run (e.g. train.block_tasks={-(-cfg.meta_batch_size // workers['max'])})")
     else:
-        need(workers >= 0, f"ray.workers: must be >= 0 (0 = sized to the cluster), got {workers}")
-    need(cfg.ray.cpus_per_worker > 0, f"ray.cpus_per_worker: must be > 0, got {cfg.ray.cpus_per_worker}")
-    need(cfg.ray.gpus_per_worker >= 0, f"ray.gpus_per_worker: must be >= 0, got {cfg.ray.gpus_per_worker}")
-    need(cfg.ray.object_store_mb >= 0, f"ray.object_store_mb: must be >= 0, got {cfg.ray.object_store_mb}")
-    need(cfg.ray.start_timeout_s > 0, f"ray.start_timeout_s: must be > 0, got {cfg.ray.start_timeout_s}")
-    need(cfg.ray.replace_timeout_s > 0, f"ray.replace_timeout_s: must be > 0, got {cfg.ray.replace_timeout_s}")
-    need(cfg.ray.max_worker_restarts >= 0, f"ray.max_worker_restarts: must be >= 0, got {cfg.ray.max_worker_restarts}")
-    need(bool(cfg.tracking.experiment.strip()), "tracking.experiment: must be a non-empty MLflow experiment name")
-    need("/" not in cfg.run_name and cfg.run_name not in (".", ".."),
-         f"run_name: must be a plain directory name, got {cfg.run_name!r}")
+        _need(workers >= 0, f"ray.workers: must be >= 0 (0 = sized to the cluster), got {workers}")
+    _need(cfg.ray.cpus_per_worker > 0, f"ray.cpus_per_worker: must be > 0, got {cfg.ray.cpus_per_worker}")
+    _need(cfg.ray.gpus_per_worker >= 0, f"ray.gpus_per_worker: must be >= 0, got {cfg.ray.gpus_per_worker}")
+    _need(cfg.ray.object_store_mb >= 0, f"ray.object_store_mb: must be >= 0, got {cfg.ray.object_store_mb}")
+    _need(cfg.ray.start_timeout_s > 0, f"ray.start_timeout_s: must be > 0, got {cfg.ray.start_timeout_s}")
+    _need(cfg.ray.replace_timeout_s > 0, f"ray.replace_timeout_s: must be > 0, got {cfg.ray.replace_timeout_s}")
+    _need(cfg.ray.max_worker_restarts >= 0, f"ray.max_worker_restarts: must be >= 0, got {cfg.ray.max_worker_restarts}")
 
 
 def _validate_family(cfg: Config, check_paths: bool) -> None:

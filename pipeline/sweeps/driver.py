@@ -259,20 +259,7 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
     sweep = load_sweep(path)
     spec = sweep.spec
     sweep_dir = (Path(spec.output_dir) / spec.name).resolve()
-    if resume:
-        if not (sweep_dir / STATE).is_file():
-            raise ConfigError(f"--resume: {sweep_dir} holds no sweep to resume (no {STATE}); start it without --resume")
-        state = json.loads((sweep_dir / STATE).read_text())
-        _check_unchanged(yaml.safe_load((sweep_dir / SPEC).read_text()), sweep.to_dict())
-        uri = state["tracking_uri"]
-        if tracking_uri and resolve_uri(tracking_uri, spec.output_dir) != uri:
-            raise ConfigError(f"--tracking-uri: this sweep is tracked at {uri}; resume it there (omit --tracking-uri)")
-    else:
-        if sweep_dir.exists() and any(sweep_dir.iterdir()):
-            raise ConfigError(f"name: {sweep_dir} already holds a sweep; continue it with --resume, or give the sweep "
-                              "another name")
-        state = {}
-        uri = resolve_uri(tracking_uri or sweep.base["tracking"]["uri"], spec.output_dir)
+    state, uri = _open_record(sweep, sweep_dir, resume, tracking_uri)
     check_reachable(uri)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines instead of Tune's tables
     # Every trial checkpoint forces a snapshot of Tune's state (num_to_keep is set); with short
@@ -292,43 +279,9 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
             storage.write_text(sweep_dir / SPEC, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
         state = _start_parent_run(sweep, sweep_dir, uri, state)
         storage.write_text(sweep_dir / STATE, json.dumps(state, indent=2))
-        s = spec.scheduler
-        halving = s.rungs_from(sweep.base["iterations"]) if s.name == "halving" else None
-        pbt = Pbt(s.interval_from(sweep.base["iterations"]), s.quantile_fraction, s.resample_probability,
-                  tuple(s.perturbation_factors), s.hyperparam_mutations, (spec.seed,)) if s.name == "pbt" else None
-        ctx = TrialContext(sweep.base, tuple(sweep.swept_keys), str(sweep_dir), uri, state["experiment_id"],
-                           state["parent_run_id"], asdict(spec.resources), spec.metric, halving, pbt)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
-                                        tune.PlacementGroupFactory(spec.resources.bundles()))
-        total = sweep.trial_count()
-        methods = [m for e in sweep.space["method"].values() for m in e] if "method" in sweep.space \
-            else [sweep.base["method"]]  # a swept method: every one it takes
-        log(f"sweep {spec.name}: {total} trial(s) of {', '.join(methods)} on {sweep.base['task']['name']} "
-            f"over {', '.join(sweep.swept_keys)} | {sweep_dir} | MLflow {uri} (parent run {state['parent_run_id']})")
-        if sweep.packed:
-            sizes = ([len(p["members"]) for p in draws.trials(sweep)] if _drawn(sweep)
-                     else population_sizes(total, spec.pack.max_members))
-            by = "" if _drawn(sweep) else "; members proposed by optuna"
-            log(f"packed: trials that differ only in {', '.join(sweep.packed)} train as populations of "
-                f"{'/'.join(map(str, sorted(set(sizes))))} run(s), {len(sizes)} Tune trial(s) "
-                f"(pack.max_members: {spec.pack.max_members}{by})")
-        elif sweep.unpacked_because:
-            log(f"not packed: {sweep.unpacked_because}; one Tune trial per run")
-        tune_path = sweep_dir / TUNE_DIR
-        if resume and tune.Tuner.can_restore(str(tune_path)):
-            log(f"resuming from {tune_path}")
-            # param_space again: Tune stores its functions (draws.param_space's lookups) as placeholders
-            tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True, param_space=_param_space(sweep))
-        else:
-            progress = SweepProgress(str(sweep_dir), ctx.swept, sweep.base["iterations"], total, uri)
-            tuner = tune.Tuner(trainable, param_space=_param_space(sweep),
-                               tune_config=_tune_config(sweep, str(sweep_dir)),
-                               run_config=tune.RunConfig(
-                                   name=TUNE_DIR, storage_path=str(sweep_dir), callbacks=[progress], verbose=0,
-                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-        grid = tuner.fit()
+        ctx = _trial_context(sweep, sweep_dir, uri, state)
+        _say_plan(sweep, sweep_dir, uri, state["parent_run_id"], log)
+        grid = _tuner(sweep, sweep_dir, ctx, resume, uri, log).fit()
         return _finish(sweep, sweep_dir, grid, uri, state["parent_run_id"], path, log)
     except StorageError as e:
         if e.finished:  # the report's own line
@@ -338,6 +291,73 @@ def run_sweep(path: str, *, resume: bool = False, address: str | None = None, tr
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _open_record(sweep, sweep_dir: Path, resume: bool, tracking_uri: str | None) -> tuple[dict, str]:
+    """(the sweep's state, its tracking URI): a resumed sweep's as recorded (its file unchanged),
+    a new sweep's from nothing (its directory empty)."""
+    spec = sweep.spec
+    if not resume:
+        if sweep_dir.exists() and any(sweep_dir.iterdir()):
+            raise ConfigError(f"name: {sweep_dir} already holds a sweep; continue it with --resume, or give the sweep "
+                              "another name")
+        return {}, resolve_uri(tracking_uri or sweep.base["tracking"]["uri"], spec.output_dir)
+    if not (sweep_dir / STATE).is_file():
+        raise ConfigError(f"--resume: {sweep_dir} holds no sweep to resume (no {STATE}); start it without --resume")
+    state = json.loads((sweep_dir / STATE).read_text())
+    _check_unchanged(yaml.safe_load((sweep_dir / SPEC).read_text()), sweep.to_dict())
+    uri = state["tracking_uri"]
+    if tracking_uri and resolve_uri(tracking_uri, spec.output_dir) != uri:
+        raise ConfigError(f"--tracking-uri: this sweep is tracked at {uri}; resume it there (omit --tracking-uri)")
+    return state, uri
+
+
+def _trial_context(sweep, sweep_dir: Path, uri: str, state: dict) -> TrialContext:
+    """What every trial process needs: the base config, the swept keys, where to record, the scheduler
+    acting inside populations (halving's rungs, PBT's settings)."""
+    spec, s = sweep.spec, sweep.spec.scheduler
+    halving = s.rungs_from(sweep.base["iterations"]) if s.name == "halving" else None
+    pbt = Pbt(s.interval_from(sweep.base["iterations"]), s.quantile_fraction, s.resample_probability,
+              tuple(s.perturbation_factors), s.hyperparam_mutations, (spec.seed,)) if s.name == "pbt" else None
+    return TrialContext(sweep.base, tuple(sweep.swept_keys), str(sweep_dir), uri, state["experiment_id"],
+                        state["parent_run_id"], asdict(spec.resources), spec.metric, halving, pbt)
+
+
+def _say_plan(sweep, sweep_dir: Path, uri: str, parent_run_id: str, log) -> None:
+    """The start lines: what trains, on what, over which keys, where it is recorded, and how it packs."""
+    spec, total = sweep.spec, sweep.trial_count()
+    methods = [m for e in sweep.space["method"].values() for m in e] if "method" in sweep.space \
+        else [sweep.base["method"]]  # a swept method: every one it takes
+    log(f"sweep {spec.name}: {total} trial(s) of {', '.join(methods)} on {sweep.base['task']['name']} "
+        f"over {', '.join(sweep.swept_keys)} | {sweep_dir} | MLflow {uri} (parent run {parent_run_id})")
+    if sweep.packed:
+        sizes = ([len(p["members"]) for p in draws.trials(sweep)] if _drawn(sweep)
+                 else population_sizes(total, spec.pack.max_members))
+        by = "" if _drawn(sweep) else "; members proposed by optuna"
+        log(f"packed: trials that differ only in {', '.join(sweep.packed)} train as populations of "
+            f"{'/'.join(map(str, sorted(set(sizes))))} run(s), {len(sizes)} Tune trial(s) "
+            f"(pack.max_members: {spec.pack.max_members}{by})")
+    elif sweep.unpacked_because:
+        log(f"not packed: {sweep.unpacked_because}; one Tune trial per run")
+
+
+def _tuner(sweep, sweep_dir: Path, ctx: TrialContext, resume: bool, uri: str, log) -> tune.Tuner:
+    """Tune's Tuner: restored from the sweep's Tune state when resuming, else new."""
+    spec = sweep.spec
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                    tune.PlacementGroupFactory(spec.resources.bundles()))
+    tune_path = sweep_dir / TUNE_DIR
+    if resume and tune.Tuner.can_restore(str(tune_path)):
+        log(f"resuming from {tune_path}")
+        # param_space again: Tune stores its functions (draws.param_space's lookups) as placeholders
+        return tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True, param_space=_param_space(sweep))
+    progress = SweepProgress(str(sweep_dir), ctx.swept, sweep.base["iterations"], sweep.trial_count(), uri)
+    return tune.Tuner(trainable, param_space=_param_space(sweep), tune_config=_tune_config(sweep, str(sweep_dir)),
+                      run_config=tune.RunConfig(
+                          name=TUNE_DIR, storage_path=str(sweep_dir), callbacks=[progress], verbose=0,
+                          failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
 
 
 def _check_unchanged(stored: dict, now: dict) -> None:

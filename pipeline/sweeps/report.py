@@ -171,27 +171,21 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def build_report(sweep_dir: Path, shots: list[int] | None = None):
-    """(markdown, cell rows, trial rows, figure spec) for the sweep in `sweep_dir`."""
-    sweep, trials = load_trials(sweep_dir)
-    space = sweep["space"]
+def _value(t: Trial, k: str):
+    """A trial's value of key k, hashable: a swept list (eval.shots, model.hidden) becomes a tuple."""
+    v = t.values[k] if k in t.values else t.config.get(k)
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _layout(space: dict, rep: dict, trials: list[Trial]) -> tuple[list, str | None, list, list, list]:
+    """(row keys, column key, rows, columns, each trial's row): report.rows or every swept key but
+    method and seed as rows, method as columns; rows and columns in the listed (grid) order."""
     swept = list(space)
-    rep = sweep.get("report") or {}
     row_keys = list(rep.get("rows") or [k for k in swept if k not in ("method", "seed")])
     col_key = "method" if "method" in swept and "method" not in row_keys else None
     if not row_keys and col_key:
         row_keys, col_key = ["method"], None
-    def value(t: Trial, k: str):  # hashable: a swept list (eval.shots, model.hidden) becomes a tuple
-        v = t.values[k] if k in t.values else t.config.get(k)
-        return tuple(v) if isinstance(v, list) else v
-
-    evaluated = sorted({int(k) for t in trials if t.results for k in t.results["results"]})
-    shots = [str(k) for k in (shots or rep.get("shots") or evaluated)]
-    if not evaluated:
-        shots = []
-    metric = next((t.results["metric"] for t in trials if t.results), "query loss")
-    optimizer = any(t.results and t.results.get("family") == "optimizer" for t in trials)
-    row_vals = [tuple(value(t, k) for k in row_keys) for t in trials]
+    row_vals = [tuple(_value(t, k) for k in row_keys) for t in trials]
     rows = []
     for combo in row_vals:
         if combo not in rows:
@@ -200,37 +194,30 @@ def build_report(sweep_dir: Path, shots: list[int] | None = None):
     for i in reversed(range(len(row_keys))):
         order = _ordered(list({r[i] for r in rows}), space.get(row_keys[i]))
         rows.sort(key=lambda r: order.index(r[i]))
-    cols = _ordered(list({value(t, col_key) for t in trials}), space.get(col_key)) if col_key else [None]
+    cols = _ordered(list({_value(t, col_key) for t in trials}), space.get(col_key)) if col_key else [None]
+    return row_keys, col_key, rows, cols, row_vals
 
-    def members(row, col):
-        return [t for t, rv in zip(trials, row_vals) if rv == row and (col_key is None or value(t, col_key) == col)]
 
-    cells = {(row, col, k): _cell(members(row, col), k) for row in rows for col in cols for k in shots}
-    base = sweep["base_config"]
-    seeds = {value(t, "seed") for t in trials if t.results}
+def _setting(base: dict, optimizer: bool) -> str:
+    """One sentence: how the base config trains and evaluates."""
     n_tasks = base["eval"]["tasks"]
-    counts = {}
-    for t in trials:
-        counts[t.status] = counts.get(t.status, 0) + 1
     if optimizer:
         split = base["eval"].get("split", "test")
-        setting = (f"Optimizees {base['task']['name']}, trajectories of {base['inner_steps']} steps unrolled "
-                   f"{base['train'].get('unroll') or base['inner_steps']} at a time (α = {_fmt(base['alpha'])}, "
-                   f"β = {_fmt(base['beta'])}, meta-batch {base['meta_batch_size']}, {base['iterations']} iterations, "
-                   f"unless swept); evaluated on {n_tasks} fresh optimizees of the {split} split, "
-                   f"{base['eval']['inner_steps']} steps each.")
-    else:
-        setting = (f"Task {base['task']['name']}, trained with K = {base['task']['shots']}, "
-                   f"{base['inner_steps']} inner step(s) (α = {_fmt(base['alpha'])}, β = {_fmt(base['beta'])}, "
-                   f"meta-batch {base['meta_batch_size']}, "
-                   f"{base['iterations']} iterations, unless swept); evaluated on {n_tasks} test tasks with "
-                   f"{base['eval']['inner_steps']} inner step(s), mask mode {base['eval']['mask']}.")
-    md = [f"# Sweep `{sweep['name']}`", "",
-          f"{setting} Swept: {', '.join(f'{k} ∈ {_space_text(space[k])}' for k in swept)}.",
-          "", f"Trials: {len(trials)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}).", ""]
-    cell_rows = []
-    pooled = (f"mean ± 95% CI over {n_tasks} {'optimizees' if optimizer else 'test tasks'}"
-              + (f", each task's loss averaged over {len(seeds)} seeds (trained models)" if len(seeds) > 1 else ""))
+        return (f"Optimizees {base['task']['name']}, trajectories of {base['inner_steps']} steps unrolled "
+                f"{base['train'].get('unroll') or base['inner_steps']} at a time (α = {_fmt(base['alpha'])}, "
+                f"β = {_fmt(base['beta'])}, meta-batch {base['meta_batch_size']}, {base['iterations']} iterations, "
+                f"unless swept); evaluated on {n_tasks} fresh optimizees of the {split} split, "
+                f"{base['eval']['inner_steps']} steps each.")
+    return (f"Task {base['task']['name']}, trained with K = {base['task']['shots']}, "
+            f"{base['inner_steps']} inner step(s) (α = {_fmt(base['alpha'])}, β = {_fmt(base['beta'])}, "
+            f"meta-batch {base['meta_batch_size']}, "
+            f"{base['iterations']} iterations, unless swept); evaluated on {n_tasks} test tasks with "
+            f"{base['eval']['inner_steps']} inner step(s), mask mode {base['eval']['mask']}.")
+
+
+def _cell_tables(rows, cols, row_keys, col_key, cells, shots, metric: str, optimizer: bool, pooled: str) -> list[str]:
+    """The Markdown tables of the cells: one per K with methods as columns, else one with K as columns."""
+    md = []
     tables = [(k, [k]) for k in shots] if col_key else [(None, shots)]
     for k_title, ks in tables:
         if col_key:
@@ -244,15 +231,45 @@ def build_report(sweep_dir: Path, shots: list[int] | None = None):
             header = [*row_keys, *[f"{k} steps" if optimizer else f"K = {k}" for k in ks]]
             body = [[*map(_fmt, row), *[cells[(row, None, k)].text() for k in ks]] for row in rows]
         md += [_md_table(header, body), ""]
+    return md
+
+
+def build_report(sweep_dir: Path, shots: list[int] | None = None):
+    """(markdown, cell rows, trial rows, figure spec) for the sweep in `sweep_dir`."""
+    sweep, trials = load_trials(sweep_dir)
+    space = sweep["space"]
+    swept = list(space)
+    rep = sweep.get("report") or {}
+    row_keys, col_key, rows, cols, row_vals = _layout(space, rep, trials)
+    evaluated = sorted({int(k) for t in trials if t.results for k in t.results["results"]})
+    shots = [str(k) for k in (shots or rep.get("shots") or evaluated)] if evaluated else []
+    metric = next((t.results["metric"] for t in trials if t.results), "query loss")
+    optimizer = any(t.results and t.results.get("family") == "optimizer" for t in trials)
+
+    def members(row, col):
+        return [t for t, rv in zip(trials, row_vals) if rv == row and (col_key is None or _value(t, col_key) == col)]
+
+    cells = {(row, col, k): _cell(members(row, col), k) for row in rows for col in cols for k in shots}
+    base = sweep["base_config"]
+    seeds = {_value(t, "seed") for t in trials if t.results}
+    n_tasks = base["eval"]["tasks"]
+    counts = {}
+    for t in trials:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    md = [f"# Sweep `{sweep['name']}`", "",
+          f"{_setting(base, optimizer)} Swept: {', '.join(f'{k} ∈ {_space_text(space[k])}' for k in swept)}.",
+          "", f"Trials: {len(trials)} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}).", ""]
+    pooled = (f"mean ± 95% CI over {n_tasks} {'optimizees' if optimizer else 'test tasks'}"
+              + (f", each task's loss averaged over {len(seeds)} seeds (trained models)" if len(seeds) > 1 else ""))
+    md += _cell_tables(rows, cols, row_keys, col_key, cells, shots, metric, optimizer, pooled)
     if any(c.diverged for c in cells.values()):
         md += ["† includes trials that diverged in meta-training (non-finite meta-gradients for "
                "`train.max_bad_steps` steps in a row), evaluated at their last finite parameters.", ""]
-    for (row, col, k), c in cells.items():
-        cell_rows.append({**{key: list(v) if isinstance(v, tuple) else v for key, v in zip(row_keys, row)},
-                          **({col_key: col} if col_key else {}),
-                          "K": int(k), "mean": c.mean, "ci95": c.ci95, "n": c.n, "trials": c.trials,
-                          "diverged": c.diverged, "excluded": c.excluded, "nonfinite": c.nonfinite,
-                          "updated_fraction": c.fraction})
+    cell_rows = [{**{key: list(v) if isinstance(v, tuple) else v for key, v in zip(row_keys, row)},
+                  **({col_key: col} if col_key else {}),
+                  "K": int(k), "mean": c.mean, "ci95": c.ci95, "n": c.n, "trials": c.trials,
+                  "diverged": c.diverged, "excluded": c.excluded, "nonfinite": c.nonfinite,
+                  "updated_fraction": c.fraction} for (row, col, k), c in cells.items()]
     fraction_md = _fraction_table(rows, cols, row_keys, col_key, cells, shots)
     if fraction_md:
         md += ["## Fraction of weights updated (mean of sigmoid(ζ), averaged over seeds)", "", fraction_md, ""]
