@@ -61,7 +61,16 @@ class Member(Trainer):
 
 class Population:
     """Trains members (configs that differ only in PACKABLE keys) as one program; each member's
-    run directory is what its solo `metatrain train` would write. Use as a context manager."""
+    run directory is what its solo `metatrain train` would write. Use as a context manager.
+
+    Arguments: see __init__.
+
+    Example:
+        >>> cfgs = [load_config("sine_mtnet", {"alpha": a}) for a in (0.01, 0.1)]  # doctest: +SKIP
+        >>> dirs = [f"runs/a{c.alpha}" for c in cfgs]                             # doctest: +SKIP
+        >>> with Population(cfgs, dirs, scheduler=Halving(500, 2.0)) as pop:      # doctest: +SKIP
+        ...     results = pop.train()   # each member's results.json, in member order
+    """
 
     def __init__(self, cfgs: list[Config], run_dirs: list[Path], log=print, hooks=None, reporter=None,
                  device: str = "cpu", scheduler: MemberScheduler | None = None,

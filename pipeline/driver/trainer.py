@@ -97,7 +97,21 @@ class TrainerHook:
 
 class Trainer:
     """Owns the meta-parameters, the Adam state, checkpoints and evaluation; the backend (Ray
-    workers or this process) only computes shard sums. Use as a context manager to release it."""
+    workers or this process) only computes shard sums. Use as a context manager to release it.
+
+    Arguments:
+        cfg: a validated config (pipeline/config.py: load_config).
+        run_dir: the run's folder (created; config.yaml, metrics.jsonl, checkpoints, results.json, plots/).
+        log: where progress lines go.
+        backend: where shards run (None: cfg.backend's, Ray workers or this process).
+        hooks: observers (TrainerHook: MLflow's tracker, Tune's reporter).
+
+    Example:
+        >>> from pipeline.config import load_config
+        >>> cfg = load_config("sine_quick", ["iterations=20", "backend=local"])   # doctest: +SKIP
+        >>> with Trainer(cfg, "runs/quick") as trainer:                           # doctest: +SKIP
+        ...     results = trainer.train()   # results.json's content: the evaluation table
+    """
 
     def __init__(self, cfg: Config, run_dir: Path, log=print, backend=None, hooks: tuple[TrainerHook, ...] = ()):
         self.cfg, self.run_dir, self.log, self.hooks = cfg, Path(run_dir), log, tuple(hooks)

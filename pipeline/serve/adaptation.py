@@ -35,7 +35,16 @@ from tasks.sampling import NOISE_STREAM, Streams
 
 
 def load_run(run_dir: str | Path) -> MetaLearnedRun:
-    """A finished (or checkpointed) run directory: its config and latest parameters."""
+    """A finished (or checkpointed) run directory: its config and latest parameters.
+
+    Arguments:
+        run_dir: a folder as `metatrain train` writes it (config.yaml and checkpoint.pt); the
+          training data need not exist here.
+
+    Example:
+        >>> run = load_run("runs/maml-sinusoid-s0-...")                          # doctest: +SKIP
+        >>> run.adapt(x_support, y_support).predict(x_query)                      # doctest: +SKIP
+    """
     path = Path(run_dir)
     check_run_dir(path, need_checkpoint=True)
     # local=False: the training data need not exist here (a served model carries no data)
@@ -45,6 +54,19 @@ def load_run(run_dir: str | Path) -> MetaLearnedRun:
 
 
 class MetaLearnedRun:
+    """A meta-learned network that adapts to new tasks (its run's inner loop, eval.inner_steps and
+    eval.mask) and predicts their query examples.
+
+    Arguments:
+        cfg: the run's config.
+        params: its meta-parameters (the checkpoint's), shaped as the config's network.
+        iteration: the meta-iteration they were saved at.
+
+    Example:
+        >>> predictor = load_run(run_dir).adapt(images, labels, steps=3)          # doctest: +SKIP
+        >>> predictor.predict(query_images)[["label", "probability"]]            # doctest: +SKIP
+    """
+
     def __init__(self, cfg: Config, params: dict, iteration: int = 0):
         self.cfg, self.iteration = cfg, iteration
         self.learner = make_learner(cfg)

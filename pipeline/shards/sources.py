@@ -18,7 +18,16 @@ class ShardSource(Protocol):
     """Samples the tasks of a range of indices and computes their sums (training) or per-task
     results (evaluation); holds nothing that the driver's parameters cannot rebuild. A population
     (`PopulationShards`) trains only: its members evaluate through their own `Experiment`s, as
-    their solo runs do."""
+    their solo runs do.
+
+    Arguments (of every implementation's constructor): cfg (a validated Config), dtype, device.
+
+    Example:
+        >>> from pipeline.driver.families import make_source                      # doctest: +SKIP
+        >>> source = make_source(load_config("sine_quick"))                       # doctest: +SKIP
+        >>> result = source.train_shard(source.init_params(), iteration=0, indices=range(4))  # doctest: +SKIP
+        >>> result.loss_sum / result.n_tasks                                      # doctest: +SKIP
+    """
 
     def train_shard(self, params: dict, iteration: int, indices: Sequence[int],
                     carry: dict | None = None) -> ShardResult: ...
