@@ -19,5 +19,5 @@ setup(
     include_package_data=True,
     install_requires=requirements(),
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "psutil>=5.9", "ruff>=0.6"]},
-    entry_points={"console_scripts": ["metatrain=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["metatrain=pipeline.cli:run"]},
 )

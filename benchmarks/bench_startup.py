@@ -133,6 +133,8 @@ def child(out: str, start: float, argv: list[str]) -> int:
     record["main_started"] = t_main
     Path(out).write_text(json.dumps(record))
     sys.stdout.flush()
+    if hasattr(cli, "exit_promptly"):  # as the `metatrain` command ends (pipeline.cli.run)
+        cli.exit_promptly(int(code))
     return int(code)
 
 

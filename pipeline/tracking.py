@@ -336,6 +336,14 @@ def _worker():
     return _WORKER
 
 
+def drain() -> None:
+    """Wait for everything queued on the tracking thread and end it (a later tracker starts another)."""
+    global _WORKER
+    if _WORKER is not None:
+        _WORKER.shutdown(wait=True)
+        _WORKER = None
+
+
 class MlflowTracker(TrainerHook):
     """Logs one Trainer to MLflow; `parent_run_id` nests it under a sweep's parent run.
 

@@ -110,6 +110,25 @@ def test_resuming_a_finished_run_changes_nothing_and_force_is_a_new_record(tmp_p
     assert forced["models"] == WANT["models"] and forced["meta_loss"] == WANT["meta_loss"]
 
 
+def test_the_command_ends_promptly_with_every_record_written(tmp_path):
+    """`metatrain` as a user runs it (pipeline.cli.run: the process ends once the tracking thread
+    is drained, without the interpreter's teardown): the store holds the whole run, the output is
+    all there, and resume finds nothing to do."""
+    run = tmp_path / "r"
+    argv = ["train", "sine_quick", *SETS, "--set", f"output_dir={tmp_path}", "--set", "run_name=r"]
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", *argv], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.rstrip().splitlines()[-1].startswith("mlflow: logged run ")  # the last line, flushed
+    check(records(resolve_uri("", tmp_path)))
+    again = subprocess.run([sys.executable, "-m", "pipeline.cli", "resume", str(run)], capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr[-2000:]
+    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "sine_quick", "--set", "alpha=-1"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip() == "metatrain: error: alpha: must be > 0, got -1.0"
+
+
 @pytest.mark.parametrize("point", ["plots", "evaluation", "model", "adapt_model"])
 def test_a_run_killed_while_logging_is_completed_once_by_resume(tmp_path, capsys, point):
     run = tmp_path / "r"
