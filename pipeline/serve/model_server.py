@@ -82,6 +82,8 @@ class ModelServer:
         return self
 
     def __exit__(self, *exc):
+        """The server's whole process group ends (its workers too, not only the leader): SIGTERM,
+        then SIGKILL for what is left after 30 s."""
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout=30)
@@ -90,4 +92,22 @@ class ModelServer:
             self.proc.wait()
         except ProcessLookupError:
             pass
+        deadline = time.monotonic() + 30
+        while _group_alive(self.proc.pid) and time.monotonic() < deadline:  # workers outlive their leader a moment
+            time.sleep(0.05)
+        if _group_alive(self.proc.pid):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.log.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user took the id: ours are gone
+        return False
