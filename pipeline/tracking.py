@@ -152,12 +152,11 @@ def git_commit() -> str | None:
         return None
 
 
-def start_run(client, experiment_id: str, *, run_name: str, tags: dict, params: dict, run_id: str | None = None) -> str:
-    """A new run (or `run_id`, created before with these tags) with its params and tags (and the git
-    commit of this checkout, if any)."""
+def start_run(client, experiment_id: str, *, run_name: str, tags: dict, params: dict) -> str:
+    """A new run with its params and tags (and the git commit of this checkout, if any)."""
     from mlflow.entities import Param, RunTag
 
-    run_id = run_id or client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     items = [Param(k, _param_value(v)) for k, v in params.items()]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run_id, params=items[i:i + 100])
@@ -165,18 +164,6 @@ def start_run(client, experiment_id: str, *, run_name: str, tags: dict, params: 
     if commit:
         client.log_batch(run_id, tags=[RunTag("git_commit", commit), RunTag("mlflow.source.git.commit", commit)])
     return run_id
-
-
-def unrecorded_run(client, experiment_id: str, run_dir: Path) -> str | None:
-    """A run created for this run directory by a process killed before it wrote mlflow.json: tagged
-    with the directory, RUNNING, no metric yet (the tracking thread logs none before mlflow.json is
-    written, so a run with metrics and no mlflow.json belongs to a directory deleted and made again)."""
-    where = str(Path(run_dir).resolve()).replace("'", "\\'")
-    for run in client.search_runs([experiment_id], filter_string=f"tags.run_dir = '{where}' and "
-                                  "attributes.status = 'RUNNING'", order_by=["attributes.start_time DESC"]):
-        if not run.data.metrics:
-            return run.info.run_id
-    return None
 
 
 def recorded_run(run_dir: Path, uri: str) -> str | None:
@@ -410,10 +397,10 @@ class MlflowTracker(TrainerHook):
         self._submit(_import_mlflow)
 
     def on_start(self, trainer, resumed: bool) -> None:
-        """The MLflow run is found or created on the tracking thread while the run trains: a process
-        killed before mlflow.json names it leaves a run that the retry adopts (`unrecorded_run`),
-        never an orphan beside a new one."""
+        """Waits for the MLflow run: mlflow.json must name it before the run can be killed and retried
+        (a retry then reopens it instead of leaving an orphan)."""
         self._submit(self._start, trainer.run_dir, trainer.iteration)
+        self.wait()
 
     def _start(self, run_dir: Path, iteration: int) -> None:
         cfg = self.cfg
@@ -425,10 +412,8 @@ class MlflowTracker(TrainerHook):
                     "run_dir": str(run_dir.resolve()), **self.extra_tags}
             if self.parent_run_id:
                 tags["mlflow.parentRunId"] = self.parent_run_id
-            adopted = unrecorded_run(self.client, self.experiment_id, run_dir)
-            # the params again where adopted: the same values, which MLflow accepts twice
             self.run_id = start_run(self.client, self.experiment_id, run_name=self.run_name, tags=tags,
-                                    params=flatten(to_dict(cfg)), run_id=adopted)
+                                    params=flatten(to_dict(cfg)))
             storage.write_text(run_dir / RUN_FILE, json.dumps(
                 {"tracking_uri": self.uri, "experiment_id": self.experiment_id, "run_id": self.run_id}, indent=2))
             reopened = False

@@ -54,9 +54,6 @@ KILLER = textwrap.dedent("""
         die_after(pipeline.tracking, "log_model")
     elif point == "adapt_model":
         pipeline.tracking.log_adapt_model = half_logged_adapt_model
-    elif point == "created":  # the MLflow run created, mlflow.json not written yet
-        from mlflow import MlflowClient
-        die_after(MlflowClient, "create_run")
     sys.exit(main(sys.argv[2:]))
 """)
 
@@ -111,25 +108,6 @@ def test_resuming_a_finished_run_changes_nothing_and_force_is_a_new_record(tmp_p
     forced = records(uri)
     assert forced["evaluations"] == after[0]["evaluations"] * 2  # the same tasks again: a second record
     assert forced["models"] == WANT["models"] and forced["meta_loss"] == WANT["meta_loss"]
-
-
-def test_a_run_killed_before_mlflow_json_names_its_mlflow_run_is_adopted_not_orphaned(tmp_path, capsys):
-    """The MLflow run is created on the tracking thread while training starts; a process killed
-    between its creation and mlflow.json leaves a RUNNING run without metrics, which the resume
-    adopts (tagged with the run directory): one run in the store, complete."""
-    run = tmp_path / "r"
-    argv = ["train", "sine_quick", *SETS, "--set", f"output_dir={tmp_path}", "--set", "run_name=r"]
-    killed = subprocess.run([sys.executable, "-c", KILLER, "created", *argv], capture_output=True, text=True,
-                            timeout=300)
-    assert killed.returncode == 9, killed.stderr[-2000:]
-    assert not (run / "mlflow.json").exists() and (run / "checkpoint.pt").is_file()
-    uri = resolve_uri("", tmp_path)
-    client = MlflowClient(tracking_uri=uri)
-    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-    assert [(r.info.status, r.data.metrics) for r in runs] == [("RUNNING", {})]  # one run, mlflow.json lacks it
-    assert main(["resume", str(run)]) == 0
-    check(records(uri))  # still one run (records asserts it), now complete
-    assert "mlflow: new run" in capsys.readouterr().out
 
 
 def test_the_command_ends_promptly_with_every_record_written(tmp_path):
