@@ -18,6 +18,7 @@ from pipeline.distributed.ranges import blocks, split, tree_sum
 from pipeline.members import PopulationSpec
 from pipeline.shards.sources import ShardSource, StackedSource, source_from_dict
 from pipeline.yaml_dataclasses import to_dict
+from tasks import TASKS
 
 
 def carry_part(carry: dict | None, r: range) -> dict | None:
@@ -172,8 +173,12 @@ class RayBackend:
         nodes = len({w["node_id"] for w in where})
         devices = ",".join(sorted({w["device"] for w in where}))
         span = f" (elastic: {self.low} to {self.high})" if self.low < self.high else ""
+        # a regression task's MLP is dispatch-bound: each iteration's round trip to the workers costs
+        # more than its arithmetic (benchmarks/RESULTS.md, "Ray shard workers vs in-process")
+        small = TASKS[self.cfg.task.name].kind == "regression" and nodes == 1 and not self.gpus
         log(f"ray: {len(where)} shard worker(s){span} on {nodes} node(s) ({self.placement}), {each} each, "
-            f"device {devices}")
+            f"device {devices}" + ("; this MLP trains faster in one process (--local: a sine MLP at meta-batch 25 "
+                                   "took 2.95x its in-process time on Ray)" if small else ""))
 
     # (a backend exists only once its pool has started: __init__ closes and raises otherwise)
     @property

@@ -73,6 +73,7 @@ def test_the_local_head_is_reported_reused_and_runs_train_and_sweep_with_address
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "ray: 2 shard worker(s) on 1 node(s)" in proc.stdout and "it 20/20" in proc.stdout
+    assert "; this MLP trains faster in one process (--local" in proc.stdout  # the start line says what is faster
     sweep = tmp_path / "mini.yaml"
     sweep.write_text(f"base: sine_quick\nname: mini\noutput_dir: {tmp_path / 'sweeps'}\n"
                      "set: {iterations: 10, eval.tasks: 10, model.hidden: [16, 16]}\n"
