@@ -62,3 +62,24 @@ def local_ray():
              object_store_memory=150 * 2**20, logging_level="ERROR")
     yield
     ray.shutdown()
+
+
+def pytest_sessionfinish(session):
+    """METATRAIN_COMPILE_TIMES=FOLDER: each pytest process (an xdist worker) writes the seconds it
+    spent compiling (Dynamo + Inductor, torch._dynamo.utils.compile_times) to FOLDER/<pid>.json, so
+    a run of the suite can say what compiling cost it (CLI runs, Ray workers and Tune trials that
+    tests start compile in processes of their own and are not counted)."""
+    folder = os.environ.get("METATRAIN_COMPILE_TIMES")
+    if not folder:
+        return
+    import json
+    from pathlib import Path
+
+    from torch._dynamo.utils import compile_times
+
+    names, values = compile_times(repr="csv", aggregate=True)
+    times = dict(zip(names, map(float, values)))
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    Path(folder, f"{os.getpid()}.json").write_text(json.dumps(
+        {"compile_s": times.get("_compile.compile_inner", 0.0), "inductor_s": times.get("compile_fx_inner", 0.0),
+         "worker": os.environ.get("PYTEST_XDIST_WORKER", "main")}))
