@@ -29,6 +29,7 @@ COMPILE = ("auto", "always", "never", "graphs")
 SAMPLE_ON = ("auto", "cpu", "device")
 AUGMENTS = ("none", "affine")
 PRECISIONS = ("fp32", "tf32", "bf16")
+META_LOSSES = ("train", "heldout")
 # Keys in which the members of a population (pipeline/driver/population.py) may differ: numbers that
 # enter the computation as per-member tensors, the seeds, and where each member's run lies; MUTABLE:
 # those a scheduler may change while the members train (PBT's hyperparam_mutations).
@@ -146,6 +147,10 @@ class TrainConfig:
     block_tasks: int = 0
     grad_clip: float = 0.0  # clip the meta-gradient's global norm to this before the Adam step; 0 = off
     unroll: int = 0  # learned optimizers: optimizee steps per truncated-BPTT unroll (paper 20); 0 = inner_steps
+    # learned optimizers: where each step's meta-loss term f_t is measured: "train" (the minibatch the
+    # optimizee steps on: the paper) or "heldout" (data the optimizee never trains on: Metz et al.
+    # 2019's validation meta-objective; the optimizer still reads training gradients only)
+    meta_loss: str = "train"
     # under torch.compile: the few-shot shard function (the whole training step), or a learned
     # optimizer's update step; "always", "never", or "auto" = for runs of at least
     # COMPILE_AUTO_ITERATIONS iterations (COMPILE_AUTO_UNROLLS for learned optimizers), where the
@@ -432,7 +437,12 @@ def _validate_family(cfg: Config, check_paths: bool) -> None:
     if cfg.train.validate_every < 0 or cfg.train.validate_tasks < 1:
         raise ConfigError(f"train.validate_every / train.validate_tasks: must be >= 0 (0 = off) / >= 1, got "
                           f"{cfg.train.validate_every} / {cfg.train.validate_tasks}")
+    if cfg.train.meta_loss not in META_LOSSES:
+        raise ConfigError(unknown_choice("train.meta_loss", "choice", cfg.train.meta_loss, META_LOSSES))
     if not is_optimizer:
+        if cfg.train.meta_loss != "train":
+            raise ConfigError(f"train.meta_loss: where a learned optimizer's meta-loss is measured (methods "
+                              f"{', '.join(optimizers)}); method {cfg.method} takes train")
         if cfg.train.validate_every:
             raise ConfigError(f"train.validate_every: selects a learned optimizer's parameters (methods "
                               f"{', '.join(optimizers)}); method {cfg.method} takes 0")

@@ -72,16 +72,16 @@ def _synthetic_images(task, model):
     return SyntheticImages(task.ways, image_format(task)[1], TASKS["synthetic_images"].channels)
 
 
-def _quadratic(task, model):
+def _quadratic(task, model, heldout: bool = False):
     from tasks.optimizees import Quadratic
 
-    return Quadratic(task.dim)
+    return Quadratic(task.dim, heldout=heldout)
 
 
-def _mnist_mlp(task, model):
+def _mnist_mlp(task, model, heldout: bool = False):
     from tasks.optimizees import MnistMLP
 
-    return MnistMLP(task.data[0], model.hidden, model.optimizee_activation, task.minibatch)
+    return MnistMLP(task.data[0], model.hidden, model.optimizee_activation, task.minibatch, heldout=heldout)
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -131,7 +131,8 @@ def samples_on_device(task_cfg, device) -> bool:
     return task_cfg.sample_on == "device"
 
 
-def make_distribution(task_cfg, model_cfg=None):
+def make_distribution(task_cfg, model_cfg=None, **options):
     """Build the task distribution named by the `task` section of an experiment config (optimizee
-    distributions also read the `model` section: the optimizee network)."""
-    return task_spec(task_cfg.name).build(task_cfg, model_cfg)
+    distributions also read the `model` section: the optimizee network, and take `heldout`: each
+    training optimizee also draws data it never trains on, for train.meta_loss: heldout)."""
+    return task_spec(task_cfg.name).build(task_cfg, model_cfg, **options)

@@ -7,6 +7,11 @@ or the MLP's minibatch indices, one row per optimizee step). `loss(theta, proble
 the optimizer sees at step t, batched over a leading optimizee dimension B; `final_loss` is the
 loss a result table reports after the last step, and `unseen_loss` (None where a problem has no
 such notion) the loss on data the optimizee never trained on.
+
+With `heldout` (train.meta_loss: heldout), each training optimizee also draws data it never trains
+on, after everything else it draws (so its training data stay those of the default), and
+`meta_loss(theta, problem, t)` is the loss on that data: the meta-objective's term f_t (Metz et al.
+2019). Other splits, and every problem without held-out data, take `loss` as the meta-loss.
 """
 from __future__ import annotations
 
@@ -30,16 +35,33 @@ class Quadratic:
 
     loss_name = "quadratic loss"
 
-    def __init__(self, dim: int = 10):
+    def __init__(self, dim: int = 10, heldout: bool = False):
         self.d = dim
         self.dim = dim
+        self.heldout = heldout
 
     def sample(self, streams: Streams, steps: int, split: str = "train") -> dict:
-        return {"W": streams.normal((self.d, self.d)), "y": streams.normal(self.d),
-                "theta0": INIT_STD * streams.normal(self.d)}
+        problem = {"W": streams.normal((self.d, self.d)), "y": streams.normal(self.d),
+                   "theta0": INIT_STD * streams.normal(self.d)}
+        if self.heldout and split == "train":
+            # held out: another draw of W around the same optimum theta* = W^-1 y (y' = W' theta*):
+            # the held-out loss measures the distance to the solution, not W's particular curvature
+            xp, w = streams.xp, streams.normal((self.d, self.d))
+            optimum = xp.linalg.solve(problem["W"], problem["y"][..., None])
+            problem["W_heldout"], problem["y_heldout"] = w, (w @ optimum)[..., 0]
+        return problem
 
     def loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
-        r = (problem["W"] @ theta.unsqueeze(-1)).squeeze(-1) - problem["y"]
+        return self._residual(theta, problem["W"], problem["y"])
+
+    def meta_loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
+        if "W_heldout" not in problem:
+            return self.loss(theta, problem, t)
+        return self._residual(theta, problem["W_heldout"], problem["y_heldout"])
+
+    @staticmethod
+    def _residual(theta: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        r = (w @ theta.unsqueeze(-1)).squeeze(-1) - y
         return r.pow(2).sum(-1)
 
     def final_loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
@@ -65,10 +87,11 @@ class MnistMLP:
 
     loss_name = "cross-entropy"
     EVAL_PER_DIGIT = 100
+    HELDOUT_FRACTION = 0.2  # heldout: the share of the training images an optimizee never trains on
 
     def __init__(self, data: str, hidden: list[int], activation: str = "sigmoid", minibatch: int = 128,
-                 dtype=torch.float32):
-        self.data, self.minibatch, self.act = data, minibatch, ACTIVATIONS[activation]
+                 dtype=torch.float32, heldout: bool = False):
+        self.data, self.minibatch, self.act, self.heldout = data, minibatch, ACTIVATIONS[activation], heldout
         self.sizes = [784, *hidden, 10]
         self.shapes = [s for a, b in zip(self.sizes[:-1], self.sizes[1:]) for s in ((a, b), (b,))]
         self.dim = sum(math.prod(s) for s in self.shapes)
@@ -78,8 +101,21 @@ class MnistMLP:
 
     def sample(self, streams: Streams, steps: int, split: str = "train") -> dict:
         n = len(self.images[self.pool(split)][1])
-        return {"theta0": INIT_STD * streams.normal(self.dim),
-                "batches": streams.integers(n, (steps + 1, self.minibatch))}
+        theta0 = INIT_STD * streams.normal(self.dim)
+        if not (self.heldout and split == "train"):
+            return {"theta0": theta0, "batches": streams.integers(n, (steps + 1, self.minibatch))}
+        # heldout: a per-optimizee split of the training images (a random permutation: its first
+        # HELDOUT_FRACTION held out), minibatches of each part at every step
+        xp, held = streams.xp, int(n * self.HELDOUT_FRACTION)
+        order = streams.permutation(n)  # (B, n)
+        shape = (steps + 1, self.minibatch)
+
+        def batches(part, size):
+            pos = streams.integers(size, shape)  # (B, steps + 1, minibatch) positions in the part
+            return xp.reshape(xp.take_along_axis(part, xp.reshape(pos, (pos.shape[0], -1)), axis=1), pos.shape)
+
+        train, heldout = batches(order[:, held:], n - held), batches(order[:, :held], held)
+        return {"theta0": theta0, "batches": train, "heldout_batches": heldout}
 
     @staticmethod
     def pool(split: str) -> str:
@@ -116,6 +152,13 @@ class MnistMLP:
     def loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
         x, y = self._data(problem["split"], theta.dtype, theta.device)
         idx = problem["batches"][:, t]  # (B, minibatch)
+        return self._xent(theta, x[idx], y[idx])
+
+    def meta_loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
+        if "heldout_batches" not in problem:
+            return self.loss(theta, problem, t)
+        x, y = self._data(problem["split"], theta.dtype, theta.device)
+        idx = problem["heldout_batches"][:, t]
         return self._xent(theta, x[idx], y[idx])
 
     def final_loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:

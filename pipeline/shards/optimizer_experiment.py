@@ -40,18 +40,22 @@ def optimizee_gradient(distribution, theta: torch.Tensor, problem: dict, t: int)
 
 
 def run_steps(rule, params: dict, distribution, problem: dict, theta: torch.Tensor, carry: dict, *,
-              start: int, steps: int, alpha: float, update=None) -> tuple[list[torch.Tensor], torch.Tensor, dict]:
+              start: int, steps: int, alpha: float, update=None,
+              heldout: bool = False) -> tuple[list[torch.Tensor], torch.Tensor, dict]:
     """Steps start+1 .. start+steps from theta_start: ([f_t(theta_t) for each step], theta, carry).
 
     The losses keep the graph to `params` (the meta-loss terms); the gradients fed to the optimizer
-    do not. `update`: rule.update or a compiled copy of it (CompiledUpdate)."""
+    do not. `update`: rule.update or a compiled copy of it (CompiledUpdate). heldout: f_t is the
+    loss on the optimizee's held-out data (distribution.meta_loss), the gradients stay the training
+    minibatch's."""
     update = update or rule.update
+    term = distribution.meta_loss if heldout else distribution.loss
     _, g = optimizee_gradient(distribution, theta, problem, start)
     losses = []
     for t in range(start + 1, start + steps + 1):
         fast, carry = update({"theta": theta}, {"theta": g}, None, params, {}, carry, alpha)
         theta = fast["theta"]
-        losses.append(distribution.loss(theta, problem, t))
+        losses.append(term(theta, problem, t))
         if t < start + steps:
             _, g = optimizee_gradient(distribution, theta, problem, t)
     return losses, theta, carry
@@ -97,7 +101,8 @@ class OptimizerExperiment:
     def __init__(self, cfg: Config, dtype: torch.dtype = torch.float32, device: str = "cpu"):
         self.cfg, self.dtype, self.device = cfg, dtype, device
         set_precision(cfg.train.precision, device)
-        self.distribution = make_distribution(cfg.task, cfg.model)
+        self.heldout = cfg.train.meta_loss == "heldout"  # each step's meta-loss term on data never trained on
+        self.distribution = make_distribution(cfg.task, cfg.model, heldout=self.heldout)
         self.sample_on_device = samples_on_device(cfg.task, device)
         self.rule = get_rule(cfg.method)
         self.unroll = cfg.train.unroll or cfg.inner_steps
@@ -151,9 +156,11 @@ class OptimizerExperiment:
             state = {k: v.to(self.device, self.dtype) for k, v in carry.items() if k != "theta"}
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         start = u * self.unroll
-        before = self.distribution.loss(theta, problem, start).detach()
+        term = self.distribution.meta_loss if self.heldout else self.distribution.loss
+        before = term(theta, problem, start).detach()  # the logged curve: the meta-loss's terms
         losses, theta, state = run_steps(self.rule, leaves, self.distribution, problem, theta, state,
-                                         start=start, steps=self.unroll, alpha=self.cfg.alpha, update=self.update)
+                                         start=start, steps=self.unroll, alpha=self.cfg.alpha, update=self.update,
+                                         heldout=self.heldout)
         meta = self.objective(losses)
         if leaves and meta.requires_grad:
             grads = torch.autograd.grad(meta.sum(), list(leaves.values()), allow_unused=True)
