@@ -151,6 +151,9 @@ class TrainConfig:
     # optimizee steps on: the paper) or "heldout" (data the optimizee never trains on: Metz et al.
     # 2019's validation meta-objective; the optimizer still reads training gradients only)
     meta_loss: str = "train"
+    # learned optimizers: random scaling (Lv et al. 2017): each training optimizee's coordinates seen
+    # through a scale exp(u), u ~ U(-r, r), drawn from its task stream; 0 = off
+    random_scaling: float = 0.0
     # under torch.compile: the few-shot shard function (the whole training step), or a learned
     # optimizer's update step; "always", "never", or "auto" = for runs of at least
     # COMPILE_AUTO_ITERATIONS iterations (COMPILE_AUTO_UNROLLS for learned optimizers), where the
@@ -439,7 +442,13 @@ def _validate_family(cfg: Config, check_paths: bool) -> None:
                           f"{cfg.train.validate_every} / {cfg.train.validate_tasks}")
     if cfg.train.meta_loss not in META_LOSSES:
         raise ConfigError(unknown_choice("train.meta_loss", "choice", cfg.train.meta_loss, META_LOSSES))
+    if cfg.train.random_scaling < 0:
+        raise ConfigError(f"train.random_scaling: the log-scale range r must be >= 0 (0 = off), got "
+                          f"{cfg.train.random_scaling}")
     if not is_optimizer:
+        if cfg.train.random_scaling:
+            raise ConfigError(f"train.random_scaling: scales a learned optimizer's optimizees (methods "
+                              f"{', '.join(optimizers)}); method {cfg.method} takes 0")
         if cfg.train.meta_loss != "train":
             raise ConfigError(f"train.meta_loss: where a learned optimizer's meta-loss is measured (methods "
                               f"{', '.join(optimizers)}); method {cfg.method} takes train")

@@ -173,6 +173,44 @@ class MnistMLP:
         return self._xent(theta, x[idx][None], y[idx][None])
 
 
+class RandomlyScaled:
+    """An optimizee distribution whose training optimizees are seen through a random per-coordinate
+    scale (Lv et al. 2017, "random scaling"): the optimizer steps x, the problem is f(c * x), with
+    c = exp(u), u ~ U(-log_range, log_range) per coordinate, drawn from each optimizee's stream after
+    everything else it draws, and x_0 = theta_0 / c, so the optimizee starts where it would. The
+    gradient the optimizer reads is c * grad f(c * x): the problem's conditioning changes from one
+    optimizee to the next. Other splits are the distribution's own."""
+
+    def __init__(self, base, log_range: float):
+        self.base, self.log_range = base, log_range
+
+    def __getattr__(self, name):  # loss_name, dim, images, ...: the distribution's
+        return getattr(self.base, name)
+
+    def sample(self, streams: Streams, steps: int, split: str = "train") -> dict:
+        problem = self.base.sample(streams, steps, split)
+        if split == "train":
+            scale = streams.xp.exp((2.0 * streams.random(self.base.dim) - 1.0) * self.log_range)
+            problem["scale"], problem["theta0"] = scale, problem["theta0"] / scale
+        return problem
+
+    @staticmethod
+    def _theta(x: torch.Tensor, problem: dict) -> torch.Tensor:
+        return x * problem["scale"] if "scale" in problem else x
+
+    def loss(self, x, problem, t):
+        return self.base.loss(self._theta(x, problem), problem, t)
+
+    def meta_loss(self, x, problem, t):
+        return self.base.meta_loss(self._theta(x, problem), problem, t)
+
+    def final_loss(self, x, problem, t):
+        return self.base.final_loss(self._theta(x, problem), problem, t)
+
+    def unseen_loss(self, x, problem):
+        return self.base.unseen_loss(self._theta(x, problem), problem)
+
+
 def stratified(labels: np.ndarray, per_class: int) -> np.ndarray:
     """Indices of the first `per_class` images of each class, in the pool's order."""
     return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))

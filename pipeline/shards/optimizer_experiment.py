@@ -27,6 +27,7 @@ from pipeline.core.rules import get_rule
 from pipeline.shards.compiled import COMPILE_AUTO_UNROLLS, CompiledWithFallback, ExecutionPlan
 from pipeline.shards.experiment import set_precision
 from tasks import make_distribution, samples_on_device
+from tasks.optimizees import RandomlyScaled
 from tasks.sampling import sample_optimizees
 
 
@@ -103,6 +104,8 @@ class OptimizerExperiment:
         set_precision(cfg.train.precision, device)
         self.heldout = cfg.train.meta_loss == "heldout"  # each step's meta-loss term on data never trained on
         self.distribution = make_distribution(cfg.task, cfg.model, heldout=self.heldout)
+        if cfg.train.random_scaling:
+            self.distribution = RandomlyScaled(self.distribution, cfg.train.random_scaling)
         self.sample_on_device = samples_on_device(cfg.task, device)
         self.rule = get_rule(cfg.method)
         self.unroll = cfg.train.unroll or cfg.inner_steps
