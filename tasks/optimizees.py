@@ -8,10 +8,11 @@ the optimizer sees at step t, batched over a leading optimizee dimension B; `fin
 loss a result table reports after the last step, and `unseen_loss` (None where a problem has no
 such notion) the loss on data the optimizee never trained on.
 
-With `heldout` (train.meta_loss: heldout), each training optimizee also draws data it never trains
-on, after everything else it draws (so its training data stay those of the default), and
-`meta_loss(theta, problem, t)` is the loss on that data: the meta-objective's term f_t (Metz et al.
-2019). Other splits, and every problem without held-out data, take `loss` as the meta-loss.
+With `heldout` (train.meta_loss: heldout), each training and validation optimizee also draws data
+it never trains on, after everything else it draws (so a quadratic's training data stay those of
+the default), `meta_loss(theta, problem, t)` is the loss on that data - the meta-objective's term
+f_t (Metz et al. 2019) - and `unseen_loss` its loss there after the last step, which validation
+selects by. Test optimizees, and every problem without held-out data, take `loss` as the meta-loss.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tasks.errors import ConfigError
 from tasks.sampling import Streams
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
+HELDOUT_SPLITS = ("train", "val")  # heldout: the optimizees that draw data they never train on
 INIT_STD = 0.01  # theta_0 ~ N(0, 0.01^2) for both problems, as the paper's reference code
 
 
@@ -43,7 +45,7 @@ class Quadratic:
     def sample(self, streams: Streams, steps: int, split: str = "train") -> dict:
         problem = {"W": streams.normal((self.d, self.d)), "y": streams.normal(self.d),
                    "theta0": INIT_STD * streams.normal(self.d)}
-        if self.heldout and split == "train":
+        if self.heldout and split in HELDOUT_SPLITS:
             # held out: another draw of W around the same optimum theta* = W^-1 y (y' = W' theta*):
             # the held-out loss measures the distance to the solution, not W's particular curvature
             xp, w = streams.xp, streams.normal((self.d, self.d))
@@ -67,8 +69,9 @@ class Quadratic:
     def final_loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
         return self.loss(theta, problem, t)
 
-    def unseen_loss(self, theta: torch.Tensor, problem: dict) -> None:
-        return None  # a quadratic has no data beyond W and y
+    def unseen_loss(self, theta: torch.Tensor, problem: dict) -> torch.Tensor | None:
+        # the held-out objective where drawn; a quadratic has no data beyond W and y otherwise
+        return self.meta_loss(theta, problem, 0) if "W_heldout" in problem else None
 
 
 class MnistMLP:
@@ -102,7 +105,7 @@ class MnistMLP:
     def sample(self, streams: Streams, steps: int, split: str = "train") -> dict:
         n = len(self.images[self.pool(split)][1])
         theta0 = INIT_STD * streams.normal(self.dim)
-        if not (self.heldout and split == "train"):
+        if not (self.heldout and split in HELDOUT_SPLITS):
             return {"theta0": theta0, "batches": streams.integers(n, (steps + 1, self.minibatch))}
         # heldout: a per-optimizee split of the training images (a random permutation: its first
         # HELDOUT_FRACTION held out), minibatches of each part at every step
@@ -115,7 +118,7 @@ class MnistMLP:
             return xp.reshape(xp.take_along_axis(part, xp.reshape(pos, (pos.shape[0], -1)), axis=1), pos.shape)
 
         train, heldout = batches(order[:, held:], n - held), batches(order[:, :held], held)
-        return {"theta0": theta0, "batches": train, "heldout_batches": heldout}
+        return {"theta0": theta0, "batches": train, "heldout_batches": heldout, "heldout_images": order[:, :held]}
 
     @staticmethod
     def pool(split: str) -> str:
@@ -165,6 +168,10 @@ class MnistMLP:
         return self._scored_loss(theta, problem["split"])
 
     def unseen_loss(self, theta: torch.Tensor, problem: dict) -> torch.Tensor | None:
+        if "heldout_images" in problem:  # every one of the optimizee's held-out images
+            x, y = self._data(problem["split"], theta.dtype, theta.device)
+            idx = problem["heldout_images"]
+            return self._xent(theta, x[idx], y[idx])
         return self._scored_loss(theta, "train") if problem["split"] == "test" else None
 
     def _scored_loss(self, theta: torch.Tensor, split: str) -> torch.Tensor:

@@ -125,11 +125,13 @@ class LearnedOptimizers(Family):
     def validate(self, backend, params, cfg):
         """train.validate_every: the learned optimizer's mean final loss on train.validate_tasks
         optimizees of the validation split (the training images, streams of their own), over the
-        training horizon; inf if not finite."""
+        training horizon - with train.meta_loss: heldout, their loss on the data each never trained
+        on, the measure the run's meta-objective and headline use; inf if not finite."""
         chunks = eval_ranges(cfg.train.validate_tasks, cfg.eval.batch_size, backend.eval_spread)
         row, _ = table_row(backend, params, chunks, optimizer=cfg.method, alpha=cfg.alpha, seed=cfg.seed, split="val",
                            steps=cfg.inner_steps)
-        return math.inf if row["mean"] is None else row["mean"]
+        score = row["unseen"]["mean"] if cfg.train.meta_loss == "heldout" else row["mean"]
+        return math.inf if score is None else score
 
     def header(self, results, experiment):
         e = results["eval"]

@@ -41,7 +41,7 @@ def test_a_heldout_quadratic_shares_the_optimum_and_keeps_the_training_draw():
     want = ((held["W_heldout"] @ theta0.unsqueeze(-1)).squeeze(-1) - held["y_heldout"]).pow(2).sum(-1)
     assert torch.equal(dist.meta_loss(theta0, held, 0), want)
     assert not torch.allclose(dist.meta_loss(theta0, held, 0), dist.loss(theta0, held, 0))
-    assert "W_heldout" not in draw(dist, split="test") and "W_heldout" not in draw(dist, split="val")
+    assert "W_heldout" not in draw(dist, split="test") and "W_heldout" in draw(dist, split="val")
 
 
 def test_an_sgd_unroll_scored_on_the_heldout_objective_against_a_hand_written_trajectory():
@@ -90,6 +90,14 @@ def test_mnist_heldout_images_are_a_per_optimizee_share_never_in_its_minibatches
         want.append(F.cross_entropy(logits, torch.as_tensor(y[idx[b].numpy()])))
     torch.testing.assert_close(dist.meta_loss(theta, held, 2), torch.stack(want), rtol=1e-12, atol=1e-12)
     assert "heldout_batches" not in draw(dist, split="test")
+    # the unseen loss after training: every held-out image of the optimizee, none of the others
+    own = held["heldout_images"]
+    assert own.shape == (5, int(n * MnistMLP.HELDOUT_FRACTION))
+    assert not set(own[0].tolist()) & set(held["batches"][0].flatten().tolist())
+    xb = torch.as_tensor(x[own[0].numpy()], dtype=torch.float64) / 255.0
+    logits = torch.relu(xb @ w1[0] + b1[0]) @ w2[0] + b2[0]
+    torch.testing.assert_close(dist.unseen_loss(theta, held)[0], F.cross_entropy(logits, torch.as_tensor(
+        y[own[0].numpy()])), rtol=1e-12, atol=1e-12)
 
 
 def test_heldout_trains_resumes_mid_trajectory_bitwise_and_differs_from_train(tmp_path):
@@ -148,3 +156,21 @@ def test_heldout_data_drawn_on_the_device_are_the_numpy_draws(make):
     for k in cpu:
         if k != "split":  # float32 values from float64 draws: equal here (1 ulp allowed by tasks/sampling.py)
             torch.testing.assert_close(cpu[k], dev[k], rtol=2 ** -23, atol=0)
+
+
+def test_validation_selects_by_the_heldout_loss_when_the_meta_loss_is_heldout():
+    """train.validate_every under heldout scores the validation optimizees on their held-out
+    objective after the horizon (plumbing: the same number as their evaluation's unseen column)."""
+    from pipeline.distributed.backends import LocalBackend
+    from pipeline.driver.evaluation import eval_ranges, table_row
+    from pipeline.driver.families import family_of
+
+    cfg = quad_cfg(None, **{"train.meta_loss": "heldout", "train.validate_tasks": 8})
+    source = make_source(cfg)
+    backend, params = LocalBackend(cfg, source), source.init_params()
+    row, _ = table_row(backend, params, eval_ranges(8, cfg.eval.batch_size, 1), optimizer="l2l", alpha=cfg.alpha,
+                       seed=cfg.seed, split="val", steps=cfg.inner_steps)
+    score = family_of("l2l").validate(backend, params, cfg)
+    assert score == row["unseen"]["mean"] and score != row["mean"]
+    plain = quad_cfg(None, **{"train.validate_tasks": 8})
+    assert family_of("l2l").validate(LocalBackend(plain, make_source(plain)), params, plain) != score
