@@ -39,7 +39,7 @@ def table_row(backend, params: dict, chunks: list[range], **kw) -> tuple[dict, n
     """One row of an evaluation table from the backend's eval chunks (kw as the experiment's
     eval_shard takes them): {mean, ci95, n, before_adaptation, query_loss_per_step, per_task} of the
     per-task metric, and the per-task curves (tasks, steps + 1). Where eval_shard also returns a loss
-    on data the tasks never trained on (MNIST optimizees), the row has it as "unseen": {mean, ci95}."""
+    on data the tasks never trained on (MNIST optimizees), the row has it as "unseen": {mean, ci95, n, per_task}."""
     parts = backend.eval_chunks(params, chunks, **kw)
     metric, curve, *unseen = (np.concatenate(p).astype(np.float64) for p in zip(*parts))
     mean, ci = mean_ci95(metric)
@@ -49,7 +49,8 @@ def table_row(backend, params: dict, chunks: list[range], **kw) -> tuple[dict, n
            "per_task": [finite_or_none(float(v)) for v in metric]}
     if unseen:
         u_mean, u_ci = mean_ci95(unseen[0])
-        row["unseen"] = {"mean": finite_or_none(u_mean), "ci95": finite_or_none(u_ci)}
+        row["unseen"] = {"mean": finite_or_none(u_mean), "ci95": finite_or_none(u_ci), "n": len(unseen[0]),
+                         "per_task": [finite_or_none(float(v)) for v in unseen[0]]}
     return row, curve
 
 

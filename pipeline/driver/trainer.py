@@ -63,8 +63,10 @@ def eval_scalars(results: dict) -> dict[str, float]:
         row = f"K{k}" if k.isdigit() else k  # K for few-shot methods, the optimizer's name for learned optimizers
         for name, key in (("mean", "mean"), ("ci95", "ci95"), ("before", "before_adaptation")):
             out[f"eval_{row}_{name}"] = math.nan if r[key] is None else r[key]
-        for name, v in r.get("unseen", {}).items():  # eval_adam_unseen_mean: on images never trained on
-            out[f"eval_{row}_unseen_{name}"] = math.nan if v is None else v
+        for name in ("mean", "ci95"):  # eval_adam_unseen_mean: on images never trained on
+            if name in r.get("unseen", {}):
+                v = r["unseen"][name]
+                out[f"eval_{row}_unseen_{name}"] = math.nan if v is None else v
     return out
 
 

@@ -66,9 +66,12 @@ def load_trials(sweep_dir: Path) -> tuple[dict, list[Trial]]:
             results = json.loads((run_dir / RESULTS).read_text())
             if results.get("family") == "optimizer":
                 # a learned optimizer's (or baseline's) cell is its own final loss; its "K" column
-                # is the evaluation horizon (optimizee steps)
-                own = results["results"][results["method"]]
-                results = {**results, "results": {str(results["eval"]["inner_steps"]): own}}
+                # is the evaluation horizon (optimizee steps). With train.meta_loss: heldout, the loss
+                # on the data each optimizee never trained on: the measure the run is selected by
+                own, metric = results["results"][results["method"]], results["metric"]
+                if config.get("train.meta_loss") == "heldout" and "unseen" in own:
+                    own, metric = own["unseen"], f"{metric} on held-out data"
+                results = {**results, "metric": metric, "results": {str(results["eval"]["inner_steps"]): own}}
         lineage = t.get("lineage") or ((results or {}).get("pbt") or {}).get("lineage") or []
         trials.append(Trial(trial_id, t["name"], t.get("status", "unfinished"), t.get("config", {}), config, results,
                             t.get("error", ""), t.get("stopped_at"), lineage))

@@ -174,3 +174,40 @@ def test_validation_selects_by_the_heldout_loss_when_the_meta_loss_is_heldout():
     assert score == row["unseen"]["mean"] and score != row["mean"]
     plain = quad_cfg(None, **{"train.validate_tasks": 8})
     assert family_of("l2l").validate(LocalBackend(plain, make_source(plain)), params, plain) != score
+
+
+def test_a_heldout_sweep_reports_each_optimizers_loss_on_held_out_data(tmp_path):
+    """Plumbing: a sweep directory written by hand, two baselines of a heldout config; the report's
+    cells are their held-out (unseen) losses, task by task, not their training losses."""
+    import json
+
+    import pyarrow.parquet as pq
+    import yaml
+
+    from pipeline.sweeps.report import write_report
+    from pipeline.yaml_dataclasses import to_dict
+
+    base = to_dict(quad_cfg(None, **{"train.meta_loss": "heldout", "iterations": 0}))
+    space = {"alpha": {"grid": [0.1, 0.01]}}
+    sweep_dir = tmp_path / "s"
+    (sweep_dir / "trials").mkdir(parents=True)
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump({"name": "s", "space": space, "base_config": base}))
+    manifest, rng, want = {}, np.random.default_rng(0), {}
+    for i, alpha in enumerate((0.1, 0.01)):
+        name = f"0000{i}-alpha={alpha}"
+        manifest[f"x_0000{i}"] = {"name": name, "status": "completed", "config": {"alpha": alpha}}
+        train, held = rng.random(30), 5 + rng.random(30)
+        want[alpha] = held.mean()
+        run = sweep_dir / "trials" / name
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump({**base, "alpha": alpha}))
+        row = {"mean": train.mean(), "ci95": 0.1, "n": 30, "per_task": train.tolist(),
+               "unseen": {"mean": held.mean(), "ci95": 0.1, "n": 30, "per_task": held.tolist()}}
+        (run / "results.json").write_text(json.dumps({
+            "status": "completed", "family": "optimizer", "method": "l2l", "metric": "final quadratic loss",
+            "eval": {"inner_steps": 12}, "results": {"l2l": row}}))
+    (sweep_dir / "trials.json").write_text(json.dumps(manifest))
+    report = write_report(sweep_dir)
+    cells = {r["alpha"]: r["mean"] for r in pq.read_table(sweep_dir / "report.parquet").to_pylist()}
+    assert cells == pytest.approx(want, rel=1e-12)
+    assert "## Final quadratic loss on held-out data" in report.text and "12 steps" in report.text
