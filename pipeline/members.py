@@ -11,14 +11,7 @@ import copy
 from dataclasses import dataclass
 
 from pipeline.config import MUTABLE, PACKABLE, Config, ConfigError, load_config
-from pipeline.yaml_dataclasses import flatten, set_key, to_dict
-
-
-def _get(cfg: Config, key: str):
-    obj = cfg
-    for part in key.split("."):
-        obj = getattr(obj, part)
-    return obj
+from pipeline.yaml_dataclasses import flatten, get_key, set_key, to_dict
 
 
 @dataclass
@@ -53,7 +46,7 @@ class PopulationSpec:
                 if key not in PACKABLE and value != first.get(key):
                     raise ConfigError(f"population: member {i} differs from member 0 in {key} ({value!r} vs "
                                       f"{first.get(key)!r}); members may differ only in {', '.join(PACKABLE)}")
-        return cls(copy.deepcopy(base), [{k: _get(c, k) for k in PACKABLE} for c in cfgs])
+        return cls(copy.deepcopy(base), [{k: get_key(c, k) for k in PACKABLE} for c in cfgs])
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -67,6 +67,14 @@ def build(cls, raw: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
+def get_key(cfg, dotted: str):
+    """cfg.<dotted key> (set_key's counterpart; the key is known to exist)."""
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def set_key(cfg, dotted: str, value) -> None:
     """cfg.<dotted key> = value, coerced to the field's type; unknown keys are one-line errors."""
     obj, parts = cfg, dotted.split(".")

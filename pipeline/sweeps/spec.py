@@ -18,7 +18,7 @@ from pipeline.config import (
     load_config,
     resolve_path,
 )
-from pipeline.yaml_dataclasses import build, load_yaml, to_dict
+from pipeline.yaml_dataclasses import build, get_key, load_yaml, to_dict
 from tasks.errors import unknown_choice
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -136,13 +136,6 @@ class Sweep:
         return {**to_dict(self.spec), "base_config": self.base, "space": self.space}
 
 
-def _config_value(cfg: Config, dotted: str):
-    obj = cfg
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _check_key(dotted: str, what: str = "space") -> None:
     obj = Config()
     for i, part in enumerate(dotted.split(".")):
@@ -158,7 +151,7 @@ def _check_key(dotted: str, what: str = "space") -> None:
 def _validated_value(base: dict, key: str, value, local: bool):
     """`value` coerced to the type of `key`, or a one-line error naming the swept key."""
     try:
-        return _config_value(load_config(copy.deepcopy(base), {key: value}, local=local), key)
+        return get_key(load_config(copy.deepcopy(base), {key: value}, local=local), key)
     except ConfigError as e:
         raise ConfigError(f"space: {e}") from None
 
