@@ -352,7 +352,8 @@ class Trainer:
                              "params": {k: v.detach().clone() for k, v in self.params.items()}}
         best = (f"best {self.selected['loss']:.4f} at it {self.selected['iteration']}" if self.selected
                 else "no finite validation loss yet")
-        self.log(f"[{self.cfg.method}] validation at it {self.iteration}: {self.experiment.metric_name} {loss:.4f} "
+        measure = self.experiment.metric_name + (" on held-out data" if self.cfg.train.meta_loss == "heldout" else "")
+        self.log(f"[{self.cfg.method}] validation at it {self.iteration}: {measure} {loss:.4f} "
                  f"on {self.cfg.train.validate_tasks} optimizees | {best}")
 
     def end_loop(self) -> None:
