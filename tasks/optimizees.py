@@ -152,26 +152,25 @@ class MnistMLP:
         y = y.expand(h.shape[:-1])
         return F.cross_entropy(h.flatten(0, -2), y.flatten(), reduction="none").view(y.shape).mean(-1)
 
-    def loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
-        x, y = self._data(problem["split"], theta.dtype, theta.device)
-        idx = problem["batches"][:, t]  # (B, minibatch)
+    def _images_loss(self, theta: torch.Tensor, split: str, idx: torch.Tensor) -> torch.Tensor:
+        """Each optimizee's loss on its own images: idx (B, m) image numbers of the split's pool."""
+        x, y = self._data(split, theta.dtype, theta.device)
         return self._xent(theta, x[idx], y[idx])
+
+    def loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
+        return self._images_loss(theta, problem["split"], problem["batches"][:, t])  # (B, minibatch)
 
     def meta_loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
         if "heldout_batches" not in problem:
             return self.loss(theta, problem, t)
-        x, y = self._data(problem["split"], theta.dtype, theta.device)
-        idx = problem["heldout_batches"][:, t]
-        return self._xent(theta, x[idx], y[idx])
+        return self._images_loss(theta, problem["split"], problem["heldout_batches"][:, t])
 
     def final_loss(self, theta: torch.Tensor, problem: dict, t: int) -> torch.Tensor:
         return self._scored_loss(theta, problem["split"])
 
     def unseen_loss(self, theta: torch.Tensor, problem: dict) -> torch.Tensor | None:
         if "heldout_images" in problem:  # every one of the optimizee's held-out images
-            x, y = self._data(problem["split"], theta.dtype, theta.device)
-            idx = problem["heldout_images"]
-            return self._xent(theta, x[idx], y[idx])
+            return self._images_loss(theta, problem["split"], problem["heldout_images"])
         return self._scored_loss(theta, "train") if problem["split"] == "test" else None
 
     def _scored_loss(self, theta: torch.Tensor, split: str) -> torch.Tensor:

@@ -42,15 +42,15 @@ def optimizee_gradient(distribution, theta: torch.Tensor, problem: dict, t: int)
 
 def run_steps(rule, params: dict, distribution, problem: dict, theta: torch.Tensor, carry: dict, *,
               start: int, steps: int, alpha: float, update=None,
-              heldout: bool = False) -> tuple[list[torch.Tensor], torch.Tensor, dict]:
+              term=None) -> tuple[list[torch.Tensor], torch.Tensor, dict]:
     """Steps start+1 .. start+steps from theta_start: ([f_t(theta_t) for each step], theta, carry).
 
     The losses keep the graph to `params` (the meta-loss terms); the gradients fed to the optimizer
-    do not. `update`: rule.update or a compiled copy of it (CompiledUpdate). heldout: f_t is the
-    loss on the optimizee's held-out data (distribution.meta_loss), the gradients stay the training
-    minibatch's."""
+    do not. `update`: rule.update or a compiled copy of it (CompiledUpdate). `term`: f_t, the
+    distribution's loss by default (train.meta_loss: heldout passes distribution.meta_loss: the loss
+    on the optimizee's held-out data); the gradients stay the training minibatch's."""
     update = update or rule.update
-    term = distribution.meta_loss if heldout else distribution.loss
+    term = term or distribution.loss
     _, g = optimizee_gradient(distribution, theta, problem, start)
     losses = []
     for t in range(start + 1, start + steps + 1):
@@ -163,7 +163,7 @@ class OptimizerExperiment:
         before = term(theta, problem, start).detach()  # the logged curve: the meta-loss's terms
         losses, theta, state = run_steps(self.rule, leaves, self.distribution, problem, theta, state,
                                          start=start, steps=self.unroll, alpha=self.cfg.alpha, update=self.update,
-                                         heldout=self.heldout)
+                                         term=term)
         meta = self.objective(losses)
         if leaves and meta.requires_grad:
             grads = torch.autograd.grad(meta.sum(), list(leaves.values()), allow_unused=True)
