@@ -91,6 +91,9 @@ class TaskConfig:
     # optimizee distributions (learned optimizers); mnist_mlp reads task.data: the MNIST CSV or a torchvision root
     dim: int = 10  # quadratic: dimension of theta (W is dim x dim)
     minibatch: int = 128  # mnist_mlp: images per optimizee step
+    optimizee_images: int = 0  # mnist_mlp: images each training / validation optimizee trains on, its own
+    #   random draw (0 = all the training images, less its held-out fifth under train.meta_loss heldout,
+    #   whose held-out data are otherwise the rest); test optimizees train on the test images
     sample_on: str = "auto"  # where tasks are drawn: "cpu" (numpy, then copied), "device" (torch, on the
     #   run's device), "auto" = the device when it is an accelerator
     device_cache_gb: float = 2.0  # image tasks sampled on a device: every image is held there when it fits
@@ -477,6 +480,9 @@ def _validate_family(cfg: Config, check_paths: bool) -> None:
         raise ConfigError(f"task.dim: must be >= 1, got {cfg.task.dim}")
     if cfg.task.minibatch < 1:
         raise ConfigError(f"task.minibatch: must be >= 1, got {cfg.task.minibatch}")
+    if cfg.task.optimizee_images < 0 or (cfg.task.optimizee_images and cfg.task.name != "mnist_mlp"):
+        raise ConfigError(f"task.optimizee_images: images each MNIST optimizee trains on (task mnist_mlp; 0 = all), "
+                          f"got {cfg.task.optimizee_images} for task {cfg.task.name}")
     if cfg.model.optimizee_activation not in ACTIVATIONS:
         raise ConfigError(unknown_choice("model.optimizee_activation", "choice", cfg.model.optimizee_activation,
                                          ACTIVATIONS))

@@ -173,24 +173,33 @@ def optimizer_training(entries: list[dict], path: Path, title: str) -> Path:
 
 
 def optimizer_comparison(results: dict, path: Path, *, title: str, y_label: str) -> Path:
-    """Learned optimizers: mean optimizee loss (95% CI band) against optimizee step, per optimizer, log y."""
+    """Learned optimizers: mean optimizee loss (95% CI band) against optimizee step, per optimizer, log y;
+    where the optimizees have data they never trained on (MNIST), a second panel of their loss there."""
     from pipeline.core.rules import step_label
-    fig = Figure(figsize=(6.5, 4.5))
-    ax = fig.subplots()
-    positive = True
-    for i, (name, r) in enumerate(results.items()):
-        m = np.array([np.nan if v is None else v for v in r["query_loss_per_step"]], dtype=float)
-        ci = np.array([np.nan if v is None else v for v in r["curve_ci95"]], dtype=float)
-        steps = np.arange(len(m))
-        ax.plot(steps, m, color=f"C{i}", lw=2.2 if i == 0 else 1.3, label=step_label(name, r["alpha"]))
-        ax.fill_between(steps, m - ci, m + ci, color=f"C{i}", alpha=0.2)
-        positive &= bool(np.nanmin(m) > 0) if np.isfinite(m).any() else True
-    if positive:
-        ax.set_yscale("log")
+    unseen = all("loss_per_step" in r.get("unseen", {}) for r in results.values()) and bool(results)
+    fig = Figure(figsize=(12, 4.5) if unseen else (6.5, 4.5))
+    axes = fig.subplots(1, 2 if unseen else 1, squeeze=False)[0]
     n = next(iter(results.values()))["n"] if results else 0
-    ax.set(xlabel="optimizee step", ylabel=y_label, title=f"{title} ({n} test optimizees, mean and 95% CI)")
-    ax.legend()
-    ax.grid(alpha=0.3, which="both")
+    panels = [("query_loss_per_step", "curve_ci95", None, f"{y_label}: the minibatch trained on")]
+    if unseen:
+        panels.append(("loss_per_step", "curve_ci95", "steps", f"{y_label}: images never trained on"))
+    for ax, (key, ci_key, steps_key, label) in zip(axes, panels):
+        positive = True
+        for i, (name, r) in enumerate(results.items()):
+            row = r if steps_key is None else r["unseen"]
+            m = np.array([np.nan if v is None else v for v in row[key]], dtype=float)
+            ci = np.array([np.nan if v is None else v for v in row[ci_key]], dtype=float)
+            steps = np.arange(len(m)) if steps_key is None else np.asarray(row[steps_key])
+            ax.plot(steps, m, color=f"C{i}", lw=2.2 if i == 0 else 1.3, label=step_label(name, r["alpha"]),
+                    marker="." if steps_key else None)
+            ax.fill_between(steps, m - ci, m + ci, color=f"C{i}", alpha=0.2)
+            positive &= bool(np.nanmin(m) > 0) if np.isfinite(m).any() else True
+        if positive:
+            ax.set_yscale("log")
+        ax.set(xlabel="optimizee step", ylabel=label if unseen else y_label)
+        ax.legend()
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle(f"{title} ({n} test optimizees, mean and 95% CI)")
     return _save(fig, path)
 
 

@@ -81,7 +81,8 @@ def _quadratic(task, model, heldout: bool = False):
 def _mnist_mlp(task, model, heldout: bool = False):
     from tasks.optimizees import MnistMLP
 
-    return MnistMLP(task.data[0], model.hidden, model.optimizee_activation, task.minibatch, heldout=heldout)
+    return MnistMLP(task.data[0], model.hidden, model.optimizee_activation, task.minibatch, heldout=heldout,
+                    own_images=task.optimizee_images)
 
 
 TASKS: dict[str, TaskSpec] = {

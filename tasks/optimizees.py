@@ -32,6 +32,14 @@ HELDOUT_SPLITS = ("train", "val")  # heldout: the optimizees that draw data they
 INIT_STD = 0.01  # theta_0 ~ N(0, 0.01^2) for both problems, as the paper's reference code
 
 
+UNSEEN_POINTS = 20  # the unseen-data curve's resolution: its loss at 21 evenly spaced steps
+
+
+def unseen_steps(steps: int) -> list[int]:
+    """The steps 0..steps at which evaluation scores optimizees on data they never train on."""
+    return sorted({round(i * steps / UNSEEN_POINTS) for i in range(UNSEEN_POINTS + 1)})
+
+
 class Quadratic:
     """f(theta) = ||W theta - y||^2, W (d x d) and y (d) with i.i.d. N(0, 1) entries."""
 
@@ -93,7 +101,7 @@ class MnistMLP:
     HELDOUT_FRACTION = 0.2  # heldout: the share of the training images an optimizee never trains on
 
     def __init__(self, data: str, hidden: list[int], activation: str = "sigmoid", minibatch: int = 128,
-                 dtype=torch.float32, heldout: bool = False):
+                 dtype=torch.float32, heldout: bool = False, own_images: int = 0):
         self.data, self.minibatch, self.act, self.heldout = data, minibatch, ACTIVATIONS[activation], heldout
         self.sizes = [784, *hidden, 10]
         self.shapes = [s for a, b in zip(self.sizes[:-1], self.sizes[1:]) for s in ((a, b), (b,))]
@@ -101,15 +109,25 @@ class MnistMLP:
         self.images = {split: load_mnist(data, split) for split in ("train", "test")}
         self.scored = {pool: stratified(y, self.EVAL_PER_DIGIT) for pool, (_, y) in self.images.items()}
         self._tensors = {}
+        n = len(self.images["train"][1])
+        if own_images and not 0 < own_images < n:
+            raise ConfigError(f"task.optimizee_images: must be below the {n} training images of {data} (an "
+                              f"optimizee's own draw, the rest its held-out data), got {own_images}")
+        self.own_images = own_images
 
     def sample(self, streams: Streams, steps: int, split: str = "train") -> dict:
         n = len(self.images[self.pool(split)][1])
         theta0 = INIT_STD * streams.normal(self.dim)
-        if not (self.heldout and split in HELDOUT_SPLITS):
+        own = self.own_images if split in HELDOUT_SPLITS else 0
+        if not (own or self.heldout and split in HELDOUT_SPLITS):
             return {"theta0": theta0, "batches": streams.integers(n, (steps + 1, self.minibatch))}
-        # heldout: a per-optimizee split of the training images (a random permutation: its first
-        # HELDOUT_FRACTION held out), minibatches of each part at every step
-        xp, held = streams.xp, int(n * self.HELDOUT_FRACTION)
+        # a per-optimizee split of the training images (a random permutation): its first `held` are
+        # held out (heldout: the rest of the images beyond its own draw, or HELDOUT_FRACTION of them),
+        # the next `size` (task.optimizee_images, or all the others) the ones it trains on; minibatches
+        # of each part at every step
+        xp = streams.xp
+        held = (n - own if own else int(n * self.HELDOUT_FRACTION)) if self.heldout else 0
+        size = own or n - held
         order = streams.permutation(n)  # (B, n)
         shape = (steps + 1, self.minibatch)
 
@@ -117,8 +135,10 @@ class MnistMLP:
             pos = streams.integers(size, shape)  # (B, steps + 1, minibatch) positions in the part
             return xp.reshape(xp.take_along_axis(part, xp.reshape(pos, (pos.shape[0], -1)), axis=1), pos.shape)
 
-        train, heldout = batches(order[:, held:], n - held), batches(order[:, :held], held)
-        return {"theta0": theta0, "batches": train, "heldout_batches": heldout, "heldout_images": order[:, :held]}
+        problem = {"theta0": theta0, "batches": batches(order[:, held:held + size], size)}
+        if self.heldout:
+            problem |= {"heldout_batches": batches(order[:, :held], held), "heldout_images": order[:, :held]}
+        return problem
 
     @staticmethod
     def pool(split: str) -> str:

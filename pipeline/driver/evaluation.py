@@ -38,8 +38,9 @@ def eval_ranges(tasks: int, batch_size: int, workers: int) -> list[range]:
 def table_row(backend, params: dict, chunks: list[range], **kw) -> tuple[dict, np.ndarray]:
     """One row of an evaluation table from the backend's eval chunks (kw as the experiment's
     eval_shard takes them): {mean, ci95, n, before_adaptation, query_loss_per_step, per_task} of the
-    per-task metric, and the per-task curves (tasks, steps + 1). Where eval_shard also returns a loss
-    on data the tasks never trained on (MNIST optimizees), the row has it as "unseen": {mean, ci95, n, per_task}."""
+    per-task metric, and the per-task curves (tasks, steps + 1). Where eval_shard also returns losses
+    on data the tasks never trained on (MNIST optimizees), the row has them as "unseen": {mean, ci95,
+    n, per_task} after the last step, and its curve {steps, loss_per_step, curve_ci95}."""
     parts = backend.eval_chunks(params, chunks, **kw)
     metric, curve, *unseen = (np.concatenate(p).astype(np.float64) for p in zip(*parts))
     mean, ci = mean_ci95(metric)
@@ -48,10 +49,21 @@ def table_row(backend, params: dict, chunks: list[range], **kw) -> tuple[dict, n
            "query_loss_per_step": [finite_or_none(float(v)) for v in curve.mean(0)],
            "per_task": [finite_or_none(float(v)) for v in metric]}
     if unseen:
-        u_mean, u_ci = mean_ci95(unseen[0])
-        row["unseen"] = {"mean": finite_or_none(u_mean), "ci95": finite_or_none(u_ci), "n": len(unseen[0]),
-                         "per_task": [finite_or_none(float(v)) for v in unseen[0]]}
+        from tasks.optimizees import unseen_steps
+
+        last = unseen[0][:, -1]
+        u_mean, u_ci = mean_ci95(last)
+        row["unseen"] = {"mean": finite_or_none(u_mean), "ci95": finite_or_none(u_ci), "n": len(last),
+                         "per_task": [finite_or_none(float(v)) for v in last],
+                         "steps": unseen_steps(kw["steps"]),
+                         "loss_per_step": [finite_or_none(float(v)) for v in unseen[0].mean(0)],
+                         "curve_ci95": [finite_or_none(float(v)) for v in curve_ci95(unseen[0])]}
     return row, curve
+
+
+def curve_ci95(curves: np.ndarray) -> np.ndarray:
+    """Per-column 95% half-width of the mean of (tasks, points) curves (normal approximation)."""
+    return 1.96 * curves.std(0) / np.sqrt(len(curves))
 
 
 def format_table(results: dict, metric_name: str, header: str = "") -> str:

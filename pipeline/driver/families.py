@@ -8,10 +8,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.core.rules import get_rule
-from pipeline.driver.evaluation import eval_ranges, evaluate, finite_or_none, table_row
+from pipeline.driver.evaluation import curve_ci95, eval_ranges, evaluate, finite_or_none, table_row
 from pipeline.shards.compiled import ExecutionPlan
 from pipeline.shards.experiment import Experiment
 from pipeline.shards.optimizer_experiment import OptimizerExperiment
@@ -118,8 +116,7 @@ class LearnedOptimizers(Family):
         for name, alpha in self.optimizers(cfg).items():
             row, curve = table_row(backend, params, chunks, optimizer=name, alpha=alpha, seed=seed, split=e.split,
                                    steps=e.inner_steps)
-            ci_curve = 1.96 * curve.std(0) / np.sqrt(len(curve))
-            results[name] = {**row, "alpha": alpha, "curve_ci95": [finite_or_none(float(v)) for v in ci_curve]}
+            results[name] = {**row, "alpha": alpha, "curve_ci95": [finite_or_none(float(v)) for v in curve_ci95(curve)]}
         return results
 
     def validate(self, backend, params, cfg):

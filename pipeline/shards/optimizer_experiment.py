@@ -27,7 +27,7 @@ from pipeline.core.rules import get_rule
 from pipeline.shards.compiled import COMPILE_AUTO_UNROLLS, CompiledWithFallback, ExecutionPlan
 from pipeline.shards.experiment import set_precision
 from tasks import make_distribution, samples_on_device
-from tasks.optimizees import RandomlyScaled
+from tasks.optimizees import RandomlyScaled, unseen_steps
 from tasks.sampling import sample_optimizees
 
 
@@ -42,13 +42,14 @@ def optimizee_gradient(distribution, theta: torch.Tensor, problem: dict, t: int)
 
 def run_steps(rule, params: dict, distribution, problem: dict, theta: torch.Tensor, carry: dict, *,
               start: int, steps: int, alpha: float, update=None,
-              term=None) -> tuple[list[torch.Tensor], torch.Tensor, dict]:
+              term=None, watch=None) -> tuple[list[torch.Tensor], torch.Tensor, dict]:
     """Steps start+1 .. start+steps from theta_start: ([f_t(theta_t) for each step], theta, carry).
 
     The losses keep the graph to `params` (the meta-loss terms); the gradients fed to the optimizer
     do not. `update`: rule.update or a compiled copy of it (CompiledUpdate). `term`: f_t, the
     distribution's loss by default (train.meta_loss: heldout passes distribution.meta_loss: the loss
-    on the optimizee's held-out data); the gradients stay the training minibatch's."""
+    on the optimizee's held-out data); the gradients stay the training minibatch's. `watch(t, theta_t)`,
+    where given, sees every step's parameters (the evaluation's unseen-data curve)."""
     update = update or rule.update
     term = term or distribution.loss
     _, g = optimizee_gradient(distribution, theta, problem, start)
@@ -57,6 +58,8 @@ def run_steps(rule, params: dict, distribution, problem: dict, theta: torch.Tens
         fast, carry = update({"theta": theta}, {"theta": g}, None, params, {}, carry, alpha)
         theta = fast["theta"]
         losses.append(term(theta, problem, t))
+        if watch is not None:
+            watch(t, theta)
         if t < start + steps:
             _, g = optimizee_gradient(distribution, theta, problem, t)
     return losses, theta, carry
@@ -185,22 +188,31 @@ class OptimizerExperiment:
                    split: str, steps: int) -> tuple[torch.Tensor, ...]:
         """Optimizees `indices` of the evaluation set trained for `steps` steps by `optimizer` (this
         run's learned rule or a baseline) with step size alpha: (final loss (B,), the loss f_t(theta_t)
-        at every step t = 0..steps (B, steps + 1)), and the loss on data the optimizees never trained
-        on (B,) where the problem has one."""
+        at every step t = 0..steps (B, steps + 1)), and, where the problem has data the optimizees
+        never train on, their loss there at the steps `unseen_steps(steps)` (B, points): its last
+        column is the loss after the last step."""
         rule = get_rule(optimizer)
         problem = self.sample(split=split, seed=seed, iteration=0, indices=indices, steps=steps)
         theta = problem["theta0"]
         params = {k: v.detach() for k, v in params.items()}
         first = self.distribution.loss(theta, problem, 0)
+        points, unseen = set(unseen_steps(steps)), []
+
+        def watch(t, theta_t):
+            if t in points:
+                unseen.append(self.distribution.unseen_loss(theta_t, problem))
+
+        watch(0, theta)
+        if unseen[0] is None:  # no unseen data: nothing to watch
+            points, unseen = set(), []
         # this run's learned rule runs compiled where its training does (about 2x per MNIST trajectory)
         update = self.update if optimizer == self.cfg.method else rule.update
         losses, theta, _ = run_steps(rule, params, self.distribution, problem, theta,
                                      rule.init_carry(params, {"theta": theta}), start=0, steps=steps, alpha=alpha,
-                                     update=update)
+                                     update=update, watch=watch if points else None)
         curve = torch.stack([first, *losses], 1)
-        unseen = self.distribution.unseen_loss(theta, problem)
         final = self.distribution.final_loss(theta, problem, steps)
-        return (final, curve) if unseen is None else (final, curve, unseen)
+        return (final, curve) if not unseen else (final, curve, torch.stack(unseen, 1))
 
     def optimizers(self) -> dict[str, float]:
         """Every optimizer the evaluation compares: this run's method, then the baselines."""

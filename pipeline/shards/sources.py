@@ -33,7 +33,8 @@ class ShardSource(Protocol):
                     carry: dict | None = None) -> ShardResult: ...
 
     def eval_shard(self, params: dict, indices: Sequence[int], **kw) -> tuple[torch.Tensor, ...]:
-        """(per-task metric (B,), per-task curve (B, steps + 1)[, per-task loss on unseen data (B,)])."""
+        """(per-task metric (B,), per-task curve (B, steps + 1)[, per-task loss on unseen data at a few
+        steps, the last column after the last step (B, points)])."""
 
     def time_chunk_sizes(self, params: dict, indices: Sequence[int]) -> dict[int, float]: ...
 

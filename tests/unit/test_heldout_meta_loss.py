@@ -62,6 +62,30 @@ def test_an_sgd_unroll_scored_on_the_heldout_objective_against_a_hand_written_tr
     assert result.loss_sum == pytest.approx(float(meta.sum()), rel=1e-10)
 
 
+def test_the_evaluations_unseen_curve_is_sgds_trajectory_scored_on_the_heldout_objective():
+    """eval_shard's unseen-data curve: ||W' theta_t - y'||^2 at the steps unseen_steps(steps) of SGD's
+    trajectory on the training objective (validation optimizees, which have the held-out draw); its
+    last column is the loss after the last step. The steps are every 2nd of 40 (21 points)."""
+    from tasks.optimizees import unseen_steps
+
+    cfg = quad_cfg(None, **{"method": "sgd", "train.meta_loss": "heldout"})
+    source = make_source(cfg, dtype=torch.float64)
+    final, curve, unseen = source.eval_shard({}, range(3), optimizer="sgd", alpha=cfg.alpha, seed=5, split="val",
+                                             steps=40)
+    assert unseen_steps(40) == list(range(0, 41, 2)) and unseen.shape == (3, 21) and curve.shape == (3, 41)
+    problem = source.sample(split="val", seed=5, iteration=0, indices=range(3), steps=40)
+    W, y, Wh, yh = problem["W"], problem["y"], problem["W_heldout"], problem["y_heldout"]
+    theta, want = problem["theta0"], []
+    for t in range(41):
+        if t % 2 == 0:
+            want.append(((Wh @ theta.unsqueeze(-1)).squeeze(-1) - yh).pow(2).sum(-1))
+        grad = 2 * (W.transpose(-1, -2) @ ((W @ theta.unsqueeze(-1)).squeeze(-1) - y).unsqueeze(-1)).squeeze(-1)
+        theta = theta - cfg.alpha * grad
+    torch.testing.assert_close(unseen, torch.stack(want, 1), rtol=1e-10, atol=0)
+    assert len(source.eval_shard({}, range(3), optimizer="sgd", alpha=cfg.alpha, seed=5, split="test",
+                                 steps=40)) == 2  # test quadratics have no held-out draw: no curve
+
+
 @needs_mnist
 def test_mnist_heldout_images_are_a_per_optimizee_share_never_in_its_minibatches():
     dist = MnistMLP(str(MNIST_CSV), [20], "relu", minibatch=64, heldout=True)
@@ -124,6 +148,31 @@ def test_heldout_trains_resumes_mid_trajectory_bitwise_and_differs_from_train(tm
     plain.train()
     assert any(not torch.equal(plain.params[k], straight.params[k]) for k in plain.params)
     assert math.isfinite(straight.evaluate()["l2l"]["mean"])
+
+
+@needs_mnist
+def test_optimizee_images_gives_each_training_optimizee_its_own_draw_and_the_rest_held_out():
+    """task.optimizee_images N: a training optimizee's minibatches come from N images of its own,
+    under heldout its held-out images are all the other training images; test optimizees keep the
+    test pool's draw, and the default draws as before."""
+    n = len(MnistMLP(str(MNIST_CSV), [10]).images["train"][1])
+    held = draw(MnistMLP(str(MNIST_CSV), [10], minibatch=64, heldout=True, own_images=300), steps=20)
+    plain_own = draw(MnistMLP(str(MNIST_CSV), [10], minibatch=64, own_images=300), steps=20)
+    owned = []
+    for b in range(5):
+        train, out = set(held["batches"][b].flatten().tolist()), set(held["heldout_images"][b].tolist())
+        assert len(train) <= 300 and len(out) == n - 300 and not train & out  # its own 300, the rest held out
+        assert set(held["heldout_batches"][b].flatten().tolist()) <= out
+        assert len(set(plain_own["batches"][b].flatten().tolist())) <= 300 and "heldout_images" not in plain_own
+        owned.append(train)
+    assert len(set.union(*owned)) > 600  # each optimizee its own images
+    test = MnistMLP(str(MNIST_CSV), [10], minibatch=64, heldout=True, own_images=300)
+    assert torch.equal(draw(test, split="test")["batches"], draw(MnistMLP(str(MNIST_CSV), [10], minibatch=64),
+                                                                  split="test")["batches"])
+    with pytest.raises(ConfigError, match=f"task.optimizee_images: must be below the {n} training images"):
+        MnistMLP(str(MNIST_CSV), [10], own_images=n)
+    with pytest.raises(ConfigError, match="task.optimizee_images: images each MNIST optimizee trains on"):
+        load_config(None, {"method": "l2l", "task.name": "quadratic", "task.optimizee_images": 10})
 
 
 @pytest.mark.parametrize("sets, message", [

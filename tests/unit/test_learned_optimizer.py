@@ -302,7 +302,7 @@ def test_mnist_scores_every_digit_and_test_optimizees_also_on_images_they_never_
         return torch.nn.functional.cross_entropy(logits, torch.as_tensor(y[picked])).item()
 
     final, curve, unseen = exp.eval_shard({}, range(2), optimizer="sgd", alpha=1.0, seed=5, split="test", steps=3)
-    assert final.shape == unseen.shape == (2,) and curve.shape == (2, 4)
+    assert final.shape == (2,) and curve.shape == unseen.shape == (2, 4)  # unseen: at steps 0..3, the last after
     # the scored losses are of the optimizees after their last step: recompute that theta
     problem = exp.sample(split="test", seed=5, iteration=0, indices=range(2), steps=3)
     theta = problem["theta0"].clone().requires_grad_(True)
@@ -311,7 +311,8 @@ def test_mnist_scores_every_digit_and_test_optimizees_also_on_images_they_never_
         theta = (theta - 1.0 * g).detach().requires_grad_(True)
     for b in range(2):
         assert final[b].item() == pytest.approx(reference(theta[b].detach(), "test"), rel=1e-9)
-        assert unseen[b].item() == pytest.approx(reference(theta[b].detach(), "train"), rel=1e-9)
+        assert unseen[b, -1].item() == pytest.approx(reference(theta[b].detach(), "train"), rel=1e-9)
+        assert unseen[b, 0].item() == pytest.approx(reference(problem["theta0"][b], "train"), rel=1e-9)
     # validation and training optimizees have no unseen images (the test images stay untouched)
     assert len(exp.eval_shard({}, range(1), optimizer="sgd", alpha=1.0, seed=5, split="val", steps=1)) == 2
 
