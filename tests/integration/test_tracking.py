@@ -1,5 +1,6 @@
 """MLflow tracking of `metatrain train` / `resume` runs against a real SQLite store, and the run's plots."""
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -98,6 +99,33 @@ def test_train_logs_params_tags_metrics_artifacts_plots_and_model(tmp_path):
     expected = load_run(run_dir).adapt(xs, ys).predict(xq)
     np.testing.assert_allclose(served["y"], expected["y"], rtol=1e-6)
     assert np.abs(expected["y"] - load_run(run_dir).adapt(xs, ys, steps=0).predict(xq)["y"]).max() > 1e-5
+
+
+MNIST_CSV = Path(__file__).resolve().parents[3] / "shared/data/mnist/mnist_5k.csv.gz"
+
+
+@pytest.mark.skipif(not MNIST_CSV.is_file(), reason="../shared/data/mnist not found")
+def test_a_heldout_learned_optimizer_logs_its_unseen_image_losses_and_validation(tmp_path):
+    """train.meta_loss: heldout on MNIST optimizees: the unseen-image columns of the evaluation and
+    the validation series reach MLflow as results.json and metrics.jsonl hold them."""
+    out = tmp_path / "runs"
+    sets = {"task.data": [str(MNIST_CSV)], "model.hidden": [5],
+            "task.minibatch": 16, "inner_steps": 4, "train.unroll": 4, "iterations": 4, "meta_batch_size": 2,
+            "train.meta_loss": "heldout", "train.validate_every": 2, "train.validate_tasks": 2, "eval.tasks": 4,
+            "eval.inner_steps": 4, "eval.baselines": {"sgd": 1.0}, "train.log_every": 2,
+            "train.checkpoint_every": 2, "output_dir": str(out), "run_name": "h"}
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    code = main(["train", "l2l_mnist_cpu", "--local", *args])
+    assert code == 0
+    client, run = only_run(f"sqlite:///{out.resolve()}/mlflow.db")
+    results = json.loads((out / "h" / "results.json").read_text())
+    for name in ("l2l", "sgd"):
+        assert run.data.metrics[f"eval_{name}_unseen_mean"] == pytest.approx(results["results"][name]["unseen"]["mean"])
+        assert len(results["results"][name]["unseen"]["loss_per_step"]) == 5  # steps 0..4
+    history = client.get_metric_history(run.info.run_id, "validation_loss")
+    want = results["validation"]["history"]
+    assert [m.step for m in history] == [i for i, _ in want] == [2, 4]
+    assert [m.value for m in history] == pytest.approx([v for _, v in want])
 
 
 class Crash(Exception):

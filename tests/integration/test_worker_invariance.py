@@ -1,7 +1,8 @@
 """Bitwise invariance to the number of shard workers (train.block_tasks): 1, 2, 3 and 5 Ray workers
 of one kind (one torch thread each) give the same parameters to the last bit (`torch.equal`, not a
 tolerance) after 200 iterations: MAML and MT-net on sine, MAML conv4 on the real Omniglot, and a
-learned optimizer on quadratics (whose optimizees carry over from one iteration to the next)."""
+learned optimizer on quadratics (whose optimizees carry over from one iteration to the next), its
+meta-loss on the training or the held-out draw."""
 import pytest
 import torch
 
@@ -31,8 +32,13 @@ def quadratics():
                                  "eval.tasks": 10, "eval.inner_steps": 40}
 
 
+def heldout_quadratics():  # train.meta_loss: heldout: each term on the optimizee's held-out draw
+    base, over = quadratics()
+    return base, {**over, "train.meta_loss": "heldout"}
+
+
 CASES = {"maml-sine": lambda: sine("maml"), "mtnet-sine": lambda: sine("mtnet"),
-         "maml-conv4-omniglot": omniglot, "l2l-quadratics": quadratics}
+         "maml-conv4-omniglot": omniglot, "l2l-quadratics": quadratics, "l2l-heldout-quadratics": heldout_quadratics}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=needs_omniglot) if "omniglot" in c else c for c in CASES])
