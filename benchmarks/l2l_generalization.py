@@ -5,6 +5,7 @@ eval.seed and eval.split) and the baselines' learning rates of the run's config 
 trained-on optimizee, as the paper's figures do).
 
     python benchmarks/l2l_generalization.py RUN_DIR [--tasks 100] [--variants paper|none]
+    python benchmarks/l2l_generalization.py RUN_DIR --redraw   # the figures again, from results.json
 
 Writes RUN_DIR/generalization/{table.md, results.json, <variant>.png}. "beats" means the learned
 optimizer's 95% CI of the mean final training loss lies wholly below the best baseline's; "loses"
@@ -58,6 +59,22 @@ def cell(row: dict, ci: bool = True) -> str:
     return one(row) + (f" / {one(row['unseen'])}" if "unseen" in row else "")
 
 
+def figure(table: dict, path: Path, method: str, task: str, name: str, loss_name: str) -> None:
+    optimizer_comparison(table, path, title=f"{method} on {task}, {name}", y_label=loss_name)
+
+
+def redraw(run_dir: Path) -> int:
+    cfg = load_config(run_dir / "config.yaml")
+    from tasks.optimizees import MnistMLP, Quadratic
+
+    loss_name = (MnistMLP if cfg.task.name == "mnist_mlp" else Quadratic).loss_name
+    for name, v in json.loads((run_dir / "generalization" / "results.json").read_text()).items():
+        figure(v["results"], run_dir / "generalization" / f"{name.replace(' ', '_')}.png", cfg.method, cfg.task.name,
+               name, loss_name)
+    print(f"redrawn the figures in {run_dir / 'generalization'}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
@@ -66,8 +83,11 @@ def main() -> int:
                     help="paper: the four generalization tests (MNIST optimizees); none: only the run as trained")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every variant, e.g. 'eval.baselines={sgd: 1.0, adam: 0.03}'")
+    ap.add_argument("--redraw", action="store_true", help="draw the figures again from generalization/results.json")
     args = ap.parse_args()
     run_dir = Path(args.run_dir)
+    if args.redraw:
+        return redraw(run_dir)
     variants = PAPER if args.variants == "paper" else {"as trained": PAPER["as trained"]}
     out_dir = run_dir / "generalization"
     out_dir.mkdir(exist_ok=True)
@@ -98,9 +118,8 @@ def main() -> int:
         d_mean, d_ci = mean_ci95(diff)
         payload[name] = {"overrides": over, "results": table, "best_baseline": best_name, "outcome": verdict,
                          "paired_difference": {"mean": d_mean, "ci95": d_ci}, "seconds": seconds, "paper": paper}
-        optimizer_comparison(table, out_dir / f"{name.replace(' ', '_')}.png",
-                             title=f"{cfg.method} on {cfg.task.name}, {name}",
-                             y_label=trainer.experiment.distribution.loss_name)
+        figure(table, out_dir / f"{name.replace(' ', '_')}.png", cfg.method, cfg.task.name, name,
+               trainer.experiment.distribution.loss_name)
         rows.append(f"| {name} | {cfg.eval.inner_steps} | {cell(own)} | "
                     f"{best_name} (lr {best['alpha']:g}) {cell(best)} | "
                     + ", ".join(f"{k} {cell(v, ci=False)}" for k, v in baselines.items() if k != best_name)

@@ -177,7 +177,7 @@ def optimizer_comparison(results: dict, path: Path, *, title: str, y_label: str)
     where the optimizees have data they never trained on (MNIST), a second panel of their loss there."""
     from pipeline.core.rules import step_label
     unseen = all("loss_per_step" in r.get("unseen", {}) for r in results.values()) and bool(results)
-    fig = Figure(figsize=(12, 4.5) if unseen else (6.5, 4.5))
+    fig = Figure(figsize=(12, 4.5) if unseen else (6.5, 4.5), layout="constrained")
     axes = fig.subplots(1, 2 if unseen else 1, squeeze=False)[0]
     n = next(iter(results.values()))["n"] if results else 0
     panels = [("query_loss_per_step", "curve_ci95", None, f"{y_label}: the minibatch trained on")]
