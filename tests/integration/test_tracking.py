@@ -123,6 +123,10 @@ def test_a_heldout_learned_optimizer_logs_its_unseen_image_losses_and_validation
         assert run.data.metrics[f"eval_{name}_unseen_mean"] == pytest.approx(results["results"][name]["unseen"]["mean"])
         assert len(results["results"][name]["unseen"]["loss_per_step"]) == 5  # steps 0..4
     history = client.get_metric_history(run.info.run_id, "validation_loss")
+    figure = out / "h" / "plots" / "optimizee_loss.png"  # two panels: minibatch loss, unseen-image loss
+    assert_png(figure)
+    width, height = Image.open(figure).size
+    assert width > 2 * height
     want = results["validation"]["history"]
     assert [m.step for m in history] == [i for i, _ in want] == [2, 4]
     assert [m.value for m in history] == pytest.approx([v for _, v in want])
