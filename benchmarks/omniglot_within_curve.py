@@ -65,7 +65,7 @@ def main() -> int:
         ci = [p["ci95"] for p in points]
         ax.errorbar(its, err, yerr=ci, marker="o", ms=3, capsize=2, color=f"C{i}", label=name)
     for j, (name, e) in enumerate(REFERENCE_ERRORS.items()):
-        ax.axhline(e, ls="--", lw=1, color=f"C{j + 3}", label=f"{name}: {e:.1%} (30 training alphabets)")
+        ax.axhline(e, ls=("--", ":")[j % 2], lw=1, color="k", label=f"{name}: {e:.1%} (30 training alphabets)")
     ax.set(xlabel="meta-iteration", ylabel="error, 20-way 1-shot within one alphabet",
            title=f"Held-out alphabets (Sanskrit, Japanese katakana), {args.tasks} tasks per point", ylim=(0, 1))
     ax.grid(alpha=0.3)
