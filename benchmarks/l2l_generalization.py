@@ -94,6 +94,7 @@ def main() -> int:
     rows, payload = [], {}
     heldout = load_config(run_dir / "config.yaml").train.meta_loss == "heldout"
     measure = "losses on images never trained on" if heldout else "training losses"
+    measured = (lambda r: r["unseen"]) if heldout else (lambda r: r)  # the row a verdict reads
     for name, (over, paper) in variants.items():
         overrides = {"backend": "local", "tracking.enabled": False, **over}
         if args.tasks:
@@ -107,7 +108,6 @@ def main() -> int:
             trainer.load_state_dict(checkpoint.load(run_dir))
             table = trainer.evaluate()
         seconds = time.perf_counter() - t0
-        measured = (lambda r: r["unseen"]) if heldout else (lambda r: r)
         own = table[cfg.method]
         baselines = {k: v for k, v in table.items() if k != cfg.method and measured(v)["mean"] is not None}
         best_name = min(baselines, key=lambda k: measured(baselines[k])["mean"])

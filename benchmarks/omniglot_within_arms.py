@@ -18,6 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.driver.evaluation import mean_ci95  # noqa: E402
+
 
 def load(path: Path) -> tuple[int, np.ndarray]:
     r = json.loads(path.read_text())
@@ -25,10 +29,6 @@ def load(path: Path) -> tuple[int, np.ndarray]:
     if r.get("seed", r.get("eval", {}).get("seed")) not in (0, None) or row["n"] < 1000:
         raise SystemExit(f"{path}: not the 1,000 tasks of eval seed 0")
     return r["iterations"] if "iterations" in r else r["iteration"], np.asarray(row["per_task"], dtype=float)
-
-
-def mean_ci(x: np.ndarray) -> tuple[float, float]:
-    return float(x.mean()), float(1.96 * x.std(ddof=1) / np.sqrt(len(x)))
 
 
 def main() -> int:
@@ -43,8 +43,8 @@ def main() -> int:
     print("|---|---|---|---|")
     for path in args.evals:
         iteration, acc = load(path)
-        m, ci = mean_ci(acc)
-        d, dci = mean_ci(ref - acc)  # the arm's error minus the reference's, task by task
+        m, ci = mean_ci95(acc)
+        d, dci = mean_ci95(ref - acc)  # the arm's error minus the reference's, task by task
         print(f"| {path.parent.name} | {iteration} | {1 - m:.1%} ± {ci:.1%} | {d:+.1%} ± {dci:.1%} |")
     return 0
 
