@@ -59,12 +59,12 @@ def solo_rate(cfg, out: Path, warmup: int = 0) -> float:
     """Iterations/s of one solo run's outer loop, after `warmup` iterations (a compiled run's
     compilation) run as a run of their own length."""
     torch._dynamo.reset()  # each case its own compiled graphs (Dynamo allows 8 per code object and process)
-    with Trainer(cfg, out, log=compile_lines, backend="local") as t:
+    with Trainer(cfg, out, log=compile_lines) as t:
         t.begin()
         if warmup:
             total, cfg.iterations = cfg.iterations, warmup
             t._loop()
-            cfg.iterations, t.status = total, "running"
+            cfg.iterations, t.record.status = total, "running"
         t0 = time.perf_counter()
         t._loop()
         return (cfg.iterations - warmup) / (time.perf_counter() - t0)
@@ -79,7 +79,7 @@ def population_rate(cfgs, out: Path, warmup: int, device: str = "cpu",
                     whole_iteration=whole) as pop:
         for m in pop.members:
             m.begin()
-        pop._stack_members()
+        pop.stacked.start(pop.shards.experiment.plan.compile, pop.scheduler.stops_members, pop.log)
         total = cfgs[0].iterations
         for m in pop.members:  # the warm-up as a run of its own length, then the timed rest
             m.cfg.iterations = warmup
@@ -122,7 +122,7 @@ def sampling_times(cfgs, out: Path, reps: int = 128) -> tuple[float, float]:
         seeds = sorted({c.seed for c in cfgs})
         t0 = time.perf_counter()
         for it in range(reps):
-            pop.backend.experiment.sample(it, range(cfgs[0].meta_batch_size))  # PopulationShards.sample
+            pop.shards.sample(it, range(cfgs[0].meta_batch_size))  # PopulationShards.sample
         new = (time.perf_counter() - t0) / reps
         t0 = time.perf_counter()
         for it in range(reps):

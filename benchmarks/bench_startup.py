@@ -86,6 +86,10 @@ def child(out: str, start: float, argv: list[str]) -> int:
     if hasattr(cli, "load_config"):  # a tree that imported it at the top of cli.py
         cli.load_config = config.load_config
     import pipeline.driver.trainer as trainer_mod
+    try:  # a tree with run records: the plots and the evaluation are the record's
+        import pipeline.driver.record as record_mod
+    except ImportError:
+        record_mod = None
     import pipeline.tracking as tracking
 
     record["import"] += time.time() - t_import  # the trainer's modules (torch): imported by every run
@@ -94,8 +98,8 @@ def child(out: str, start: float, argv: list[str]) -> int:
     timed(tracking.MlflowTracker, "on_finish", "tracking", exclusive_of=("model logging",))
     timed(tracking, "log_model", "model logging")
     timed(tracking, "log_adapt_model", "model logging")
-    timed(trainer_mod, "write_run_plots", "plots")
-    timed(trainer_mod.Trainer, "evaluate", "evaluation")
+    timed(record_mod or trainer_mod, "write_run_plots", "plots")
+    timed(record_mod.RunRecord if record_mod else trainer_mod.Trainer, "evaluate", "evaluation")
     try:
         import ray
 

@@ -105,7 +105,7 @@ def main() -> int:
             cfg = load_config(run_dir / "config.yaml", sets)
         t0 = time.perf_counter()
         with Trainer(cfg, run_dir, log=lambda m: None) as trainer:
-            trainer.load_state_dict(checkpoint.load(run_dir))
+            trainer.record.load_state_dict(checkpoint.load(run_dir))
             table = trainer.evaluate()
         seconds = time.perf_counter() - t0
         own = table[cfg.method]

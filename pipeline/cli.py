@@ -100,7 +100,8 @@ def cmd_resume(args) -> int:
     """Continue a run; a finished one only gets what a kill cut short (plots, MLflow records),
     and nothing at all when it has everything (--force evaluates it again, a new record)."""
     run_dir, cfg = _load_run(args.run_dir, _placement(args))
-    from pipeline.driver.trainer import Trainer, finished_results
+    from pipeline.driver.record import finished_results
+    from pipeline.driver.trainer import Trainer
 
     done = None if args.force else finished_results(run_dir)
     if done is not None:
@@ -193,7 +194,8 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"--seed: must be >= 0, got {args.seed}")
     from pipeline.driver import checkpoint
     from pipeline.driver.evaluation import format_table
-    from pipeline.driver.trainer import Trainer, metric_name
+    from pipeline.driver.record import metric_name
+    from pipeline.driver.trainer import Trainer
     from pipeline.serve.eval_elsewhere import retarget
 
     target = retarget(cfg, data=args.data, ways=args.ways, query=args.query, within_group=args.within_group)
@@ -202,7 +204,7 @@ def cmd_eval(args) -> int:
         cfg.eval.shots = shots  # checked against the data before any work
     seed = cfg.eval.seed if args.seed is None else args.seed
     with Trainer(cfg, run_dir, log=_log) as trainer:
-        trainer.load_state_dict(checkpoint.load(run_dir, _log))
+        trainer.record.load_state_dict(checkpoint.load(run_dir, _log))
         table = trainer.evaluate(tasks=args.tasks, shots=shots, seed=seed)
     tasks = args.tasks or cfg.eval.tasks
     out = {"iteration": trainer.iteration, "metric": metric_name(trainer.experiment), "tasks": tasks,

@@ -25,8 +25,8 @@ import torch
 from pipeline import storage
 from pipeline.config import Config, ConfigError
 from pipeline.core import learners
+from pipeline.driver.record import RunHook, eval_scalars, iteration_scalars
 from pipeline.driver.run_dir import CHECKPOINT, CONFIG, METRICS, MLFLOW_RUN, PLOTS, RESULTS
-from pipeline.driver.trainer import TrainerHook, eval_scalars, iteration_scalars
 from pipeline.yaml_dataclasses import flatten, to_dict
 
 RUN_FILE = MLFLOW_RUN
@@ -344,7 +344,7 @@ def drain() -> None:
         _WORKER = None
 
 
-class MlflowTracker(TrainerHook):
+class MlflowTracker(RunHook):
     """Logs one Trainer to MLflow; `parent_run_id` nests it under a sweep's parent run.
 
     Every MLflow call runs on one background thread, in the order the hooks were called, so the

@@ -120,3 +120,22 @@ def with_hyperparams(cfg, run_dir: Path):
         return apply_hyperparams(cfg, load(run_dir, log=lambda m: None, keys=PARAMS_KEYS))
     except CheckpointError:
         return cfg  # the command that needs the checkpoint says so itself
+
+
+def common_states(run_dirs: list[Path], logs) -> list[dict]:
+    """Each member's checkpoint at one common iteration: members are saved one after another,
+    so a population killed between two saves has some members one checkpoint ahead; their
+    previous checkpoint is at the common iteration. Members that were stopped or diverged stay
+    where they ended (a diverged member is saved when it diverges). logs: each member's log."""
+    states = [load(d, log) for d, log in zip(run_dirs, logs)]
+    frozen = ("stopped", "diverged")
+    moving = [s["iteration"] for s in states if s["status"] not in frozen]
+    common = min(moving) if moving else None
+    for i, run_dir in enumerate(run_dirs):
+        if common is not None and states[i]["iteration"] != common and states[i]["status"] not in frozen:
+            prev = read(Path(run_dir) / PREVIOUS_CHECKPOINT)
+            if prev["iteration"] != common:
+                raise ConfigError(f"population: member {run_dir} has checkpoints at iterations "
+                                  f"{states[i]['iteration']} and {prev['iteration']}, none at {common}")
+            states[i] = prev
+    return states

@@ -39,6 +39,16 @@ class StackedAdam:
         self.steps = torch.zeros(len(self.flat), dtype=torch.long, device=self.flat.device)
         self._update = CompiledAdamUpdate(log, compile, dynamic_members)
 
+    @classmethod
+    def of_run(cls, params: dict, beta: float, grad_clip: float, log=print) -> StackedAdam | None:
+        """One run's outer step (P = 1, eager: bitwise torch.optim.Adam) over its initial `params`;
+        None for a run without meta-parameters (a hand-designed optimizer: nothing to train)."""
+        if not params:
+            return None
+        device = next(iter(params.values())).device
+        return cls({k: v[None] for k, v in params.items()}, torch.tensor([beta], dtype=torch.float64, device=device),
+                   grad_clip, log=log)
+
     def flatten(self, tree: dict) -> torch.Tensor:
         return torch.cat([tree[k].reshape(len(tree[k]), -1) for k in self.shapes], 1)
 

@@ -99,3 +99,20 @@ class WholeIteration(CompiledWithFallback):
             steps.append(([bool(f) for f in finite], loss, [list(c) for c in zip(*curve)] if curve else
                           [None] * len(loss), metric))
         return steps
+
+
+def window(iteration: int, cfg, scheduler) -> int:
+    """How many iterations from `iteration` run on the device before the host must look: up to and
+    including the next one after which something happens (a log line, checkpoint, validation,
+    scheduler decision, the end)."""
+    train = cfg.train
+
+    def event(done: int) -> bool:
+        return (done % train.log_every == 0 or done % train.checkpoint_every == 0 or done >= cfg.iterations
+                or bool(train.validate_every and done % train.validate_every == 0)
+                or scheduler.due(done, cfg.iterations))
+
+    count = 1
+    while count < MAX_WINDOW and not event(iteration + count):
+        count += 1
+    return count

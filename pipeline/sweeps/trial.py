@@ -17,9 +17,10 @@ from ray import tune
 
 from pipeline.config import load_config
 from pipeline.driver import checkpoint
-from pipeline.driver.population import Population, PopulationHook
+from pipeline.driver.population import Population
+from pipeline.driver.record import DriverHook, eval_scalars, iteration_scalars
 from pipeline.driver.schedulers import Halving, Pbt
-from pipeline.driver.trainer import Trainer, TrainerHook, eval_scalars, iteration_scalars
+from pipeline.driver.trainer import Trainer
 from pipeline.shards.compiled import use_cpus
 from pipeline.sweeps.record import TRIALS
 from pipeline.sweeps.spec import Resources
@@ -74,12 +75,11 @@ def member_values(config: dict, index: int, swept) -> dict:
     return {**{k: config[k] for k in swept if k in config}, **config["members"][index]}
 
 
-class TuneReporter(TrainerHook, PopulationHook):
-    """Tune's view of a trial: one run (as a Trainer's hook) or a packed population (as its
-    reporter). Progress reports, checkpoints that hold every run's state, and a final report with
+class TuneReporter(DriverHook):
+    """Tune's view of a trial, one run's Trainer or a packed Population (the DriverHook's `driver`,
+    here `source`): progress reports, checkpoints that hold every run's state, and a final report with
     each run's status and evaluation (`members_final`; a one-run trial's also flat, for the
-    scheduler and the search algorithm). `source` is the Trainer or the Population: both answer
-    `base` (the config every run shares), `runs` (the runs' trainers), `iteration` and `states()`."""
+    scheduler and the search algorithm)."""
 
     def __init__(self, metric: str = "meta_loss"):
         self.last, self.metric = {}, metric
@@ -107,10 +107,9 @@ class TuneReporter(TrainerHook, PopulationHook):
                 torch.save(state, Path(d) / MEMBER_FILE.format(i))
             self._report(source, checkpoint=tune.Checkpoint.from_directory(d))
 
-    def on_finish(self, source, results: dict | list[dict]) -> None:
-        runs = results if isinstance(results, list) else [results]
+    def on_finish(self, source, results: list[dict]) -> None:
         finals = [{"status": r["status"], "iteration": r["iterations"], **t.last_scalars, **eval_scalars(r),
-                   **({"pbt": r["pbt"]} if "pbt" in r else {})} for t, r in zip(source.runs, runs)]
+                   **({"pbt": r["pbt"]} if "pbt" in r else {})} for t, r in zip(source.runs, results)]
         extra = {"final": True, "status": "completed", "members_final": json.dumps(finals)}
         self._report(source, {**extra, **(finals[0] if len(finals) == 1 else {})})
 
@@ -152,5 +151,5 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
             population.train(states=states)
     else:
         (cfg,), (run_dir,) = cfgs, run_dirs
-        with Trainer(cfg, run_dir, log=log, hooks=(*hooks(0), reporter)) as trainer:
+        with Trainer(cfg, run_dir, log=log, hooks=hooks(0), reporter=reporter) as trainer:
             trainer.train(state=states[0] if states else None)

@@ -12,9 +12,9 @@ def _disk_full(*args, **kwargs):
 
 
 def test_a_full_disk_while_plotting_keeps_results_and_is_one_line(tmp_path, capsys, monkeypatch):
-    import pipeline.driver.trainer
+    import pipeline.driver.record
 
-    monkeypatch.setattr(pipeline.driver.trainer, "write_run_plots", _disk_full)
+    monkeypatch.setattr(pipeline.driver.record, "write_run_plots", _disk_full)
     sets = ["--local", "--set", f"output_dir={tmp_path}", "--set", "run_name=r", "--set", "iterations=10",
             "--set", "meta_batch_size=4", "--set", "eval.tasks=10", "--set", "train.checkpoint_every=5",
             "--set", "tracking.enabled=false"]

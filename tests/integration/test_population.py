@@ -10,15 +10,16 @@ import torch
 from pipeline.config import load_config
 from pipeline.driver import checkpoint
 from pipeline.driver.population import Population
+from pipeline.driver.record import RunHook
 from pipeline.driver.schedulers import Halving, Pbt
-from pipeline.driver.trainer import Trainer, TrainerHook
+from pipeline.driver.trainer import Trainer
 from pipeline.yaml_dataclasses import to_dict
 
 from helpers import MEMBERS, OMNIGLOT, configs, needs_omniglot
 
 
 def solo(cfg, run_dir) -> tuple[dict, dict]:
-    with Trainer(cfg, run_dir, log=lambda m: None, backend="local") as t:
+    with Trainer(cfg, run_dir, log=lambda m: None) as t:
         results = t.train()
         return {k: v.detach().clone() for k, v in t.params.items()}, results
 
@@ -81,9 +82,9 @@ def test_a_population_killed_after_a_member_diverged_resumes_to_the_undisturbed_
     """The diverging population above, killed at iteration 90 (after the member diverged and the
     others saved at 60) and resumed from the run directories: the diverged member stays as it was
     saved when it diverged, the others resume from 60, and all end as in the undisturbed run."""
-    from pipeline.driver.population import PopulationHook
+    from pipeline.driver.record import DriverHook
 
-    class Crash(PopulationHook):
+    class Crash(DriverHook):
         def on_log(self, population, entry):
             if entry["iteration"] == 90:
                 raise KeyboardInterrupt
@@ -108,7 +109,7 @@ def test_a_population_killed_after_a_member_diverged_resumes_to_the_undisturbed_
             torch.testing.assert_close(got[k], v, rtol=1e-6, atol=1e-8)
 
 
-class StopAt(TrainerHook):
+class StopAt(RunHook):
     """Simulates a kill: raises once the member has saved the checkpoint of `iteration`."""
 
     def __init__(self, iteration):
@@ -138,7 +139,7 @@ def test_a_killed_population_resumes_to_the_undisturbed_parameters_and_members_r
     alone.mkdir()
     for name in ("checkpoint.pt", "config.yaml", "metrics.jsonl"):
         (alone / name).write_bytes((dirs[2] / name).read_bytes())
-    with Trainer(cfgs[2], alone, log=lambda m: None, backend="local") as t:
+    with Trainer(cfgs[2], alone, log=lambda m: None) as t:
         t.train(resume=True)
         assert_rel_close({k: v.detach() for k, v in t.params.items()}, calm[2], 1e-5, "member 2 resumed alone")
 
@@ -272,9 +273,9 @@ def test_successive_halving_stops_the_worst_members_and_the_survivors_train_as_i
 def test_a_halving_population_killed_after_a_rung_resumes_to_the_undisturbed_members(tmp_path):
     """Stopped at iteration 24 (after the rungs at 8 and 16) and resumed from the run directories:
     the members stopped before stay stopped, and every member ends as in the undisturbed run."""
-    from pipeline.driver.population import PopulationHook
+    from pipeline.driver.record import DriverHook
 
-    class Crash(PopulationHook):
+    class Crash(DriverHook):
         def on_log(self, population, entry):
             if entry["iteration"] == 24:
                 raise KeyboardInterrupt

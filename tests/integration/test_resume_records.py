@@ -20,7 +20,7 @@ SETS = ["--local", "--set", "iterations=20", "--set", "meta_batch_size=4", "--se
 # after that step runs (no on_abort, no set_terminated). The patch wraps the real function.
 KILLER = textwrap.dedent("""
     import os, sys
-    import pipeline.driver.trainer, pipeline.tracking
+    import pipeline.driver.record, pipeline.tracking
     from pipeline.cli import main
 
     point = sys.argv[1]
@@ -47,7 +47,7 @@ KILLER = textwrap.dedent("""
         os._exit(9)
 
     if point == "plots":  # results.json written, nothing drawn or logged
-        die_before(pipeline.driver.trainer, "write_run_plots")
+        die_before(pipeline.driver.record, "write_run_plots")
     elif point == "evaluation":  # the evaluation's scalars logged, nothing after
         die_after(pipeline.tracking, "log_scalars", lambda a, k: any(n.startswith("eval_") for n in a[2]))
     elif point == "model":  # the network logged (READY), its tag and the adapt model not

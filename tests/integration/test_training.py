@@ -7,7 +7,8 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.driver import checkpoint
-from pipeline.driver.trainer import RESULTS, Trainer
+from pipeline.driver.run_dir import RESULTS
+from pipeline.driver.trainer import Trainer
 
 
 def small_cfg(tmp_path, **over):
@@ -185,5 +186,5 @@ def test_a_gradient_that_would_overflow_adam_is_a_skipped_step(tmp_path):
     t.backend = Huge(LocalBackend(cfg, t.experiment))
     results = t.train()
     assert results["skipped_steps"] == 1 and results["status"] == "completed"
-    state = t.state_dict()["optimizer"]["state"]
+    state = t.record.state_dict()["optimizer"]["state"]
     assert all(bool(torch.isfinite(s["exp_avg_sq"]).all()) for s in state.values())
