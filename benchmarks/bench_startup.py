@@ -109,7 +109,8 @@ def child(out: str, start: float, argv: list[str]) -> int:
     except ImportError:
         pass
     # the first iteration: from the loop's start to the first step's bookkeeping
-    real_after, real_clock = trainer_mod.Trainer.after_step, trainer_mod.Trainer.start_clock
+    owner = record_mod.RunRecord if record_mod else trainer_mod.Trainer  # who keeps the step's bookkeeping
+    real_after, real_clock = owner.after_step, owner.start_clock
     clock = {}
 
     def start_clock(self, *a, **k):
@@ -123,7 +124,7 @@ def child(out: str, start: float, argv: list[str]) -> int:
         clock["last"] = time.time()
         return real_after(self, *a, **k)
 
-    trainer_mod.Trainer.start_clock, trainer_mod.Trainer.after_step = start_clock, after_step
+    owner.start_clock, owner.after_step = start_clock, after_step
     t_cmd = time.time()
     try:
         code = cli.main(argv)

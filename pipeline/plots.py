@@ -64,7 +64,7 @@ def updated_fraction(entries: list[dict], final: dict, path: Path, title: str) -
     return _save(fig, path)
 
 
-def regression_adaptation(trainer, path: Path, n_tasks: int = 4) -> Path:
+def regression_adaptation(record, path: Path, n_tasks: int = 4) -> Path:
     """A few test tasks: the target function, the K support points, and the model before and
     after adaptation (the evaluation protocol's inner loop and mask mode)."""
     import torch
@@ -72,8 +72,8 @@ def regression_adaptation(trainer, path: Path, n_tasks: int = 4) -> Path:
     from pipeline.core.learners import forward
     from pipeline.core.meta_batch import InnerSettings, inner_adapt
 
-    cfg, exp = trainer.cfg, trainer.experiment
-    params = {k: v.detach() for k, v in trainer.params.items()}
+    cfg, exp = record.cfg, record.experiment
+    params = {k: v.detach() for k, v in record.params.items()}
     shots = cfg.task.shots
     batch = exp.sample(params, split="test", seed=cfg.eval.seed, iteration=0, indices=range(n_tasks), shots=shots)
     inner = InnerSettings.for_eval(cfg)
@@ -102,7 +102,7 @@ def regression_adaptation(trainer, path: Path, n_tasks: int = 4) -> Path:
     return _save(fig, path)
 
 
-def meta_lstm_gates(trainer, path: Path, n_tasks: int = 6, seed: int = 0) -> Path:
+def meta_lstm_gates(record, path: Path, n_tasks: int = 6, seed: int = 0) -> Path:
     """Meta-Learner LSTM: input gate (learned step size) and forget gate (learned weight decay) over
     the inner steps, for one random coordinate of each layer's weights, across test tasks (the
     paper's gate figure)."""
@@ -110,8 +110,8 @@ def meta_lstm_gates(trainer, path: Path, n_tasks: int = 6, seed: int = 0) -> Pat
 
     from pipeline.core.meta_batch import InnerSettings, inner_adapt
 
-    cfg, exp = trainer.cfg, trainer.experiment
-    params = {k: v.detach() for k, v in trainer.params.items()}
+    cfg, exp = record.cfg, record.experiment
+    params = {k: v.detach() for k, v in record.params.items()}
     rule = exp.learner.rule
     keys = rule.fast_keys(params)
     offsets, start = {}, 0

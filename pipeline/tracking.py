@@ -1,4 +1,4 @@
-"""MLflow tracking for `train` runs and sweep trials: a Trainer hook.
+"""MLflow tracking for `train` runs and sweep trials: a hook on each run's record (RunHook).
 
 A run logs the flattened config as params; tags (method, task, seed, status, git commit); every
 logged iteration's scalars; the final evaluation (scalars and a table); artifacts (config.yaml,
@@ -221,15 +221,15 @@ class MetaLearnedNetwork(torch.nn.Module):
         return learners.forward(self.net, {k: getattr(self, k.replace(".", "__")) for k in self.names}, x)
 
 
-def log_model(uri: str, run_id: str, trainer) -> str:
+def log_model(uri: str, run_id: str, record) -> str:
     """Log the meta-learned network (MLflow's pt2 format: a torch.export graph, no pickled code)."""
     import mlflow
     from mlflow.models import infer_signature
 
     from pipeline.serve.serving import quiet_downloads
 
-    cfg, exp = trainer.cfg, trainer.experiment
-    params = {k: v.detach().cpu() for k, v in trainer.params.items()}
+    cfg, exp = record.cfg, record.experiment
+    params = {k: v.detach().cpu() for k, v in record.params.items()}
     batch = exp.sample(params, split="test", seed=cfg.eval.seed, iteration=0, indices=range(1), shots=cfg.task.shots)
     x = batch["x_support"][0]
     model = MetaLearnedNetwork(exp.learner.net, params).eval()
@@ -243,7 +243,7 @@ def log_model(uri: str, run_id: str, trainer) -> str:
     return info.model_uri
 
 
-def log_adapt_model(uri: str, run_id: str, trainer) -> str:
+def log_adapt_model(uri: str, run_id: str, record) -> str:
     """Log the pyfunc model that adapts to a posted episode (`pipeline.serve.serving`)."""
     import mlflow
 
@@ -251,7 +251,7 @@ def log_adapt_model(uri: str, run_id: str, trainer) -> str:
     from pipeline.serve import serving
     from pipeline.serve.adaptation import MetaLearnedRun
 
-    run = MetaLearnedRun(trainer.cfg, {k: v.detach().cpu() for k, v in trainer.params.items()}, trainer.iteration)
+    run = MetaLearnedRun(record.cfg, {k: v.detach().cpu() for k, v in record.params.items()}, record.iteration)
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
         return serving.log(run)
@@ -390,16 +390,16 @@ class MlflowTracker(RunHook):
             self.experiment_id = ensure_experiment(self.uri, self.cfg.tracking.experiment)
 
     # -- hooks --------------------------------------------------------------------------------
-    def on_setup(self, trainer) -> None:
+    def on_setup(self, record) -> None:
         """The run's config and data are valid: MLflow is imported (and the empty store it copies
         new stores from built, once per machine) while the trainer starts Ray; nothing of the run is
         written before it starts (a refused worker count still leaves no store)."""
         self._submit(_import_mlflow)
 
-    def on_start(self, trainer, resumed: bool) -> None:
+    def on_start(self, record, resumed: bool) -> None:
         """Waits for the MLflow run: mlflow.json must name it before the run can be killed and retried
         (a retry then reopens it instead of leaving an orphan)."""
-        self._submit(self._start, trainer.run_dir, trainer.iteration)
+        self._submit(self._start, record.run_dir, record.iteration)
         self.wait()
 
     def _start(self, run_dir: Path, iteration: int) -> None:
@@ -427,7 +427,7 @@ class MlflowTracker(RunHook):
         self.client.set_tag(self.run_id, "status", "running")
         self.log(f"mlflow: {'reopened' if reopened else 'new'} run {self.run_id} at {self.uri}")
 
-    def on_log(self, trainer, entry: dict) -> None:
+    def on_log(self, record, entry: dict) -> None:
         self._submit(self._log_entry, dict(entry))
 
     def _log_entry(self, entry: dict) -> None:
@@ -435,27 +435,27 @@ class MlflowTracker(RunHook):
         new = {k: v for k, v in iteration_scalars(entry).items() if step > self.logged.get(k, -1)}
         log_scalars(self.client, self.run_id, new, step)
 
-    def on_replay(self, trainer, entries: list[dict]) -> None:
+    def on_replay(self, record, entries: list[dict]) -> None:
         for entry in entries:  # each filtered by what MLflow holds (self.logged, read by _start first)
-            self.on_log(trainer, entry)
+            self.on_log(record, entry)
 
-    def _log_models(self, trainer, run_dir: Path) -> None:
+    def _log_models(self, record, run_dir: Path) -> None:
         try:
             ready = ready_models(self.client, self.run_id)
             for name, tag, logger in (("model", "model_uri", log_model),
                                       ("adapt_model", "adapt_model_uri", log_adapt_model)):
-                self.client.set_tag(self.run_id, tag, ready.get(name) or logger(self.uri, self.run_id, trainer))
+                self.client.set_tag(self.run_id, tag, ready.get(name) or logger(self.uri, self.run_id, record))
         except Exception as e:  # noqa: BLE001 - the run's results and checkpoint are kept regardless
             self.client.set_tag(self.run_id, "model_error", f"{type(e).__name__}: {e}"[:5000])
             self.log(f"mlflow: the model could not be logged ({type(e).__name__}: {_first_line(e)}); {RESULTS} "
                      f"and {CHECKPOINT} are saved in {run_dir}; `metatrain resume {run_dir}` logs it")
 
-    def on_finish(self, trainer, results: dict) -> None:
+    def on_finish(self, record, results: dict) -> None:
         """The evaluation, artifacts and models, each logged once: what MLflow already holds for
         this run (a resume after a kill at any step) is checked before it is written."""
-        if self.cfg.tracking.log_model and trainer.family.logs_model:  # an optimizer is no network
-            self._submit(self._log_models, trainer, trainer.run_dir)
-        self._submit(self._finish, trainer.run_dir, trainer.iteration, results)
+        if self.cfg.tracking.log_model and record.family.logs_model:  # an optimizer is no network
+            self._submit(self._log_models, record, record.run_dir)
+        self._submit(self._finish, record.run_dir, record.iteration, results)
         self.wait()
 
     def _finish(self, run_dir: Path, iteration: int, results: dict) -> None:
@@ -486,7 +486,7 @@ class MlflowTracker(RunHook):
         browse = f" (browse: mlflow ui --backend-store-uri {self.uri})" if self.uri.startswith("sqlite:") else ""
         self.log(f"mlflow: logged run {run_id} at {self.uri}{browse}; plots in {run_dir / PLOTS}")
 
-    def on_abort(self, trainer, error: BaseException) -> None:
+    def on_abort(self, record, error: BaseException) -> None:
         try:  # what was sent is written first (or failed: the abort is reported regardless)
             self.wait()
         except Exception:  # noqa: BLE001

@@ -43,7 +43,7 @@ class Family:
     def header(self, results: dict, experiment) -> str:
         raise NotImplementedError
 
-    def figures(self, trainer, entries: list[dict], out: Path, results: dict | None) -> list[Path]:
+    def figures(self, record, entries: list[dict], out: Path, results: dict | None) -> list[Path]:
         raise NotImplementedError
 
 
@@ -71,22 +71,22 @@ class FewShot(Family):
         return (f"{results['method']} on {results['task']} ({results['status']}, {results['iterations']} iterations"
                 f"{frac_txt}): {e['tasks']} test tasks{split}, {e['inner_steps']} inner step(s){masked}")
 
-    def figures(self, trainer, entries, out, results):
+    def figures(self, record, entries, out, results):
         from pipeline import plots  # matplotlib: imported only when a run ends
 
-        cfg, exp = trainer.cfg, trainer.experiment
+        cfg, exp = record.cfg, record.experiment
         title = f"{cfg.method} on {cfg.task.name}"
         classification = exp.learner.net.loss != "mse"
         paths = []
         if any("meta_loss" in e for e in entries):
             paths.append(plots.learning_curves(entries, out / "learning_curves.png", title, classification))
-        final = exp.learner.rule.updated_fraction(trainer.params)
+        final = exp.learner.rule.updated_fraction(record.params)
         if final is not None:
             paths.append(plots.updated_fraction(entries, final, out / "updated_fraction.png", title))
         if not classification and hasattr(exp.distribution, "target"):
-            paths.append(plots.regression_adaptation(trainer, out / "adaptation.png"))
+            paths.append(plots.regression_adaptation(record, out / "adaptation.png"))
         if "gates" in exp.learner.rule.figures and cfg.eval.inner_steps > 0:
-            paths.append(plots.meta_lstm_gates(trainer, out / "gates.png"))
+            paths.append(plots.meta_lstm_gates(record, out / "gates.png"))
         return paths
 
 
@@ -136,16 +136,16 @@ class LearnedOptimizers(Family):
         return (f"{results['method']} on {results['task']} ({results['status']}, {results['iterations']} iterations):"
                 f" {e['tasks']} fresh optimizees{split}, {e['inner_steps']} steps each")
 
-    def figures(self, trainer, entries, out, results):
+    def figures(self, record, entries, out, results):
         from pipeline import plots  # matplotlib: imported only when a run ends
 
-        title = f"{trainer.cfg.method} on {trainer.cfg.task.name}"
+        title = f"{record.cfg.method} on {record.cfg.task.name}"
         paths = []
         if any("meta_loss" in e for e in entries):
             paths.append(plots.optimizer_training(entries, out / "learning_curves.png", title))
         if results:
             paths.append(plots.optimizer_comparison(results["results"], out / "optimizee_loss.png", title=title,
-                                                    y_label=trainer.experiment.distribution.loss_name))
+                                                    y_label=record.experiment.distribution.loss_name))
         return paths
 
 

@@ -1,41 +1,23 @@
-"""Populations: runs that differ only in PACKABLE keys (alpha, beta, the Gumbel temperature, the
-seeds) trained as one program. A sine sweep is bound by per-op dispatch, not arithmetic, so the
-members' parameters are stacked on a member dimension and one `vmap` over members (of the usual
-`vmap` over tasks) computes every member's meta-gradient in one call; Adam runs as one update with
-a per-member beta. Each member keeps a RunRecord whose directory is what its solo `metatrain
-train` would write (checkpoints that `metatrain eval`/`resume` accept), its own task streams and
-non-finite guard (a member that diverges is frozen, the others train on). A member's numbers equal
-its solo run's up to float rounding (tests/integration/test_population.py: 1e-5)."""
+"""Populations: runs that differ only in PACKABLE keys trained as one program. A sine sweep is bound
+by per-op dispatch, so the members' parameters are stacked (StackedRuns) and one `vmap` over members
+computes every member's meta-gradient in one call. Each member keeps a RunRecord whose directory is
+what its solo `metatrain train` would write, its own task streams and non-finite guard; its numbers
+equal its solo run's up to float rounding (tests/integration/test_population.py: 1e-5)."""
 from __future__ import annotations
 
 import functools
 import time
 from pathlib import Path
 
-import torch
-
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config
 from pipeline.distributed.backends import LocalBackend, RayBackend
 from pipeline.driver import checkpoint
-from pipeline.driver.families import family_of
-from pipeline.driver.meta_step import StackedAdam
 from pipeline.driver.population_step import WholeIteration, window
 from pipeline.driver.record import DriverHook, RunRecord, check_trainable, reported_aborts
 from pipeline.driver.run_dir import read_metrics
 from pipeline.driver.schedulers import MemberScheduler
-from pipeline.driver.stacked_runs import StackedRuns
-from pipeline.members import PopulationSpec
+from pipeline.driver.stacked_runs import StackedRuns, check_packable
 from pipeline.shards.stacked import PopulationShards, stacked_from_wire
-from pipeline.storage import StorageError
-
-
-def check_packable(cfgs: list[Config]) -> PopulationSpec:
-    """The members as one spec; one line naming the first non-PACKABLE key in which they differ, or
-    a method that does not pack."""
-    spec = PopulationSpec.from_configs(cfgs)
-    if not family_of(spec.base.method).packs:
-        raise ConfigError(f"population: method {spec.base.method}: learned optimizers train one run at a time")
-    return spec
 
 
 class Population:
@@ -61,7 +43,7 @@ class Population:
                  whole_iteration: bool | None = None):
         self.spec = check_packable(cfgs)  # the shared config and the member table
         cfg = self.base = self.spec.base
-        self.device, self.log, self.reporter = torch.device(device), log, reporter or DriverHook()
+        self.log, self.reporter = log, reporter or DriverHook()
         self.scheduler = scheduler or MemberScheduler()
         narrows = self.scheduler.stops_members
         progress = f"[{cfg.method}] it "  # per-iteration progress is the population's, not each member's
@@ -77,18 +59,9 @@ class Population:
         self.backend = (RayBackend(cfg, None, log, build=functools.partial(stacked_from_wire, narrows=narrows),
                                    members=self.spec.select(range(len(cfgs))))
                         if cfg.backend == "ray" and cfg.ray.workers else LocalBackend(cfg, self.shards))
-        for m in self.members:  # each on its own row until the rows are stacked (StackedRuns.start)
-            m.bind(StackedAdam.of_run(self.shards.learner.init_params(m.cfg.seed), m.cfg.beta, cfg.train.grad_clip,
-                                      m.log), 0)
         self.stacked = StackedRuns(self.spec, self.members, self.shards, self.backend, device)
-        # The whole iteration as one function (population_step.py) where members train in this process,
-        # draw their tasks on its device and are compiled: eagerly it is slower than step by step.
-        plan = self.shards.experiment.plan
-        self.whole = (WholeIteration(self.shards, cfg.train.max_bad_steps, log, compile=plan.compile,
-                                     graphs=plan.graphs)
-                      if (plan.compile if whole_iteration is None else whole_iteration)
-                      and isinstance(self.backend, LocalBackend) and self.shards.experiment.sample_on_device
-                      and not cfg.train.block_tasks else None)
+        self.whole = WholeIteration.where_it_applies(self.shards, isinstance(self.backend, LocalBackend),
+                                                     whole_iteration, log)
 
     def __enter__(self):
         return self
@@ -129,17 +102,12 @@ class Population:
         resumed = resume or states is not None
         if resume and states is None:
             states = checkpoint.common_states([m.run_dir for m in self.members], [m.log for m in self.members])
-        if self.base.train.tasks_per_vmap == "auto":  # timed once on the population's first shard
-            dense = not any(cell.kind == "conv" for cell in self.shards.learner.net.cells)
-            chosen = self.members[0].choose_chunk_size(resumed, lambda: self.backend.time_chunk_sizes(
-                self.stacked.stacked_params()), dense, log=self.log)
-            for c in (self.base, *(m.cfg for m in self.members)):  # recorded as a solo run records it
-                c.train.tasks_per_vmap = chosen
-            self.backend.set_chunk_size(chosen)
+        if self.base.train.tasks_per_vmap == "auto":
+            self.stacked.resolve_chunk_size(resumed, self.log)
         for i, m in enumerate(self.members):
             m.begin(states[i] if resumed else None)
         self.stacked.start(self.shards.experiment.plan.compile, self.scheduler.stops_members, self.log)
-        with reported_aborts(self.members, self._storage_fault):
+        with reported_aborts(self.members, self.stacked.storage_fault):
             for m in self.members:
                 m.emit("on_start", resumed)
                 if resumed:  # as Trainer.train: what a killed member logged before its checkpoint
@@ -151,12 +119,6 @@ class Population:
             self.reporter.on_finish(self, results)
             return results
 
-    def _storage_fault(self, e: StorageError) -> StorageError:
-        saved, root = {m.saved_at for m in self.members if m.status != "stopped"}, self.members[0].run_dir.parent
-        kept = (f"every member's checkpoint of iteration {min(saved)} in {root} is intact" if None not in saved
-                else f"the members in {root} were not all saved yet")
-        return e.finished_by(kept, "resume the population (`metatrain sweep FILE --resume` for a sweep's)")
-
     def _loop(self) -> None:
         cfg, scheduler = self.base, self.scheduler
         for m in self.members:
@@ -166,7 +128,7 @@ class Population:
             members = self.stacked.live_records()  # running members move in lockstep; a diverged one is frozen
             iteration = next(m.iteration for m in members if m.status == "running")
             steps = (self.whole.run(self.stacked.adam, iteration, window(iteration, cfg, scheduler), members)
-                     if self.whole is not None else [self._step(members, iteration)])
+                     if self.whole is not None else [self.stacked.step(members, iteration)])
             done = iteration + len(steps)  # events fall on a window's last iteration only (window)
             due = scheduler.due(done, cfg.iterations)
             for k, (finite, losses, curves, metrics) in enumerate(steps, iteration + 1):
@@ -178,32 +140,16 @@ class Population:
             if due and not scheduler.before_save:
                 self._decide(done)  # halving: ranks the members after their step's bookkeeping
             if done % cfg.train.log_every == 0 or done == cfg.iterations:
-                self._progress(done, members, losses, t0, it0)
+                line, entry = self.stacked.progress(done, members, losses, (done - it0) * len(members), t0, scheduler)
+                self.log(line)
+                self.reporter.on_log(self, entry)
             if done % cfg.train.checkpoint_every == 0 and done < cfg.iterations:
                 self.reporter.on_checkpoint(self)  # every running member has saved this iteration
         for m in self.members:
             if m.status != "stopped":
                 m.end_loop()
 
-    def _step(self, members: list[RunRecord], iteration: int) -> tuple[list, list, list, list]:
-        """One iteration step by step: the shards (here or on Ray workers), then the stacked Adam
-        update; the members' (finite, loss, curve, metric) lists, read at once."""
-        running = torch.tensor([m.status == "running" for m in members], device=self.device)
-        result = self.backend.meta_gradient(self.params, iteration)
-        n = result.n_tasks
-        finite = self.stacked.adam.step(result.grads, result.loss_sum, n, running).tolist()
-        curves = [None] * len(members) if result.curve_sum is None else (result.curve_sum / n).tolist()
-        return finite, (result.loss_sum / n).tolist(), curves, (result.metric_sum / n).tolist()
-
     def _decide(self, done: int) -> None:
         line = self.stacked.decide(self.scheduler, done, self.base.eval.val_tasks)
         if line is not None:
             self.log(line)
-
-    def _progress(self, done: int, members: list[RunRecord], losses: list[float], t0: float, it0: int) -> None:
-        """members: the stacked rows' records (losses' order) this iteration."""
-        dt = time.perf_counter() - t0
-        rate = (done - it0) * len(members) / dt if dt > 0 else float("nan")
-        line, entry = self.stacked.progress(done, members, losses, rate, self.scheduler)
-        self.log(line)
-        self.reporter.on_log(self, entry)

@@ -6,7 +6,7 @@ CUDA, that graph is captured once and replayed every iteration (torch.compile's
 a host round trip. The host reads the members' losses once per window of iterations (up to the
 next log line, checkpoint, validation, halving rung or PBT decision) instead of once per
 iteration: the device keeps each member's running flag and streak of non-finite steps, exactly
-as the members' trainers then find them (Trainer.after_step), so nothing waits on the host in
+as the members' records then find them (RunRecord.after_step), so nothing waits on the host in
 between. Used where a population trains in this process with its tasks drawn on its device
 (task.sample_on); its numbers are those of the step-by-step path up to float rounding
 (tests/integration/test_population_step.py)."""
@@ -38,6 +38,18 @@ class WholeIteration(CompiledWithFallback):
         self.reads = 0  # windows read by the host (one transfer each)
         if compile:
             self._build(self.graphs)
+
+    @classmethod
+    def where_it_applies(cls, shards, in_process: bool, asked: bool | None, log=print) -> WholeIteration | None:
+        """The whole iteration where the members train in this process, draw their tasks on its
+        device and are compiled (asked None: train.compile's choice; True: also eagerly; False:
+        never); eagerly it is slower than step by step (torch.func's grad per op, one draw per
+        iteration instead of a block ahead: benchmarks/RESULTS.md, "Populations and packed sweeps")."""
+        cfg, plan = shards.spec.base, shards.experiment.plan
+        if (plan.compile if asked is None else asked) and in_process and shards.experiment.sample_on_device \
+                and not cfg.train.block_tasks:
+            return cls(shards, cfg.train.max_bad_steps, log, compile=plan.compile, graphs=plan.graphs)
+        return None
 
     def _build(self, graphs: bool) -> None:
         self._compiled = torch.compile(self._iteration, dynamic=False, fullgraph=True,

@@ -245,10 +245,12 @@ class RunRecord:
             (self.run_dir / METRICS).unlink(missing_ok=True)  # a retried trial starts its log afresh
             self.save()
 
-    def choose_chunk_size(self, resumed: bool, time_choices, dense: bool, log=None) -> int:
+    def choose_chunk_size(self, resumed: bool, time_choices, net, log=None) -> int:
         """train.tasks_per_vmap: auto resolved: as this run directory's config.yaml recorded it when
-        resumed; the whole shard for a dense network; else timed (`time_choices()`: {choice:
-        seconds}), the choice logged in one line."""
+        resumed; the whole shard for a dense network (`net`: the run's); else timed
+        (`time_choices()`: {choice: seconds}), the choice logged in one line. The driver uses it from
+        then on and writes it into config.yaml: chunking changes float rounding, so a resumed run
+        keeps the choice of its first start."""
         path = self.run_dir / CONFIG
         recorded = load_yaml(path).get("train", {}).get("tasks_per_vmap") if resumed and path.is_file() else None
         if isinstance(recorded, int) and not isinstance(recorded, bool):
@@ -257,7 +259,7 @@ class RunRecord:
             (log or self.log)("train.tasks_per_vmap: auto -> whole block (train.block_tasks: blocks are the "
                               "vectorised unit)")
             return 0
-        if dense:
+        if not any(cell.kind == "conv" for cell in net.cells):
             # Dense shards (sine MLPs) are dispatch-bound: one vmap is the fastest (benchmarks/RESULTS.md),
             # and a timed choice would make the run's float rounding, hence its numbers after
             # thousands of iterations, depend on the machine's load at start.

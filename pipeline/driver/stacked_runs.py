@@ -5,14 +5,27 @@ values set, stopped and diverged members' rows released (each keeps its own stat
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
+from pipeline.config import Config, ConfigError
 from pipeline.distributed.backends import RayBackend
+from pipeline.driver.families import family_of
 from pipeline.driver.meta_step import StackedAdam
 from pipeline.driver.record import RunRecord
 from pipeline.driver.schedulers import Decision
 from pipeline.members import PopulationSpec
+from pipeline.storage import StorageError
+
+
+def check_packable(cfgs: list[Config]) -> PopulationSpec:
+    """The members as one spec; one line naming the first non-PACKABLE key in which they differ, or
+    a method that does not pack."""
+    spec = PopulationSpec.from_configs(cfgs)
+    if not family_of(spec.base.method).packs:
+        raise ConfigError(f"population: method {spec.base.method}: learned optimizers train one run at a time")
+    return spec
 
 
 class StackedRuns:
@@ -33,7 +46,10 @@ class StackedRuns:
         self.spec, self.records, self.shards, self.backend = spec, records, shards, backend
         self.device = torch.device(device)
         self.live = list(range(len(records)))
-        self.adam = None
+        self.adam = None  # the stacked state, once started
+        grad_clip = spec.base.train.grad_clip
+        for r in records:  # each on a row of its own until the rows are stacked (start)
+            r.bind(StackedAdam.of_run(shards.learner.init_params(r.cfg.seed), r.cfg.beta, grad_clip, r.log), 0)
 
     @property
     def params(self) -> dict:
@@ -45,6 +61,16 @@ class StackedRuns:
     def stacked_params(self) -> dict:
         live = self.live_records()
         return {k: torch.stack([r.params[k].detach() for r in live]).to(self.device) for k in live[0].params}
+
+    def resolve_chunk_size(self, resumed: bool, log) -> None:
+        """train.tasks_per_vmap: auto, timed once on the population's own first shard (every member's
+        tasks; Ray: worker 0's) and recorded in every member's config as a solo run records it; a
+        resumed population keeps the choice its members' config.yaml recorded."""
+        chosen = self.records[0].choose_chunk_size(
+            resumed, lambda: self.backend.time_chunk_sizes(self.stacked_params()), self.shards.learner.net, log=log)
+        for cfg in (self.spec.base, *(r.cfg for r in self.records)):
+            cfg.train.tasks_per_vmap = chosen  # workers that start later build with it
+        self.backend.set_chunk_size(chosen)
 
     def start(self, compile: bool, dynamic_members: bool, log=print) -> None:
         """One stacked state from the records' own (fresh or loaded) rows, members stopped by an
@@ -61,6 +87,16 @@ class StackedRuns:
         for row, r in enumerate(live):
             self.adam.load_row_state(row, r.adam.row_state(r.row, r.cfg.beta))
             r.bind(self.adam, row)
+
+    def step(self, members: list[RunRecord], iteration: int) -> tuple[list, list, list, list]:
+        """One iteration step by step: the shards (here or on Ray workers), then the stacked Adam
+        update; the members' (finite, loss, curve, metric) lists, read at once."""
+        running = torch.tensor([m.status == "running" for m in members], device=self.device)
+        result = self.backend.meta_gradient(self.params, iteration)
+        n = result.n_tasks
+        finite = self.adam.step(result.grads, result.loss_sum, n, running).tolist()
+        curves = [None] * len(members) if result.curve_sum is None else (result.curve_sum / n).tolist()
+        return finite, (result.loss_sum / n).tolist(), curves, (result.metric_sum / n).tolist()
 
     def set_values(self) -> None:
         """Per-member step sizes and temperatures from the member table, wherever shards run (the
@@ -131,11 +167,13 @@ class StackedRuns:
         self.apply(decision, scheduler.history_key, scheduler.stops_members)
         return decision.line
 
-    def progress(self, done: int, members: list[RunRecord], losses: list[float], rate: float,
+    def progress(self, done: int, members: list[RunRecord], losses: list[float], member_its: int, t0: float,
                  scheduler) -> tuple[str, dict]:
         """The population's progress line and entry (Tune's series) after iteration `done`; members:
-        the stacked rows' records (losses' order) this iteration, rate: member-iterations/s."""
-        cfg = self.spec.base
+        the stacked rows' records (losses' order) this iteration; member_its: member-iterations
+        since the clock `t0` (perf_counter) started."""
+        cfg, dt = self.spec.base, time.perf_counter() - t0
+        rate = member_its / dt if dt > 0 else float("nan")
         running = sorted(l for m, l in zip(members, losses) if m.status == "running" and math.isfinite(l))
         diverged, stopped = (sum(m.status == s for m in self.records) for s in ("diverged", "stopped"))
         spread = (f"meta-loss min {running[0]:.4f} median {running[len(running) // 2]:.4f} max {running[-1]:.4f}"
@@ -146,3 +184,10 @@ class StackedRuns:
         return line, {"iteration": done, "meta_loss": running[len(running) // 2] if running else math.nan,
                       "tasks_per_s": rate * cfg.meta_batch_size, "diverged": diverged, "stopped": stopped,
                       **scheduler.progress_entry()}
+
+    def storage_fault(self, e: StorageError) -> StorageError:
+        """A full or failing disk, in one line: what every member kept and how to finish."""
+        saved, root = {m.saved_at for m in self.records if m.status != "stopped"}, self.records[0].run_dir.parent
+        kept = (f"every member's checkpoint of iteration {min(saved)} in {root} is intact" if None not in saved
+                else f"the members in {root} were not all saved yet")
+        return e.finished_by(kept, "resume the population (`metatrain sweep FILE --resume` for a sweep's)")

@@ -118,10 +118,8 @@ class Trainer:
         check_trainable(self.cfg)
         run, resumed = self.record, resume or state is not None
         if self.cfg.train.tasks_per_vmap == "auto" and self.family.times_chunks:
-            dense = not any(cell.kind == "conv" for cell in self.experiment.learner.net.cells)
-            chosen = run.choose_chunk_size(resumed, lambda: self.backend.time_chunk_sizes(self.params), dense)
-            # used from now on and written into config.yaml: chunking changes float rounding, so a
-            # resumed run keeps the choice of its first start
+            chosen = run.choose_chunk_size(resumed, lambda: self.backend.time_chunk_sizes(self.params),
+                                           self.experiment.learner.net)
             self.cfg.train.tasks_per_vmap = chosen
             self.backend.set_chunk_size(chosen)
         if resumed and state is None:

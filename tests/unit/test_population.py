@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, load_config
-from pipeline.driver.population import StackedAdam, check_packable
+from pipeline.driver.meta_step import StackedAdam
+from pipeline.driver.stacked_runs import check_packable
 from pipeline.yaml_dataclasses import to_dict
 
 from helpers import configs
