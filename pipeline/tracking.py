@@ -25,7 +25,7 @@ import torch
 from pipeline import storage
 from pipeline.config import Config, ConfigError
 from pipeline.core import learners
-from pipeline.driver.record import RunHook, eval_scalars, iteration_scalars
+from pipeline.driver.hooks import RunHook, eval_scalars, iteration_scalars
 from pipeline.driver.run_dir import CHECKPOINT, CONFIG, METRICS, MLFLOW_RUN, PLOTS, RESULTS
 from pipeline.yaml_dataclasses import flatten, to_dict
 
