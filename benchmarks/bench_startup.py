@@ -8,9 +8,9 @@ wrapper (this file, `--child`) that times the project's own functions from outsi
 (the MLflow hook's start: what the run waits for), Ray start (`ray.init`), workers ready (the Ray
 backend up, less `ray.init`), first iteration, training (the rest of the loop), evaluation, plots,
 model logging (the network and the adapt model, where the run waits for them), the rest of
-tracking (metrics, artifacts, tags, and waiting for the tracking thread) and shutdown (after the
+tracking (metrics, artifacts, tags, and waiting for the tracking process or thread) and shutdown (after the
 command returns to process exit). Phases are disjoint; "other" is the wall time no phase covers
-(sampling set-up, checkpoints, printing); "background" is time spent on the tracking thread beside
+(sampling set-up, checkpoints, printing); "background" is time spent on a tracking thread beside
 them, not part of the wall time. Derived: "to first iteration" (process start to the first
 step's bookkeeping) and "MLflow waited" (tracking store + model logging + tracking: what the run's
 own thread spent on MLflow). Two code trees can be compared side by side on one

@@ -88,6 +88,10 @@ def cmd_train(args) -> int:
         cfg.tracking.uri = resolve_uri(args.tracking_uri or cfg.tracking.uri, cfg.output_dir)
         check_reachable(cfg.tracking.uri)
     run_dir = _new_run_dir(cfg)
+    if cfg.tracking.enabled:  # MLflow loads in its own process while this one imports torch
+        from pipeline.tracking import prepare
+
+        prepare()
     from pipeline.driver.trainer import Trainer
 
     print(f"run directory: {run_dir}", flush=True)
@@ -492,6 +496,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StorageError) as e:
         print(f"metatrain: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        tracking = sys.modules.get("pipeline.tracking")  # imported by the commands that track
+        if tracking is None or not isinstance(e, tracking.TrackingError):
+            raise
+        print(f"metatrain: error: {e}", file=sys.stderr)
+        return 1
 
 
 def run() -> None:
@@ -500,7 +510,7 @@ def run() -> None:
 
 
 def exit_promptly(code: int) -> None:
-    """Once the command's work is done and written (the tracking thread drained, exit handlers run,
+    """Once the command's work is done and written (the tracking process drained, exit handlers run,
     output flushed), the interpreter's own teardown - freeing torch's, MLflow's and SQLAlchemy's
     modules one by one, about a second on 2 cores (benchmarks/bench_startup.py) - does nothing a
     user needs: the process ends here. A thread still running (another library's) gets the normal

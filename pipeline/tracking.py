@@ -9,7 +9,9 @@ resumed run or a retried sweep trial continues the same MLflow run instead of le
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -17,15 +19,13 @@ import subprocess
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-import torch
-
 from pipeline import storage
 from pipeline.config import Config, ConfigError
-from pipeline.core import learners
-from pipeline.driver.record import RunHook, eval_scalars, iteration_scalars
+from pipeline.driver.hooks import RunHook, eval_scalars, iteration_scalars
 from pipeline.driver.run_dir import CHECKPOINT, CONFIG, METRICS, MLFLOW_RUN, PLOTS, RESULTS
 from pipeline.yaml_dataclasses import flatten, to_dict
 
@@ -206,33 +206,43 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else ""
 
 
-class MetaLearnedNetwork(torch.nn.Module):
-    """The meta-learned initialisation as a plain module for `mlflow.pytorch.log_model`:
-    forward(x) is the network before adaptation. Adapting it needs the update rule and its
-    meta-parameters, which `checkpoint.pt` and `metatrain eval` carry."""
+@dataclass
+class LoggedNetwork:
+    """What the tracking process needs to log a run's models, as plain data from the run: its
+    config, meta-parameters (name -> numpy array), iteration and an input example (the inputs of one
+    test task's support set)."""
 
-    def __init__(self, net, params: dict):
-        super().__init__()
-        self.net, self.names = net, list(params)
-        for k, v in params.items():
-            self.register_parameter(k.replace(".", "__"), torch.nn.Parameter(v.detach().clone(), requires_grad=False))
+    cfg: Config
+    params: dict
+    iteration: int
+    example: object
 
-    def forward(self, x):
-        return learners.forward(self.net, {k: getattr(self, k.replace(".", "__")) for k in self.names}, x)
+    @classmethod
+    def of(cls, record) -> LoggedNetwork:
+        cfg, exp = record.cfg, record.experiment
+        params = {k: v.detach().cpu() for k, v in record.params.items()}
+        batch = exp.sample(params, split="test", seed=cfg.eval.seed, iteration=0, indices=range(1),
+                           shots=cfg.task.shots)
+        return cls(cfg, {k: v.numpy() for k, v in params.items()}, record.iteration, batch["x_support"][0].numpy())
+
+    def tensors(self) -> dict:
+        import torch
+
+        return {k: torch.from_numpy(v) for k, v in self.params.items()}
 
 
-def log_model(uri: str, run_id: str, record) -> str:
+def log_model(uri: str, run_id: str, network: LoggedNetwork) -> str:
     """Log the meta-learned network (MLflow's pt2 format: a torch.export graph, no pickled code)."""
     import mlflow
+    import torch
     from mlflow.models import infer_signature
 
+    from pipeline.serve.adaptation import MetaLearnedNetwork
     from pipeline.serve.serving import quiet_downloads
+    from pipeline.shards.experiment import make_learner
 
-    cfg, exp = record.cfg, record.experiment
-    params = {k: v.detach().cpu() for k, v in record.params.items()}
-    batch = exp.sample(params, split="test", seed=cfg.eval.seed, iteration=0, indices=range(1), shots=cfg.task.shots)
-    x = batch["x_support"][0]
-    model = MetaLearnedNetwork(exp.learner.net, params).eval()
+    x = torch.from_numpy(network.example)
+    model = MetaLearnedNetwork(make_learner(network.cfg).net, network.tensors()).eval()
     with torch.no_grad():
         y = model(x)
     mlflow.set_tracking_uri(uri)
@@ -243,7 +253,7 @@ def log_model(uri: str, run_id: str, record) -> str:
     return info.model_uri
 
 
-def log_adapt_model(uri: str, run_id: str, record) -> str:
+def log_adapt_model(uri: str, run_id: str, network: LoggedNetwork) -> str:
     """Log the pyfunc model that adapts to a posted episode (`pipeline.serve.serving`)."""
     import mlflow
 
@@ -251,10 +261,9 @@ def log_adapt_model(uri: str, run_id: str, record) -> str:
     from pipeline.serve import serving
     from pipeline.serve.adaptation import MetaLearnedRun
 
-    run = MetaLearnedRun(record.cfg, {k: v.detach().cpu() for k, v in record.params.items()}, record.iteration)
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
-        return serving.log(run)
+        return serving.log(MetaLearnedRun(network.cfg, network.tensors(), network.iteration))
 
 
 EVAL_TABLE = "eval_table.json"
@@ -314,98 +323,186 @@ def missing_records(run_dir: Path, uri: str, results: dict, log_models: bool) ->
     return missing
 
 
-_WORKER = None
+_PROCESS = None
+_RUNS: dict[int, TrackedRun] = {}  # in the tracking process: each tracker's run, by its key
+_KEYS = itertools.count()
 
 
-def _import_mlflow() -> None:
-    import mlflow  # noqa: F401 - a second or so, paid on the tracking thread
+class TrackingError(RuntimeError):
+    """MLflow's records of a run could not be written (the run's own files are kept): one line."""
+
+
+def tracking_process():
+    """This process's tracking process (pipeline/tracking_process.py), started on first use."""
+    global _PROCESS
+    from pipeline.tracking_process import TrackingProcess
+
+    if _PROCESS is None or _PROCESS.ended:
+        _PROCESS = TrackingProcess()
+    return _PROCESS
+
+
+def prepare() -> None:
+    """Start the tracking process and its MLflow import now (a command calls it before importing
+    torch: the two then load on two cores)."""
+    tracking_process().submit("pipeline.tracking:import_mlflow")
+
+
+def drain() -> None:
+    """Wait for everything sent to the tracking process and end it (a later tracker starts another)."""
+    global _PROCESS
+    if _PROCESS is not None:
+        _PROCESS.close()
+        _PROCESS = None
+
+
+atexit.register(drain)  # a program's normal exit waits for what it sent, as it did for a thread
+
+
+def import_mlflow() -> None:
+    """In the tracking process: MLflow and the empty store new stores are copied from."""
+    import mlflow  # noqa: F401
     from mlflow import MlflowClient  # noqa: F401
 
     empty_store()
 
 
-def _worker():
-    """The one thread of this process that talks to MLflow, for every tracker (a population's
-    members too): their calls never race for the store (SQLite allows one writer), and what is
-    queued still runs at interpreter exit (concurrent.futures joins its threads)."""
-    global _WORKER
-    if _WORKER is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _WORKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
-    return _WORKER
-
-
-def drain() -> None:
-    """Wait for everything queued on the tracking thread and end it (a later tracker starts another)."""
-    global _WORKER
-    if _WORKER is not None:
-        _WORKER.shutdown(wait=True)
-        _WORKER = None
+def call(key: int, setup: tuple, method: str, *args) -> list[str]:
+    """In the tracking process: `method` of tracker `key`'s TrackedRun (made from `setup` on its
+    first call); the lines it printed, for the run's own output."""
+    run = _RUNS.get(key) or _RUNS.setdefault(key, TrackedRun(*setup))
+    lines = []
+    run.log = lines.append
+    try:
+        getattr(run, method)(*args)
+    finally:
+        run.log = print
+    if method in ("finish", "abort"):
+        _RUNS.pop(key, None)
+    return lines
 
 
 class MlflowTracker(RunHook):
-    """Logs one Trainer to MLflow; `parent_run_id` nests it under a sweep's parent run.
+    """Logs one run to MLflow; `parent_run_id` nests it under a sweep's parent run.
 
-    Every MLflow call runs on one background thread, in the order the hooks were called, so the
-    run waits on MLflow only where it must: MLflow is imported once the trainer has checked its
-    config and data, while it starts Ray and its workers; `on_start` waits for the store (a new
-    SQLite store is a copy of an empty one, `build_new_sqlite_store`) and the MLflow run; metrics
-    are logged as the run trains; `on_finish` logs the evaluation, artifacts and models and waits
-    for them (logging the models while the plots are drawn was slower: both hold the GIL,
-    benchmarks/RESULTS.md). An error on that thread is raised in the run at its next hook (or at
-    the end)."""
+    Every MLflow call is made by the tracking process (pipeline/tracking_process.py), in the order
+    the hooks were called, so the run waits on MLflow only where it must: `on_start` waits for the
+    MLflow run (mlflow.json names it before the run can be killed and retried), metrics are logged
+    as the run trains, `on_finish` sends the evaluation, artifacts and models and waits for them.
+    An error there is raised in the run at its next hook (or at the end); the lines the process
+    prints are printed by the run, in order.
+
+    Example:
+        >>> hook = MlflowTracker(cfg, resolve_uri(None, cfg.output_dir), run_name="r")   # doctest: +SKIP
+        >>> Trainer(cfg, "runs/r", hooks=(hook,)).train()                                # doctest: +SKIP
+    """
 
     def __init__(self, cfg: Config, uri: str, *, run_name: str, experiment_id: str | None = None,
                  parent_run_id: str | None = None, tags: dict | None = None, log=print, force: bool = False):
-        self.cfg, self.uri, self.run_name, self.log = cfg, uri, run_name, log
-        self.experiment_id, self.parent_run_id, self.extra_tags = experiment_id, parent_run_id, tags or {}
-        self.force = force  # log the evaluation again (a new record) even where one is logged at this iteration
-        self.client = self.run_id = None
-        self.logged: dict[str, int] = {}  # metric -> the last step MLflow holds (a reopened run's)
+        self.cfg, self.uri, self.log = cfg, uri, log
+        self.key, self.run_dir = next(_KEYS), None
+        self._setup = (cfg, uri, run_name, experiment_id, parent_run_id, tags or {}, force)
         self._pending: list = []
 
-    # -- the background thread ------------------------------------------------------------------
-    def _submit(self, fn, *args) -> None:
-        self._raise_failed()
-        self._pending.append(_worker().submit(fn, *args))
+    def _submit(self, method: str, *args) -> None:
+        self._settle(wait=False)
+        self._pending.append(tracking_process().submit("pipeline.tracking:call", self.key, self._setup, method, *args))
 
-    def _raise_failed(self) -> None:
-        """The first error of a finished background call, raised here (in the run's thread)."""
-        done = [f for f in self._pending if f.done()]
-        self._pending = [f for f in self._pending if not f.done()]
-        for f in done:
-            if f.exception() is not None:
-                raise f.exception()
+    def _settle(self, wait: bool) -> None:
+        """Print the lines of the calls that returned, oldest first (every call's, when `wait`); the
+        first error among them is raised once the lines before it are printed."""
+        error = None
+        while self._pending and (wait or self._pending[0].done()):
+            try:
+                for line in self._pending.pop(0).result():
+                    self.log(line)
+            except Exception as e:  # noqa: BLE001 - raised below, after the rest has run (wait)
+                error = error or e
+                if not wait:
+                    break
+        if error is not None:
+            where = self.run_dir or "its run directory"
+            raise TrackingError(f"mlflow: {error}; the run's files in {where} are kept; `metatrain resume {where}` "
+                                "logs what MLflow lacks") from None
 
     def wait(self) -> None:
         """Until every MLflow call made so far has run; its first error is raised."""
-        for f in list(self._pending):
-            f.exception()  # waits
-        self._raise_failed()
-
-    def _open_store(self) -> None:
-        self.client = client_for(self.uri)
-        if self.experiment_id is None:
-            self.experiment_id = ensure_experiment(self.uri, self.cfg.tracking.experiment)
+        self._settle(wait=True)
 
     # -- hooks --------------------------------------------------------------------------------
     def on_setup(self, record) -> None:
-        """The run's config and data are valid: MLflow is imported (and the empty store it copies
-        new stores from built, once per machine) while the trainer starts Ray; nothing of the run is
-        written before it starts (a refused worker count still leaves no store)."""
-        self._submit(_import_mlflow)
+        """The run's config and data are valid: MLflow is imported (if `prepare` did not) while the
+        trainer starts Ray; nothing of the run is written before it starts."""
+        tracking_process().submit("pipeline.tracking:import_mlflow")
 
     def on_start(self, record, resumed: bool) -> None:
         """Waits for the MLflow run: mlflow.json must name it before the run can be killed and retried
         (a retry then reopens it instead of leaving an orphan)."""
-        self._submit(self._start, record.run_dir, record.iteration)
+        self.run_dir = record.run_dir
+        self._submit("start", record.run_dir, record.iteration)
+        if self.cfg.tracking.log_model and record.family.logs_model:  # ready by the end of a short run
+            tracking_process().submit("pipeline.tracking:import_model_loggers")
         self.wait()
 
-    def _start(self, run_dir: Path, iteration: int) -> None:
+    def on_log(self, record, entry: dict) -> None:
+        self._submit("log_entry", dict(entry))
+
+    def on_replay(self, record, entries: list[dict]) -> None:
+        for entry in entries:  # each filtered by what MLflow holds (read by `start` first)
+            self.on_log(record, entry)
+
+    def on_finish(self, record, results: dict) -> None:
+        """The evaluation, artifacts and models, each logged once: what MLflow already holds for
+        this run (a resume after a kill at any step) is checked before it is written."""
+        if self.cfg.tracking.log_model and record.family.logs_model:  # an optimizer is no network
+            self._submit("log_models", LoggedNetwork.of(record), record.run_dir)
+        self._submit("finish", record.run_dir, record.iteration, results)
+        self.wait()
+
+    def on_abort(self, record, error: BaseException) -> None:
+        # Tune stops a trial (scheduler decision, sweep interrupted) by raising SystemExit(0) in it.
+        stopped = isinstance(error, KeyboardInterrupt) or (isinstance(error, SystemExit) and not error.code)
+        try:  # what was sent is written first (or failed: the abort is reported regardless)
+            self.wait()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self._submit("abort", stopped, f"{type(error).__name__}: {error}"[:5000])
+            self.wait()
+        except Exception:  # noqa: BLE001 - the tracking process is gone: the run stays "running" for resume
+            pass
+
+
+def import_model_loggers() -> None:
+    """In the tracking process: what logging the models imports (torch, torch.export, MLflow's
+    flavors), while the run trains."""
+    import mlflow.pyfunc  # noqa: F401
+    import mlflow.pytorch  # noqa: F401
+    import torch.export  # noqa: F401
+
+    from pipeline.serve import serving  # noqa: F401
+    from pipeline.shards import experiment  # noqa: F401
+
+
+class TrackedRun:
+    """In the tracking process: one run's MLflow run, what it holds, and how each hook's record is
+    written (MlflowTracker sends the calls)."""
+
+    def __init__(self, cfg: Config, uri: str, run_name: str, experiment_id: str | None, parent_run_id: str | None,
+                 tags: dict, force: bool):
+        self.cfg, self.uri, self.run_name = cfg, uri, run_name
+        self.experiment_id, self.parent_run_id, self.extra_tags = experiment_id, parent_run_id, tags
+        self.force = force  # log the evaluation again (a new record) even where one is logged at this iteration
+        self.client = self.run_id = None
+        self.logged: dict[str, int] = {}  # metric -> the last step MLflow holds (a reopened run's)
+        self.log = print
+
+    def start(self, run_dir: Path, iteration: int) -> None:
         cfg = self.cfg
         if self.client is None:
-            self._open_store()
+            self.client = client_for(self.uri)
+            if self.experiment_id is None:
+                self.experiment_id = ensure_experiment(self.uri, cfg.tracking.experiment)
         self.run_id = recorded_run(run_dir, self.uri)
         if self.run_id is None:
             tags = {"method": cfg.method, "task": cfg.task.name, "seed": str(cfg.seed),
@@ -427,38 +524,23 @@ class MlflowTracker(RunHook):
         self.client.set_tag(self.run_id, "status", "running")
         self.log(f"mlflow: {'reopened' if reopened else 'new'} run {self.run_id} at {self.uri}")
 
-    def on_log(self, record, entry: dict) -> None:
-        self._submit(self._log_entry, dict(entry))
-
-    def _log_entry(self, entry: dict) -> None:
+    def log_entry(self, entry: dict) -> None:
         step = entry["iteration"]
         new = {k: v for k, v in iteration_scalars(entry).items() if step > self.logged.get(k, -1)}
         log_scalars(self.client, self.run_id, new, step)
 
-    def on_replay(self, record, entries: list[dict]) -> None:
-        for entry in entries:  # each filtered by what MLflow holds (self.logged, read by _start first)
-            self.on_log(record, entry)
-
-    def _log_models(self, record, run_dir: Path) -> None:
+    def log_models(self, network: LoggedNetwork, run_dir: Path) -> None:
         try:
             ready = ready_models(self.client, self.run_id)
             for name, tag, logger in (("model", "model_uri", log_model),
                                       ("adapt_model", "adapt_model_uri", log_adapt_model)):
-                self.client.set_tag(self.run_id, tag, ready.get(name) or logger(self.uri, self.run_id, record))
+                self.client.set_tag(self.run_id, tag, ready.get(name) or logger(self.uri, self.run_id, network))
         except Exception as e:  # noqa: BLE001 - the run's results and checkpoint are kept regardless
             self.client.set_tag(self.run_id, "model_error", f"{type(e).__name__}: {e}"[:5000])
             self.log(f"mlflow: the model could not be logged ({type(e).__name__}: {_first_line(e)}); {RESULTS} "
                      f"and {CHECKPOINT} are saved in {run_dir}; `metatrain resume {run_dir}` logs it")
 
-    def on_finish(self, record, results: dict) -> None:
-        """The evaluation, artifacts and models, each logged once: what MLflow already holds for
-        this run (a resume after a kill at any step) is checked before it is written."""
-        if self.cfg.tracking.log_model and record.family.logs_model:  # an optimizer is no network
-            self._submit(self._log_models, record, record.run_dir)
-        self._submit(self._finish, record.run_dir, record.iteration, results)
-        self.wait()
-
-    def _finish(self, run_dir: Path, iteration: int, results: dict) -> None:
+    def finish(self, run_dir: Path, iteration: int, results: dict) -> None:
         client, run_id = self.client, self.run_id
         if self.force or not evaluation_logged(self.logged, results, iteration):
             log_scalars(client, run_id, eval_scalars(results), iteration)
@@ -486,18 +568,12 @@ class MlflowTracker(RunHook):
         browse = f" (browse: mlflow ui --backend-store-uri {self.uri})" if self.uri.startswith("sqlite:") else ""
         self.log(f"mlflow: logged run {run_id} at {self.uri}{browse}; plots in {run_dir / PLOTS}")
 
-    def on_abort(self, record, error: BaseException) -> None:
-        try:  # what was sent is written first (or failed: the abort is reported regardless)
-            self.wait()
-        except Exception:  # noqa: BLE001
-            pass
+    def abort(self, stopped: bool, error: str) -> None:
         if self.run_id is None:
             return
-        # Tune stops a trial (scheduler decision, sweep interrupted) by raising SystemExit(0) in it.
-        stopped = isinstance(error, KeyboardInterrupt) or (isinstance(error, SystemExit) and not error.code)
         if stopped:
             self.client.set_tag(self.run_id, "status", "stopped")
         else:
             self.client.set_tag(self.run_id, "status", "error")
-            self.client.set_tag(self.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+            self.client.set_tag(self.run_id, "error", error)
         self.client.set_terminated(self.run_id, "KILLED" if stopped else "FAILED")

@@ -434,3 +434,19 @@ def simulated_cluster(head_cpus: int, node_cpus: list[int], log_to_driver: bool 
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def run_patched(tmp_path, patches: str, argv: list[str], **env):
+    """`metatrain ARGV` in a new process whose Python processes all start with `patches` run (a
+    sitecustomize.py on PYTHONPATH): the run's and its tracking process's (pipeline/tracking.py), so
+    a fault can be planted where MLflow's calls are made. `env`: more environment variables. The
+    finished process (subprocess.CompletedProcess, text)."""
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(patches)
+    path = os.pathsep.join(p for p in (str(site), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *argv], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": path, **env})

@@ -12,8 +12,9 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.distributed.backends import LocalBackend, RayBackend
 from pipeline.driver import checkpoint
+from pipeline.driver.hooks import DriverHook
 from pipeline.driver.population_step import WholeIteration, window
-from pipeline.driver.record import DriverHook, RunRecord, check_trainable, reported_aborts
+from pipeline.driver.record import RunRecord, check_trainable, reported_aborts
 from pipeline.driver.run_dir import read_metrics
 from pipeline.driver.schedulers import MemberScheduler
 from pipeline.driver.stacked_runs import StackedRuns, check_packable

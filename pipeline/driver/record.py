@@ -20,6 +20,7 @@ from pipeline.config import MUTABLE, Config, ConfigError, save_config
 from pipeline.driver import checkpoint
 from pipeline.driver.evaluation import finite_or_none, format_table
 from pipeline.driver.families import family_of
+from pipeline.driver.hooks import RunHook, iteration_scalars
 from pipeline.driver.run_dir import CHECKPOINT, CONFIG, METRICS, PLOTS, RESULTS, read_metrics
 from pipeline.shards.chunking import describe_chunk_times, pick_chunk_size
 from pipeline.storage import StorageError
@@ -49,35 +50,6 @@ def check_trainable(cfg: Config) -> None:
                           "not for training")
 
 
-def iteration_scalars(entry: dict) -> dict[str, float]:
-    """A metrics.jsonl entry (or a population's progress entry) as flat scalars: the names MLflow
-    and Tune both see."""
-    names = {"skipped": "skipped_steps", "tasks_per_s": "tasks_per_s", "validation_loss": "validation_loss",
-             "meta_loss": "meta_loss", "metric": "query_metric", "diverged": "diverged", "stopped": "stopped",
-             "val_loss": "val_loss", "val_metric": "val_metric",
-             "alpha": "alpha", "beta": "beta", "gumbel_temperature": "gumbel_temperature",  # PBT's schedules
-             "exploits": "pbt_exploits", "workers": "workers"}
-    out = {name: entry[key] for key, name in names.items() if key in entry}
-    out.update({f"query_loss_step{s}": v for s, v in enumerate(entry.get("query_loss_per_step", []))})
-    for cell, v in (entry.get("updated_fraction") or {}).items():
-        out["updated_fraction" if cell == "overall" else f"updated_fraction_{cell}"] = v
-    return out
-
-
-def eval_scalars(results: dict) -> dict[str, float]:
-    """The evaluation table as flat scalars (eval_K10_mean, eval_K10_ci95, eval_K10_before)."""
-    out = {}
-    for k, r in results["results"].items():
-        row = f"K{k}" if k.isdigit() else k  # K for few-shot methods, the optimizer's name for learned optimizers
-        for name, key in (("mean", "mean"), ("ci95", "ci95"), ("before", "before_adaptation")):
-            out[f"eval_{row}_{name}"] = math.nan if r[key] is None else r[key]
-        for name in ("mean", "ci95"):  # eval_adam_unseen_mean: on images never trained on
-            if name in r.get("unseen", {}):
-                v = r["unseen"][name]
-                out[f"eval_{row}_unseen_{name}"] = math.nan if v is None else v
-    return out
-
-
 @contextlib.contextmanager
 def reported_aborts(records, storage_fault):
     """Every record's hooks hear of an exception that ends training (on_abort); a full or failing
@@ -91,28 +63,6 @@ def reported_aborts(records, storage_fault):
         if fault is not None:
             raise fault from None
         raise
-
-
-class RunHook:
-    """Observer of one run's record; every method is optional."""
-
-    def on_setup(self, run: RunRecord) -> None: ...  # the config and data checked; the backend starts next
-    def on_start(self, run: RunRecord, resumed: bool) -> None: ...
-    def on_log(self, run: RunRecord, entry: dict) -> None: ...
-    def on_replay(self, run: RunRecord, entries: list[dict]) -> None: ...  # a resumed run's earlier log
-    def on_checkpoint(self, run: RunRecord) -> None: ...
-    def on_finish(self, run: RunRecord, results: dict) -> None: ...
-    def on_abort(self, run: RunRecord, error: BaseException) -> None: ...
-
-
-class DriverHook:
-    """What a driver (Trainer or Population) reports beside its runs' own hooks: Tune's progress,
-    checkpoints and final report. `driver` answers `base` (the config every run shares), `runs`
-    (its RunRecords), `iteration` and `states()`."""
-
-    def on_log(self, driver, entry: dict) -> None: ...
-    def on_checkpoint(self, driver) -> None: ...
-    def on_finish(self, driver, results: list[dict]) -> None: ...
 
 
 class RunDriver(Protocol):

@@ -11,8 +11,9 @@ from pipeline.config import Config
 from pipeline.distributed.backends import make_backend
 from pipeline.driver import checkpoint
 from pipeline.driver.families import family_of
+from pipeline.driver.hooks import DriverHook, RunHook
 from pipeline.driver.meta_step import StackedAdam
-from pipeline.driver.record import DriverHook, RunHook, RunRecord, check_trainable, reported_aborts
+from pipeline.driver.record import RunRecord, check_trainable, reported_aborts
 from pipeline.driver.run_dir import read_metrics
 from pipeline.storage import StorageError
 

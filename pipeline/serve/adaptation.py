@@ -34,6 +34,21 @@ from tasks import TASKS, image_format
 from tasks.sampling import NOISE_STREAM, Streams
 
 
+class MetaLearnedNetwork(torch.nn.Module):
+    """The meta-learned initialisation as a plain module for `mlflow.pytorch.log_model`:
+    forward(x) is the network before adaptation. Adapting it needs the update rule and its
+    meta-parameters, which `checkpoint.pt` and `metatrain eval` carry."""
+
+    def __init__(self, net, params: dict):
+        super().__init__()
+        self.net, self.names = net, list(params)
+        for k, v in params.items():
+            self.register_parameter(k.replace(".", "__"), torch.nn.Parameter(v.detach().clone(), requires_grad=False))
+
+    def forward(self, x):
+        return forward(self.net, {k: getattr(self, k.replace(".", "__")) for k in self.names}, x)
+
+
 def load_run(run_dir: str | Path) -> MetaLearnedRun:
     """A finished (or checkpointed) run directory: its config and latest parameters.
 

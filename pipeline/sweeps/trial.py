@@ -17,8 +17,8 @@ from ray import tune
 
 from pipeline.config import load_config
 from pipeline.driver import checkpoint
+from pipeline.driver.hooks import DriverHook, eval_scalars, iteration_scalars
 from pipeline.driver.population import Population
-from pipeline.driver.record import DriverHook, eval_scalars, iteration_scalars
 from pipeline.driver.schedulers import Halving, Pbt
 from pipeline.driver.trainer import Trainer
 from pipeline.shards.compiled import use_cpus

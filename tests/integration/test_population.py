@@ -9,8 +9,8 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.driver import checkpoint
+from pipeline.driver.hooks import RunHook
 from pipeline.driver.population import Population
-from pipeline.driver.record import RunHook
 from pipeline.driver.schedulers import Halving, Pbt
 from pipeline.driver.trainer import Trainer
 from pipeline.yaml_dataclasses import to_dict
@@ -82,7 +82,7 @@ def test_a_population_killed_after_a_member_diverged_resumes_to_the_undisturbed_
     """The diverging population above, killed at iteration 90 (after the member diverged and the
     others saved at 60) and resumed from the run directories: the diverged member stays as it was
     saved when it diverged, the others resume from 60, and all end as in the undisturbed run."""
-    from pipeline.driver.record import DriverHook
+    from pipeline.driver.hooks import DriverHook
 
     class Crash(DriverHook):
         def on_log(self, population, entry):
@@ -273,7 +273,7 @@ def test_successive_halving_stops_the_worst_members_and_the_survivors_train_as_i
 def test_a_halving_population_killed_after_a_rung_resumes_to_the_undisturbed_members(tmp_path):
     """Stopped at iteration 24 (after the rungs at 8 and 16) and resumed from the run directories:
     the members stopped before stay stopped, and every member ends as in the undisturbed run."""
-    from pipeline.driver.record import DriverHook
+    from pipeline.driver.hooks import DriverHook
 
     class Crash(DriverHook):
         def on_log(self, population, entry):

@@ -12,49 +12,51 @@ from mlflow import MlflowClient
 from pipeline.cli import main
 from pipeline.tracking import resolve_uri
 
+from helpers import run_patched
+
 SETS = ["--local", "--set", "iterations=20", "--set", "meta_batch_size=4", "--set", "model.hidden=[10,10]",
         "--set", "eval.tasks=10", "--set", "eval.shots=[5]", "--set", "train.log_every=5",
         "--set", "train.checkpoint_every=10"]
 
-# Run in a child process that dies at one step of the final logging, as a kill would: nothing
-# after that step runs (no on_abort, no set_terminated). The patch wraps the real function.
+# Planted in the run's process and its tracking process (helpers.run_patched): the process that
+# makes the call dies at one step of the final logging, as a kill would: nothing after that step
+# runs (no on_abort, no set_terminated). The patch wraps the real function.
 KILLER = textwrap.dedent("""
-    import os, sys
-    import pipeline.driver.record, pipeline.tracking
-    from pipeline.cli import main
+    import os
 
-    point = sys.argv[1]
+    point = os.environ.get("KILL_POINT")
+    if point:
+        import pipeline.driver.record, pipeline.tracking
 
-    def die_before(module, name):
-        def dead(*a, **k):
-            os._exit(9)
-        setattr(module, name, dead)
-
-    def die_after(module, name, when=lambda a, k: True):
-        real = getattr(module, name)
-        def then_die(*a, **k):
-            out = real(*a, **k)
-            if when(a, k):
+        def die_before(module, name):
+            def dead(*a, **k):
                 os._exit(9)
-            return out
-        setattr(module, name, then_die)
+            setattr(module, name, dead)
 
-    def half_logged_adapt_model(uri, run_id, trainer):  # killed inside MLflow's log_model: PENDING
-        import mlflow
-        mlflow.set_tracking_uri(uri)
-        mlflow.initialize_logged_model(name="adapt_model", source_run_id=run_id,
-                                       experiment_id=mlflow.get_run(run_id).info.experiment_id)
-        os._exit(9)
+        def die_after(module, name, when=lambda a, k: True):
+            real = getattr(module, name)
+            def then_die(*a, **k):
+                out = real(*a, **k)
+                if when(a, k):
+                    os._exit(9)
+                return out
+            setattr(module, name, then_die)
 
-    if point == "plots":  # results.json written, nothing drawn or logged
-        die_before(pipeline.driver.record, "write_run_plots")
-    elif point == "evaluation":  # the evaluation's scalars logged, nothing after
-        die_after(pipeline.tracking, "log_scalars", lambda a, k: any(n.startswith("eval_") for n in a[2]))
-    elif point == "model":  # the network logged (READY), its tag and the adapt model not
-        die_after(pipeline.tracking, "log_model")
-    elif point == "adapt_model":
-        pipeline.tracking.log_adapt_model = half_logged_adapt_model
-    sys.exit(main(sys.argv[2:]))
+        def half_logged_adapt_model(uri, run_id, network):  # killed inside MLflow's log_model: PENDING
+            import mlflow
+            mlflow.set_tracking_uri(uri)
+            mlflow.initialize_logged_model(name="adapt_model", source_run_id=run_id,
+                                           experiment_id=mlflow.get_run(run_id).info.experiment_id)
+            os._exit(9)
+
+        if point == "plots":  # results.json written, nothing drawn or logged: the run's process dies
+            die_before(pipeline.driver.record, "write_run_plots")
+        elif point == "evaluation":  # the evaluation's scalars logged, nothing after: the tracking process dies
+            die_after(pipeline.tracking, "log_scalars", lambda a, k: any(n.startswith("eval_") for n in a[2]))
+        elif point == "model":  # the network logged (READY), its tag and the adapt model not
+            die_after(pipeline.tracking, "log_model")
+        elif point == "adapt_model":
+            pipeline.tracking.log_adapt_model = half_logged_adapt_model
 """)
 
 
@@ -111,7 +113,7 @@ def test_resuming_a_finished_run_changes_nothing_and_force_is_a_new_record(tmp_p
 
 
 def test_the_command_ends_promptly_with_every_record_written(tmp_path):
-    """`metatrain` as a user runs it (pipeline.cli.run: the process ends once the tracking thread
+    """`metatrain` as a user runs it (pipeline.cli.run: the process ends once the tracking process
     is drained, without the interpreter's teardown): the store holds the whole run, the output is
     all there, and resume finds nothing to do."""
     run = tmp_path / "r"
@@ -133,9 +135,14 @@ def test_the_command_ends_promptly_with_every_record_written(tmp_path):
 def test_a_run_killed_while_logging_is_completed_once_by_resume(tmp_path, capsys, point):
     run = tmp_path / "r"
     argv = ["train", "sine_quick", *SETS, "--set", f"output_dir={tmp_path}", "--set", "run_name=r"]
-    killed = subprocess.run([sys.executable, "-c", KILLER, point, *argv], capture_output=True, text=True,
-                            timeout=300)
-    assert killed.returncode == 9, killed.stderr[-2000:]
+    killed = run_patched(tmp_path, KILLER, argv, KILL_POINT=point)
+    if point == "plots":  # the run's process was killed
+        assert killed.returncode == 9, killed.stderr[-2000:]
+    else:  # its tracking process was: the run says so in one line and how to finish
+        last = killed.stderr.strip().splitlines()[-1]
+        assert killed.returncode == 1 and last.startswith("metatrain: error: mlflow: the tracking process ended "
+                                                          "(exit code 9)"), killed.stderr[-2000:]
+        assert f"`metatrain resume {run}` logs what MLflow lacks" in last
     uri = resolve_uri("", tmp_path)
     before = records(uri)  # the MLflow run exists before training starts (mlflow.json names it)
     assert before["status"][1] == "running"  # nothing ended it
@@ -153,7 +160,7 @@ def test_a_run_killed_while_logging_is_completed_once_by_resume(tmp_path, capsys
 
 
 def test_a_kill_while_a_new_store_is_built_leaves_no_half_built_store(tmp_path):
-    """MLflow's migrations build a new SQLite store over seconds (on the tracking thread, while the
+    """MLflow's migrations build a new SQLite store over seconds (in the tracking process, while the
     run trains): they run on a file beside it, linked into place when complete. A process killed
     just before the link leaves no store, and the next command builds a whole one; an existing
     store is never replaced."""

@@ -20,6 +20,8 @@ from pipeline.shards.experiment import Experiment
 from pipeline.tracking import MlflowTracker, resolve_uri
 from pipeline.yaml_dataclasses import flatten, to_dict
 
+from helpers import run_patched
+
 SMALL = ["--local", "--set", "iterations=30", "--set", "meta_batch_size=5", "--set", "model.hidden=[20,20]",
          "--set", "eval.tasks=40", "--set", "eval.shots=[5,10]", "--set", "train.log_every=10",
          "--set", "train.checkpoint_every=10"]
@@ -193,22 +195,33 @@ def test_tracking_can_be_switched_off_and_a_dead_server_is_one_line(tmp_path, ca
     assert not (tmp_path / "other").exists()
 
 
-def test_a_full_disk_while_logging_artifacts_and_the_model_is_one_line_each(tmp_path, capsys, monkeypatch):
-    import errno
+FULL_DISK = """
+import errno
 
-    import pipeline.tracking
+from mlflow import MlflowClient
 
-    def disk_full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+import pipeline.tracking
 
-    monkeypatch.setattr(MlflowClient, "log_artifact", disk_full)
-    monkeypatch.setattr(pipeline.tracking, "log_model", disk_full)
+
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+MlflowClient.log_artifact = disk_full
+pipeline.tracking.log_model = disk_full
+"""
+
+
+def test_a_full_disk_while_logging_artifacts_and_the_model_is_one_line_each(tmp_path):
+    """The disk fills where the tracking process writes (its artifacts and the model): one line
+    each in the run's output, the run completes with its MLflow record FINISHED."""
     out = tmp_path / "runs"
-    assert main(["train", "sine_quick", *SMALL, "--set", f"output_dir={out}", "--set", "run_name=r"]) == 0
-    stdout, stderr = capsys.readouterr()
-    assert "Traceback" not in stdout + stderr
-    notes = [l for l in stdout.splitlines() if "No space left on device" in l]
-    assert len(notes) == 2, stdout
+    done = run_patched(tmp_path, FULL_DISK, ["train", "sine_quick", *SMALL, "--set", f"output_dir={out}",
+                                             "--set", "run_name=r"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    notes = [l for l in done.stdout.splitlines() if "No space left on device" in l]
+    assert len(notes) == 2, done.stdout
     artifacts, model = sorted(notes)
     assert artifacts.startswith("mlflow: artifacts not logged (OSError: [Errno 28] No space left on device); "
                                 f"results.json and checkpoint.pt are saved in {out / 'r'}; `metatrain resume")

@@ -152,8 +152,8 @@ def test_gradient_clipping_bounds_the_meta_gradient_norm(tmp_path):
     # Adam's first step moves every coordinate by about beta whatever the scale, so compare the
     # clipped gradient itself: it is the unclipped one times 0.05 / norm.
     assert not torch.equal(clipped.params["l0.W"], init["l0.W"])
-    assert torch.allclose(clipped.state_dict()["optimizer"]["state"][0]["exp_avg"] * norm / 0.05,
-                          free.state_dict()["optimizer"]["state"][0]["exp_avg"], rtol=1e-4)
+    assert torch.allclose(clipped.record.state_dict()["optimizer"]["state"][0]["exp_avg"] * norm / 0.05,
+                          free.record.state_dict()["optimizer"]["state"][0]["exp_avg"], rtol=1e-4)
 
 
 def test_a_gradient_that_would_overflow_adam_is_a_skipped_step(tmp_path):

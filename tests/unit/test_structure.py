@@ -84,7 +84,8 @@ def test_the_import_graph_has_no_cycles():
 
 # The wings from the bottom up (pipeline/__init__.py): a module imports only modules of its own wing
 # or of the wings below it. `plots` only draws (core's rule names); `config` is the schema.
-WINGS = ("tasks", "pipeline.core", "pipeline.storage", "pipeline.plots", "pipeline.yaml_dataclasses", "pipeline.config",
+WINGS = ("tasks", "pipeline.core", "pipeline.storage", "pipeline.tracking_process", "pipeline.plots",
+         "pipeline.yaml_dataclasses", "pipeline.config",
          "pipeline.members",
          "pipeline.shards",
          "pipeline.distributed", "pipeline.driver", "pipeline.serve", "pipeline.tracking", "pipeline.sweeps",
@@ -149,12 +150,13 @@ def test_schedulers_import_only_each_other():
     assert proc.stdout.strip() == "[]", proc.stderr
 
 
-@pytest.mark.parametrize("modules", ["pipeline.sweeps.report, pipeline.cli", "pipeline.sweeps.spec",
-                                     "pipeline.config", "pipeline.plots"])
+@pytest.mark.parametrize("modules", ["pipeline.sweeps.report, pipeline.cli", "pipeline.sweeps.spec", "pipeline.config",
+                                     "pipeline.plots", "pipeline.tracking_process, pipeline.tracking"])
 def test_the_schemas_and_the_report_import_no_torch_ray_or_mlflow(modules):
     """The experiment and sweep schemas, the report and the figures import no torch, Ray or MLflow
     (the rule registry and the family table are read inside the functions that check a config or a
-    sweep); `metatrain report` on a real sweep: tests/integration/test_sweep.py."""
+    sweep); `metatrain report` on a real sweep: tests/integration/test_sweep.py. Nor does the
+    tracking process start with any (it imports MLflow as its first call)."""
     code = f"import sys, {modules}; print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
