@@ -68,6 +68,13 @@ def child(out: str, start: float, argv: list[str]) -> int:
 
         setattr(owner, name, wrapper)
 
+    # as `metatrain train` does before it imports torch (this wrapper imports it first): a tree with a
+    # tracking process starts it, and MLflow's import there
+    if argv[0] == "train" and "tracking.enabled=false" not in argv:
+        import pipeline.tracking
+
+        if hasattr(pipeline.tracking, "prepare"):
+            pipeline.tracking.prepare()
     # as `metatrain` does before Ray is imported (this wrapper imports it first): the auth mode
     try:
         from pipeline.distributed.backends import send_token_to

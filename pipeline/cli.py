@@ -91,7 +91,7 @@ def cmd_train(args) -> int:
     if cfg.tracking.enabled:  # MLflow loads in its own process while this one imports torch
         from pipeline.tracking import prepare
 
-        prepare()
+        prepare(models=cfg.tracking.log_model)
     from pipeline.driver.trainer import Trainer
 
     print(f"run directory: {run_dir}", flush=True)

@@ -342,10 +342,13 @@ def tracking_process():
     return _PROCESS
 
 
-def prepare() -> None:
+def prepare(models: bool = True) -> None:
     """Start the tracking process and its MLflow import now (a command calls it before importing
-    torch: the two then load on two cores)."""
+    torch: the two then load on two cores); `models`: what logging the models needs (torch among
+    it) is imported there too, beside its calls, so that it is ready by the run's end."""
     tracking_process().submit("pipeline.tracking:import_mlflow")
+    if models:
+        tracking_process().submit("pipeline.tracking:import_model_loggers_beside")
 
 
 def drain() -> None:
@@ -440,8 +443,6 @@ class MlflowTracker(RunHook):
         (a retry then reopens it instead of leaving an orphan)."""
         self.run_dir = record.run_dir
         self._submit("start", record.run_dir, record.iteration)
-        if self.cfg.tracking.log_model and record.family.logs_model:  # ready by the end of a short run
-            tracking_process().submit("pipeline.tracking:import_model_loggers")
         self.wait()
 
     def on_log(self, record, entry: dict) -> None:
@@ -471,6 +472,11 @@ class MlflowTracker(RunHook):
             self.wait()
         except Exception:  # noqa: BLE001 - the tracking process is gone: the run stays "running" for resume
             pass
+
+
+def import_model_loggers_beside() -> None:
+    """In the tracking process: import_model_loggers on a thread of its own, while calls are served."""
+    threading.Thread(target=import_model_loggers, name="import-model-loggers", daemon=True).start()
 
 
 def import_model_loggers() -> None:
