@@ -15,7 +15,6 @@ from pipeline.driver import checkpoint
 from pipeline.driver.hooks import DriverHook
 from pipeline.driver.population_step import WholeIteration, window
 from pipeline.driver.record import RunRecord, check_trainable, reported_aborts
-from pipeline.driver.run_dir import read_metrics
 from pipeline.driver.schedulers import MemberScheduler
 from pipeline.driver.stacked_runs import StackedRuns, check_packable
 from pipeline.shards.stacked import PopulationShards, stacked_from_wire
@@ -110,9 +109,7 @@ class Population:
         self.stacked.start(self.shards.experiment.plan.compile, self.scheduler.stops_members, self.log)
         with reported_aborts(self.members, self.stacked.storage_fault):
             for m in self.members:
-                m.emit("on_start", resumed)
-                if resumed:  # as Trainer.train: what a killed member logged before its checkpoint
-                    m.emit("on_replay", read_metrics(m.run_dir))
+                m.announce_start(resumed)
             self._loop()
             for m in self.members:  # evaluation and plots run where every solo run's do
                 m.bind(m.adam, m.row, {k: v.cpu() for k, v in m.params.items()})

@@ -126,6 +126,13 @@ class RunRecord:
         for hook in self.hooks:
             getattr(hook, event)(self, *args)
 
+    def announce_start(self, resumed: bool) -> None:
+        """The hooks hear the run start; a resumed run's hooks also get what it logged before its
+        checkpoint (each keeps what it lacks)."""
+        self.emit("on_start", resumed)
+        if resumed:
+            self.emit("on_replay", read_metrics(self.run_dir))
+
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = {"iteration": self.iteration, "params": {k: v.detach().clone() for k, v in self.params.items()},

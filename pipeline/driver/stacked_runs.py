@@ -38,8 +38,8 @@ class StackedRuns:
 
     Example:
         >>> stacked = StackedRuns(spec, records, shards, backend, "cpu")   # doctest: +SKIP
-        >>> stacked.start(compile=False, dynamic_members=False)   # the records' rows, stacked
-        >>> stacked.apply(Decision(stop=(1,)), history_key="rungs")   # member 1 leaves with its state
+        >>> stacked.start(compile=False, dynamic_members=True)   # the records' rows, stacked
+        >>> stacked.apply(Decision(stop=(1,)), history_key="rungs", releases=True)   # member 1 leaves with its state
     """
 
     def __init__(self, spec: PopulationSpec, records: list[RunRecord], shards, backend, device):

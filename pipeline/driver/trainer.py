@@ -14,7 +14,6 @@ from pipeline.driver.families import family_of
 from pipeline.driver.hooks import DriverHook, RunHook
 from pipeline.driver.meta_step import StackedAdam
 from pipeline.driver.record import RunRecord, check_trainable, reported_aborts
-from pipeline.driver.run_dir import read_metrics
 from pipeline.storage import StorageError
 
 
@@ -103,9 +102,7 @@ class Trainer:
         except StorageError as e:
             raise run.storage_fault(e) from None
         with reported_aborts([run], run.storage_fault):
-            run.emit("on_start", resumed)
-            if resumed:  # what a killed run logged before its checkpoint (a hook keeps what it lacks)
-                run.emit("on_replay", read_metrics(run.run_dir))
+            run.announce_start(resumed)
             if run.status == "running" and self.adam is None:
                 self.log(f"{self.cfg.method} has no meta-parameters: nothing to meta-train, evaluating it")
                 run.status = "completed"
@@ -153,8 +150,7 @@ class Trainer:
         missing is written, nothing is evaluated again; each hook logs only what it lacks."""
         run = self.record
         run.load_state_dict(checkpoint.load(run.run_dir, self.log))
-        run.emit("on_start", True)
-        run.emit("on_replay", read_metrics(run.run_dir))
+        run.announce_start(resumed=True)
         return run.decorate(results)
 
 
