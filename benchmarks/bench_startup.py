@@ -217,18 +217,17 @@ def main() -> int:
     print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}", flush=True)
     print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}; "
           f"TORCHINDUCTOR_CACHE_DIR={os.environ.get('TORCHINDUCTOR_CACHE_DIR', '(default)')}", flush=True)
-    results = {}
-    for label, tree in trees:
-        results[label] = {}
-        for _ in range(args.repeats):
+    results = {label: {} for label, _ in trees}
+    for _ in range(args.repeats):  # the trees take turns: a machine whose speed drifts meets both alike
+        for label, tree in trees:
             work = Path(tempfile.mkdtemp(prefix=f"startup-{label}-"))
             for name, argv in cases(work, skip):
                 r = run_case(tree, argv, work, dict(os.environ))
                 print(f"  {label} {name}: {r['wall']:.2f} s", flush=True)
                 if name not in results[label] or r["wall"] < results[label][name]["wall"]:
                     results[label][name] = r
-        if args.head and label == "after":
-            results[label].update(head_rows(tree))
+    if args.head:
+        results["after"].update(head_rows(ROOT))
     for label, tree in trees:
         commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True).stdout.strip()

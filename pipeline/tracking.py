@@ -237,8 +237,10 @@ def log_model(uri: str, run_id: str, record) -> str:
         y = model(x)
     mlflow.set_tracking_uri(uri)
     with quiet_downloads(), mlflow.start_run(run_id=run_id):
+        # validate_serving_input=False: MLflow would load the export back and run the example only to
+        # warn on failure (0.2-0.3 s a run); tests/integration/test_tracking.py loads and runs it
         info = mlflow.pytorch.log_model(model, name="model", input_example=x.numpy(),
-                                        signature=infer_signature(x.numpy(), y.numpy()),
+                                        signature=infer_signature(x.numpy(), y.numpy()), validate_serving_input=False,
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     return info.model_uri
 
@@ -324,6 +326,20 @@ def _import_mlflow() -> None:
     empty_store()
 
 
+def _prepare_model_logging() -> None:
+    """What logging the models first costs a process, paid while the run trains (on Ray the driver
+    mostly waits for its workers): MLflow's model flavours and torch.export imported, and MLflow's
+    map of installed packages read from its cache (pipeline/installed_packages.py)."""
+    import mlflow.pyfunc  # noqa: F401
+    import mlflow.pytorch  # noqa: F401
+    import torch.export  # noqa: F401
+
+    from pipeline.distributed.head import state_file
+    from pipeline.installed_packages import prepare_mlflow
+
+    prepare_mlflow(state_file().parent)
+
+
 def _worker():
     """The one thread of this process that talks to MLflow, for every tracker (a population's
     members too): their calls never race for the store (SQLite allows one writer), and what is
@@ -401,6 +417,11 @@ class MlflowTracker(RunHook):
         (a retry then reopens it instead of leaving an orphan)."""
         self._submit(self._start, record.run_dir, record.iteration)
         self.wait()
+        if self._logs_models(record):
+            self._submit(_prepare_model_logging)
+
+    def _logs_models(self, record) -> bool:
+        return self.cfg.tracking.log_model and record.family.logs_model  # an optimizer is no network
 
     def _start(self, run_dir: Path, iteration: int) -> None:
         cfg = self.cfg
@@ -453,7 +474,7 @@ class MlflowTracker(RunHook):
     def on_finish(self, record, results: dict) -> None:
         """The evaluation, artifacts and models, each logged once: what MLflow already holds for
         this run (a resume after a kill at any step) is checked before it is written."""
-        if self.cfg.tracking.log_model and record.family.logs_model:  # an optimizer is no network
+        if self._logs_models(record):
             self._submit(self._log_models, record, record.run_dir)
         self._submit(self._finish, record.run_dir, record.iteration, results)
         self.wait()

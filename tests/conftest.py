@@ -9,9 +9,12 @@ import os
 os.environ["OMP_NUM_THREADS"] = "1"
 # Runs join the Ray head that `metatrain cluster start` keeps on the machine (its record is in
 # $METATRAIN_HOME): the tests' runs start their own, unless a test starts a head in a home of its own.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 os.environ["METATRAIN_HOME"] = tempfile.mkdtemp(prefix="metatrain-home-tests-")
+atexit.register(shutil.rmtree, os.environ["METATRAIN_HOME"], ignore_errors=True)  # each pytest process's own
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

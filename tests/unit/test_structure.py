@@ -87,7 +87,8 @@ def test_the_import_graph_has_no_cycles():
 WINGS = ("tasks", "pipeline.core", "pipeline.storage", "pipeline.plots", "pipeline.yaml_dataclasses", "pipeline.config",
          "pipeline.members",
          "pipeline.shards",
-         "pipeline.distributed", "pipeline.driver", "pipeline.serve", "pipeline.tracking", "pipeline.sweeps",
+         "pipeline.distributed", "pipeline.driver", "pipeline.serve", "pipeline.installed_packages",
+         "pipeline.tracking", "pipeline.sweeps",
          "pipeline.jobs", "pipeline.local_cluster", "pipeline.cli")
 
 
