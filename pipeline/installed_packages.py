@@ -2,7 +2,7 @@
 
 Before writing a model's pip requirements, MLflow warns about any the environment does not satisfy;
 to name packages it maps every installed distribution's files to the modules they hold
-(`importlib_metadata.packages_distributions()`, reading each distribution's RECORD: 0.5-1.3 s on
+(`importlib_metadata.packages_distributions()`, reading each distribution's RECORD: 0.39 s on
 2 cores, once per process, so once per `metatrain train`; benchmarks/RESULTS.md, "Start-up"). The
 map depends only on what is installed, so it is kept in $METATRAIN_HOME under a key made of the
 import path and the distributions' metadata folders (their names carry the versions: installing,
