@@ -329,15 +329,19 @@ def _import_mlflow() -> None:
 def _prepare_model_logging() -> None:
     """What logging the models first costs a process, paid while the run trains (on Ray the driver
     mostly waits for its workers): MLflow's model flavours and torch.export imported, and MLflow's
-    map of installed packages read from its cache (pipeline/installed_packages.py)."""
-    import mlflow.pyfunc  # noqa: F401
-    import mlflow.pytorch  # noqa: F401
-    import torch.export  # noqa: F401
+    map of installed packages read from its cache (pipeline/installed_packages.py). Only a head
+    start: whatever fails here is met again, and reported, where the models are logged."""
+    try:
+        import mlflow.pyfunc  # noqa: F401
+        import mlflow.pytorch  # noqa: F401
+        import torch.export  # noqa: F401
 
-    from pipeline.distributed.head import state_file
-    from pipeline.installed_packages import prepare_mlflow
+        from pipeline.distributed.head import state_file
+        from pipeline.installed_packages import prepare_mlflow
 
-    prepare_mlflow(state_file().parent)
+        prepare_mlflow(state_file().parent)
+    except Exception:  # noqa: BLE001, S110 - see the docstring
+        pass
 
 
 def _worker():
